@@ -1,0 +1,305 @@
+"""Speed of every recurrent path against torch.nn.LSTM / torch.nn.GRU, interleaved in one process.
+
+For each size (batch 32, hidden 128, 200 steps; batch 1, hidden 64, 200 steps; input size = hidden size) it
+times forward under ``no_grad`` in eval mode ("infer") and forward + backward of ``outputs.sum()`` in train
+mode ("train") of:
+
+- ``scan``: ``hybridrnn.nn._scan.lstm_scan`` / ``gru_scan`` called directly, with the hoisted input projection;
+- ``hybridrnn.nn.LSTM`` / ``GRU`` on the fused and the custom path, and every custom cell option (coupled,
+  layer_norm, recurrent_dropout, paper-form GRU);
+- hybrid encoders ``lstm:128>gru:128`` and ``lstm:128|gru:128`` (``build_encoder``), against the same
+  stack / parallel pair built from ``torch.nn.LSTM`` and ``torch.nn.GRU``;
+
+Every round runs every case once (rounds interleave, so slow drifts of a shared machine hit all cases alike) and
+the table gives medians over rounds, as ratios to the torch baseline measured in the same rounds. It also
+times ``step()`` at batch 1, hidden 64 (microseconds per call). Results: ``benchmarks/results/layers.md`` and
+``layers.json`` (with torch version, threads, CPU model, load average, date).
+
+    python benchmarks/layers.py              # full run (7 rounds)
+    python benchmarks/layers.py --quick      # smoke test (2 rounds, short; writes layers_quick.*)
+    python benchmarks/layers.py --rounds 11 --threads 1
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hybridrnn.nn._scan import gru_scan, lstm_scan  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SIZES = ((32, 128, 200), (1, 64, 200))              # (batch, hidden, steps)
+
+
+@dataclass
+class Case:
+    """One timed model: ``model(x)`` returns the outputs tensor; ``baseline`` names the case it is compared to."""
+    name: str
+    model: Callable[[torch.Tensor], torch.Tensor]
+    modules: list[nn.Module]
+    baseline: Optional[str]
+    note: str = ""
+    times: dict[str, list[float]] = field(default_factory=lambda: {"infer": [], "train": []})
+
+
+def _first(result):
+    return result[0] if isinstance(result, (tuple, list)) else result
+
+
+def _scan_lstm(lstm: nn.LSTM):
+    def run(x):
+        xg = F.linear(x.transpose(0, 1), lstm.weight_ih_l0, lstm.bias_ih_l0 + lstm.bias_hh_l0)
+        h0 = x.new_zeros(x.shape[0], lstm.hidden_size)
+        return lstm_scan(xg, h0, h0, lstm.weight_hh_l0)[0].transpose(0, 1)
+    return run
+
+
+def _scan_gru(gru: nn.GRU):
+    def run(x):
+        xg = F.linear(x.transpose(0, 1), gru.weight_ih_l0, gru.bias_ih_l0)
+        h0 = x.new_zeros(x.shape[0], gru.hidden_size)
+        return gru_scan(xg, h0, gru.weight_hh_l0, gru.bias_hh_l0)[0].transpose(0, 1)
+    return run
+
+
+def build_cases(hidden: int, notes: list[str]) -> list[Case]:
+    torch.manual_seed(0)
+    H = hidden
+    t_lstm = nn.LSTM(H, H, batch_first=True)
+    t_gru = nn.GRU(H, H, batch_first=True)
+    cases = [
+        Case("torch.nn.LSTM", lambda x: t_lstm(x)[0], [t_lstm], None),
+        Case("torch.nn.GRU", lambda x: t_gru(x)[0], [t_gru], None),
+        Case("lstm_scan (hoisted projection)", _scan_lstm(t_lstm), [t_lstm], "torch.nn.LSTM"),
+        Case("gru_scan (hoisted projection)", _scan_gru(t_gru), [t_gru], "torch.nn.GRU"),
+    ]
+    try:
+        from hybridrnn.nn.recurrent import GRU, LSTM
+    except Exception as exc:  # the layer module is written by another engineer; scan cases still run
+        notes.append(f"hybridrnn.nn.recurrent did not import ({type(exc).__name__}: {exc}); layer cases skipped")
+        return cases
+
+    def add(name, module, baseline):
+        cases.append(Case(name, lambda x, m=module: _first(m(x)), [module], baseline))
+
+    add("LSTM fused", LSTM(H, H, path="fused"), "torch.nn.LSTM")
+    add("LSTM custom", LSTM(H, H, path="custom"), "torch.nn.LSTM")
+    add("LSTM custom coupled", LSTM(H, H, coupled=True), "torch.nn.LSTM")
+    add("LSTM custom layer_norm", LSTM(H, H, layer_norm=True), "torch.nn.LSTM")
+    add("LSTM custom recurrent_dropout=0.25", LSTM(H, H, recurrent_dropout=0.25), "torch.nn.LSTM")
+    add("GRU fused", GRU(H, H, path="fused"), "torch.nn.GRU")
+    add("GRU custom", GRU(H, H, path="custom"), "torch.nn.GRU")
+    add("GRU custom paper form (reset_after=False)", GRU(H, H, reset_after=False), "torch.nn.GRU")
+    add("GRU custom layer_norm", GRU(H, H, layer_norm=True), "torch.nn.GRU")
+    add("GRU custom recurrent_dropout=0.25", GRU(H, H, recurrent_dropout=0.25), "torch.nn.GRU")
+
+    # hybrids, against the same composition of torch modules
+    t_stack = (nn.LSTM(H, H, batch_first=True), nn.GRU(H, H, batch_first=True))
+    t_par = (nn.LSTM(H, H, batch_first=True), nn.GRU(H, H, batch_first=True))
+    cases.append(Case(f"torch LSTM>GRU", lambda x: t_stack[1](t_stack[0](x)[0])[0], list(t_stack), None))
+    cases.append(Case(f"torch LSTM|GRU (concat)", lambda x: torch.cat([t_par[0](x)[0], t_par[1](x)[0]], 2),
+                      list(t_par), None))
+    try:
+        from hybridrnn.nn.hybrid import build_encoder
+    except Exception as exc:
+        notes.append(f"hybridrnn.nn.hybrid did not import ({type(exc).__name__}: {exc}); hybrid cases skipped")
+        return cases
+    for spec, base in ((f"lstm:{H}>gru:{H}", "torch LSTM>GRU"), (f"lstm:{H}|gru:{H}", "torch LSTM|GRU (concat)")):
+        for path in ("auto", "custom"):
+            try:
+                enc = build_encoder(spec, H, path=path)
+            except Exception as exc:
+                notes.append(f"build_encoder({spec!r}, path={path!r}) failed: {type(exc).__name__}: {exc}")
+                continue
+            add(f"hybrid {spec} path={path}", enc, base)
+    return cases
+
+
+def _time_once(case: Case, x: torch.Tensor, mode: str, reps: int) -> float:
+    """Seconds per call (mean of ``reps`` back-to-back calls)."""
+    for m in case.modules:
+        m.train(mode == "train")
+        if mode == "train":
+            m.zero_grad(set_to_none=True)
+    start = time.perf_counter()
+    for _ in range(reps):
+        if mode == "infer":
+            with torch.no_grad():
+                case.model(x)
+        else:
+            case.model(x).sum().backward()
+    return (time.perf_counter() - start) / reps
+
+
+def _reps(case: Case, x: torch.Tensor, mode: str, target_s: float) -> int:
+    once = _time_once(case, x, mode, 1)               # also warms up
+    return max(1, min(50, round(target_s / max(once, 1e-6))))
+
+
+def bench_size(batch: int, hidden: int, steps: int, rounds: int, target_s: float, notes: list[str]) -> list[dict]:
+    cases = build_cases(hidden, notes)
+    x = torch.randn(batch, steps, hidden)
+    reps = {(c.name, m): _reps(c, x, m, target_s) for c in cases for m in ("infer", "train")}
+    for r in range(rounds):
+        order = cases if r % 2 == 0 else cases[::-1]  # alternate the order so no case always follows another
+        for case in order:
+            for mode in ("infer", "train"):
+                gc.collect()
+                case.times[mode].append(_time_once(case, x, mode, reps[(case.name, mode)]))
+        print(f"  B{batch} H{hidden}: round {r + 1}/{rounds} done", flush=True)
+    medians = {c.name: {m: statistics.median(c.times[m]) for m in c.times} for c in cases}
+    rows = []
+    for c in cases:
+        row = {"case": c.name, "batch": batch, "hidden": hidden, "steps": steps, "baseline": c.baseline}
+        for m in ("infer", "train"):
+            med = medians[c.name][m]
+            row[f"{m}_ms"] = med * 1e3
+            row[f"{m}_us_per_step"] = med / steps * 1e6
+            row[f"{m}_spread"] = (max(c.times[m]) - min(c.times[m])) / med if med > 0 else None
+            row[f"{m}_ratio"] = med / medians[c.baseline][m] if c.baseline else None
+        rows.append(row)
+    return rows
+
+
+def bench_step(rounds: int, calls: int, notes: list[str]) -> list[dict]:
+    """``step()`` at batch 1, hidden 64: microseconds per call (no_grad), medians over rounds."""
+    H = 64
+    torch.manual_seed(0)
+    runs: dict[str, Callable[[], object]] = {}
+    x_t = torch.randn(1, H)
+    cell = nn.LSTMCell(H, H)
+    state = (torch.zeros(1, H), torch.zeros(1, H))
+    runs["torch.nn.LSTMCell (reference)"] = lambda: cell(x_t, state)
+    t_lstm = nn.LSTM(H, H, batch_first=True)
+    x1 = x_t.unsqueeze(1)
+    runs["torch.nn.LSTM with T=1 (reference)"] = lambda: t_lstm(x1)
+    try:
+        from hybridrnn.nn.recurrent import GRU, LSTM
+    except Exception as exc:
+        notes.append(f"step(): hybridrnn.nn.recurrent did not import ({exc})")
+    else:
+        for name, module in (("LSTM fused", LSTM(H, H, path="fused")), ("LSTM custom", LSTM(H, H, path="custom")),
+                             ("LSTM coupled", LSTM(H, H, coupled=True)), ("GRU fused", GRU(H, H, path="fused")),
+                             ("GRU paper form", GRU(H, H, reset_after=False))):
+            module.eval()
+            st = module.step(x_t)[1]
+            runs[f"{name}.step"] = lambda m=module, s=st: m.step(x_t, s)
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    with torch.no_grad():
+        for fn in runs.values():
+            for _ in range(20):
+                fn()
+        for _ in range(rounds):
+            for name, fn in runs.items():
+                start = time.perf_counter()
+                for _ in range(calls):
+                    fn()
+                times[name].append((time.perf_counter() - start) / calls)
+    return [{"case": k, "us_per_call": statistics.median(v) * 1e6} for k, v in times.items()]
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def _fmt(v, spec=".2f"):
+    return "-" if v is None else format(v, spec)
+
+
+def render_markdown(meta: dict, rows: list[dict], step_rows: list[dict]) -> str:
+    lines = ["# Recurrent layer speed (benchmarks/layers.py)", "",
+             f"Command: `{meta['command']}`  ", f"Date: {meta['date']}  ",
+             f"torch {meta['torch']}, {meta['threads']} threads, CPU: {meta['cpu']} ({meta['cpus']} cores)  ",
+             f"Load average before / after: {meta['load_before']} / {meta['load_after']}  ",
+             f"Rounds: {meta['rounds']} (medians; ratio = case / baseline measured in the same rounds; "
+             "spread = (max - min) / median over rounds)", ""]
+    for (b, h, t) in meta["sizes"]:
+        lines += [f"## batch {b}, hidden {h}, {t} steps, input size {h}", "",
+                  "| case | baseline | infer ms | infer ratio | train ms | train ratio | infer us/step | "
+                  "train us/step | spread infer/train |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            if (r["batch"], r["hidden"], r["steps"]) != (b, h, t):
+                continue
+            lines.append(f"| {r['case']} | {r['baseline'] or '-'} | {_fmt(r['infer_ms'])} | "
+                         f"{_fmt(r['infer_ratio'])} | {_fmt(r['train_ms'])} | {_fmt(r['train_ratio'])} | "
+                         f"{_fmt(r['infer_us_per_step'], '.1f')} | {_fmt(r['train_us_per_step'], '.1f')} | "
+                         f"{_fmt(r['infer_spread'])} / {_fmt(r['train_spread'])} |")
+        lines.append("")
+    if step_rows:
+        lines += ["## step() at batch 1, hidden 64 (no_grad)", "", "| case | us per call |", "|---|---|"]
+        lines += [f"| {r['case']} | {r['us_per_call']:.1f} |" for r in step_rows]
+        lines.append("")
+    if meta["notes"]:
+        lines += ["## Notes", ""] + [f"- {n}" for n in meta["notes"]] + [""]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2 rounds, short repetitions (smoke test)")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 7, quick 2)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for layers.md / layers.json")
+    args = parser.parse_args(argv)
+    rounds = args.rounds or (2 if args.quick else 7)
+    if rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {rounds}")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    target_s = 0.005 if args.quick else 0.03          # each timed call repeated until about this long
+    notes: list[str] = []
+    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
+    rows = []
+    for b, h, t in SIZES:
+        rows += bench_size(b, h, t, rounds, target_s, notes)
+    step_rows = bench_step(rounds, 200 if args.quick else 2000, notes)
+    load_after = os.getloadavg() if hasattr(os, "getloadavg") else None
+    meta = {"command": "python benchmarks/layers.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "cpu": _cpu_model(), "cpus": os.cpu_count(),
+            "python": platform.python_version(), "rounds": rounds, "quick": args.quick,
+            "load_before": [round(v, 2) for v in load_before] if load_before else None,
+            "load_after": [round(v, 2) for v in load_after] if load_after else None,
+            "sizes": [list(s) for s in SIZES], "notes": notes}
+    md = render_markdown(meta, rows, step_rows)
+    print(md)
+    stem = "layers_quick" if args.quick else "layers"     # a smoke test never overwrites the real figures
+    _atomic_write(args.out / f"{stem}.md", md)
+    _atomic_write(args.out / f"{stem}.json", json.dumps({"meta": meta, "rows": rows, "step": step_rows}, indent=1))
+    print(f"wrote {args.out / stem}.md and {args.out / stem}.json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,262 @@
+"""The ``hybridrnn`` command line (typer). Heavy modules (torch, tasks) are imported inside the commands.
+
+Errors caused by the user's input (a bad config, a missing file, a corrupt run directory, a NaN loss) print
+one clean paragraph and exit with code 2; ``hybridrnn --debug ...`` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(name="hybridrnn", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="LSTM, GRU and hybrid LSTM-GRU networks: train, evaluate, predict, generate, compare, tune.")
+config_app = typer.Typer(no_args_is_help=True, help="Inspect configuration files.")
+app.add_typer(config_app, name="config")
+
+_state = {"debug": False}
+
+EXIT_USAGE = 2
+
+
+@app.callback()
+def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
+    _state["debug"] = debug
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [ValueError, FileNotFoundError, NotADirectoryError, PermissionError]
+    if "hybridrnn.train.trainer" in sys.modules:
+        errors.append(sys.modules["hybridrnn.train.trainer"].NonFiniteLossError)
+    return tuple(errors)
+
+
+def _fail(exc: BaseException) -> None:
+    if _state["debug"]:
+        raise exc
+    message = str(exc) or type(exc).__name__
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(EXIT_USAGE)
+
+
+def _run(fn, *args, **kwargs):
+    """Call ``fn``; user errors become a clean message and exit code 2 (a traceback with --debug)."""
+    try:
+        return fn(*args, **kwargs)
+    except typer.Exit:
+        raise
+    except ImportError as exc:           # a missing optional extra (tensorboard, optuna, ...)
+        if "pip install" in str(exc) or "extra" in str(exc):
+            _fail(exc)
+        raise
+    except _user_errors() as exc:
+        _fail(exc)
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+@app.command()
+def train(
+    config: Optional[Path] = typer.Argument(None, help="YAML config file (not needed with --resume)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default: runs/<task>-<timestamp>)."),
+    set_: List[str] = typer.Option([], "--set", help="Override a config value, e.g. --set train.lr=0.003 (repeatable)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
+    progress: Optional[str] = typer.Option(None, "--progress", help="auto | bar | plain | none (default: train.progress)."),
+) -> None:
+    """Train a model; writes weights, metrics, state and plots to the run directory."""
+    if resume is None and config is None:
+        _fail(ValueError("give a CONFIG file to train, or --resume RUN to continue a run"))
+    if resume is not None and config is not None:
+        _fail(ValueError("give either a CONFIG file or --resume RUN, not both (resume uses RUN/config.yaml; "
+                         "change values with --set)"))
+    if progress is not None and progress not in ("auto", "bar", "plain", "none"):
+        _fail(ValueError(f"--progress must be auto, bar, plain or none, got {progress!r}"))
+
+    def go():
+        from hybridrnn.train.run import train as train_run
+
+        return train_run(config, out=out, overrides=set_, resume=resume, progress=progress)
+
+    _run(go)
+
+
+@app.command()
+def evaluate(
+    run: Path = typer.Argument(..., help="Run directory."),
+    split: str = typer.Option("test", "--split", help="train | val | test"),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object of metrics (for scripts)."),
+    weights: str = typer.Option("best", "--weights", help="best | last"),
+) -> None:
+    """Metrics of a trained run on a split (best weights by default)."""
+
+    def go():
+        from hybridrnn.train.run import evaluate_run
+
+        metrics = evaluate_run(run, split, weights=weights)
+        if as_json:
+            typer.echo(json.dumps(metrics))
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"{run} ({split})", title_justify="left")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for key, value in metrics.items():
+            table.add_row(key, f"{value:.6g}")
+        Console().print(table)
+
+    _run(go)
+
+
+@app.command()
+def predict(
+    run: Path = typer.Argument(..., help="Run directory."),
+    input: Path = typer.Option(..., "--input", help="New inputs (format defined by the task)."),
+    output: Optional[Path] = typer.Option(None, "--output", help="Where to write predictions (default: stdout)."),
+) -> None:
+    """Predict on new inputs with a trained run (delegates to the task)."""
+
+    def go():
+        from hybridrnn.train.run import predict_run
+
+        predict_run(run, input, output)
+
+    _run(go)
+
+
+@app.command()
+def generate(
+    run: Path = typer.Argument(..., help="Run directory of a language model."),
+    prompt: str = typer.Option("", "--prompt", help="Text to continue."),
+    tokens: int = typer.Option(200, "--tokens", min=1, help="How many tokens to generate."),
+    temperature: float = typer.Option(1.0, "--temperature", min=0.0, help="Sampling temperature (0: greedy)."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="Sample from the k most likely tokens."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for reproducible sampling."),
+) -> None:
+    """Generate text from a trained language model, streaming one token at a time."""
+
+    def go():
+        from hybridrnn.tasks.language_model import generate_cli
+
+        generate_cli(run, prompt, tokens, temperature, top_k, seed)
+
+    _run(go)
+
+
+def _split_list(text: Optional[str], what: str, cast=str) -> Optional[list]:
+    if text is None:
+        return None
+    items = [s.strip() for s in _split_top_level(text) if s.strip()]
+    try:
+        return [cast(s) for s in items]
+    except ValueError:
+        raise ValueError(f"{what}: expected a comma-separated list, got {text!r}") from None
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Split on commas outside parentheses (specs such as ``(lstm:64|gru:64)`` stay whole)."""
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        depth += ch == "("
+        depth -= ch == ")"
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return parts + [cur]
+
+
+@app.command()
+def compare(
+    config: Path = typer.Argument(..., help="YAML config of the task to compare models on."),
+    models: Optional[str] = typer.Option(None, "--models", help='Comma-separated specs, e.g. "lstm:64,gru:64,lstm:64>gru:64".'),
+    seeds: int = typer.Option(3, "--seeds", min=1, help="Seeds per model."),
+    out: Path = typer.Option(..., "--out", help="Output directory (results.csv, report.md, report.html)."),
+    lengths: Optional[str] = typer.Option(None, "--lengths", help="Sequence lengths for the long-range suite, e.g. 50,100,200."),
+    set_: List[str] = typer.Option([], "--set", help="Override a config value (repeatable)."),
+) -> None:
+    """Train every model with every seed on one task and write a comparison report."""
+
+    def go():
+        from hybridrnn.experiments.compare import run_compare
+
+        run_compare(config, _split_list(models, "--models"), seeds, out, _split_list(lengths, "--lengths", int), set_)
+
+    _run(go)
+
+
+@app.command()
+def tune(
+    config: Path = typer.Argument(..., help="YAML config with a search space."),
+    trials: int = typer.Option(20, "--trials", min=1, help="Number of trials for this worker."),
+    storage: str = typer.Option("sqlite:///study.db", "--storage", help="Optuna storage URL shared by workers."),
+    study_name: Optional[str] = typer.Option(None, "--study-name", help="Study name (default: from the config)."),
+    set_: List[str] = typer.Option([], "--set", help="Override a config value (repeatable)."),
+) -> None:
+    """Hyper-parameter search with Optuna (the 'tune' extra)."""
+
+    def go():
+        from hybridrnn.experiments.tune import run_tune
+
+        run_tune(config, trials, storage, study_name, set_)
+
+    _run(go)
+
+
+@config_app.command("show")
+def config_show(
+    config: Path = typer.Argument(..., help="YAML config file."),
+    set_: List[str] = typer.Option([], "--set", help="Override a config value (repeatable)."),
+) -> None:
+    """Print the resolved configuration with every default filled in."""
+
+    def go():
+        from hybridrnn.config import config_to_yaml, load_config
+
+        typer.echo(config_to_yaml(load_config(config, set_)), nl=False)
+
+    _run(go)
+
+
+@app.command()
+def datasets() -> None:
+    """List the named datasets (bundled and in the shared data folder)."""
+
+    def go():
+        try:
+            from hybridrnn.data.registry import list_datasets
+        except ImportError:
+            raise ValueError("no dataset registry in this installation (hybridrnn.data.registry)") from None
+        from rich.console import Console
+        from rich.table import Table
+
+        rows = list(list_datasets())
+        table = Table(title="datasets", title_justify="left")
+        if rows and isinstance(rows[0], dict):
+            columns = list(dict.fromkeys(k for r in rows for k in r))
+            for c in columns:
+                table.add_column(str(c))
+            for r in rows:
+                table.add_row(*(str(r.get(c, "")) for c in columns))
+        else:
+            table.add_column("name")
+            for r in rows:
+                table.add_row(str(getattr(r, "name", r)))
+        Console().print(table)
+
+    _run(go)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

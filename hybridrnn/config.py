@@ -1,0 +1,297 @@
+"""The typed configuration schema: what a YAML file can say.
+
+Every task config subclasses :class:`RunConfig` and adds its own ``data`` (and e.g. ``window``) sections.
+Unknown keys are errors (``extra="forbid"``). Loading, ``--set`` overrides and error messages live here too:
+
+>>> cfg = load_config("configs/x.yaml", overrides=["train.lr=0.003"])   # a RunConfig subclass
+>>> print(config_to_yaml(cfg))                                          # every default filled in
+
+Errors (unknown keys, wrong types, bad YAML, unknown task) are :class:`ConfigError` (a ``ValueError``) with one
+line per problem naming the key's path (``train.lrr``), its line in the file and the closest valid key.
+"""
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Iterable, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the key, its path and the fix."""
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    """The network: an encoder spec from ``hybridrnn.nn`` plus options."""
+
+    encoder: str = Field("lstm:64", description="encoder spec, e.g. 'lstm:64', 'lstm:64>gru:64', '(lstm:64|gru:64)'")
+    attention: Optional[Literal["additive", "dot", "general", "self"]] = None
+    attention_heads: int = Field(1, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout between layers and before the head")
+    recurrent_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="variational dropout on h (custom path)")
+    layer_norm: bool = False
+    coupled: bool = Field(False, description="LSTM coupled input-forget gate f = 1 - i")
+    reset_after: bool = Field(True, description="GRU: reset applied after the recurrent matmul (torch form)")
+    init: Literal["torch", "xavier_orthogonal", "chrono"] = "xavier_orthogonal"
+    forget_bias: Optional[float] = 1.0
+    fusion: Literal["concat", "sum", "gate"] = "concat"
+    share_input_projection: bool = False
+    tie_layers: bool = False
+    path: Literal["auto", "fused", "custom"] = "auto"
+
+
+class TrainConfig(Section):
+    """Optimisation and the training loop."""
+
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(64, ge=1, description="global batch size (split over processes under torchrun)")
+    lr: float = Field(1e-3, gt=0.0)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    weight_decay: float = Field(0.0, ge=0.0)
+    momentum: float = Field(0.9, ge=0.0, description="SGD momentum")
+    schedule: Literal["none", "step", "cosine", "plateau"] = "none"
+    step_size: int = Field(10, ge=1, description="step schedule: epochs between decays")
+    gamma: float = Field(0.5, gt=0.0, le=1.0, description="step / plateau schedule: lr multiplier per decay")
+    plateau_patience: int = Field(2, ge=0, description="plateau schedule: epochs without improvement before decay")
+    min_lr: float = Field(0.0, ge=0.0, description="cosine / plateau schedule: lower bound of the lr")
+    warmup_epochs: int = Field(0, ge=0, description="linear warm-up from lr/100 to lr over this many epochs (per step)")
+    clip_norm: Optional[float] = Field(1.0, gt=0.0, description="clip the global gradient norm; None disables")
+    patience: Optional[int] = Field(None, ge=1, description="early stopping patience in epochs; None disables")
+    min_delta: float = Field(0.0, ge=0.0, description="early stopping: smallest change that counts as better")
+    seed: int = 0
+    bf16: bool = Field(False, description="bfloat16 autocast for forward and loss (CPU with AMX, or CUDA)")
+    device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
+    num_threads: Optional[int] = Field(None, ge=1, description="torch intra-op threads; None keeps torch's")
+    tensorboard: bool = Field(False, description="also log to RUN/tensorboard (needs the 'tensorboard' extra)")
+    plots: bool = Field(True, description="write learning_curve.png and the task's plots after training")
+    progress: Literal["auto", "bar", "plain", "none"] = Field(
+        "auto", description="'auto': a progress bar on a terminal, one line per epoch otherwise")
+
+
+class RunConfig(Section):
+    """Base of every task config. Subclasses set ``task: Literal[...]`` and add their data sections."""
+
+    task: str
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_null_sections(cls, data: Any) -> Any:
+        # `train:` with nothing under it is YAML null; treat it as "all defaults" rather than a type error
+        if isinstance(data, dict):
+            return {k: ({} if v is None and _is_section(cls.model_fields.get(k)) else v) for k, v in data.items()}
+        return data
+
+
+def _is_section(field) -> bool:
+    return field is not None and isinstance(field.annotation, type) and issubclass(field.annotation, Section)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# loading
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from ``path`` with ``yaml.safe_load`` (no tags that build objects)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text (is it a YAML file?)") from None
+    return parse_yaml(text, source=str(path))
+
+
+def parse_yaml(text: str, source: str = "<config>") -> dict[str, Any]:
+    """``yaml.safe_load`` of ``text``, which must be a mapping; errors name ``source`` and the line."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        if "python/" in str(exc):
+            problem = f"{problem} (Python object tags are never loaded: configs are plain YAML data)"
+        raise ConfigError(f"{source}{where}: not valid YAML: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a config must be a YAML mapping (key: value lines), got {type(data).__name__}")
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.lr=0.003"`` -> ``(["train", "lr"], 0.003)``; the value is parsed as a YAML scalar/flow value."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE with a dotted key, e.g. --set train.lr=0.003")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({str(exc).splitlines()[0]})") from None
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """A copy of ``data`` with each ``KEY=VALUE`` override applied in order (later ones win)."""
+    import copy
+
+    data = copy.deepcopy(data)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for i, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                where = ".".join(path[: i + 1])
+                raise ConfigError(f"--set {text!r}: {where} is a value ({child!r}), not a section with keys")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def config_class_for(task_name: Any, source: str = "<config>") -> type[RunConfig]:
+    """The config class of the task named by a config's ``task:`` value."""
+    from hybridrnn.tasks.registry import get_task_class
+
+    if task_name is None:
+        from hybridrnn.tasks.registry import task_names
+
+        raise ConfigError(f"{source}: missing key 'task' (one of: {', '.join(task_names())})")
+    try:
+        task_class = get_task_class(str(task_name))
+    except ValueError as exc:
+        raise ConfigError(f"{source}: task: {exc}") from None
+    return task_class.config_class
+
+
+def build_config(data: dict[str, Any], source: str = "<config>", *, text: str | None = None,
+                 overridden: Iterable[str] = ()) -> RunConfig:
+    """Validate a config mapping into the config class its ``task:`` names; :class:`ConfigError` otherwise."""
+    cls = config_class_for(data.get("task"), source)
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, cls, source, text=text, overridden=overridden)) from None
+
+
+def load_config(path: str | Path, overrides: Iterable[str] = ()) -> RunConfig:
+    """Read, override and validate a YAML config file."""
+    path = Path(path)
+    overrides = list(overrides)
+    data = read_yaml(path)
+    data = apply_overrides(data, overrides)
+    text = path.read_text(encoding="utf-8")
+    return build_config(data, str(path), text=text, overridden=[o.partition("=")[0].strip() for o in overrides])
+
+
+def coerce_config(config: RunConfig | dict | str | Path, overrides: Iterable[str] = ()) -> RunConfig:
+    """A validated config from a config object, a mapping or a YAML path, with ``overrides`` applied."""
+    overrides = list(overrides)
+    if isinstance(config, (str, Path)):
+        return load_config(config, overrides)
+    if isinstance(config, RunConfig):
+        if not overrides:
+            return config
+        config = config.model_dump(mode="json")
+    if isinstance(config, dict):
+        data = apply_overrides(config, overrides)
+        return build_config(data, "<config>", overridden=[o.partition("=")[0].strip() for o in overrides])
+    raise TypeError(f"expected a RunConfig, a dict or a YAML path, got {type(config).__name__}")
+
+
+def config_to_yaml(config: RunConfig) -> str:
+    """The resolved config (every default filled in) as YAML, in field order."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, default_flow_style=False)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# error messages
+
+
+def format_validation_error(exc: ValidationError, cls: type[BaseModel], source: str, *, text: str | None = None,
+                            overridden: Iterable[str] = ()) -> str:
+    """One line per problem: ``source line N: train.lrr: unknown key (did you mean 'lr'?)``."""
+    lines = _key_lines(text) if text else {}
+    overridden = set(overridden)
+    problems = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        path = ".".join(loc)
+        if path in overridden:
+            where = f"--set {path}"
+        elif path in lines:
+            where = f"{source} line {lines[path]}"
+        else:
+            where = source
+        if err["type"] == "extra_forbidden":
+            valid = _valid_keys(cls, loc[:-1])
+            close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
+            hint = f"did you mean {'.'.join(loc[:-1] + [close[0]])!r}?" if close else f"valid keys: {', '.join(valid)}"
+            problems.append(f"{where}: {path}: unknown key ({hint})")
+        elif err["type"] == "missing":
+            problems.append(f"{where}: {path}: missing required key")
+        else:
+            problems.append(f"{where}: {path}: {err['msg']}, got {err.get('input')!r}")
+    head = f"invalid config {source}" + (f" ({len(problems)} problems)" if len(problems) > 1 else "")
+    return head + ":\n  " + "\n  ".join(problems)
+
+
+def _valid_keys(cls: type[BaseModel], loc: list[str]) -> list[str]:
+    """Field names of the section at ``loc`` inside ``cls`` (empty if it cannot be resolved)."""
+    model: Any = cls
+    for part in loc:
+        field = model.model_fields.get(part) if _is_model(model) else None
+        if field is None:
+            return []
+        model = _model_in(field.annotation)
+    return list(model.model_fields) if _is_model(model) else []
+
+
+def _is_model(obj: Any) -> bool:
+    return isinstance(obj, type) and issubclass(obj, BaseModel)
+
+
+def _model_in(annotation: Any) -> Any:
+    """The BaseModel class inside an annotation such as ``Optional[DataConfig]``."""
+    if _is_model(annotation):
+        return annotation
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            if _is_model(arg):
+                return arg
+    return None
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    """Map of dotted key path -> 1-based line number of that key in YAML ``text`` (mappings only)."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return {}
+    out: dict[str, int] = {}
+
+    def walk(node, prefix):
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                path = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
+                out[path] = key_node.start_mark.line + 1
+                walk(value_node, path)
+
+    walk(root, "")
+    return out

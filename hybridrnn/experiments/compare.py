@@ -1,0 +1,391 @@
+"""Train every model x seed (x length) on one task and tabulate the results: ``hybridrnn compare``.
+
+Layout of the output folder ``DIR``::
+
+    DIR/compare.json          the plan (config, models, seeds, lengths, overrides)
+    DIR/base_config.yaml      the config without its ``compare:``/``tune:`` sections, when it has them (runs
+                              train from it then; relative data paths in it resolve as from DIR)
+    DIR/runs/<row id>/        one run directory per row (hybridrnn.train.run.train), plus row.json when done
+    DIR/results.csv           one row per model x seed (x length), rebuilt after every finished row
+    DIR/report.md, report.html (hybridrnn.experiments.report)
+
+Resuming: a row is finished when its ``row.json`` exists (written atomically after training and evaluation);
+a rerun of the same command skips finished rows, resumes a row whose run has a checkpoint (``state.json``) and
+starts the others afresh.
+
+Models are encoder specs, optionally followed by ``model:`` options in brackets, e.g.
+``lstm:64``, ``(lstm:64|gru:64)[fusion=gate,share_input_projection=true]``, ``gru:64x2[tie_layers=true]``.
+A config may list them in a ``compare:`` section (``models:``, ``seeds:``, ``lengths:``), which the command
+line overrides.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+import yaml
+
+from hybridrnn.config import read_yaml
+from hybridrnn.train.checkpoint import atomic_write_text
+
+#: top-level config keys that describe an experiment (several runs), not one run
+EXPERIMENT_KEYS = ("compare", "tune")
+ROW_FILE = "row.json"
+#: leading columns of results.csv (metric columns val_* and test_* follow)
+BASE_COLUMNS = ["model", "encoder", "options", "seed", "length", "task", "parameters", "epochs",
+                "epochs_to_best", "train_seconds", "train_seconds_per_epoch", "infer_ms_per_batch",
+                "infer_ms_per_sequence", "run_dir"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# small I/O helpers
+# ---------------------------------------------------------------------------------------------------------
+
+def split_experiment_config(config_path: str | os.PathLike, out_dir: Path) -> tuple[dict[str, dict], Path]:
+    """The experiment sections of ``config_path`` (``compare``, ``tune``; missing ones left out) and the config
+    file every run trains from.
+
+    That is ``config_path`` itself when it has no experiment section, or when the run config schema accepts
+    them; otherwise ``out_dir/base_config.yaml``, the same config without those sections (``RunConfig`` forbids
+    unknown keys, and these sections describe several runs, not one).
+    """
+    from hybridrnn.config import ConfigError, load_config
+
+    raw = read_yaml(config_path)
+    sections: dict[str, dict] = {}
+    for key in EXPERIMENT_KEYS:
+        if key in raw:
+            value = raw.pop(key)
+            if value is not None and not isinstance(value, dict):
+                raise ValueError(f"config file {str(config_path)!r}: section {key!r} must be a mapping, "
+                                 f"got {type(value).__name__}")
+            sections[key] = value or {}
+    if not sections:
+        return sections, Path(config_path)
+    try:
+        load_config(config_path)
+        return sections, Path(config_path)        # the schema knows the experiment sections
+    except ConfigError:
+        pass
+    base = Path(out_dir) / "base_config.yaml"
+    atomic_write_text(base, yaml.safe_dump(raw, sort_keys=False))
+    return sections, base
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the models to compare
+# ---------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model of a comparison: an encoder spec and ``model:`` options (``{"fusion": "gate"}``)."""
+
+    encoder: str
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def label(self) -> str:
+        if not self.options:
+            return self.encoder
+        inner = ",".join(f"{k}={_format_value(v)}" for k, v in self.options)
+        return f"{self.encoder}[{inner}]"
+
+    def overrides(self) -> list[str]:
+        """``--set`` overrides that select this model."""
+        return [f"model.encoder={self.encoder}"] + [f"model.{k}={_format_value(v)}" for k, v in self.options]
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    return str(value)
+
+
+def _split_top_level(text: str, sep: str = ",") -> list[str]:
+    """Split at ``sep`` outside brackets and parentheses."""
+    parts, depth, current = [], 0, []
+    for ch in text:
+        if ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth -= 1
+        if ch == sep and depth == 0:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    parts.append("".join(current))
+    return [p.strip() for p in parts if p.strip()]
+
+
+def parse_model(item: str | dict) -> ModelEntry:
+    """A :class:`ModelEntry` from ``"SPEC"``, ``"SPEC[key=value,...]"`` or ``{"encoder": SPEC, key: value}``."""
+    if isinstance(item, ModelEntry):
+        return item
+    if isinstance(item, dict):
+        item = dict(item)
+        if "encoder" not in item:
+            raise ValueError(f"model entry {item!r}: needs an 'encoder' key (an encoder spec)")
+        encoder = str(item.pop("encoder"))
+        return ModelEntry(encoder, tuple(sorted(item.items())))
+    text = str(item).strip()
+    match = re.fullmatch(r"(?P<spec>[^\[\]]+?)\s*(\[(?P<opts>.*)\])?", text)
+    if not match or not match.group("spec").strip():
+        raise ValueError(f"model {text!r}: expected an encoder spec optionally followed by [key=value,...], "
+                         f"e.g. 'lstm:64' or '(lstm:64|gru:64)[fusion=gate]'")
+    options = {}
+    for part in _split_top_level(match.group("opts") or ""):
+        if "=" not in part:
+            raise ValueError(f"model {text!r}: option {part!r} is not of the form key=value")
+        key, value = (s.strip() for s in part.split("=", 1))
+        options[key] = yaml.safe_load(value)
+    return ModelEntry(match.group("spec").strip(), tuple(sorted(options.items())))
+
+
+def parse_models(models: str | Sequence[str | dict]) -> list[ModelEntry]:
+    """Models from a comma-separated string (brackets may hold commas) or a list; duplicates are an error."""
+    items = _split_top_level(models) if isinstance(models, str) else list(models)
+    entries = [parse_model(m) for m in items]
+    if not entries:
+        raise ValueError("no models to compare: give --models or a compare.models list in the config")
+    labels = [e.label for e in entries]
+    duplicates = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicates:
+        raise ValueError(f"models listed twice: {duplicates}")
+    try:
+        from hybridrnn.nn.spec import parse_spec
+    except ImportError:   # pragma: no cover - the spec parser is part of the package
+        parse_spec = None
+    if parse_spec is not None:
+        for e in entries:
+            parse_spec(e.encoder)   # a SpecError (ValueError) that points at the fault
+    return entries
+
+
+def parse_int_list(value: str | int | Sequence[int] | None, what: str) -> Optional[list[int]]:
+    """``"50,100"`` / ``[50, 100]`` / ``3`` -> list of ints (``None`` stays ``None``)."""
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return [value]
+    items = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        out = [int(str(v).strip()) for v in items if str(v).strip()]
+    except ValueError:
+        raise ValueError(f"{what}: expected integers separated by commas, got {value!r}") from None
+    if not out or any(v < 1 for v in out):
+        raise ValueError(f"{what}: expected positive integers, got {value!r}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# rows
+# ---------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RowKey:
+    """One cell of the comparison grid."""
+
+    model: ModelEntry
+    seed: int
+    length: Optional[int] = None
+
+    @property
+    def run_id(self) -> str:
+        slug = re.sub(r"[^A-Za-z0-9]+", "_", self.model.label).strip("_")[:40]
+        digest = hashlib.sha1(self.model.label.encode()).hexdigest()[:8]
+        tail = f"-L{self.length}" if self.length is not None else ""
+        return f"{slug}-{digest}{tail}-s{self.seed}"
+
+    def overrides(self) -> list[str]:
+        out = self.model.overrides() + [f"train.seed={self.seed}"]
+        if self.length is not None:
+            out.append(f"data.length={self.length}")
+        return out
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The lines of ``run_dir/metrics.jsonl`` with nested mappings flattened (``{"val": {"loss": 1}}`` ->
+    ``{"val_loss": 1}``); an empty list when the file is missing."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(_flatten(json.loads(line)))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: line {number} is not JSON ({error})") from None
+    return records
+
+
+def _flatten(record: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in record.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{name}_"))
+        else:
+            out[name] = value
+    return out
+
+
+def epoch_records(run_dir: Path) -> list[dict[str, Any]]:
+    """Per-epoch records of a run (lines of metrics.jsonl that carry an ``epoch`` and a validation metric)."""
+    return [r for r in read_metrics(run_dir) if "epoch" in r and any(k.startswith("val_") for k in r)]
+
+
+def _seconds_of(record: dict[str, Any]) -> Optional[float]:
+    for key in ("train_seconds", "epoch_seconds", "seconds", "time", "duration", "elapsed"):
+        if isinstance(record.get(key), (int, float)):
+            return float(record[key])
+    return None
+
+
+def summarise_training(run_dir: Path, monitor: str, mode: str) -> dict[str, Any]:
+    """Epochs run, epoch of the best validation ``monitor`` and mean training seconds per epoch (None where
+    metrics.jsonl does not say)."""
+    records = epoch_records(run_dir)
+    key = f"val_{monitor}"
+    scored = [r for r in records if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+    best = None
+    if scored:
+        pick = min if mode == "min" else max
+        best = pick(scored, key=lambda r: r[key])["epoch"]
+    seconds = [s for s in (_seconds_of(r) for r in records) if s is not None]
+    return {"epochs": len(records) or None, "epochs_to_best": best,
+            "train_seconds_per_epoch": (sum(seconds) / len(seconds)) if seconds else None}
+
+
+def _run_row(key: RowKey, base_config: Path, run_dir: Path, overrides: Sequence[str], task_name: str) -> dict:
+    """Train (or resume) one row's run, evaluate it and return the row."""
+    from hybridrnn.nn.tying import count_parameters
+    from hybridrnn.train.run import load_run, train
+
+    all_overrides = list(overrides) + key.overrides()
+    resume = run_dir if (run_dir / "state.json").is_file() else None
+    if resume is None and run_dir.exists():
+        shutil.rmtree(run_dir)    # a run killed before its first checkpoint: start it again
+    started = time.perf_counter()
+    if resume is not None:
+        trained = Path(train(base_config, out=run_dir, overrides=all_overrides, resume=resume))
+    else:
+        trained = Path(train(base_config, out=run_dir, overrides=all_overrides))
+    wall = time.perf_counter() - started
+
+    config, task, model = load_run(trained)
+    model.eval()
+    row: dict[str, Any] = {"model": key.model.label, "encoder": key.model.encoder,
+                           "options": json.dumps(dict(key.model.options), sort_keys=True),
+                           "seed": key.seed, "length": key.length, "task": task_name,
+                           "parameters": count_parameters(model)}
+    summary = summarise_training(trained, task.monitor, task.monitor_mode)
+    row.update(summary)
+    if row["train_seconds_per_epoch"] is None and summary["epochs"]:
+        row["train_seconds_per_epoch"] = wall / summary["epochs"]    # includes evaluation: an upper bound
+    row["train_seconds"] = (row["train_seconds_per_epoch"] * row["epochs"]
+                            if row["train_seconds_per_epoch"] is not None and row["epochs"] else wall)
+    metrics = {"val": task.evaluate(model, "val")}
+    started = time.perf_counter()
+    metrics["test"] = task.evaluate(model, "test")
+    infer = time.perf_counter() - started
+    n_test = task.num_examples("test")
+    row["infer_ms_per_sequence"] = 1000.0 * infer / n_test
+    row["infer_ms_per_batch"] = row["infer_ms_per_sequence"] * min(config.train.batch_size, n_test)
+    for split, values in metrics.items():
+        for name, value in values.items():
+            row[f"{split}_{name}"] = float(value)
+    if not any(p.suffix == ".png" for p in trained.iterdir()):
+        task.plots(model, trained)
+    row["run_dir"] = os.path.relpath(trained, run_dir.parent.parent)   # relative to the comparison folder
+    return row
+
+
+def collect_rows(out_dir: Path, keys: Iterable[RowKey]) -> list[dict]:
+    """Finished rows of ``keys`` (those with a row.json), in grid order."""
+    rows = []
+    for key in keys:
+        path = Path(out_dir) / "runs" / key.run_id / ROW_FILE
+        if path.is_file():
+            rows.append(json.loads(path.read_text()))
+    return rows
+
+
+def write_results_csv(out_dir: Path, rows: list[dict]) -> Path:
+    """``out_dir/results.csv`` from ``rows`` (base columns, then val_*, then test_* metric columns)."""
+    import pandas as pd
+
+    frame = pd.DataFrame(rows)
+    metric_cols = sorted(c for c in frame.columns if c.startswith("val_")) + \
+        sorted(c for c in frame.columns if c.startswith("test_"))
+    frame = frame.reindex(columns=BASE_COLUMNS + metric_cols)
+    path = Path(out_dir) / "results.csv"
+    atomic_write_text(path, frame.to_csv(index=False))
+    return path
+
+
+def run_compare(config_path: str | os.PathLike, models: str | Sequence[str | dict] | None = None,
+                seeds: int | Sequence[int] | None = None, out_dir: str | os.PathLike = "compare",
+                lengths: str | Sequence[int] | None = None, overrides: Sequence[str] = (),
+                report: bool = True, progress=print) -> Path:
+    """Train every model x seed (x length) on the task of ``config_path``; write ``out_dir/results.csv`` and the
+    report. Returns the path of results.csv.
+
+    Args:
+        models: specs (see :func:`parse_models`); default the config's ``compare.models``.
+        seeds: a count ``n`` (seeds ``0..n-1``) or explicit seeds; default ``compare.seeds`` or 3.
+        lengths: sequence lengths (sets ``data.length``, for the long-range suite); default ``compare.lengths``.
+        overrides: ``--set key=value`` strings applied to every run (before the model, seed and length).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sections, base_config = split_experiment_config(config_path, out_dir)
+    section = sections.get("compare", {})
+    unknown = set(section) - {"models", "seeds", "lengths"}
+    if unknown:
+        raise ValueError(f"config {str(config_path)!r}: unknown keys in compare: {sorted(unknown)} "
+                         "(expected models, seeds, lengths)")
+    entries = parse_models(models if models is not None else section.get("models") or [])
+    seeds = seeds if seeds is not None else section.get("seeds", 3)
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else parse_int_list(seeds, "seeds")
+    if isinstance(seeds, int) and seeds < 1:
+        raise ValueError(f"seeds: expected at least 1, got {seeds}")
+    length_list = parse_int_list(lengths if lengths is not None else section.get("lengths"), "lengths")
+    task_name = str(read_yaml(base_config).get("task", ""))
+
+    keys = [RowKey(m, s, length) for length in (length_list or [None]) for m in entries for s in seed_list]
+    plan = {"config": str(config_path), "train_config": str(Path(base_config).resolve()), "task": task_name, "models": [e.label for e in entries],
+            "seeds": seed_list, "lengths": length_list, "overrides": list(overrides),
+            "rows": [{"run_id": k.run_id, "model": k.model.label, "seed": k.seed, "length": k.length}
+                     for k in keys]}
+    atomic_write_text(out_dir / "compare.json", json.dumps(plan, indent=2))
+
+    for number, key in enumerate(keys, 1):
+        run_dir = out_dir / "runs" / key.run_id
+        what = f"[{number}/{len(keys)}] {key.model.label} seed {key.seed}" + \
+            (f" length {key.length}" if key.length is not None else "")
+        if (run_dir / ROW_FILE).is_file():
+            progress(f"{what}: done before, skipped")
+            continue
+        progress(f"{what}: training")
+        row = _run_row(key, base_config, run_dir, overrides, task_name)
+        atomic_write_text(run_dir / ROW_FILE, json.dumps(row, indent=2))
+        write_results_csv(out_dir, collect_rows(out_dir, keys))
+    results = write_results_csv(out_dir, collect_rows(out_dir, keys))
+    if report:
+        from hybridrnn.experiments.report import write_report
+
+        write_report(out_dir)
+    return results

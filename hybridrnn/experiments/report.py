@@ -1,0 +1,460 @@
+"""The report of a comparison: ``DIR/report.md`` and a self-contained ``DIR/report.html`` from ``DIR/results.csv``.
+
+Contents: a summary table (mean ± standard deviation over seeds, the best value of each column in bold, and
+whether each model's difference from the best on the primary metric is larger than the seed spread), learning
+curves, the primary metric against parameter count and against training time, the task's own plots of the best
+run, and for comparisons over lengths the longest length each model solves and the metric against length.
+
+"Larger than the seed spread" is decided by Welch's two-sided t-test (unequal variances) on the per-seed test
+values of that model and of the best model, at p < 0.05. With fewer than two seeds on either side there is no
+spread to compare with and the table says "n/a". The primary metric is the task's monitored metric on the
+test split (``test_loss`` for every task of hybridrnn unless the task says otherwise).
+
+Figures are PNG files in ``DIR/report_files/``; the markdown links them, the HTML embeds them as base64.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import pandas as pd
+
+from hybridrnn.experiments.compare import (BASE_COLUMNS, atomic_write_text, epoch_records, read_yaml)
+
+#: metric names (after the val_/test_ prefix) where larger is better; every other metric is minimised
+HIGHER_IS_BETTER = ("accuracy", "acc", "f1", "auc", "r2", "precision", "recall", "solved", "bleu")
+SIGNIFICANCE_LEVEL = 0.05
+#: "solved" thresholds of the long-range suite: problem -> (column, threshold, description)
+SOLVED = {
+    "adding": ("test_mse", 0.01, "test MSE < 0.01 (always predicting 1 gives 0.167)"),
+    "copy": ("test_baseline_ratio", 0.1, "test loss < 10% of the memoryless baseline 10·log(8)/(T+20)"),
+}
+FILES = "report_files"
+
+
+def higher_is_better(column: str) -> bool:
+    """Whether larger values of a results column are better (metric name after ``val_``/``test_``)."""
+    name = column.split("_", 1)[1] if column.startswith(("val_", "test_")) else column
+    return any(name == h or name.endswith("_" + h) or name.startswith(h + "_") for h in HIGHER_IS_BETTER)
+
+
+def welch_p_value(a: np.ndarray, b: np.ndarray) -> Optional[float]:
+    """Two-sided Welch t-test p-value for samples ``a`` and ``b``; None when either has fewer than 2 values.
+    Two constant samples give p = 1 when equal and 0 when not."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if len(a) < 2 or len(b) < 2:
+        return None
+    if np.std(a) == 0 and np.std(b) == 0:
+        return 1.0 if np.mean(a) == np.mean(b) else 0.0
+    from scipy.stats import ttest_ind
+
+    return float(ttest_ind(a, b, equal_var=False).pvalue)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# a tiny document model rendered to both markdown and HTML
+# ---------------------------------------------------------------------------------------------------------
+
+@dataclass
+class Block:
+    kind: str            # "h1", "h2", "p", "table", "image"
+    content: Any
+    caption: str = ""
+
+
+def _md_cell(value: str) -> str:
+    return str(value).replace("|", "\\|")
+
+
+def render_markdown(blocks: list[Block]) -> str:
+    out = []
+    for b in blocks:
+        if b.kind == "h1":
+            out.append(f"# {b.content}\n")
+        elif b.kind == "h2":
+            out.append(f"## {b.content}\n")
+        elif b.kind == "p":
+            out.append(f"{b.content}\n")
+        elif b.kind == "table":
+            header, rows = b.content
+            out.append("| " + " | ".join(_md_cell(h) for h in header) + " |")
+            out.append("|" + "---|" * len(header))
+            for row in rows:
+                out.append("| " + " | ".join(_md_cell(c) for c in row) + " |")
+            out.append("")
+        elif b.kind == "image":
+            out.append(f"![{b.caption}]({b.content})\n")
+    return "\n".join(out)
+
+
+def _html_inline(text: str) -> str:
+    """Escape, then turn markdown ``**bold**`` and ``code`` into tags."""
+    text = html.escape(str(text))
+    parts = text.split("**")
+    text = "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
+    parts = text.split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def render_html(blocks: list[Block], root: Path, title: str) -> str:
+    body = []
+    for b in blocks:
+        if b.kind in ("h1", "h2"):
+            body.append(f"<{b.kind}>{_html_inline(b.content)}</{b.kind}>")
+        elif b.kind == "p":
+            body.append(f"<p>{_html_inline(b.content)}</p>")
+        elif b.kind == "table":
+            header, rows = b.content
+            cells = "".join(f"<th>{_html_inline(h)}</th>" for h in header)
+            lines = [f"<table><thead><tr>{cells}</tr></thead><tbody>"]
+            for row in rows:
+                lines.append("<tr>" + "".join(f"<td>{_html_inline(c)}</td>" for c in row) + "</tr>")
+            lines.append("</tbody></table>")
+            body.append("\n".join(lines))
+        elif b.kind == "image":
+            data = base64.b64encode((root / b.content).read_bytes()).decode()
+            body.append(f'<figure><img alt="{html.escape(b.caption)}" src="data:image/png;base64,{data}">'
+                        f"<figcaption>{html.escape(b.caption)}</figcaption></figure>")
+    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}"
+             "th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f4f4f4}"
+             "td:first-child,th:first-child{text-align:left}img{max-width:100%}"
+             "figcaption{color:#666;font-size:0.9em}code{background:#f4f4f4;padding:0 3px}")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# numbers
+# ---------------------------------------------------------------------------------------------------------
+
+def _fmt(value: float) -> str:
+    if value is None or not np.isfinite(value):
+        return "-"
+    magnitude = abs(value)
+    if magnitude == 0:
+        return "0"
+    if magnitude >= 1000:
+        return f"{value:,.0f}"
+    if magnitude >= 1:
+        return f"{value:.3g}" if magnitude < 100 else f"{value:.0f}"
+    if magnitude >= 1e-3:
+        return f"{value:.4f}"
+    return f"{value:.2e}"
+
+
+def summary_table(results: pd.DataFrame, columns: list[str], primary: str, group: list[str],
+                  maximise: Callable[[str], bool] = higher_is_better) -> tuple[list, list]:
+    """Header and rows of the summary: mean ± std per group, best in bold, and the Welch test on ``primary``.
+
+    With ``group = ["length", "model"]`` the best value and the test are taken among the models of each length.
+    """
+    stats = results.groupby(group, sort=False)[columns].agg(["mean", "std", "count"])
+
+    def peers(idx):   # the rows competing with idx: same length, or all of them
+        if len(group) == 1:
+            return list(stats.index)
+        return [i for i in stats.index if i[:-1] == idx[:-1]]
+
+    def best_index(idx, col):
+        means = stats.loc[peers(idx), (col, "mean")].dropna()
+        if means.empty:
+            return None
+        return means.idxmax() if maximise(col) else means.idxmin()
+
+    header = list(group) + ["seeds"] + columns + [f"differs from best ({primary})"]
+    rows = []
+    for idx in stats.index:
+        keys = idx if isinstance(idx, tuple) else (idx,)
+        row = [str(int(k)) if isinstance(k, float) and k.is_integer() else str(k) for k in keys]
+        row.append(str(int(stats.loc[idx, (primary, "count")])))
+        for col in columns:
+            mean, std = stats.loc[idx, (col, "mean")], stats.loc[idx, (col, "std")]
+            text = _fmt(mean) + (f" ± {_fmt(std)}" if pd.notna(std) else "")
+            best = best_index(idx, col)
+            tied = stats.loc[peers(idx), (col, "mean")].nunique() <= 1    # nothing to single out
+            if best is not None and not tied and pd.notna(mean) and mean == stats.loc[best, (col, "mean")]:
+                text = f"**{text}**"
+            row.append(text)
+        best = best_index(idx, primary)
+        if best is None:
+            row.append("n/a")
+        elif best == idx:
+            row.append("best")
+        else:
+            p = welch_p_value(results.loc[_group_mask(results, group, idx), primary].dropna(),
+                              results.loc[_group_mask(results, group, best), primary].dropna())
+            row.append("n/a (one seed)" if p is None else
+                       (f"yes (p={p:.3f})" if p < SIGNIFICANCE_LEVEL else f"no (p={p:.2f})"))
+        rows.append(row)
+    return header, rows
+
+
+def _group_mask(frame: pd.DataFrame, group: list[str], idx) -> pd.Series:
+    keys = idx if isinstance(idx, tuple) else (idx,)
+    mask = pd.Series(True, index=frame.index)
+    for col, value in zip(group, keys):
+        mask &= frame[col] == value
+    return mask
+
+
+# ---------------------------------------------------------------------------------------------------------
+# figures
+# ---------------------------------------------------------------------------------------------------------
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    _plt().close(fig)
+    tmp.replace(path)
+
+
+def _colors(models: list[str]) -> dict[str, Any]:
+    cmap = _plt().get_cmap("tab10")
+    return {m: cmap(i % 10) for i, m in enumerate(models)}
+
+
+def plot_learning_curves(results: pd.DataFrame, root: Path, monitor: str, path: Path) -> bool:
+    """Validation ``monitor`` against epoch, one colour per model, one line per seed (per length: a panel)."""
+    plt = _plt()
+    models = list(dict.fromkeys(results["model"]))
+    colors = _colors(models)
+    lengths = [None] if results["length"].isna().all() else sorted(results["length"].dropna().unique())
+    fig, axes = plt.subplots(1, len(lengths), figsize=(5.5 * len(lengths), 4), squeeze=False)
+    drew = False
+    for ax, length in zip(axes[0], lengths):
+        frame = results if length is None else results[results["length"] == length]
+        labelled, values = set(), []
+        for _, row in frame.iterrows():
+            records = epoch_records(root / str(row["run_dir"]))
+            points = [(r["epoch"], r[f"val_{monitor}"]) for r in records if f"val_{monitor}" in r]
+            if not points:
+                continue
+            x, y = zip(*points)
+            values.extend(y)
+            label = row["model"] if row["model"] not in labelled else None
+            labelled.add(row["model"])
+            ax.plot(x, y, color=colors[row["model"]], alpha=0.8, lw=1.3, label=label, marker="." if len(x) < 15 else None)
+            drew = True
+        ax.set(xlabel="epoch", ylabel=f"validation {monitor}",
+               title="learning curves" + (f" (length {int(length)})" if length is not None else ""))
+        if values and min(values) > 0 and max(values) / min(values) > 10:
+            ax.set_yscale("log")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+        if labelled:
+            ax.legend(fontsize=8)
+    if drew:
+        _save(fig, path)
+    else:
+        plt.close(fig)
+    return drew
+
+
+def monitor_is_log_scale(frame: pd.DataFrame, column: str) -> bool:
+    values = frame[column].dropna() if column in frame else pd.Series(dtype=float)
+    return bool(len(values) and (values > 0).all() and values.max() / max(values.min(), 1e-12) > 30)
+
+
+def plot_metric_against(results: pd.DataFrame, x: str, xlabel: str, metric: str, path: Path) -> None:
+    """Mean ± std of ``metric`` against mean ``x`` per model (per length when there are lengths: the longest)."""
+    plt = _plt()
+    frame = results
+    note = ""
+    if results["length"].notna().any():
+        longest = results["length"].max()
+        frame = results[results["length"] == longest]
+        note = f" (length {int(longest)})"
+    models = list(dict.fromkeys(frame["model"]))
+    colors = _colors(models)
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for model in models:
+        sub = frame[frame["model"] == model]
+        ax.scatter(sub[x], sub[metric], color=colors[model], alpha=0.35, s=14)
+        ax.errorbar(sub[x].mean(), sub[metric].mean(), yerr=sub[metric].std() if len(sub) > 1 else None,
+                    xerr=sub[x].std() if len(sub) > 1 else None, fmt="o", color=colors[model], capsize=3,
+                    label=model, ms=7)
+    ax.set(xlabel=xlabel, ylabel=metric.replace("_", " "), title=f"{metric.replace('_', ' ')} against {xlabel}{note}")
+    if monitor_is_log_scale(frame, metric):
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_metric_vs_length(results: pd.DataFrame, metric: str, threshold: Optional[float], path: Path) -> None:
+    plt = _plt()
+    models = list(dict.fromkeys(results["model"]))
+    colors = _colors(models)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for model in models:
+        sub = results[results["model"] == model].groupby("length")[metric]
+        mean, std = sub.mean(), sub.std().fillna(0)
+        ax.errorbar(mean.index, mean.values, yerr=std.values, marker="o", capsize=3, color=colors[model], label=model)
+    if threshold is not None:
+        ax.axhline(threshold, color="black", ls="--", lw=1, label=f"solved below {threshold:g}")
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(_plt().NullFormatter())
+    ax.set_xticks(sorted(results["length"].unique()))
+    ax.set_xticklabels([str(int(v)) for v in sorted(results["length"].unique())])
+    if (results[metric].dropna() > 0).all():
+        ax.set_yscale("log")
+    ax.set(xlabel="sequence length T", ylabel=metric.replace("_", " "), title=f"{metric.replace('_', ' ')} against length")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the report
+# ---------------------------------------------------------------------------------------------------------
+
+def _task_info(root: Path) -> tuple[str, str, str, dict]:
+    """(task name, monitor, mode, base config dict) of a comparison folder."""
+    plan = json.loads((root / "compare.json").read_text()) if (root / "compare.json").is_file() else {}
+    config = Path(plan.get("train_config", root / "base_config.yaml"))
+    base = read_yaml(config) if config.is_file() else {}
+    task = str(base.get("task", ""))
+    monitor, mode = "loss", "min"
+    try:
+        from hybridrnn.tasks.registry import get_task_class
+
+        cls = get_task_class(task)
+        monitor, mode = cls.monitor, cls.monitor_mode
+    except Exception:   # an unknown or unimportable task still gets a report on its loss
+        pass
+    return task, monitor, mode, base
+
+
+def longest_solved(results: pd.DataFrame, column: str, threshold: float) -> tuple[list, list]:
+    """Table: for each model, the seeds solving each length (``column`` < ``threshold``) and the longest length
+    solved by at least half of the seeds."""
+    lengths = sorted(results["length"].dropna().unique())
+    header = ["model"] + [f"T={int(L)}" for L in lengths] + ["longest solved"]
+    rows = []
+    for model in dict.fromkeys(results["model"]):
+        row, solved = [model], []
+        for L in lengths:
+            values = results[(results["model"] == model) & (results["length"] == L)][column].dropna()
+            k = int((values < threshold).sum())
+            row.append(f"{k}/{len(values)}" if len(values) else "-")
+            if len(values) and k * 2 >= len(values):
+                solved.append(int(L))
+        row.append(f"**{max(solved)}**" if solved else "none")
+        rows.append(row)
+    return header, rows
+
+
+def write_report(out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``report.md`` and ``report.html`` for the comparison in ``out_dir``; returns their paths."""
+    root = Path(out_dir)
+    csv = root / "results.csv"
+    if not csv.is_file():
+        raise ValueError(f"{csv} does not exist: run the comparison first")
+    results = pd.read_csv(csv)
+    if results.empty:
+        raise ValueError(f"{csv} has no rows")
+    missing = [c for c in ("model", "seed", "length", "parameters", "run_dir") if c not in results.columns]
+    if missing:
+        raise ValueError(f"{csv}: missing columns {missing} (expected {BASE_COLUMNS})")
+    task, monitor, mode, base = _task_info(root)
+    plan = json.loads((root / "compare.json").read_text()) if (root / "compare.json").is_file() else {}
+    primary = f"test_{monitor}"
+    if primary not in results.columns:
+        raise ValueError(f"{csv}: no column {primary!r} for the task's monitored metric {monitor!r}")
+    files = root / FILES
+    files.mkdir(exist_ok=True)
+    has_lengths = results["length"].notna().any()
+    group = ["length", "model"] if has_lengths else ["model"]
+
+    blocks: list[Block] = [Block("h1", f"Comparison: {task or 'task'}")]
+    data = base.get("data", {}) if isinstance(base.get("data"), dict) else {}
+    train = base.get("train", {}) if isinstance(base.get("train"), dict) else {}
+    blocks.append(Block("p", f"Config `{plan.get('config', '?')}`; data: "
+                              + (", ".join(f"{k}={v}" for k, v in data.items()) or "defaults")
+                              + f"; training: " + (", ".join(f"{k}={v}" for k, v in train.items()) or "defaults")
+                              + (f"; overrides: {', '.join(plan['overrides'])}" if plan.get("overrides") else "")
+                              + f". {results['seed'].nunique()} seed(s) per model, {len(results)} runs."))
+
+    metric_cols = [c for c in results.columns if c.startswith("test_") and not c.endswith("_solved")
+                   and c != "test_solved"]
+    # a metric equal to the primary one in every row (the adding problem's MSE is its loss) says nothing new
+    metric_cols = [primary] + [c for c in metric_cols if c != primary and not
+                               np.allclose(results[c].to_numpy(float), results[primary].to_numpy(float), equal_nan=True)]
+    columns = metric_cols + [f"val_{monitor}"] * (f"val_{monitor}" in results.columns) + \
+        ["parameters", "train_seconds_per_epoch", "epochs_to_best", "infer_ms_per_sequence"]
+    columns = [c for c in columns if c in results.columns and results[c].notna().any()]
+    blocks.append(Block("h2", "Summary"))
+    maximise = lambda col: (mode == "max") if col in (primary, f"val_{monitor}") else higher_is_better(col)
+    header, rows = summary_table(results, columns, primary, group, maximise)
+    blocks.append(Block("table", (header, rows)))
+    blocks.append(Block("p", f"Mean ± standard deviation over seeds; the best of each column in bold "
+                              f"(lowest, except for accuracy-like metrics){' within each length' if has_lengths else ''}. "
+                              f"'differs from best' compares each model's per-seed `{primary}` with the best model's "
+                              f"by Welch's two-sided t-test: 'yes' means p < {SIGNIFICANCE_LEVEL}, a difference "
+                              f"larger than the seed spread; 'no' means the seeds cannot tell them apart. "
+                              f"Inference time is `evaluate()` on the test split divided by its number of sequences."))
+
+    problem = data.get("problem") if task == "long_range" else None
+    if has_lengths:
+        column, threshold, description = SOLVED.get(problem, (primary, None, None))
+        blocks.append(Block("h2", "Longest length solved"))
+        if threshold is not None and column in results.columns:
+            header, rows = longest_solved(results, column, threshold)
+            blocks.append(Block("table", (header, rows)))
+            blocks.append(Block("p", f"Solved: {description}. Each cell: seeds that solved that length; "
+                                      "'longest solved': the longest length solved by at least half of the seeds."))
+        else:
+            blocks.append(Block("p", f"No 'solved' threshold is defined for this task; see the plot of {column}."))
+        plot_metric_vs_length(results, column, threshold, files / "metric_vs_length.png")
+        blocks.append(Block("image", f"{FILES}/metric_vs_length.png", f"{column} against length (mean ± std over seeds)"))
+
+    blocks.append(Block("h2", "Learning curves"))
+    if plot_learning_curves(results, root, monitor, files / "learning_curves.png"):
+        blocks.append(Block("image", f"{FILES}/learning_curves.png", f"validation {monitor} per epoch, every seed"))
+    else:
+        blocks.append(Block("p", "No per-epoch validation metrics were found in the runs' metrics.jsonl."))
+
+    blocks.append(Block("h2", "Accuracy against size and cost"))
+    plot_metric_against(results, "parameters", "parameters", primary, files / "metric_vs_parameters.png")
+    blocks.append(Block("image", f"{FILES}/metric_vs_parameters.png", f"{primary} against parameter count"))
+    time_col = "train_seconds"
+    if time_col in results.columns and results[time_col].notna().any():
+        plot_metric_against(results, time_col, "training seconds", primary, files / "metric_vs_time.png")
+        blocks.append(Block("image", f"{FILES}/metric_vs_time.png", f"{primary} against training time"))
+
+    # the task's own plots, from the best run (the longest length when comparing over lengths)
+    pool = results[results["length"] == results["length"].max()] if has_lengths else results
+    pool = pool[pool[primary].notna()]
+    if not pool.empty:
+        best = pool.loc[pool[primary].idxmax() if mode == "max" else pool[primary].idxmin()]
+        run_dir = root / str(best["run_dir"])
+        pngs = sorted(run_dir.glob("*.png")) if run_dir.is_dir() else []
+        if pngs:
+            blocks.append(Block("h2", f"Task plots of the best run: {best['model']}, seed {int(best['seed'])}"
+                                      + (f", length {int(best['length'])}" if has_lengths else "")))
+            for png in pngs:
+                target = files / f"best_{png.name}"
+                shutil.copyfile(png, target)
+                blocks.append(Block("image", f"{FILES}/{target.name}", png.stem.replace("_", " ")))
+
+    md_path, html_path = root / "report.md", root / "report.html"
+    atomic_write_text(md_path, render_markdown(blocks))
+    atomic_write_text(html_path, render_html(blocks, root, f"hybridrnn comparison: {task}"))
+    return md_path, html_path

@@ -1,0 +1,253 @@
+"""LSTM and GRU cells: one time step, written from the textbook equations.
+
+Weights are named and shaped as in ``torch.nn.LSTMCell`` / ``torch.nn.GRUCell`` and the gate rows are in
+torch's order, so weights copy across unchanged:
+
+- LSTM, rows ``(i, f, g, o)`` (G = 4); a coupled LSTM has rows ``(i, g, o)`` (G = 3) and ``f = 1 - i``::
+
+      i = sigmoid(W_ii x + b_ii + W_hi h + b_hi)      input gate
+      f = sigmoid(W_if x + b_if + W_hf h + b_hf)      forget gate      (coupled: f = 1 - i)
+      g = tanh(W_ig x + b_ig + W_hg h + b_hg)         candidate
+      o = sigmoid(W_io x + b_io + W_ho h + b_ho)      output gate
+      c' = f * c + i * g
+      h' = o * tanh(c')
+
+- GRU, rows ``(r, z, n)`` (G = 3)::
+
+      r = sigmoid(W_ir x + b_ir + W_hr h + b_hr)      reset gate
+      z = sigmoid(W_iz x + b_iz + W_hz h + b_hz)      torch's z: the share of the OLD state kept
+      n = tanh(W_in x + b_in + r * (W_hn h + b_hn))   reset_after=True  (torch / cuDNN form)
+      n = tanh(W_in x + b_in + W_hn (r * h) + b_hn)   reset_after=False (Cho et al. 2014, the paper's form)
+      h' = (1 - z) * n + z * h
+
+  The textbook update gate is ``u = 1 - z`` (torch's parameterisation), giving the textbook
+  ``h' = (1 - u) * h + u * n``.
+
+Layer normalisation (``layer_norm=True``, after Ba et al. 2016) normalises the input part and the recurrent
+part of the gate pre-activations separately, each gate's ``H`` units on their own (its own gain and bias),
+and, for the LSTM, the cell state before the output ``tanh``::
+
+      gates = LN_ih(W_ih x + b_ih) + LN_hh(W_hh h + b_hh)        (per gate block of H units)
+      h' = o * tanh(LN_c(c'))                                     (LSTM; c' itself is carried un-normalised)
+
+  In the paper-form GRU the recurrent ``n`` part is ``LN_hh,n(W_hn (r * h) + b_hn)``.
+
+The functional ``lstm_cell_step`` / ``gru_cell_step`` take the input projection already computed (so a layer
+can compute it for all steps at once) and are shared by the cells and the layers' general time loop.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+LN_EPS = 1e-5
+
+
+def gate_layer_norm(a: Tensor, weight: Tensor, bias: Tensor, gates: int) -> Tensor:
+    """Layer norm of each gate block on its own.
+
+    a: ``(..., gates * H)``; weight, bias: ``(gates * H,)``. Returns ``(..., gates * H)``.
+    """
+    shape = a.shape
+    hidden = shape[-1] // gates
+    normed = F.layer_norm(a.reshape(*shape[:-1], gates, hidden), (hidden,), eps=LN_EPS)
+    return torch.addcmul(bias, normed.reshape(shape), weight)
+
+
+def lstm_cell_step(xg: Tensor, h: Tensor, c: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], *,
+                   coupled: bool = False, ln_hh: Optional[tuple[Tensor, Tensor]] = None,
+                   ln_c: Optional[tuple[Tensor, Tensor]] = None,
+                   h_mask: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    """One LSTM step from a precomputed input projection.
+
+    xg: ``(B, G*H)`` = ``W_ih x + b_ih`` (already layer-normalised when layer norm is on);
+    h, c: ``(B, H)``; w_hh: ``(G*H, H)``; b_hh: ``(G*H,)`` or None; ln_hh: (gain, bias) each ``(G*H,)``;
+    ln_c: (gain, bias) each ``(H,)``; h_mask: ``(B, H)`` multiplied into ``h`` before ``W_hh``.
+    Returns ``(h', c')``, each ``(B, H)``.
+    """
+    h_in = h if h_mask is None else h * h_mask
+    gates_count = 3 if coupled else 4
+    if ln_hh is None:
+        hg = torch.mm(h_in, w_hh.t()) if b_hh is None else torch.addmm(b_hh, h_in, w_hh.t())
+        gates = xg + hg
+    else:
+        hg = F.linear(h_in, w_hh, b_hh)
+        gates = xg + gate_layer_norm(hg, ln_hh[0], ln_hh[1], gates_count)
+    if coupled:
+        i, g, o = gates.chunk(3, 1)
+        i = torch.sigmoid(i)
+        f = 1.0 - i
+    else:
+        i, f, g, o = gates.chunk(4, 1)
+        i = torch.sigmoid(i)
+        f = torch.sigmoid(f)
+    g = torch.tanh(g)
+    o = torch.sigmoid(o)
+    c_new = f * c + i * g
+    c_out = c_new if ln_c is None else F.layer_norm(c_new, (c_new.shape[-1],), ln_c[0], ln_c[1], LN_EPS)
+    return o * torch.tanh(c_out), c_new
+
+
+def gru_cell_step(xg: Tensor, h: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], *, reset_after: bool = True,
+                  ln_hh: Optional[tuple[Tensor, Tensor]] = None, h_mask: Optional[Tensor] = None) -> Tensor:
+    """One GRU step from a precomputed input projection.
+
+    xg: ``(B, 3H)`` = ``W_ih x + b_ih`` (already layer-normalised when layer norm is on), gate order
+    ``(r, z, n)``; h: ``(B, H)``; w_hh: ``(3H, H)``; b_hh: ``(3H,)`` or None; ln_hh: (gain, bias) each
+    ``(3H,)``; h_mask: ``(B, H)`` multiplied into ``h`` where it enters a recurrent matmul (the carried
+    ``z * h`` uses the unmasked state). Returns ``h'``: ``(B, H)``.
+    """
+    hidden = h.shape[-1]
+    h_in = h if h_mask is None else h * h_mask
+    xr, xz, xn = xg.split(hidden, -1)
+    if reset_after:
+        hg = F.linear(h_in, w_hh, b_hh)
+        if ln_hh is not None:
+            hg = gate_layer_norm(hg, ln_hh[0], ln_hh[1], 3)
+        hr, hz, hn = hg.split(hidden, -1)
+        r = torch.sigmoid(xr + hr)
+        z = torch.sigmoid(xz + hz)
+        n = torch.tanh(xn + r * hn)
+    else:
+        two = 2 * hidden
+        hrz = F.linear(h_in, w_hh[:two], None if b_hh is None else b_hh[:two])
+        if ln_hh is not None:
+            hrz = gate_layer_norm(hrz, ln_hh[0][:two], ln_hh[1][:two], 2)
+        hr, hz = hrz.split(hidden, -1)
+        r = torch.sigmoid(xr + hr)
+        z = torch.sigmoid(xz + hz)
+        hn = F.linear(r * h_in, w_hh[two:], None if b_hh is None else b_hh[two:])
+        if ln_hh is not None:
+            hn = gate_layer_norm(hn, ln_hh[0][two:], ln_hh[1][two:], 1)
+        n = torch.tanh(xn + hn)
+    return n + z * (h - n)
+
+
+class _CellBase(nn.Module):
+    mode = ""
+    gates = 0
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool, layer_norm: bool) -> None:
+        super().__init__()
+        if input_size < 1 or hidden_size < 1:
+            raise ValueError(f"{type(self).__name__}: input_size and hidden_size must be >= 1, "
+                             f"got input_size={input_size}, hidden_size={hidden_size}")
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.bias = bias
+        self.layer_norm = layer_norm
+        gh = self.gates * hidden_size
+        self.weight_ih = nn.Parameter(torch.empty(gh, input_size))
+        self.weight_hh = nn.Parameter(torch.empty(gh, hidden_size))
+        if bias:
+            self.bias_ih = nn.Parameter(torch.empty(gh))
+            self.bias_hh = nn.Parameter(torch.empty(gh))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        if layer_norm:
+            self.ln_ih_weight = nn.Parameter(torch.ones(gh))
+            self.ln_ih_bias = nn.Parameter(torch.zeros(gh))
+            self.ln_hh_weight = nn.Parameter(torch.ones(gh))
+            self.ln_hh_bias = nn.Parameter(torch.zeros(gh))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """torch's default: every weight and bias uniform in ``(-1/sqrt(H), 1/sqrt(H))``; LN gain 1, bias 0."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                if name.startswith("ln_"):
+                    p.fill_(1.0 if name.endswith("weight") else 0.0)
+                else:
+                    p.uniform_(-bound, bound)
+
+    def _check(self, x: Tensor, state: Optional[Tensor], what: str) -> None:
+        name = type(self).__name__
+        if x.dim() != 2 or x.shape[1] != self.input_size:
+            raise ValueError(f"{name}: expected x of shape (batch, {self.input_size}), got {tuple(x.shape)}")
+        if state is not None and tuple(state.shape) != (x.shape[0], self.hidden_size):
+            raise ValueError(f"{name}: expected {what} of shape ({x.shape[0]}, {self.hidden_size}), "
+                             f"got {tuple(state.shape)}")
+
+    def _input_projection(self, x: Tensor) -> Tensor:
+        xg = F.linear(x, self.weight_ih, self.bias_ih)
+        if self.layer_norm:
+            xg = gate_layer_norm(xg, self.ln_ih_weight, self.ln_ih_bias, self.gates)
+        return xg
+
+    def _ln_hh(self) -> Optional[tuple[Tensor, Tensor]]:
+        return (self.ln_hh_weight, self.ln_hh_bias) if self.layer_norm else None
+
+
+class LSTMCell(_CellBase):
+    """One LSTM step (see the module docstring for the equations).
+
+    Parameters (torch's names): ``weight_ih (G*H, I)``, ``weight_hh (G*H, H)``, ``bias_ih``, ``bias_hh``
+    ``(G*H,)``, rows ``(i, f, g, o)`` (G=4) or ``(i, g, o)`` when ``coupled`` (G=3). With ``layer_norm``:
+    ``ln_ih_weight``, ``ln_ih_bias``, ``ln_hh_weight``, ``ln_hh_bias`` ``(G*H,)`` and ``ln_c_weight``,
+    ``ln_c_bias`` ``(H,)``.
+
+    ``forward(x, state=None) -> (h', c')``: x ``(B, I)``, state ``(h, c)`` each ``(B, H)`` (zeros if None).
+    """
+
+    mode = "LSTM"
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *, coupled: bool = False,
+                 layer_norm: bool = False) -> None:
+        self.coupled = coupled
+        self.gates = 3 if coupled else 4
+        super().__init__(input_size, hidden_size, bias, layer_norm)
+        if layer_norm:
+            self.ln_c_weight = nn.Parameter(torch.ones(hidden_size))
+            self.ln_c_bias = nn.Parameter(torch.zeros(hidden_size))
+
+    def forward(self, x: Tensor, state: Optional[tuple[Tensor, Tensor]] = None) -> tuple[Tensor, Tensor]:
+        if state is None:
+            self._check(x, None, "h")
+            h = c = x.new_zeros(x.shape[0], self.hidden_size)
+        else:
+            h, c = state
+            self._check(x, h, "h")
+            self._check(x, c, "c")
+        return lstm_cell_step(self._input_projection(x), h, c, self.weight_hh, self.bias_hh,
+                              coupled=self.coupled, ln_hh=self._ln_hh(),
+                              ln_c=(self.ln_c_weight, self.ln_c_bias) if self.layer_norm else None)
+
+    def extra_repr(self) -> str:
+        return (f"{self.input_size}, {self.hidden_size}, bias={self.bias}, coupled={self.coupled}, "
+                f"layer_norm={self.layer_norm}")
+
+
+class GRUCell(_CellBase):
+    """One GRU step (see the module docstring for the equations).
+
+    Parameters (torch's names): ``weight_ih (3H, I)``, ``weight_hh (3H, H)``, ``bias_ih``, ``bias_hh`` ``(3H,)``,
+    rows ``(r, z, n)``. With ``layer_norm``: ``ln_ih_weight``, ``ln_ih_bias``, ``ln_hh_weight``, ``ln_hh_bias``
+    ``(3H,)``. ``reset_after=True`` is torch's form, ``False`` the original paper's.
+
+    ``forward(x, h=None) -> h'``: x ``(B, I)``, h ``(B, H)`` (zeros if None).
+    """
+
+    mode = "GRU"
+    gates = 3
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *, reset_after: bool = True,
+                 layer_norm: bool = False) -> None:
+        self.reset_after = reset_after
+        super().__init__(input_size, hidden_size, bias, layer_norm)
+
+    def forward(self, x: Tensor, h: Optional[Tensor] = None) -> Tensor:
+        self._check(x, h, "h")
+        if h is None:
+            h = x.new_zeros(x.shape[0], self.hidden_size)
+        return gru_cell_step(self._input_projection(x), h, self.weight_hh, self.bias_hh,
+                             reset_after=self.reset_after, ln_hh=self._ln_hh())
+
+    def extra_repr(self) -> str:
+        return (f"{self.input_size}, {self.hidden_size}, bias={self.bias}, reset_after={self.reset_after}, "
+                f"layer_norm={self.layer_norm}")

@@ -1,0 +1,607 @@
+"""LSTM and GRU layers: multi-layer, bidirectional, padded batches, two paths with one behaviour.
+
+``forward(x, state=None, lengths=None) -> (outputs, state)``, batch first (see docs/CONTRACTS.md):
+
+- x: ``(B, T, input_size)``; lengths: optional ``(B,)`` integers in ``1..T``; positions ``t >= lengths[b]``
+  are padding: they never reach a state and ``outputs[b, t]`` is exactly 0 there.
+- outputs: ``(B, T, D*H)`` with ``D = 2`` if bidirectional, ``[forward | backward]`` along features.
+- state: LSTM ``(h, c)``, GRU ``h``, each ``(num_layers * D, B, H)``, row ``layer * D + direction`` as in
+  ``torch.nn.LSTM``. With lengths the final state of a sequence is its last real step (step 0 backward).
+
+Two paths:
+- ``"fused"`` calls ``torch._VF.lstm`` / ``torch._VF.gru`` (oneDNN on CPU, cuDNN on GPU) with the module's own
+  parameters (packing with ``pack_padded_sequence`` when lengths are given), exactly as ``torch.nn.LSTM`` does.
+- ``"custom"`` hoists the input projection out of the time loop (one matmul per layer and direction, biases
+  folded in) and runs the recurrence with ``hybridrnn.nn._scan``; with ``layer_norm`` it runs a general
+  per-step loop over the cell functions of ``hybridrnn.nn.cells``. Every option is available here.
+Both paths use the same parameters (torch's names and shapes), so a model trained on one runs on the other.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, _VF, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from hybridrnn.nn._scan import gru_scan, lstm_scan
+from hybridrnn.nn.cells import gate_layer_norm, gru_cell_step, lstm_cell_step
+from hybridrnn.nn.init import SCHEMES, init_recurrent_
+
+PATHS = ("auto", "fused", "custom")
+LSTMState = tuple[Tensor, Tensor]
+
+
+class _RecurrentBase(nn.Module):
+    """Shared machinery of :class:`LSTM` and :class:`GRU` (parameters, paths, validation, conversion)."""
+
+    mode = ""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int, *, bias: bool, bidirectional: bool,
+                 dropout: float, gates: int, coupled: bool, reset_after: bool, layer_norm: bool,
+                 recurrent_dropout: float, forget_bias: Optional[float], init: str,
+                 chrono_tmax: Optional[float], tie_layers: bool, path: str) -> None:
+        super().__init__()
+        name = type(self).__name__
+        for label, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}: {label} must be an integer >= 1, got {value!r}")
+        for label, value in (("dropout", dropout), ("recurrent_dropout", recurrent_dropout)):
+            if not 0.0 <= float(value) < 1.0:
+                raise ValueError(f"{name}: {label} must be in [0, 1), got {value!r}")
+        if path not in PATHS:
+            raise ValueError(f"{name}: path must be one of {PATHS}, got {path!r}")
+        if init not in SCHEMES:
+            raise ValueError(f"{name}: init must be one of {SCHEMES}, got {init!r}")
+        custom_only = [label for label, on in (
+            ("coupled", coupled), ("layer_norm", layer_norm), ("recurrent_dropout", recurrent_dropout > 0),
+            ("reset_after=False", not reset_after), ("tie_layers", tie_layers)) if on]
+        if path == "fused" and custom_only:
+            raise ValueError(f"{name}: path='fused' (torch.nn.{self.mode}) cannot express "
+                             f"{', '.join(custom_only)}; use path='custom' or 'auto'")
+        if dropout > 0 and num_layers == 1:
+            warnings.warn(f"{name}: dropout={dropout} acts between layers and has no effect with num_layers=1",
+                          stacklevel=3)
+
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bias = bias
+        self.bidirectional = bidirectional
+        self.dropout = float(dropout)
+        self.coupled = coupled
+        self.reset_after = reset_after
+        self.layer_norm = layer_norm
+        self.recurrent_dropout = float(recurrent_dropout)
+        self.forget_bias = forget_bias
+        self.init = init
+        self.chrono_tmax = chrono_tmax
+        self.tie_layers = tie_layers
+        self.path = "custom" if (path == "custom" or custom_only) else "fused"
+        self.num_directions = 2 if bidirectional else 1
+        self.output_size = self.num_directions * hidden_size
+        self.output_layout = ((hidden_size, False), (hidden_size, True)) if bidirectional else ((hidden_size, False),)
+        self._gates = gates
+
+        gh = gates * hidden_size
+        # _names[l][d] = canonical parameter names used by layer l, direction d (tied layers share names).
+        self._names: list[list[dict[str, str]]] = []
+        self._flat_names: list[str] = []  # torch's _flat_weights order (fused path)
+        for layer in range(num_layers):
+            layer_input = input_size if layer == 0 else self.output_size
+            per_dir = []
+            for d in range(self.num_directions):
+                sfx = f"_l{layer}" + ("_reverse" if d == 1 else "")
+                ih_sfx, hh_sfx = sfx, sfx
+                if tie_layers:
+                    hh_sfx = "_l0" + ("_reverse" if d == 1 else "")
+                    if layer >= 2:
+                        ih_sfx = "_l1" + ("_reverse" if d == 1 else "")
+                names = {"weight_ih": "weight_ih" + ih_sfx, "weight_hh": "weight_hh" + hh_sfx}
+                if bias:
+                    names["bias_ih"] = "bias_ih" + ih_sfx
+                    names["bias_hh"] = "bias_hh" + hh_sfx
+                if layer_norm:
+                    names.update(ln_ih_weight="ln_ih_weight" + ih_sfx, ln_ih_bias="ln_ih_bias" + ih_sfx,
+                                 ln_hh_weight="ln_hh_weight" + hh_sfx, ln_hh_bias="ln_hh_bias" + hh_sfx)
+                    if self.mode == "LSTM":
+                        names.update(ln_c_weight="ln_c_weight" + hh_sfx, ln_c_bias="ln_c_bias" + hh_sfx)
+                shapes = {"weight_ih": (gh, layer_input), "weight_hh": (gh, hidden_size), "bias_ih": (gh,),
+                          "bias_hh": (gh,), "ln_ih_weight": (gh,), "ln_ih_bias": (gh,), "ln_hh_weight": (gh,),
+                          "ln_hh_bias": (gh,), "ln_c_weight": (hidden_size,), "ln_c_bias": (hidden_size,)}
+                for role, pname in names.items():
+                    if pname not in self._parameters:
+                        self.register_parameter(pname, nn.Parameter(torch.empty(shapes[role])))
+                self._flat_names.extend(names[k] for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+                                        if k in names)
+                per_dir.append(names)
+            self._names.append(per_dir)
+        self.reset_parameters()
+
+    # ----------------------------------------------------------------------------------------- parameters
+    def reset_parameters(self) -> None:
+        """Re-initialise with the module's ``init`` scheme and ``forget_bias`` (see :mod:`hybridrnn.nn.init`)."""
+        init_recurrent_(self, self.init, forget_bias=self.forget_bias, chrono_tmax=self.chrono_tmax)
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        self._flatten_for_cudnn()
+        return out
+
+    def _flat_weights(self) -> list[Tensor]:
+        # Looked up on every call (about 50 ns a tensor), so swapped parameters (torch.func.functional_call,
+        # reassignment) are always the ones used.
+        params = self._parameters
+        return [params[n] for n in self._flat_names]
+
+    def _flatten_for_cudnn(self) -> None:
+        """Put the weights in one cuDNN buffer, as ``torch.nn.LSTM.flatten_parameters`` does (GPU only)."""
+        if self.path != "fused":
+            return
+        flat = self._flat_weights()
+        first = flat[0]
+        if not first.is_cuda or not torch.backends.cudnn.is_acceptable(first):
+            return
+        if any(w.dtype != first.dtype or not w.is_cuda for w in flat):
+            return
+        from torch.backends.cudnn import rnn as cudnn_rnn
+        with torch.cuda.device_of(first), torch.no_grad():
+            if torch._use_cudnn_rnn_flatten_weight():
+                torch._cudnn_rnn_flatten_weight(flat, 4 if self.bias else 2, self.input_size,
+                                                cudnn_rnn.get_cudnn_mode(self.mode), self.hidden_size, 0,
+                                                self.num_layers, True, self.bidirectional)
+
+    def _p(self, layer: int, direction: int, role: str) -> Optional[Tensor]:
+        name = self._names[layer][direction].get(role)
+        return None if name is None else self._parameters[name]
+
+    # ----------------------------------------------------------------------------------------- validation
+    def _fail(self, what: str, expected: str, got) -> ValueError:
+        return ValueError(f"{type(self).__name__}: expected {what} {expected}, got {got}")
+
+    def _check_x(self, x: Tensor) -> None:
+        if not isinstance(x, Tensor):
+            raise self._fail("x", "a tensor", type(x).__name__)
+        if x.dim() != 3:
+            raise self._fail("x", f"of shape (batch, time, {self.input_size}) (3-D)",
+                             f"shape {tuple(x.shape)} ({x.dim()}-D)")
+        if x.shape[2] != self.input_size:
+            raise self._fail("x", f"with {self.input_size} features, shape (batch, time, {self.input_size})",
+                             f"{x.shape[2]} features, shape {tuple(x.shape)}")
+        if x.shape[1] < 1 or x.shape[0] < 1:
+            raise self._fail("x", "at least one sequence and one time step", f"shape {tuple(x.shape)}")
+
+    def _check_lengths(self, lengths, batch: int, time: int) -> tuple[Tensor, bool]:
+        """Validated lengths ``(B,)`` int64, and whether every sequence is full (no padding at all)."""
+        if not isinstance(lengths, Tensor):
+            try:
+                lengths = torch.as_tensor(lengths)
+            except (TypeError, ValueError, RuntimeError) as exc:
+                raise self._fail("lengths", f"a ({batch},) integer tensor", repr(lengths)) from exc
+        if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
+            raise self._fail("lengths", "an integer tensor", f"dtype {lengths.dtype}")
+        if lengths.shape != (batch,):
+            raise self._fail("lengths", f"of shape ({batch},) (one per sequence)", f"shape {tuple(lengths.shape)}")
+        low, high = torch.aminmax(lengths)
+        low, high = int(low), int(high)
+        if low < 1 or high > time:
+            bad = lengths[(lengths < 1) | (lengths > time)].tolist()
+            raise self._fail("lengths", f"in 1..{time} (the time axis of x)", f"values {bad}")
+        return lengths.long(), low == time
+
+    def _check_state(self, state, batch: int, rows: int) -> None:
+        expected = (rows, batch, self.hidden_size)
+        parts = state if self.mode == "LSTM" else (state,)
+        labels = ("h", "c") if self.mode == "LSTM" else ("h",)
+        if self.mode == "LSTM" and (not isinstance(state, (tuple, list)) or len(state) != 2):
+            raise self._fail("state", f"a tuple (h, c) of tensors of shape {expected}", type(state).__name__)
+        for label, part in zip(labels, parts):
+            if not isinstance(part, Tensor):
+                raise self._fail(f"state {label}", f"a tensor of shape {expected}", type(part).__name__)
+            if tuple(part.shape) != expected:
+                raise self._fail(f"state {label}", f"of shape {expected} (layers*directions, batch, hidden)",
+                                 f"shape {tuple(part.shape)}")
+
+    # ----------------------------------------------------------------------------------------- forward
+    def forward(self, x: Tensor, state=None, lengths: Optional[Tensor] = None):
+        """x ``(B, T, input_size)``, state (see module docstring) or None for zeros, lengths ``(B,)`` or None.
+
+        Returns ``(outputs (B, T, output_size), state)``.
+        """
+        self._check_x(x)
+        batch, time = x.shape[0], x.shape[1]
+        if state is not None:
+            self._check_state(state, batch, self.num_layers * self.num_directions)
+        full = True
+        if lengths is not None:
+            lengths, full = self._check_lengths(lengths, batch, time)
+        if self.path == "fused":
+            return self._forward_fused(x, state, None if full else lengths)
+        return self._forward_custom(x, state, None if full else lengths)
+
+    def _zeros_state(self, x: Tensor, batch: int):
+        rows = self.num_layers * self.num_directions
+        h = torch.zeros(rows, batch, self.hidden_size, dtype=x.dtype, device=x.device)
+        if self.mode == "LSTM":
+            return h, torch.zeros(rows, batch, self.hidden_size, dtype=x.dtype, device=x.device)
+        return h
+
+    def _forward_fused(self, x: Tensor, state, lengths: Optional[Tensor]):
+        if state is None:
+            state = self._zeros_state(x, x.shape[0])
+        is_lstm = self.mode == "LSTM"
+        if is_lstm:
+            state = tuple(state)
+        fn = _VF.lstm if is_lstm else _VF.gru
+        if lengths is None:
+            result = fn(x, state, self._flat_weights(), self.bias, self.num_layers, self.dropout, self.training,
+                        self.bidirectional, True)
+            return result[0], ((result[1], result[2]) if is_lstm else result[1])
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        data, batch_sizes, sorted_idx, unsorted_idx = packed
+        if is_lstm:
+            hx = (state[0].index_select(1, sorted_idx), state[1].index_select(1, sorted_idx))
+        else:
+            hx = state.index_select(1, sorted_idx)
+        result = fn(data, batch_sizes, hx, self._flat_weights(), self.bias, self.num_layers, self.dropout,
+                    self.training, self.bidirectional)
+        outputs, _ = pad_packed_sequence(PackedSequence(result[0], batch_sizes, sorted_idx, unsorted_idx),
+                                         batch_first=True, total_length=x.shape[1])
+        if is_lstm:
+            return outputs, (result[1].index_select(1, unsorted_idx), result[2].index_select(1, unsorted_idx))
+        return outputs, result[1].index_select(1, unsorted_idx)
+
+    def _forward_custom(self, x: Tensor, state, lengths: Optional[Tensor]):
+        batch, time = x.shape[0], x.shape[1]
+        is_lstm = self.mode == "LSTM"
+        if state is None:
+            state = self._zeros_state(x, batch)
+        h0 = state[0] if is_lstm else state
+        c0 = state[1] if is_lstm else None
+        mask = rev_index = batch_index = None
+        if lengths is not None:
+            lengths = lengths.to(x.device)
+            steps = torch.arange(time, device=x.device).unsqueeze(1)  # (T, 1)
+            real = steps < lengths.unsqueeze(0)  # (T, B)
+            mask = real.to(x.dtype).unsqueeze(2)
+            if self.bidirectional:  # reverse each sequence within its own length; padding stays in place
+                rev_index = torch.where(real, lengths.unsqueeze(0) - 1 - steps, steps)
+                batch_index = torch.arange(batch, device=x.device).unsqueeze(0)
+        dropout_on = self.training and self.recurrent_dropout > 0
+        layer_in = x.transpose(0, 1)  # (T, B, F)
+        h_n, c_n = [], []
+        for layer in range(self.num_layers):
+            outs = []
+            for d in range(self.num_directions):
+                row = layer * self.num_directions + d
+                xg = self._input_projection(layer_in, layer, d)  # (T, B, G*H)
+                if d == 1:
+                    xg = xg.flip(0) if rev_index is None else xg[rev_index, batch_index]
+                h_mask = None
+                if dropout_on:
+                    keep = 1.0 - self.recurrent_dropout
+                    h_mask = torch.bernoulli(x.new_full((batch, self.hidden_size), keep)).div_(keep)
+                out, h_last, c_last = self._recurrence(xg, h0[row], None if c0 is None else c0[row],
+                                                       layer, d, mask, h_mask)
+                if d == 1:
+                    out = out.flip(0) if rev_index is None else out[rev_index, batch_index]
+                outs.append(out)
+                h_n.append(h_last)
+                c_n.append(c_last)
+            layer_in = outs[0] if len(outs) == 1 else torch.cat(outs, 2)
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                layer_in = F.dropout(layer_in, self.dropout, True)
+        outputs = layer_in.transpose(0, 1)
+        h_n = torch.stack(h_n, 0)
+        return outputs, ((h_n, torch.stack(c_n, 0)) if is_lstm else h_n)
+
+    def _input_projection(self, layer_in: Tensor, layer: int, d: int) -> Tensor:
+        """``(T, B, F) -> (T, B, G*H)``: ``W_ih x + b_ih`` (LSTM without layer norm: ``+ b_hh`` folded in)."""
+        w_ih, b_ih, b_hh = self._p(layer, d, "weight_ih"), self._p(layer, d, "bias_ih"), self._p(layer, d, "bias_hh")
+        if self.layer_norm:
+            xg = F.linear(layer_in, w_ih, b_ih)
+            return gate_layer_norm(xg, self._p(layer, d, "ln_ih_weight"), self._p(layer, d, "ln_ih_bias"),
+                                   self._gates)
+        if self.mode == "LSTM" and b_ih is not None:
+            return F.linear(layer_in, w_ih, b_ih + b_hh)
+        return F.linear(layer_in, w_ih, b_ih)
+
+    def _recurrence(self, xg: Tensor, h0: Tensor, c0: Optional[Tensor], layer: int, d: int,
+                    mask: Optional[Tensor], h_mask: Optional[Tensor]):
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------------------------------- helpers
+    def final_output(self, outputs: Tensor, lengths: Optional[Tensor] = None) -> Tensor:
+        """Summary of each sequence, ``(B, output_size)``: forward features at the last real step, backward
+        features at step 0. outputs: ``(B, T, output_size)``; lengths: ``(B,)`` or None (all full)."""
+        if outputs.dim() != 3 or outputs.shape[2] != self.output_size:
+            raise self._fail("outputs", f"of shape (batch, time, {self.output_size})", f"shape {tuple(outputs.shape)}")
+        batch, time = outputs.shape[0], outputs.shape[1]
+        if lengths is None:
+            last = outputs[:, -1]
+        else:
+            lengths, _ = self._check_lengths(lengths, batch, time)
+            idx = (lengths - 1).to(outputs.device)
+            last = outputs[torch.arange(batch, device=outputs.device), idx]
+        if not self.bidirectional:
+            return last
+        return torch.cat([last[:, :self.hidden_size], outputs[:, 0, self.hidden_size:]], 1)
+
+    def _custom_only_options(self) -> list[str]:
+        return [label for label, on in (
+            ("coupled", self.coupled), ("layer_norm", self.layer_norm),
+            ("recurrent_dropout", self.recurrent_dropout > 0), ("reset_after=False", not self.reset_after),
+            ("tie_layers", self.tie_layers)) if on]
+
+    def to_torch(self) -> nn.Module:
+        """An equivalent ``torch.nn.LSTM`` / ``torch.nn.GRU`` (``batch_first=True``) with copies of the weights.
+
+        Raises ``ValueError`` for options torch cannot express."""
+        options = self._custom_only_options()
+        if options:
+            raise ValueError(f"{type(self).__name__}.to_torch: torch.nn.{self.mode} cannot express "
+                             f"{', '.join(options)}")
+        cls = nn.LSTM if self.mode == "LSTM" else nn.GRU
+        ref = self._flat_weights()[0]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # dropout with one layer: the same warning was given at our init
+            module = cls(self.input_size, self.hidden_size, self.num_layers, bias=self.bias, batch_first=True,
+                         dropout=self.dropout, bidirectional=self.bidirectional, device=ref.device, dtype=ref.dtype)
+        with torch.no_grad():
+            for name in self._flat_names:
+                getattr(module, name).copy_(self._parameters[name])
+        module.train(self.training)
+        return module
+
+    @classmethod
+    def _from_torch(cls, module: nn.Module, torch_cls: type, path: str):
+        if not isinstance(module, torch_cls):
+            raise ValueError(f"{cls.__name__}.from_torch: expected a torch.nn.{torch_cls.__name__}, "
+                             f"got {type(module).__name__}")
+        if getattr(module, "proj_size", 0):
+            raise ValueError(f"{cls.__name__}.from_torch: proj_size={module.proj_size} is not supported "
+                             f"(expected 0)")
+        ref = next(module.parameters())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ours = cls(module.input_size, module.hidden_size, module.num_layers, bias=module.bias,
+                       bidirectional=module.bidirectional, dropout=module.dropout, path=path)
+        ours.to(device=ref.device, dtype=ref.dtype)
+        with torch.no_grad():
+            for name in ours._flat_names:
+                ours._parameters[name].copy_(getattr(module, name))
+        ours.train(module.training)
+        return ours
+
+    def extra_repr(self) -> str:
+        parts = [f"{self.input_size}, {self.hidden_size}"]
+        if self.num_layers != 1:
+            parts.append(f"num_layers={self.num_layers}")
+        if not self.bias:
+            parts.append("bias=False")
+        if self.bidirectional:
+            parts.append("bidirectional=True")
+        if self.dropout:
+            parts.append(f"dropout={self.dropout}")
+        parts.extend(self._option_repr())
+        if self.recurrent_dropout:
+            parts.append(f"recurrent_dropout={self.recurrent_dropout}")
+        if self.init != "torch":
+            parts.append(f"init={self.init!r}")
+        if self.tie_layers:
+            parts.append("tie_layers=True")
+        parts.append(f"path={self.path!r}")
+        return ", ".join(parts)
+
+    def _option_repr(self) -> list[str]:
+        return []
+
+    def _step_checks(self, x_t: Tensor, state) -> int:
+        name = type(self).__name__
+        if self.bidirectional:
+            raise ValueError(f"{name}.step: a bidirectional layer needs the whole sequence; expected "
+                             f"bidirectional=False, got bidirectional=True (use forward)")
+        if self.training and self.recurrent_dropout > 0:
+            raise ValueError(f"{name}.step: recurrent_dropout needs one mask per whole sequence; call forward on "
+                             f"the sequence in training, or step() in eval mode")
+        if not isinstance(x_t, Tensor) or x_t.dim() != 2 or x_t.shape[1] != self.input_size:
+            got = f"shape {tuple(x_t.shape)}" if isinstance(x_t, Tensor) else type(x_t).__name__
+            raise self._fail("x_t", f"of shape (batch, {self.input_size})", got)
+        if state is not None:
+            self._check_state(state, x_t.shape[0], self.num_layers)
+        return x_t.shape[0]
+
+
+class LSTM(_RecurrentBase):
+    """Multi-layer LSTM layer, batch first, fused (torch) or custom path.
+
+    Parameters per layer ``l`` and direction (suffix ``_l{l}`` / ``_l{l}_reverse``), named as in
+    ``torch.nn.LSTM``: ``weight_ih (G*H, I_l)``, ``weight_hh (G*H, H)``, ``bias_ih``, ``bias_hh`` ``(G*H,)`` with
+    ``I_0 = input_size``, ``I_l = D*H``; rows ``(i, f, g, o)`` (G=4), or ``(i, g, o)`` when ``coupled`` (G=3).
+    ``layer_norm`` adds ``ln_ih_weight``, ``ln_ih_bias``, ``ln_hh_weight``, ``ln_hh_bias`` ``(G*H,)`` and
+    ``ln_c_weight``, ``ln_c_bias`` ``(H,)`` with the same suffixes (see :mod:`hybridrnn.nn.cells`).
+
+    ``tie_layers=True``: every layer uses layer 0's recurrent tensors (``weight_hh``, ``bias_hh`` and the
+    ``ln_hh_*``/``ln_c_*`` gains of ``_l0``/``_l0_reverse``), and layers 2.. use layer 1's input tensors
+    (``weight_ih``, ``bias_ih``, ``ln_ih_*`` of ``_l1``/``_l1_reverse``); layer 0 keeps its own input tensors
+    (its input size differs). Only those canonical names are registered, so ``parameters()`` and
+    ``state_dict()`` hold each shared tensor once. Directions are never tied to each other.
+
+    ``recurrent_dropout``: variational dropout of ``h`` where it enters ``W_hh``, one mask per sequence, layer
+    and direction (the same for every step), only in training. ``forget_bias``: added to the forget gate's
+    bias after ``init``. ``init``/``chrono_tmax``: see :func:`hybridrnn.nn.init.init_recurrent_`.
+    """
+
+    mode = "LSTM"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, *, bias: bool = True,
+                 bidirectional: bool = False, dropout: float = 0.0, coupled: bool = False, layer_norm: bool = False,
+                 recurrent_dropout: float = 0.0, forget_bias: Optional[float] = None, init: str = "torch",
+                 chrono_tmax: Optional[float] = None, tie_layers: bool = False, path: str = "auto") -> None:
+        super().__init__(input_size, hidden_size, num_layers, bias=bias, bidirectional=bidirectional,
+                         dropout=dropout, gates=3 if coupled else 4, coupled=coupled, reset_after=True,
+                         layer_norm=layer_norm, recurrent_dropout=recurrent_dropout, forget_bias=forget_bias,
+                         init=init, chrono_tmax=chrono_tmax, tie_layers=tie_layers, path=path)
+
+    @classmethod
+    def from_torch(cls, module: nn.LSTM, path: str = "auto") -> "LSTM":
+        """An ``LSTM`` with exact copies of a ``torch.nn.LSTM``'s weights (any ``batch_first``: ours is batch first)."""
+        return cls._from_torch(module, nn.LSTM, path)
+
+    def _option_repr(self) -> list[str]:
+        parts = []
+        if self.coupled:
+            parts.append("coupled=True")
+        if self.layer_norm:
+            parts.append("layer_norm=True")
+        if self.forget_bias is not None:
+            parts.append(f"forget_bias={self.forget_bias}")
+        return parts
+
+    def _recurrence(self, xg, h0, c0, layer, d, mask, h_mask):
+        w_hh = self._p(layer, d, "weight_hh")
+        if not self.layer_norm:
+            return lstm_scan(xg, h0, c0, w_hh, coupled=self.coupled, mask=mask, h_mask=h_mask)
+        b_hh = self._p(layer, d, "bias_hh")
+        ln_hh = (self._p(layer, d, "ln_hh_weight"), self._p(layer, d, "ln_hh_bias"))
+        ln_c = (self._p(layer, d, "ln_c_weight"), self._p(layer, d, "ln_c_bias"))
+        h, c = h0, c0
+        outs = []
+        for t, xg_t in enumerate(xg.unbind(0)):
+            h_new, c_new = lstm_cell_step(xg_t, h, c, w_hh, b_hh, coupled=self.coupled, ln_hh=ln_hh, ln_c=ln_c,
+                                          h_mask=h_mask)
+            if mask is None:
+                h, c = h_new, c_new
+                outs.append(h_new)
+            else:
+                m = mask[t]
+                h, c = torch.lerp(h, h_new, m), torch.lerp(c, c_new, m)
+                outs.append(h_new * m)
+        return torch.stack(outs, 0), h, c
+
+    def step(self, x_t: Tensor, state: Optional[LSTMState] = None) -> tuple[Tensor, LSTMState]:
+        """One time step of a unidirectional LSTM: x_t ``(B, input_size)``, state ``(h, c)`` each
+        ``(num_layers, B, H)`` or None. Returns ``(y_t (B, H), (h, c))``. Does not go through ``nn.LSTM``."""
+        batch = self._step_checks(x_t, state)
+        if state is None:
+            state = self._zeros_state(x_t, batch)
+        plain = not (self.coupled or self.layer_norm)
+        inp = x_t
+        hs, cs = [], []
+        for layer in range(self.num_layers):
+            names = self._names[layer][0]
+            params = self._parameters
+            w_ih, w_hh = params[names["weight_ih"]], params[names["weight_hh"]]
+            b_ih = params[names["bias_ih"]] if self.bias else None
+            b_hh = params[names["bias_hh"]] if self.bias else None
+            h, c = state[0][layer], state[1][layer]
+            if plain:
+                h, c = _VF.lstm_cell(inp, (h, c), w_ih, w_hh, b_ih, b_hh)
+            else:
+                xg = F.linear(inp, w_ih, b_ih)
+                ln_hh = ln_c = None
+                if self.layer_norm:
+                    xg = gate_layer_norm(xg, params[names["ln_ih_weight"]], params[names["ln_ih_bias"]], self._gates)
+                    ln_hh = (params[names["ln_hh_weight"]], params[names["ln_hh_bias"]])
+                    ln_c = (params[names["ln_c_weight"]], params[names["ln_c_bias"]])
+                h, c = lstm_cell_step(xg, h, c, w_hh, b_hh, coupled=self.coupled, ln_hh=ln_hh, ln_c=ln_c)
+            hs.append(h)
+            cs.append(c)
+            inp = h
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                inp = F.dropout(inp, self.dropout, True)
+        if self.num_layers == 1:
+            return h, (h.unsqueeze(0), c.unsqueeze(0))
+        return h, (torch.stack(hs, 0), torch.stack(cs, 0))
+
+
+class GRU(_RecurrentBase):
+    """Multi-layer GRU layer, batch first, fused (torch) or custom path.
+
+    Parameters as in ``torch.nn.GRU``: ``weight_ih_l{l} (3H, I_l)``, ``weight_hh_l{l} (3H, H)``, ``bias_ih_l{l}``,
+    ``bias_hh_l{l}`` ``(3H,)`` (and ``_reverse``), rows ``(r, z, n)``; ``layer_norm`` adds ``ln_ih_weight``,
+    ``ln_ih_bias``, ``ln_hh_weight``, ``ln_hh_bias`` ``(3H,)``. ``reset_after=True`` is torch's form
+    ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``; ``False`` the paper's ``n = tanh(W_in x + b_in + W_hn (r*h) + b_hn)``
+    (custom path only). ``tie_layers``, ``recurrent_dropout``, ``init`` as in :class:`LSTM`.
+    """
+
+    mode = "GRU"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, *, bias: bool = True,
+                 bidirectional: bool = False, dropout: float = 0.0, reset_after: bool = True,
+                 layer_norm: bool = False, recurrent_dropout: float = 0.0, init: str = "torch",
+                 chrono_tmax: Optional[float] = None, tie_layers: bool = False, path: str = "auto") -> None:
+        super().__init__(input_size, hidden_size, num_layers, bias=bias, bidirectional=bidirectional,
+                         dropout=dropout, gates=3, coupled=False, reset_after=reset_after, layer_norm=layer_norm,
+                         recurrent_dropout=recurrent_dropout, forget_bias=None, init=init, chrono_tmax=chrono_tmax,
+                         tie_layers=tie_layers, path=path)
+
+    @classmethod
+    def from_torch(cls, module: nn.GRU, path: str = "auto") -> "GRU":
+        """A ``GRU`` with exact copies of a ``torch.nn.GRU``'s weights (any ``batch_first``: ours is batch first)."""
+        return cls._from_torch(module, nn.GRU, path)
+
+    def _option_repr(self) -> list[str]:
+        parts = []
+        if not self.reset_after:
+            parts.append("reset_after=False")
+        if self.layer_norm:
+            parts.append("layer_norm=True")
+        return parts
+
+    def _recurrence(self, xg, h0, c0, layer, d, mask, h_mask):
+        w_hh, b_hh = self._p(layer, d, "weight_hh"), self._p(layer, d, "bias_hh")
+        if not self.layer_norm:
+            out, h = gru_scan(xg, h0, w_hh, b_hh, reset_after=self.reset_after, mask=mask, h_mask=h_mask)
+            return out, h, None
+        ln_hh = (self._p(layer, d, "ln_hh_weight"), self._p(layer, d, "ln_hh_bias"))
+        h = h0
+        outs = []
+        for t, xg_t in enumerate(xg.unbind(0)):
+            h_new = gru_cell_step(xg_t, h, w_hh, b_hh, reset_after=self.reset_after, ln_hh=ln_hh, h_mask=h_mask)
+            if mask is None:
+                h = h_new
+                outs.append(h_new)
+            else:
+                m = mask[t]
+                h = torch.lerp(h, h_new, m)
+                outs.append(h_new * m)
+        return torch.stack(outs, 0), h, None
+
+    def step(self, x_t: Tensor, state: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        """One time step of a unidirectional GRU: x_t ``(B, input_size)``, state h ``(num_layers, B, H)`` or None.
+        Returns ``(y_t (B, H), h)``. Does not go through ``nn.GRU``."""
+        batch = self._step_checks(x_t, state)
+        if state is None:
+            state = self._zeros_state(x_t, batch)
+        plain = self.reset_after and not self.layer_norm
+        inp = x_t
+        hs = []
+        for layer in range(self.num_layers):
+            names = self._names[layer][0]
+            params = self._parameters
+            w_ih, w_hh = params[names["weight_ih"]], params[names["weight_hh"]]
+            b_ih = params[names["bias_ih"]] if self.bias else None
+            b_hh = params[names["bias_hh"]] if self.bias else None
+            h = state[layer]
+            if plain:
+                h = _VF.gru_cell(inp, h, w_ih, w_hh, b_ih, b_hh)
+            else:
+                xg = F.linear(inp, w_ih, b_ih)
+                ln_hh = None
+                if self.layer_norm:
+                    xg = gate_layer_norm(xg, params[names["ln_ih_weight"]], params[names["ln_ih_bias"]], 3)
+                    ln_hh = (params[names["ln_hh_weight"]], params[names["ln_hh_bias"]])
+                h = gru_cell_step(xg, h, w_hh, b_hh, reset_after=self.reset_after, ln_hh=ln_hh)
+            hs.append(h)
+            inp = h
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                inp = F.dropout(inp, self.dropout, True)
+        if self.num_layers == 1:
+            return h, h.unsqueeze(0)
+        return h, torch.stack(hs, 0)
+
+
+RecurrentState = Union[Tensor, LSTMState]

@@ -1,0 +1,380 @@
+"""The forecast task: a table of time series -> a trained Forecaster, metrics against baselines, forecasts.
+
+Data layout (the model's input channels, in order): scaled targets, scaled numeric covariates, one-hot
+categorical covariates, calendar features (known-future). Scalers and categories are fitted on the training
+rows only. Windows: origin ``t`` reads rows ``[t - lookback, t)`` and forecasts rows ``[t, t + horizon)``; a
+split's windows have all their targets inside it (their inputs may reach back into the previous split).
+
+``evaluate(model, split)`` returns flat floats: ``loss`` (the training loss on the scaled data), the model's
+``mae, mse, rmse, mape, smape, mase`` on the original scale, ``scaled_mae, scaled_mse, scaled_rmse`` on the
+scaled one, the same keys prefixed by each baseline (``naive_``, ``seasonal_naive_``, ``linear_``),
+``best_baseline_mae`` and ``beats_baselines`` (1.0 when the model's MAE is below every baseline's).
+``report(model, split)`` gives the same per horizon step as well (JSON-ready).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hybridrnn.data.calendar import auto_calendar, calendar_columns, calendar_features
+from hybridrnn.data.registry import resolve_data_path
+from hybridrnn.data.scalers import Scaler
+from hybridrnn.data.timeseries import (SeriesTable, TableError, future_times, gather_windows, load_table, one_hot,
+                                       season_length, split_bounds, window_origins)
+from hybridrnn.tasks._common import encoder_options
+from hybridrnn.tasks.forecast_config import ForecastConfig
+from hybridrnn.tasks.forecast_metrics import (BASELINES, LinearBaseline, forecast_metrics, mase_scale,
+                                              metrics_by_step, naive_forecast, seasonal_naive_forecast)
+from hybridrnn.train.task import Task, iterate_minibatches
+
+ARTIFACTS_FILE = "forecast_artifacts.json"
+SPLITS = ("train", "val", "test")
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class ForecastTask(Task):
+    """Multi-step forecasting of one or several target columns (see the module docstring)."""
+
+    name = "forecast"
+    config_class = ForecastConfig
+    monitor = "loss"
+    monitor_mode = "min"
+
+    def __init__(self, config: ForecastConfig):
+        super().__init__(config)
+        self.layout: dict[str, Any] | None = None
+        self.scaler: Scaler | None = None
+        self.table: SeriesTable | None = None
+        self.values: torch.Tensor | None = None
+        self.origins: dict[str, np.ndarray] = {}
+        self._baseline_cache: dict[str, dict[str, np.ndarray]] = {}
+        self.linear: LinearBaseline | None = None
+
+    # ------------------------------------------------------------ data
+    @property
+    def _cfg(self):
+        return self.config
+
+    def _load(self, source, *, validate_frequency: str | None = None, use_where: bool = True,
+              time_range: bool = True) -> SeriesTable:
+        d = self._cfg.data
+        table_source = source if isinstance(source, pd.DataFrame) else resolve_data_path(source)
+        return load_table(table_source, time_column=d.time_column, numeric=d.target + d.covariates,
+                          categorical=d.categorical, where=d.where if use_where else None,
+                          start=d.start if time_range else None, end=d.end if time_range else None,
+                          frequency=validate_frequency if validate_frequency is not None else d.frequency,
+                          fill=d.fill, header=d.header)
+
+    def setup(self, run_dir: Path | None = None) -> None:
+        """Load, validate and split the data; fit the scaler and categories on the training rows (or take
+        them from ``run_dir``'s artifacts when it has them, so a reloaded run never refits)."""
+        cfg = self._cfg
+        d, w = cfg.data, cfg.window
+        saved = Path(run_dir) / ARTIFACTS_FILE if run_dir is not None else None
+        if saved is not None and saved.exists() and self.layout is None:
+            self.load_artifacts(run_dir)
+        try:
+            table = self._load(d.path)
+        except FileNotFoundError:
+            # a run moved away from where it was configured: use the absolute path recorded at training time
+            recorded = (self.layout or {}).get("data_file")
+            if not recorded or not Path(recorded).exists():
+                raise
+            table = self._load(recorded)
+        self.table = table
+        bounds = split_bounds(len(table), d.split, table.times)
+        if self.layout is None:  # fit: columns, categories, scaler (training rows only)
+            train_end = bounds[0]
+            categories = {c: sorted(set(table.categorical[c].iloc[:train_end])) for c in d.categorical}
+            if d.calendar == "auto":
+                calendar = auto_calendar(table.frequency)
+            else:
+                calendar = list(d.calendar)
+                if calendar and table.frequency == "steps":
+                    raise ValueError("calendar covariates need timestamps at a regular frequency; with frequency "
+                                     "'steps' future times are unknown: set data.calendar: []")
+            cal_cols = calendar_columns(calendar, d.calendar_encoding)
+            season = d.season or season_length(table.frequency)
+            self.scaler = Scaler.fit(d.scaler, table.numeric.iloc[:train_end].to_numpy(), list(table.numeric.columns))
+            self.layout = {
+                "targets": list(d.target), "covariates": list(d.covariates), "categories": categories,
+                "calendar": calendar, "calendar_encoding": d.calendar_encoding, "calendar_columns": cal_cols,
+                "frequency": table.frequency, "season": int(season), "lookback": w.lookback, "horizon": w.horizon,
+                "time_column": d.time_column,
+                "input_size": len(d.target) + len(d.covariates) + sum(len(v) for v in categories.values()) + len(cal_cols),
+                "future_size": len(cal_cols), "bounds": list(bounds), "data_file": str(resolve_data_path(d.path)),
+            }
+        self.values = torch.from_numpy(self._features(table))
+        L, H = w.lookback, w.horizon
+        train_end, val_end, test_end = bounds
+        self.origins = {"train": window_origins(0, train_end, L, H, w.stride),
+                        "val": window_origins(train_end, val_end, L, H),
+                        "test": window_origins(val_end, test_end, L, H)}
+        if len(self.origins["train"]) == 0:
+            raise ValueError(f"no training window: the training part has {train_end} rows, and a window needs "
+                             f"lookback + horizon = {L + H}")
+        target_rows = self._targets_original(table)[:train_end]
+        self.mase_scale = mase_scale(target_rows, self.layout["season"])
+        self._baseline_cache = {}
+        past, future = self._target_windows("train")
+        self.linear = LinearBaseline().fit(past, future)
+
+    def _features(self, table: SeriesTable, times: pd.DatetimeIndex | None = None) -> np.ndarray:
+        """``(rows, input_size)`` float32 model inputs for ``table`` (scaled with the fitted scaler)."""
+        lay = self.layout
+        parts = [self.scaler.transform(table.numeric[self.scaler.columns].to_numpy())]
+        for col, cats in lay["categories"].items():
+            parts.append(one_hot(table.categorical[col], cats))
+        if lay["calendar"]:
+            parts.append(calendar_features(table.times if times is None else times, lay["calendar"], lay["calendar_encoding"]))
+        return np.concatenate(parts, axis=1).astype(np.float32)
+
+    def _targets_original(self, table: SeriesTable) -> np.ndarray:
+        return table.numeric[self.layout["targets"]].to_numpy(np.float64)
+
+    @property
+    def num_targets(self) -> int:
+        return len(self.layout["targets"])
+
+    def _target_windows(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """Scaled target windows of ``split``: past ``(n, L, C)`` and future ``(n, H, C)``."""
+        origins = torch.from_numpy(self.origins[split])
+        c = self.num_targets
+        past, future = gather_windows(self.values[:, :c], origins, self.layout["lookback"], self.layout["horizon"])
+        return past.double().numpy(), future.double().numpy()
+
+    def _batch(self, index: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
+        origins = torch.as_tensor(index, dtype=torch.int64)
+        L, H, K, c = self.layout["lookback"], self.layout["horizon"], self.layout["future_size"], self.num_targets
+        past, fut = gather_windows(self.values, origins, L, H)
+        batch = {"past": past, "target": fut[:, :, :c]}
+        if K:
+            batch["future"] = fut[:, :, -K:]
+        return batch
+
+    def num_examples(self, split: str) -> int:
+        return int(len(self.origins.get(split, ())))
+
+    # ------------------------------------------------------------ model and training
+    def build_model(self) -> nn.Module:
+        from hybridrnn.nn.forecaster import Forecaster
+        if self.layout is None:
+            raise RuntimeError("build_model needs setup() or load_artifacts() first")
+        m = self._cfg.model
+        lay = self.layout
+        options = encoder_options(m)
+        return Forecaster(lay["input_size"], len(lay["targets"]), lay["horizon"], m.encoder, lookback=lay["lookback"],
+                          future_size=lay["future_size"], strategy=m.strategy, attention=m.attention,
+                          attention_heads=m.attention_heads, dropout=m.dropout, instance_norm=m.instance_norm,
+                          norm_channels=len(lay["targets"]) + len(lay["covariates"]),
+                          channel_independent=m.channel_independent, linear_skip=m.linear_skip, decoder=m.decoder,
+                          encoder_options=options)
+
+    def train_batches(self, epoch: int, generator: torch.Generator) -> Iterator[Any]:
+        origins = self.origins["train"]
+        for idx in iterate_minibatches(len(origins), self._cfg.train.batch_size, generator):
+            yield self._batch(origins[idx.numpy()])
+
+    def num_train_batches(self) -> int:
+        n, b = len(self.origins["train"]), self._cfg.train.batch_size
+        return (n + b - 1) // b
+
+    def _loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        kind = self._cfg.model.loss
+        if kind == "mae":
+            return F.l1_loss(pred, target)
+        if kind == "huber":
+            return F.huber_loss(pred, target)
+        return F.mse_loss(pred, target)
+
+    def training_step(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, int]:
+        pred, _ = model(batch["past"], batch.get("future"))
+        return self._loss(pred, batch["target"]), int(batch["past"].shape[0])
+
+    # ------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def predict_windows(self, model: nn.Module, split: str, batch_size: int = 512,
+                        with_weights: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """Scaled predictions ``(n, horizon, targets)`` for every window of ``split`` (and attention weights)."""
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        preds, maps = [], []
+        origins = self.origins[split]
+        try:
+            for start in range(0, len(origins), batch_size):
+                batch = self.to_device(self._batch(origins[start:start + batch_size]), device)
+                y, w = model(batch["past"], batch.get("future"))
+                preds.append(y.float().cpu().numpy())
+                if with_weights and w is not None:
+                    maps.append(w.float().cpu().numpy())
+        finally:
+            model.train(was_training)
+        c, H = self.num_targets, self.layout["horizon"]
+        pred = np.concatenate(preds).astype(np.float64) if preds else np.zeros((0, H, c))
+        return pred, (np.concatenate(maps) if maps else None)
+
+    def _baselines(self, split: str) -> dict[str, np.ndarray]:
+        """Scaled baseline predictions of ``split`` (cached)."""
+        if split not in self._baseline_cache:
+            past, _ = self._target_windows(split)
+            H, season = self.layout["horizon"], self.layout["season"]
+            out = {"naive": naive_forecast(past, H), "linear": self.linear.predict(past)}
+            if season <= self.layout["lookback"]:
+                out["seasonal_naive"] = seasonal_naive_forecast(past, H, season)
+            self._baseline_cache[split] = out
+        return self._baseline_cache[split]
+
+    def _unscale(self, scaled: np.ndarray) -> np.ndarray:
+        return self.scaler.inverse_transform(scaled, index=list(range(self.num_targets)))
+
+    def _forecasts(self, model: nn.Module, split: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        if self.num_examples(split) == 0:
+            raise ValueError(f"split {split!r} has no complete window (lookback {self.layout['lookback']}, "
+                             f"horizon {self.layout['horizon']})")
+        _, truth = self._target_windows(split)
+        preds = {"model": self.predict_windows(model, split)[0]}
+        preds.update(self._baselines(split))
+        return truth, preds
+
+    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
+        truth, preds = self._forecasts(model, split)
+        truth_orig = self._unscale(truth)
+        out: dict[str, float] = {}
+        for name, pred in preds.items():
+            prefix = "" if name == "model" else f"{name}_"
+            orig = forecast_metrics(truth_orig, self._unscale(pred), self.mase_scale)
+            scaled = forecast_metrics(truth, pred)
+            out.update({f"{prefix}{k}": v for k, v in orig.items()})
+            out.update({f"{prefix}scaled_{k}": scaled[k] for k in ("mae", "mse")})
+        with torch.no_grad():
+            out["loss"] = float(self._loss(torch.from_numpy(preds["model"]), torch.from_numpy(truth)))
+        base = [out[f"{b}_mae"] for b in BASELINES if f"{b}_mae" in out]
+        out["best_baseline_mae"] = float(min(base))
+        out["beats_baselines"] = float(out["mae"] < min(base))
+        return out
+
+    def report(self, model: nn.Module, split: str = "test") -> dict:
+        """JSON-ready metrics of the model and each baseline, overall and per horizon step, on the original and
+        the scaled data: ``{"split", "windows", "horizon", "targets", "season", "forecasters": {name: {"overall",
+        "per_step", "scaled": {"overall", "per_step"}}}, "best_baseline", "beats_baselines"}``."""
+        truth, preds = self._forecasts(model, split)
+        truth_orig = self._unscale(truth)
+        forecasters = {}
+        for name, pred in preds.items():
+            orig = self._unscale(pred)
+            forecasters[name] = {
+                "overall": forecast_metrics(truth_orig, orig, self.mase_scale),
+                "per_step": metrics_by_step(truth_orig, orig, self.mase_scale),
+                "scaled": {"overall": {k: v for k, v in forecast_metrics(truth, pred).items() if k in ("mae", "mse", "rmse")},
+                           "per_step": {k: v for k, v in metrics_by_step(truth, pred).items() if k in ("mae", "mse", "rmse")}},
+            }
+        baselines = {k: v["overall"]["mae"] for k, v in forecasters.items() if k != "model"}
+        best = min(baselines, key=baselines.get)
+        notes = []
+        if "seasonal_naive" not in preds:
+            notes.append(f"seasonal naive skipped: season {self.layout['season']} > lookback {self.layout['lookback']}")
+        return {"split": split, "windows": int(truth.shape[0]), "horizon": self.layout["horizon"],
+                "targets": self.layout["targets"], "season": self.layout["season"], "forecasters": forecasters,
+                "best_baseline": best, "beats_baselines": bool(forecasters["model"]["overall"]["mae"] < baselines[best]),
+                "notes": notes}
+
+    # ------------------------------------------------------------ forecasting new data
+    @torch.no_grad()
+    def forecast(self, model: nn.Module, data: str | Path | pd.DataFrame) -> pd.DataFrame:
+        """Forecast the ``horizon`` steps after the last row of ``data`` (a table with the training columns);
+        returns a frame with the future timestamps (or ``step`` numbers) and one column per target."""
+        lay = self.layout
+        if lay is None:
+            raise RuntimeError("forecast needs setup() or load_artifacts() first")
+        d = self._cfg.data
+        source = data if isinstance(data, pd.DataFrame) else Path(data)
+        has_where = True
+        if d.where:
+            raw_cols = (data.columns if isinstance(data, pd.DataFrame) else
+                        pd.read_csv(source, nrows=0).columns if str(source).lower().endswith((".csv", ".gz", ".txt")) else [])
+            has_where = all(c in raw_cols for c in d.where)
+        freq = lay["frequency"]
+        table = self._load(source if isinstance(source, pd.DataFrame) else str(source),
+                           validate_frequency=freq, use_where=has_where, time_range=False)
+        L, H = lay["lookback"], lay["horizon"]
+        if len(table) < L:
+            raise ValueError(f"{table.source}: forecasting needs at least lookback = {L} rows, got {len(table)}")
+        tail = SeriesTable(table.source, None if table.times is None else table.times[-L:], freq,
+                           table.numeric.iloc[-L:].reset_index(drop=True), table.categorical.iloc[-L:].reset_index(drop=True),
+                           table.rows[-L:])
+        past = torch.from_numpy(self._features(tail))[None]
+        future = None
+        times = None if freq == "steps" else future_times(table.times[-1], freq, H)
+        if lay["future_size"]:
+            future = torch.from_numpy(calendar_features(times, lay["calendar"], lay["calendar_encoding"]))[None]
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        try:
+            y, _ = model(past.to(device), None if future is None else future.to(device))
+        finally:
+            model.train(was_training)
+        values = self._unscale(y[0].double().cpu().numpy())
+        out = pd.DataFrame(values, columns=lay["targets"])
+        if times is None:
+            out.insert(0, "step", np.arange(1, H + 1) + (len(table) - 1))
+        else:
+            tc = lay["time_column"]
+            out.insert(0, tc if isinstance(tc, str) else "time", times)
+        return out
+
+    def predict(self, model: nn.Module, input_path: str | Path, output_path: str | Path | None) -> Path | None:
+        """Write the forecast of the ``horizon`` steps after ``input_path``'s last row to ``output_path`` (CSV;
+        None prints it to standard output)."""
+        frame = self.forecast(model, input_path)
+        if output_path is None:
+            print(frame.to_csv(index=False), end="")
+            return None
+        output_path = Path(output_path)
+        output_path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(output_path, frame.to_csv(index=False))
+        return output_path
+
+    # ------------------------------------------------------------ artifacts
+    def save_artifacts(self, run_dir: Path) -> None:
+        payload = {"format": "hybridrnn.forecast/1", "layout": self.layout, "scaler": self.scaler.to_dict()}
+        _atomic_write_text(Path(run_dir) / ARTIFACTS_FILE, json.dumps(payload, indent=1))
+
+    def load_artifacts(self, run_dir: Path) -> None:
+        path = Path(run_dir) / ARTIFACTS_FILE
+        if not path.exists():
+            raise FileNotFoundError(f"{path} not found: the run directory lacks the forecast task's artifacts")
+        payload = json.loads(path.read_text())
+        self.layout = payload["layout"]
+        self.scaler = Scaler.from_dict(payload["scaler"])
+        if self.table is not None:  # data already loaded: re-derive its features with the saved scaler
+            self.values = torch.from_numpy(self._features(self.table))
+            self._baseline_cache = {}
+            past, future = self._target_windows("train")
+            self.linear = LinearBaseline().fit(past, future)
+
+    def plots(self, model: nn.Module, run_dir: Path) -> list[Path]:
+        from hybridrnn.tasks.forecast_plots import forecast_plots
+        return forecast_plots(self, model, Path(run_dir))

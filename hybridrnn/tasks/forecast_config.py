@@ -1,0 +1,102 @@
+"""The forecast task's config: ``data``, ``window`` and forecast options in ``model``.
+
+The shape from the README works verbatim::
+
+    task: forecast
+    data: {path: prices.csv, time_column: Date, target: [Close], covariates: [Volume], split: [0.7, 0.1, 0.2], scaler: standard}
+    window: {lookback: 64, horizon: 8}
+    model: {encoder: "lstm:64>gru:64", attention: additive, dropout: 0.1}
+    train: {epochs: 30, batch_size: 64, lr: 0.001, seed: 0}
+
+Relative ``data.path`` values are resolved when the config is validated with a ``config_dir`` in the pydantic
+validation context (``ForecastConfig.model_validate(d, context={"config_dir": folder_of_the_yaml})``): a file
+that exists relative to the config's folder becomes an absolute path; otherwise the path is kept as written and
+resolved against the current directory when the data is loaded (see :mod:`hybridrnn.data.registry`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+
+from hybridrnn.config import ModelConfig, RunConfig, Section
+
+
+class ForecastDataConfig(Section):
+    """Where the series is and how to read, validate, split and scale it."""
+
+    path: str = Field(..., description="CSV / Parquet file, 'bundled:NAME', 'shared:NAME' (see `hybridrnn datasets`)")
+    time_column: Optional[Union[str, list[str]]] = Field(
+        None, description="date column, or columns assembled into a date ([year, month, day, hour]); None: rows are steps")
+    target: list[str] = Field(..., min_length=1, description="column(s) to forecast")
+    covariates: list[str] = Field(default_factory=list, description="numeric past covariates (observed up to the forecast time)")
+    categorical: list[str] = Field(default_factory=list, description="categorical past covariates (one-hot, categories from train)")
+    where: dict[str, Union[str, int, float]] = Field(default_factory=dict, description="keep rows with column == value, e.g. {Ticker: AAPL}")
+    start: Optional[str] = Field(None, description="keep times >= start")
+    end: Optional[str] = Field(None, description="keep times < end")
+    frequency: Optional[str] = Field(None, description="pandas offset alias ('h', 'D', 'B', ...), 'steps', or None to infer")
+    fill: Optional[Literal["ffill", "interpolate"]] = Field(None, description="fill missing values; None: they are errors")
+    split: Union[list[float], dict[str, str]] = Field(
+        default_factory=lambda: [0.7, 0.1, 0.2],
+        description="train/val/test fractions, row counts, or dates {val: ..., test: ..., end: ...}")
+    scaler: Literal["standard", "minmax", "robust", "none"] = "standard"
+    calendar: Union[Literal["auto"], list[Literal["minute", "hour", "dayofweek", "dayofmonth", "dayofyear", "month"]]] = Field(
+        "auto", description="known-future calendar covariates; 'auto' picks them from the frequency, [] for none")
+    calendar_encoding: Literal["sincos", "onehot"] = "sincos"
+    season: Optional[int] = Field(None, ge=1, description="seasonal period in steps (seasonal naive, MASE); None: from the frequency")
+    header: bool = Field(True, description="False for a CSV without a header row (columns are then '0', '1', ...)")
+
+    @field_validator("target", "covariates", "categorical", mode="before")
+    @classmethod
+    def _one_or_many(cls, v):
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("path")
+    @classmethod
+    def _resolve_relative(cls, v: str, info: ValidationInfo) -> str:
+        context = info.context or {}
+        config_dir = context.get("config_dir")
+        if config_dir and ":" not in v.split("/")[0] and not Path(v).expanduser().is_absolute():
+            candidate = Path(config_dir) / v
+            if candidate.exists():
+                return str(candidate.resolve())
+        return v
+
+    @model_validator(mode="after")
+    def _columns_distinct(self):
+        seen: dict[str, str] = {}
+        for role in ("target", "covariates", "categorical"):
+            for c in getattr(self, role):
+                if c in seen:
+                    raise ValueError(f"column {c!r} is listed in both data.{seen[c]} and data.{role}")
+                seen[c] = role
+        return self
+
+
+class WindowConfig(Section):
+    """Look-back and horizon of each training / evaluation window."""
+
+    lookback: int = Field(64, ge=1, description="past steps the model reads")
+    horizon: int = Field(8, ge=1, description="future steps it forecasts")
+    stride: int = Field(1, ge=1, description="step between training window origins (evaluation uses every window)")
+
+
+class ForecastModelConfig(ModelConfig):
+    """The network: an encoder spec plus the forecasting head."""
+
+    strategy: Literal["direct", "recursive", "seq2seq"] = "direct"
+    decoder: Literal["gru", "lstm"] = Field("gru", description="seq2seq decoder cell")
+    instance_norm: bool = Field(False, description="normalise each window by its own mean/std (RevIN-style)")
+    channel_independent: bool = Field(False, description="one shared model per target variable")
+    linear_skip: bool = Field(False, description="add a linear map of the look-back to the output")
+    loss: Literal["mse", "mae", "huber"] = "mse"
+
+
+class ForecastConfig(RunConfig):
+    """``task: forecast``."""
+
+    task: Literal["forecast"] = "forecast"
+    data: ForecastDataConfig
+    window: WindowConfig = Field(default_factory=WindowConfig)
+    model: ForecastModelConfig = Field(default_factory=ForecastModelConfig)

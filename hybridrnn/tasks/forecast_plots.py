@@ -1,0 +1,102 @@
+"""Plots of a trained forecaster on the test split: forecast vs actual, error by horizon step, attention map."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+def _save(fig, path: Path) -> Path:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _axis(task, rows: np.ndarray):
+    times = task.table.times
+    return rows if times is None else times[rows]
+
+
+def forecast_plots(task, model, run_dir: Path, split: str = "test") -> list[Path]:
+    """Write ``forecast_vs_actual.png``, ``error_by_step.png`` and (with attention) ``attention.png``."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if task.num_examples(split) == 0:
+        return []
+    lay = task.layout
+    L, H, targets = lay["lookback"], lay["horizon"], lay["targets"]
+    origins = task.origins[split]
+    scaled_pred, weights = task.predict_windows(model, split, with_weights=True)
+    pred = task._unscale(scaled_pred)
+    base = {k: task._unscale(v) for k, v in task._baselines(split).items()}
+    truth = task._unscale(task._target_windows(split)[1])
+    actual = task._targets_original(task.table)
+    paths = []
+
+    # 1. forecast vs actual: consecutive non-overlapping windows across the start of the test span
+    n_win = int(max(3, min(20, 400 // H)))
+    picks = np.arange(0, len(origins), H)[:n_win]
+    shown = targets[:3]
+    fig, axes = plt.subplots(len(shown), 1, figsize=(11, 3.2 * len(shown)), squeeze=False)
+    lo, hi = int(origins[picks[0]]) - min(L, 2 * H), int(origins[picks[-1]]) + H
+    rows = np.arange(lo, hi)
+    for c, ax in enumerate(axes[:, 0]):
+        ax.plot(_axis(task, rows), actual[rows, c], color="black", lw=1.2, label="actual")
+        for j, i in enumerate(picks):
+            fut = np.arange(origins[i], origins[i] + H)
+            ax.plot(_axis(task, fut), pred[i, :, c], color="tab:red", lw=1.4, label="model" if j == 0 else None)
+            ax.plot(_axis(task, fut), base["naive"][i, :, c], color="tab:gray", lw=0.9, ls="--",
+                    label="naive" if j == 0 else None)
+            ax.plot(_axis(task, fut), base["linear"][i, :, c], color="tab:blue", lw=0.9, ls=":",
+                    label="linear" if j == 0 else None)
+            ax.axvline(_axis(task, np.array([origins[i]]))[0], color="tab:green", lw=0.4, alpha=0.5)
+        ax.set_title(f"{targets[c]}: {H}-step forecasts from {len(picks)} origins ({split} split; green = forecast time)")
+        ax.legend(loc="upper left", fontsize=8)
+    fig.autofmt_xdate()
+    paths.append(_save(fig, run_dir / "forecast_vs_actual.png"))
+    plt.close(fig)
+
+    # 2. error by horizon step
+    steps = np.arange(1, H + 1)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, p, style in [("model", pred, dict(color="tab:red", lw=2))] + \
+            [(k, v, dict(ls="--", lw=1.2)) for k, v in base.items()]:
+        ax.plot(steps, np.abs(p - truth).mean(axis=(0, 2)), marker="o" if H <= 24 else None, ms=3, label=name, **style)
+    ax.set_xlabel("horizon step")
+    ax.set_ylabel("MAE (original scale)")
+    ax.set_title(f"error by horizon step, {split} split ({len(origins)} windows)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    paths.append(_save(fig, run_dir / "error_by_step.png"))
+    plt.close(fig)
+
+    # 3. attention weights of one window
+    if weights is not None:
+        i = int(picks[min(1, len(picks) - 1)])
+        w = weights[i]  # (queries, lookback)
+        fig, (ax0, ax1) = plt.subplots(2, 1, figsize=(10, 6), sharex=True, gridspec_kw={"height_ratios": [1, 1.3]})
+        past_rows = np.arange(origins[i] - L, origins[i])
+        ax0.plot(np.arange(-L, 0), actual[past_rows, 0], color="black", lw=1.2, label=f"{targets[0]} (look-back)")
+        ax0.plot(np.arange(0, H), truth[i, :, 0], color="gray", lw=1.0, label="actual")
+        ax0.plot(np.arange(0, H), pred[i, :, 0], color="tab:red", lw=1.2, label="forecast")
+        ax0.legend(fontsize=8)
+        when = "" if task.table.times is None else f" at {task.table.times[origins[i]]}"
+        ax0.set_title(f"attention over the look-back, one {split} window (forecast time{when})")
+        im = ax1.imshow(w, aspect="auto", cmap="viridis", extent=(-L - 0.5, -0.5, w.shape[0] + 0.5, 0.5))
+        ax1.set_xlabel("look-back step (0 = forecast time)")
+        ax1.set_ylabel("query (horizon step)" if w.shape[0] > 1 else "query")
+        fig.colorbar(im, ax=[ax0, ax1], shrink=0.6, label="weight")
+        paths.append(_save(fig, run_dir / "attention.png"))
+        plt.close(fig)
+    return paths

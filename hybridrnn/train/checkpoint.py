@@ -1,0 +1,299 @@
+"""Run-directory I/O: atomic writes, safetensors weights, JSON state. Never pickle.
+
+Files of a run directory (``RUN/``):
+
+- ``config.yaml``          the resolved config (every default filled in)
+- ``model.safetensors``    the best weights so far (by the task's monitored validation metric)
+- ``last.safetensors``     the weights after the last finished epoch (for ``--resume``)
+- ``optimizer.safetensors`` the optimizer's tensors (moments, step counts) after that epoch
+- ``state.json``           epoch, best metric, schedule and early-stopping counters, RNG states, and the
+                           non-tensor part of the optimizer state
+- ``metrics.jsonl``        one JSON object per finished epoch
+- ``environment.json``     versions, threads, device, platform, git commit
+- ``learning_curve.png``   and the task's own artifacts (JSON) and plots
+
+Every file is written to a temporary name in the same folder and moved into place with ``os.replace``.
+A training checkpoint spans three files, so it is committed like a journal: ``last.safetensors.next`` and
+``optimizer.safetensors.next`` are written first (each tagged with its epoch), then ``state.json`` (the
+commit point), then the two ``.next`` files are renamed over the old ones. :func:`recover_checkpoint` finishes
+or discards a half-done commit, so a process killed at any instant leaves a consistent, resumable run.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as _st_save
+
+CONFIG = "config.yaml"
+BEST_WEIGHTS = "model.safetensors"
+LAST_WEIGHTS = "last.safetensors"
+OPTIMIZER = "optimizer.safetensors"
+STATE = "state.json"
+METRICS = "metrics.jsonl"
+ENVIRONMENT = "environment.json"
+LEARNING_CURVE = "learning_curve.png"
+PENDING = ".next"
+
+
+class RunDirError(ValueError):
+    """A run directory that cannot be read: missing, corrupt or inconsistent files (the message names them)."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# atomic writes
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary path in ``path``'s folder, fsync it, then ``os.replace`` it to ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(_json_safe(obj), indent=2, allow_nan=False) + "\n")
+
+
+def _json_safe(obj: Any) -> Any:
+    """Non-finite floats as the strings "nan" / "inf" / "-inf" (strict JSON); tuples as lists."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def json_float(value: Any) -> float:
+    """Inverse of the non-finite encoding of :func:`atomic_write_json`."""
+    return float(value)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# reading, with errors that name the file
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise RunDirError(f"{path} is missing") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunDirError(f"{path} is not a valid JSON file ({type(exc).__name__}: {exc})") from None
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    try:
+        lines = path.read_bytes().decode("utf-8").splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunDirError(f"{path} is not a valid JSON-lines file ({type(exc).__name__}: {exc})") from None
+
+
+def write_jsonl(path: str | Path, records: list[dict]) -> Path:
+    return atomic_write_text(path, "".join(json.dumps(_json_safe(r), allow_nan=False) + "\n" for r in records))
+
+
+def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file (nothing else is ever parsed)."""
+    path = Path(path)
+    if not path.exists():
+        raise RunDirError(f"{path} is missing")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = dict(f.metadata() or {})
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise RunDirError(f"{path} is not a valid safetensors file ({exc}); "
+                          "hybridrnn only reads safetensors weights, never pickle") from None
+    return tensors, metadata
+
+
+# ---------------------------------------------------------------------------------------------------------
+# model weights
+
+
+def save_weights(path: str | Path, model: torch.nn.Module, metadata: dict[str, str] | None = None) -> Path:
+    """``model.state_dict()`` as safetensors; tensors tied to another (shared storage) are stored once."""
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple, str] = {}
+    storages: set[int] = set()
+    for name, t in model.state_dict().items():
+        t = t.detach()
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+        if t.numel() > 0 and key in seen:
+            aliases[name] = seen[key]
+            continue
+        seen[key] = name
+        ptr = t.untyped_storage().data_ptr()
+        shared = t.numel() > 0 and ptr in storages
+        storages.add(ptr)
+        t = t.to("cpu").contiguous()
+        tensors[name] = t.clone() if shared or not t.is_contiguous() else t
+    meta = dict(metadata or {})
+    if aliases:
+        meta["aliases"] = json.dumps(aliases)
+    return atomic_write_bytes(path, _st_save(tensors, metadata=meta))
+
+
+def load_weights(path: str | Path, model: torch.nn.Module) -> dict[str, str]:
+    """Load ``path`` into ``model`` after checking every name and shape; returns the file's metadata."""
+    tensors, metadata = read_safetensors(path)
+    try:
+        aliases = json.loads(metadata.get("aliases", "{}"))
+    except json.JSONDecodeError:
+        raise RunDirError(f"{path}: malformed 'aliases' metadata") from None
+    for name, target in aliases.items():
+        if target in tensors:
+            tensors[name] = tensors[target]
+    expected = model.state_dict()
+    problems = []
+    for name in expected:
+        if name not in tensors:
+            problems.append(f"tensor {name!r} {tuple(expected[name].shape)} is missing from the file")
+        elif tuple(tensors[name].shape) != tuple(expected[name].shape):
+            problems.append(f"tensor {name!r} has shape {tuple(tensors[name].shape)} in the file but "
+                            f"{tuple(expected[name].shape)} in the model")
+    problems += [f"tensor {name!r} {tuple(tensors[name].shape)} in the file has no place in the model"
+                 for name in tensors if name not in expected]
+    if problems:
+        shown = "; ".join(problems[:6]) + (f"; ... ({len(problems) - 6} more)" if len(problems) > 6 else "")
+        raise RunDirError(f"{path} does not match the model that the run's config builds: {shown}. "
+                          "Was config.yaml edited, or the weights copied from another run?")
+    model.load_state_dict({k: v for k, v in tensors.items() if k in expected}, strict=True)
+    return metadata
+
+
+# ---------------------------------------------------------------------------------------------------------
+# optimizer state: tensors to safetensors, the rest to JSON
+
+
+def split_optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """``optimizer.state_dict()`` as (tensors named ``state.<param>.<key>``, JSON-serialisable rest)."""
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, entry in sd["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{idx}.{key}"] = value.detach().to("cpu").contiguous()
+            else:
+                scalars.setdefault(str(idx), {})[key] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def join_optimizer_state(tensors: dict[str, torch.Tensor], rest: dict[str, Any]) -> dict[str, Any]:
+    """Inverse of :func:`split_optimizer_state`: a dict for ``optimizer.load_state_dict``."""
+    state: dict[int, dict[str, Any]] = {}
+    for name, t in tensors.items():
+        _, idx, key = name.split(".", 2)
+        state.setdefault(int(idx), {})[key] = t
+    for idx, entry in rest.get("scalars", {}).items():
+        state.setdefault(int(idx), {}).update(entry)
+    groups = []
+    for g in rest["param_groups"]:
+        g = dict(g)
+        if isinstance(g.get("betas"), list):
+            g["betas"] = tuple(g["betas"])
+        groups.append(g)
+    return {"state": state, "param_groups": groups}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# training checkpoints (journaled commit over last.safetensors, optimizer.safetensors and state.json)
+
+
+def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    state: dict[str, Any]) -> None:
+    """Commit the weights, optimizer and ``state`` after a finished epoch.
+
+    ``state`` must hold ``"epoch"`` and ``"best_epoch"``; when they are equal the weights are also the new best
+    (``model.safetensors``), committed in the same journal.
+    """
+    run_dir = Path(run_dir)
+    tag = {"epoch": str(state["epoch"])}
+    names = [LAST_WEIGHTS, OPTIMIZER]
+    opt_tensors, opt_rest = split_optimizer_state(optimizer)
+    save_weights(run_dir / (LAST_WEIGHTS + PENDING), model, tag)
+    atomic_write_bytes(run_dir / (OPTIMIZER + PENDING), _st_save(opt_tensors, metadata=tag))
+    if state["best_epoch"] == state["epoch"]:
+        save_weights(run_dir / (BEST_WEIGHTS + PENDING), model, tag)
+        names.append(BEST_WEIGHTS)
+    atomic_write_json(run_dir / STATE, {**state, "optimizer": opt_rest})   # the commit point
+    for name in names:
+        os.replace(run_dir / (name + PENDING), run_dir / name)
+
+
+def _file_epoch(path: Path) -> str | None:
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return (f.metadata() or {}).get("epoch")
+    except (SafetensorError, OSError, ValueError, RuntimeError):
+        return None
+
+
+def recover_checkpoint(run_dir: Path, *, write: bool = True) -> dict[str, Any]:
+    """Finish or discard a half-done commit, check the files agree, and return ``state.json``."""
+    run_dir = Path(run_dir)
+    state = read_json(run_dir / STATE)
+    if not isinstance(state, dict) or "epoch" not in state or "best_epoch" not in state:
+        raise RunDirError(f"{run_dir / STATE} has no 'epoch' / 'best_epoch': not a hybridrnn training state")
+    expected = {LAST_WEIGHTS: str(state["epoch"]), OPTIMIZER: str(state["epoch"])}
+    if int(state["best_epoch"]) > 0:
+        expected[BEST_WEIGHTS] = str(state["best_epoch"])
+    for name, epoch in expected.items():
+        pending = run_dir / (name + PENDING)
+        if pending.exists() and write:
+            if _file_epoch(pending) == epoch:
+                os.replace(pending, run_dir / name)      # committed, rename not done yet
+            else:
+                pending.unlink()                         # never committed
+        final = run_dir / name
+        read_safetensors(final)                          # clear error when it is not safetensors
+        found = _file_epoch(final)
+        if found != epoch:
+            raise RunDirError(f"{final} holds epoch {found} but {run_dir / STATE} expects epoch {epoch}: "
+                              "the checkpoint files do not belong together")
+    return state
+
+
+def load_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Recover, then load ``last.safetensors`` and the optimizer state; returns ``state.json``."""
+    run_dir = Path(run_dir)
+    state = recover_checkpoint(run_dir)
+    load_weights(run_dir / LAST_WEIGHTS, model)
+    tensors, _ = read_safetensors(run_dir / OPTIMIZER)
+    try:
+        optimizer.load_state_dict(join_optimizer_state(tensors, state["optimizer"]))
+    except (KeyError, ValueError, TypeError, IndexError) as exc:
+        raise RunDirError(f"{run_dir / OPTIMIZER} does not fit this optimizer ({type(exc).__name__}: {exc}); "
+                          "was train.optimizer or the model changed since the run started?") from None
+    return state

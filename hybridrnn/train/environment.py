@@ -1,0 +1,52 @@
+"""What a run ran on: versions, threads, device, platform, git commit (written to environment.json)."""
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def git_commit(path: Path | None = None) -> str | None:
+    """The git commit of the hybridrnn source tree (with ``-dirty`` if it has changes), or None."""
+    where = path or Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True,
+                                timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
+                               capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("-dirty" if dirty else "") if commit else None
+
+
+def collect_environment(device: torch.device | str, world_size: int = 1) -> dict[str, Any]:
+    import hybridrnn
+
+    device = torch.device(device)
+    env: dict[str, Any] = {
+        "hybridrnn": hybridrnn.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or None,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "device": str(device),
+        "world_size": world_size,
+        "mkldnn": torch.backends.mkldnn.is_available(),
+        "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+        "git_commit": git_commit(),
+    }
+    if device.type == "cuda":
+        env["cuda"] = torch.version.cuda
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env

@@ -1,0 +1,50 @@
+"""The learning-curve plot of a run (train and validation loss, and the monitored metric when it differs)."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+from hybridrnn.train.checkpoint import atomic_write_bytes
+
+
+def plot_learning_curve(history: list[dict[str, Any]], path: Path, monitor: str = "loss", title: str = "") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history]
+    extra = monitor != "loss" and f"val_{monitor}" in history[0]
+    fig, axes = plt.subplots(1, 3 if extra else 2, figsize=(13 if extra else 9, 3.6))
+    ax = axes[0]
+    ax.plot(epochs, [r["train_loss"] for r in history], marker="o", ms=3, label="train loss")
+    if "val_loss" in history[0]:
+        ax.plot(epochs, [r["val_loss"] for r in history], marker="o", ms=3, label="validation loss")
+    best = [r["epoch"] for r in history if r.get("best")]
+    if best:
+        ax.axvline(best[-1], color="grey", ls=":", lw=1, label=f"best epoch ({best[-1]})")
+    ax.set_xlabel("epoch"), ax.set_ylabel("loss"), ax.legend(), ax.grid(alpha=0.3)
+    ax.set_title("loss")
+    ax = axes[1]
+    ax.plot(epochs, [r["grad_norm"] for r in history], marker="o", ms=3, label="mean pre-clip grad norm")
+    ax.plot(epochs, [r["grad_norm_max"] for r in history], marker=".", ms=3, alpha=0.6, label="max pre-clip grad norm")
+    ax.set_xlabel("epoch"), ax.set_ylabel("global gradient norm"), ax.grid(alpha=0.3)
+    ax.set_yscale("log")
+    lr_ax = ax.twinx()
+    lr_ax.plot(epochs, [r["lr"] for r in history], color="tab:red", lw=1, label="lr")
+    lr_ax.set_ylabel("learning rate", color="tab:red")
+    lines = ax.get_legend_handles_labels()[0] + lr_ax.get_legend_handles_labels()[0]
+    ax.legend(lines, [l.get_label() for l in lines], fontsize=8)
+    ax.set_title("gradient norm and learning rate")
+    if extra:
+        axes[2].plot(epochs, [r[f"val_{monitor}"] for r in history], marker="o", ms=3, color="tab:green")
+        axes[2].set_xlabel("epoch"), axes[2].set_ylabel(f"validation {monitor}"), axes[2].grid(alpha=0.3)
+        axes[2].set_title(f"validation {monitor} (monitored)")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())

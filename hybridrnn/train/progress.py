@@ -1,0 +1,150 @@
+"""Progress output: a rich bar per epoch on a terminal, one plain line per epoch otherwise, a summary table.
+
+Also the optional TensorBoard logger (``train.tensorboard: true``, the ``tensorboard`` extra).
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+#: keys of an epoch record that are not shown as metrics
+_BOOKKEEPING = {"epoch", "seconds", "items_per_second", "lr", "grad_norm", "grad_norm_max", "train_loss", "best"}
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            return str(value)
+        return f"{value:.4g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.3e}"
+    return str(value)
+
+
+class Progress:
+    """Base reporter: does nothing (``train.progress: none``, and every process but rank 0)."""
+
+    def start(self, epochs: int, steps_per_epoch: int, first_epoch: int) -> None: ...
+    def step(self, epoch: int, step: int, loss: float, items: int) -> None: ...
+    def epoch_end(self, record: dict[str, Any], monitor: str) -> None: ...
+    def message(self, text: str) -> None: ...
+    def summary(self, rows: list[tuple[str, str]], title: str = "training summary") -> None: ...
+    def close(self) -> None: ...
+
+
+class PlainProgress(Progress):
+    """One line per epoch, for logs and CI."""
+
+    def __init__(self, console: Console | None = None):
+        self.console = console or Console(highlight=False, soft_wrap=True)
+        self.epochs = 0
+
+    def start(self, epochs: int, steps_per_epoch: int, first_epoch: int) -> None:
+        self.epochs = epochs
+        if first_epoch > 0:
+            self.message(f"resuming after epoch {first_epoch}")
+
+    def epoch_end(self, record: dict[str, Any], monitor: str) -> None:
+        width = len(str(self.epochs))
+        parts = [f"epoch {record['epoch']:>{width}}/{self.epochs}", f"train_loss {_fmt(record['train_loss'])}"]
+        parts += [f"{k} {_fmt(v)}" for k, v in record.items() if k not in _BOOKKEEPING]
+        parts += [f"lr {record['lr']:.3g}", f"grad_norm {_fmt(record['grad_norm'])}",
+                  f"{record['items_per_second']:,.0f} items/s", f"{record['seconds']:.2f}s"]
+        if record.get("best"):
+            parts.append(f"* best val_{monitor}")
+        self.console.print("  ".join(parts))
+
+    def message(self, text: str) -> None:
+        self.console.print(text)
+
+    def summary(self, rows: list[tuple[str, str]], title: str = "training summary") -> None:
+        table = Table(title=title, show_header=False, title_justify="left")
+        table.add_column("", style="bold")
+        table.add_column("")
+        for key, value in rows:
+            table.add_row(key, value)
+        self.console.print(table)
+
+
+class BarProgress(PlainProgress):
+    """A rich progress bar per epoch (loss, items/s, ETA), then the epoch's plain line above it."""
+
+    REFRESH_SECONDS = 0.1
+
+    def __init__(self, console: Console | None = None):
+        super().__init__(console)
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+        from rich.progress import Progress as RichProgress
+
+        self.bar = RichProgress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]} items/s"),
+                                TextColumn("ETA"), TimeRemainingColumn(), console=self.console, transient=True)
+        self.task_id = None
+        self._last = 0.0
+        self._items = 0
+        self._t0 = 0.0
+        self._loss_sum = 0.0
+        self._steps = 0
+
+    def start(self, epochs: int, steps_per_epoch: int, first_epoch: int) -> None:
+        super().start(epochs, steps_per_epoch, first_epoch)
+        self.steps_per_epoch = steps_per_epoch
+        self.bar.start()
+
+    def step(self, epoch: int, step: int, loss: float, items: int) -> None:
+        if step == 0:
+            if self.task_id is not None:
+                self.bar.remove_task(self.task_id)
+            self.task_id = self.bar.add_task(f"epoch {epoch + 1}/{self.epochs}", total=self.steps_per_epoch,
+                                             loss="-", speed="-")
+            self._t0, self._items, self._loss_sum, self._steps = time.perf_counter(), 0, 0.0, 0
+        self._items += items
+        self._loss_sum += loss
+        self._steps += 1
+        now = time.perf_counter()
+        if now - self._last >= self.REFRESH_SECONDS or step + 1 == self.steps_per_epoch:
+            self._last = now
+            speed = self._items / max(now - self._t0, 1e-9)
+            self.bar.update(self.task_id, completed=step + 1, loss=_fmt(self._loss_sum / self._steps),
+                            speed=f"{speed:,.0f}")
+
+    def epoch_end(self, record: dict[str, Any], monitor: str) -> None:
+        super().epoch_end(record, monitor)
+
+    def close(self) -> None:
+        self.bar.stop()
+
+
+def make_progress(kind: str, enabled: bool = True) -> Progress:
+    """``auto``: a bar on a terminal, plain lines otherwise; ``none`` (or not ``enabled``): silent."""
+    if not enabled or kind == "none":
+        return Progress()
+    console = Console(highlight=False, soft_wrap=True)
+    if kind == "bar" or (kind == "auto" and console.is_terminal and sys.stdout.isatty()):
+        return BarProgress(console)
+    return PlainProgress(console)
+
+
+class TensorBoardLogger:
+    """Scalars of each epoch record under ``RUN/tensorboard`` (losses, metrics, lr, grad norm)."""
+
+    def __init__(self, log_dir: Path):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ImportError("train.tensorboard is true but the tensorboard package is not installed: "
+                              "pip install 'hybridrnn[tensorboard]' (or set train.tensorboard: false)") from None
+        self.writer = SummaryWriter(log_dir=str(log_dir))
+
+    def log(self, record: dict[str, Any]) -> None:
+        for key, value in record.items():
+            if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(key, value, record["epoch"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()

@@ -1,0 +1,148 @@
+"""The interface between a task (data + model + loss + metrics) and the Trainer.
+
+The Trainer never knows which task it trains: it asks the task for batches, a loss and metrics.
+A task is built from its config (a subclass of :class:`hybridrnn.config.RunConfig`).
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar, Iterable, Iterator
+
+import torch
+from torch import nn
+
+
+class Task(ABC):
+    """One learning problem.
+
+    Life cycle when training (``hybridrnn.train.run.train``): ``task = TaskClass(config)``,
+    ``task.setup(run_dir)`` (loads and splits data, fits scalers or a vocabulary on the training split only),
+    ``task.save_artifacts(run_dir)`` (right away, so even a killed run can be loaded), the global RNGs are
+    re-seeded, ``model = task.build_model()``, then each epoch the Trainer loops over ``train_batches``
+    calling ``training_step`` (in train mode) and calls ``evaluate(model, "val")`` (in eval mode). After
+    training the best weights are restored and ``task.plots(model, run_dir)`` is called.
+
+    Life cycle when loading a finished run (``hybridrnn.train.run.load_run``, used by evaluate / predict /
+    generate / compare): ``task = TaskClass(config)``, ``task.setup(run_dir)``, then
+    ``task.load_artifacts(run_dir)`` (which replaces whatever ``setup`` fitted with the saved state),
+    ``model = task.build_model()`` and the weights of ``model.safetensors`` are loaded into it.
+
+    Batches may be any nesting of tensors, tuples, lists and dicts. Under ``torchrun`` every process gets the
+    same global batch from ``train_batches`` and keeps its shard (``shard_batch``); the loss of
+    ``training_step`` must be a mean over the items it reports, so that the Trainer can weight shards exactly.
+    """
+
+    #: the ``task:`` value in a config file
+    name: ClassVar[str]
+    #: the pydantic config class (subclass of ``hybridrnn.config.RunConfig``)
+    config_class: ClassVar[type]
+    #: metric the Trainer watches for early stopping and best-checkpoint selection (a key of evaluate())
+    monitor: ClassVar[str] = "loss"
+    #: "min" or "max"
+    monitor_mode: ClassVar[str] = "min"
+
+    def __init__(self, config: Any):
+        self.config = config
+
+    @abstractmethod
+    def setup(self, run_dir: Path | None = None) -> None:
+        """Load the data. Fit anything fitted (scalers, vocabulary) on the training split only."""
+
+    @abstractmethod
+    def build_model(self) -> nn.Module:
+        """A fresh model for this task's data (sizes known after ``setup``)."""
+
+    @abstractmethod
+    def train_batches(self, epoch: int, generator: torch.Generator) -> Iterator[Any]:
+        """Training batches of one epoch, shuffled with ``generator`` (so runs repeat bit for bit)."""
+
+    @abstractmethod
+    def num_train_batches(self) -> int:
+        """How many batches ``train_batches`` yields (for progress bars and schedules)."""
+
+    @abstractmethod
+    def training_step(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, int]:
+        """Loss of one batch (a scalar tensor to back-propagate) and the number of items it averages over."""
+
+    @abstractmethod
+    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
+        """Metrics on ``split`` ("val" or "test"), under ``torch.no_grad``; always includes ``"loss"``."""
+
+    def num_examples(self, split: str) -> int:
+        """How many examples (windows, sentences, ...) a split holds; the Trainer checks it is not empty."""
+        raise NotImplementedError
+
+    # ---- artifacts that a run directory keeps besides the weights (scalers, vocabulary), JSON only ----
+    def save_artifacts(self, run_dir: Path) -> None:
+        """Write what ``load_artifacts`` needs to rebuild the task without refitting (JSON files)."""
+
+    def load_artifacts(self, run_dir: Path) -> None:
+        """Read what ``save_artifacts`` wrote."""
+
+    def plots(self, model: nn.Module, run_dir: Path) -> list[Path]:
+        """Task plots written after training (forecast overlays, attention maps, ...)."""
+        return []
+
+    def predict(self, model: nn.Module, input_path: Path, output_path: Path | None) -> None:
+        """Optional: ``hybridrnn predict RUN --input FILE [--output FILE]``.
+
+        Read new inputs from ``input_path`` (validate them; a bad file is a ``ValueError`` naming the file and
+        what is wrong), run ``model`` (already in eval mode, under ``torch.no_grad``) and write the
+        predictions to ``output_path`` (or print them to stdout when it is None).
+        """
+        raise NotImplementedError(f"task {self.name!r} does not implement predict")
+
+    def shard_batch(self, batch: Any, rank: int, world_size: int) -> Any | None:
+        """This process's part of a global batch under torchrun, or None when its part is empty.
+
+        The default splits every tensor along dim 0 with ``torch.tensor_split`` (sizes differ by at most one).
+        Override it when a batch's first dimension is not the item dimension.
+        """
+        return shard_along_first_dim(batch, rank, world_size)
+
+    def to_device(self, batch: Any, device: torch.device) -> Any:
+        """Move a batch to ``device`` (tensors, tuples, lists and dicts of tensors)."""
+        return _to_device(batch, device)
+
+
+def _to_device(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return _same_sequence(obj, [_to_device(v, device) for v in obj])
+    return obj
+
+
+def _same_sequence(like: list | tuple, items: list) -> Any:
+    """``items`` as the sequence type of ``like`` (lists, tuples and named tuples)."""
+    return type(like)(*items) if hasattr(like, "_fields") else type(like)(items)
+
+
+def shard_along_first_dim(batch: Any, rank: int, world_size: int) -> Any | None:
+    """Part ``rank`` of ``world_size`` of every tensor in ``batch`` along dim 0; None if that part is empty."""
+    sizes: list[int] = []
+
+    def split(obj: Any) -> Any:
+        if isinstance(obj, torch.Tensor):
+            part = torch.tensor_split(obj, world_size, dim=0)[rank]
+            sizes.append(part.shape[0])
+            return part
+        if isinstance(obj, dict):
+            return {k: split(v) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return _same_sequence(obj, [split(v) for v in obj])
+        return obj
+
+    out = split(batch)
+    return None if not sizes or min(sizes) == 0 else out
+
+
+def iterate_minibatches(n: int, batch_size: int, generator: torch.Generator | None, drop_last: bool = False) -> Iterable[torch.Tensor]:
+    """Index tensors of mini-batches over ``n`` items, shuffled when a generator is given."""
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    stop = n - (n % batch_size) if drop_last else n
+    for start in range(0, stop, batch_size):
+        yield order[start:start + batch_size]

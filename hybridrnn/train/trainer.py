@@ -1,0 +1,270 @@
+"""The Trainer: the training loop every task shares.
+
+It only talks to a :class:`~hybridrnn.train.task.Task`: batches, a loss, metrics. It does the optimiser,
+the learning-rate schedule, gradient clipping by global norm (the pre-clip norm is logged), bf16 autocast,
+early stopping on ``task.monitor`` with the best weights kept, the NaN/inf guard, checkpoints and resume,
+and DistributedDataParallel under torchrun (each process takes its shard of every global batch).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hybridrnn.config import TrainConfig
+from hybridrnn.train import checkpoint as ckpt
+from hybridrnn.train.distributed import DDPModel, DistContext, all_reduce_sum, broadcast_flag
+from hybridrnn.train.progress import Progress, TensorBoardLogger
+from hybridrnn.train.schedule import LRSchedule
+from hybridrnn.train.seeding import epoch_generator, get_rng_states, set_rng_states
+from hybridrnn.train.task import Task
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss (or gradient norm); the message gives the epoch and step."""
+
+
+@dataclass
+class FitResult:
+    """What :meth:`Trainer.fit` did. ``history`` holds one record per epoch (as in metrics.jsonl)."""
+
+    epochs_run: int
+    best_epoch: int
+    best_metric: float
+    monitor: str
+    stopped_early: bool
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def build_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def check_data(task: Task, config: TrainConfig) -> None:
+    """Clear errors before any training: an empty split, or a batch size larger than the training data."""
+    for split in ("train", "val"):
+        try:
+            n = task.num_examples(split)
+        except NotImplementedError:
+            continue
+        if n == 0:
+            raise ValueError(f"the {split!r} split of task {task.name!r} is empty (0 examples): check the data "
+                             "path, the split fractions or dates, and the window sizes")
+        if split == "train" and config.batch_size > n:
+            raise ValueError(f"train.batch_size is {config.batch_size} but the training split has only {n} "
+                             f"examples; use train.batch_size <= {n}")
+    if task.num_train_batches() == 0:
+        raise ValueError(f"task {task.name!r} yields no training batches (num_train_batches() == 0)")
+
+
+class Trainer:
+    """Trains ``model`` on ``task`` with ``config``; writes checkpoints to ``run_dir`` when given (rank 0)."""
+
+    def __init__(self, task: Task, model: nn.Module, config: TrainConfig, run_dir: str | Path | None = None, *,
+                 device: torch.device | str = "cpu", dist: DistContext | None = None,
+                 progress: Progress | None = None):
+        self.task = task
+        self.config = config
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.device = torch.device(device)
+        self.dist = dist or DistContext()
+        self.progress = progress or Progress()
+        self.model = model.to(self.device)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(self.params, config)
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model: nn.Module = DDPModel(self.model, device_ids=ids)
+        else:
+            self.train_model = self.model
+        self.monitor = task.monitor
+        self.mode = task.monitor_mode
+        if self.mode not in ("min", "max"):
+            raise ValueError(f"task {task.name!r}: monitor_mode must be 'min' or 'max', got {self.mode!r}")
+        self.schedule = LRSchedule(config, task.num_train_batches(), self.mode)
+        self.epoch = 0                      # finished epochs
+        self.best_metric = math.inf if self.mode == "min" else -math.inf
+        self.best_epoch = 0
+        self.bad_epochs = 0
+        self.stopped_early = False
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.history: list[dict[str, Any]] = []
+        self.writes = self.run_dir is not None and self.dist.is_main
+        self.autocast_device = "cuda" if self.device.type == "cuda" else "cpu"
+
+    # ------------------------------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> FitResult:
+        """Train until ``config.epochs`` or early stopping; leaves the best weights in the model."""
+        check_data(self.task, self.config)
+        if resume:
+            self._resume()
+        tb = TensorBoardLogger(self.run_dir / "tensorboard") if self.writes and self.config.tensorboard else None
+        self.progress.start(self.config.epochs, self.task.num_train_batches(), self.epoch)
+        try:
+            while self.epoch < self.config.epochs and not self.stopped_early:
+                record = self.train_one_epoch(self.epoch)
+                t0 = time.perf_counter()
+                val = self.validate()
+                record.update({f"val_{k}": float(v) for k, v in val.items()})
+                record["seconds"] = round(record["seconds"] + time.perf_counter() - t0, 6)
+                self._end_epoch(record, val)
+                self.progress.epoch_end(record, self.monitor)
+                if tb is not None:
+                    tb.log(record)
+        finally:
+            self.progress.close()
+            if tb is not None:
+                tb.close()
+        self.restore_best()
+        return FitResult(self.epoch, self.best_epoch, self.best_metric, self.monitor, self.stopped_early,
+                         list(self.history))
+
+    # ------------------------------------------------------------------------------------------------
+    def train_one_epoch(self, epoch: int) -> dict[str, Any]:
+        """One pass over ``task.train_batches``; returns the epoch record (train loss, lr, grad norms, ...)."""
+        cfg, task, dist, device = self.config, self.task, self.dist, self.device
+        model, optimizer, params = self.train_model, self.optimizer, self.params
+        model.train()
+        generator = epoch_generator(cfg.seed, epoch)
+        schedule_steps = not self.schedule.constant
+        clip = cfg.clip_norm if cfg.clip_norm is not None else math.inf
+        loss_sum, items, norm_sum, norm_max, steps = 0.0, 0, 0.0, 0.0, 0
+        lr = self.schedule.lr(epoch, 0)
+        t0 = time.perf_counter()
+        for step, batch in enumerate(task.train_batches(epoch, generator)):
+            if schedule_steps or step == 0:
+                lr = self.schedule.lr(epoch, step)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+            if dist.enabled:
+                batch = task.shard_batch(batch, dist.rank, dist.world_size)
+            if batch is not None:
+                batch = task.to_device(batch, device)
+                with torch.autocast(self.autocast_device, dtype=torch.bfloat16, enabled=cfg.bf16):
+                    loss, n = task.training_step(model, batch)
+                loss = loss.float()
+            else:   # an empty shard: take part in the gradient all-reduce with zero gradients
+                loss, n = sum(p.sum() for p in params) * 0.0, 0
+            if dist.enabled:
+                # every process weights its shard by n_r / N; DDP then averages over W processes, so the
+                # scaled loss is loss_r * n_r * W / N and the synchronised gradient is the global mean
+                totals = all_reduce_sum(torch.tensor([loss.detach().item() * n, float(n)], dtype=torch.float64))
+                global_n = totals[1].item()
+                loss_value = totals[0].item() / max(global_n, 1.0)
+                backward_loss = loss * (n * dist.world_size / max(global_n, 1.0))
+            else:
+                loss_value, global_n, backward_loss = loss.item(), n, loss
+            if not math.isfinite(loss_value):
+                self._non_finite("loss", loss_value, epoch, step)
+            optimizer.zero_grad(set_to_none=True)
+            backward_loss.backward()
+            norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+            if not math.isfinite(norm):
+                self._non_finite("gradient norm", norm, epoch, step)
+            optimizer.step()
+            loss_sum += loss_value * global_n
+            items += int(global_n)
+            norm_sum += norm
+            norm_max = max(norm_max, norm)
+            steps += 1
+            self.progress.step(epoch, step, loss_value, int(global_n))
+        seconds = time.perf_counter() - t0
+        if steps == 0:
+            raise ValueError(f"task {task.name!r} yielded no training batches in epoch {epoch + 1}")
+        return {"epoch": epoch + 1, "train_loss": loss_sum / max(items, 1), "lr": lr,
+                "grad_norm": norm_sum / steps, "grad_norm_max": norm_max, "seconds": seconds,
+                "items_per_second": items / max(seconds, 1e-9)}
+
+    def validate(self, split: str = "val") -> dict[str, float]:
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                metrics = self.task.evaluate(self.model, split)
+        finally:
+            self.model.train()
+        if self.monitor not in metrics:
+            raise ValueError(f"task {self.task.name!r} monitors {self.monitor!r} but evaluate() returned only "
+                             f"{sorted(metrics)}")
+        return {k: float(v) for k, v in metrics.items()}
+
+    # ------------------------------------------------------------------------------------------------
+    def _non_finite(self, what: str, value: float, epoch: int, step: int) -> None:
+        kept = (f"the last good checkpoint (epoch {self.epoch}) is kept in {self.run_dir}" if self.writes
+                else "no checkpoint was written (no run directory)")
+        raise NonFiniteLossError(
+            f"training stopped: the {what} is {value} at epoch {epoch + 1}, step {step + 1} "
+            f"(batch {step + 1} of {self.task.num_train_batches()}); {kept}. Lower train.lr, set train.clip_norm, "
+            "or check the data for NaN / inf values.")
+
+    def _improved(self, metric: float) -> bool:
+        if math.isnan(metric):
+            return False
+        if self.mode == "min":
+            return metric < self.best_metric - self.config.min_delta
+        return metric > self.best_metric + self.config.min_delta
+
+    def _end_epoch(self, record: dict[str, Any], val: dict[str, float]) -> None:
+        metric = val[self.monitor]
+        self.epoch = record["epoch"]
+        improved = self._improved(metric)
+        record["best"] = improved
+        if improved:
+            self.best_metric, self.best_epoch, self.bad_epochs = metric, self.epoch, 0
+            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        else:
+            self.bad_epochs += 1
+        self.schedule.end_epoch(metric)
+        patience = self.config.patience
+        stop = patience is not None and self.bad_epochs >= patience
+        self.stopped_early = broadcast_flag(stop, self.dist, self.device) and self.epoch < self.config.epochs
+        self.history.append(record)
+        if self.writes:
+            ckpt.write_jsonl(self.run_dir / ckpt.METRICS, self.history)
+            ckpt.save_checkpoint(self.run_dir, self.model, self.optimizer, self.state_dict())
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything besides tensors that a resumed run needs (JSON-serialisable)."""
+        return {"epoch": self.epoch, "epochs": self.config.epochs, "monitor": self.monitor, "mode": self.mode,
+                "best_metric": self.best_metric, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
+                "stopped_early": self.stopped_early, "schedule": self.schedule.state_dict(),
+                "rng": get_rng_states(), "world_size": self.dist.world_size}
+
+    def _resume(self) -> None:
+        assert self.run_dir is not None, "resume needs a run directory"
+        state = ckpt.load_checkpoint(self.run_dir, self.model, self.optimizer)
+        try:
+            self.epoch = int(state["epoch"])
+            self.best_metric = ckpt.json_float(state["best_metric"])
+            self.best_epoch = int(state["best_epoch"])
+            self.bad_epochs = int(state["bad_epochs"])
+            self.stopped_early = bool(state["stopped_early"])
+            self.schedule.load_state_dict(state["schedule"])
+            set_rng_states(state["rng"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ckpt.RunDirError(f"{self.run_dir / ckpt.STATE} is incomplete or malformed "
+                                   f"({type(exc).__name__}: {exc})") from None
+        self.history = [r for r in ckpt.read_jsonl(self.run_dir / ckpt.METRICS) if r.get("epoch", 0) <= self.epoch]
+        if len(self.history) != self.epoch:
+            raise ckpt.RunDirError(f"{self.run_dir / ckpt.METRICS} has {len(self.history)} epochs, "
+                                   f"state.json says {self.epoch}")
+        if self.best_epoch > 0:
+            best = copy.deepcopy(self.model)
+            ckpt.load_weights(self.run_dir / ckpt.BEST_WEIGHTS, best)
+            self.best_state = {k: v.detach().clone() for k, v in best.state_dict().items()}
+        if self.writes:
+            ckpt.write_jsonl(self.run_dir / ckpt.METRICS, self.history)
+
+    def restore_best(self) -> None:
+        """Put the best weights (by the monitored validation metric) back into the model."""
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)

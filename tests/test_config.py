@@ -1,0 +1,115 @@
+"""Config loading: exact error messages for unknown keys / wrong types, --set overrides, resolved output."""
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+import yaml
+
+from hybridrnn.config import ConfigError, TrainConfig, apply_overrides, config_to_yaml, load_config, parse_override
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_unknown_key_names_path_line_and_closest_key(tmp_path, toy_task):
+    path = write(tmp_path, """\
+        task: toy
+        model:
+          encoder: gru:8
+        train:
+          epochs: 3
+          lrr: 0.01
+        """)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == (f"invalid config {path}:\n"
+                               f"  {path} line 6: train.lrr: unknown key (did you mean 'train.lr'?)")
+
+
+def test_wrong_type_names_path_line_and_value(tmp_path, toy_task):
+    path = write(tmp_path, """\
+        task: toy
+        train:
+          epochs: ten
+        """)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == (f"invalid config {path}:\n  {path} line 3: train.epochs: Input should be a valid "
+                               "integer, unable to parse string as an integer, got 'ten'")
+
+
+def test_several_problems_are_reported_together(tmp_path, toy_task):
+    path = write(tmp_path, "task: toy\nmodle: {encoder: 'gru:8'}\ntrain: {lr: 0, batch_size: -1}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    msg = str(info.value)
+    assert "(3 problems)" in msg
+    assert "modle: unknown key (did you mean 'model'?)" in msg
+    assert "train.lr: Input should be greater than 0, got 0" in msg
+    assert "train.batch_size: Input should be greater than or equal to 1, got -1" in msg
+
+
+def test_unknown_key_in_a_task_section_suggests_from_that_section(tmp_path, toy_task):
+    path = write(tmp_path, "task: toy\ndata:\n  n_trian: 10\n")
+    with pytest.raises(ConfigError, match=r"line 3: data.n_trian: unknown key \(did you mean 'data.n_train'\?\)"):
+        load_config(path)
+
+
+def test_unknown_task_suggests_closest(tmp_path, toy_task):
+    path = write(tmp_path, "task: forcast\n")
+    with pytest.raises(ConfigError, match=r"unknown task 'forcast' \(did you mean 'forecast'\?\)"):
+        load_config(path)
+
+
+def test_missing_task_key(tmp_path, toy_task):
+    path = write(tmp_path, "train: {epochs: 2}\n")
+    with pytest.raises(ConfigError, match="missing key 'task'"):
+        load_config(path)
+
+
+def test_overrides_are_yaml_scalars_and_later_ones_win(tmp_path, toy_task):
+    path = write(tmp_path, "task: toy\ntrain: {lr: 0.1}\n")
+    cfg = load_config(path, ["train.lr=0.003", "train.epochs=7", "train.clip_norm=null", "model.encoder=lstm:4",
+                             "train.lr=3e-4", "data.nan_at=[2, 3]"])
+    assert cfg.train.lr == 3e-4 and cfg.train.epochs == 7 and cfg.train.clip_norm is None
+    assert cfg.model.encoder == "lstm:4" and cfg.data.nan_at == (2, 3)
+
+
+def test_override_errors_name_the_set_option(tmp_path, toy_task):
+    path = write(tmp_path, "task: toy\n")
+    with pytest.raises(ConfigError, match=r"--set train.lrr: train.lrr: unknown key \(did you mean 'train.lr'\?\)"):
+        load_config(path, ["train.lrr=0.1"])
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        parse_override("train.lr")
+    with pytest.raises(ConfigError, match="train.lr is a value"):
+        apply_overrides({"train": {"lr": 0.1}}, ["train.lr.x=1"])
+
+
+def test_resolved_config_has_every_default_and_round_trips(tmp_path, toy_task):
+    path = write(tmp_path, "task: toy\ntrain:\n")          # an empty section means all defaults
+    cfg = load_config(path)
+    text = config_to_yaml(cfg)
+    data = yaml.safe_load(text)
+    assert set(data["train"]) == set(TrainConfig.model_fields)
+    assert data["train"]["lr"] == TrainConfig().lr
+    again = write(tmp_path, text)
+    assert load_config(again) == cfg
+
+
+def test_python_object_tag_is_never_constructed(tmp_path, toy_task):
+    marker = tmp_path / "executed"
+    path = write(tmp_path, f"task: toy\ntrain: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(ConfigError, match="line 2: not valid YAML.*Python object tags are never loaded"):
+        load_config(path)
+    assert not marker.exists()
+
+
+def test_not_a_mapping_and_missing_file(tmp_path, toy_task):
+    with pytest.raises(ConfigError, match="must be a YAML mapping"):
+        load_config(write(tmp_path, "- a\n- b\n"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")

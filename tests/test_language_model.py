@@ -1,0 +1,234 @@
+"""Language model: tied parameter count, truncated BPTT, step() vs full forward, seeded generation, learning."""
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from hybridrnn.nn.language_model import LanguageModel, LockedDropout, sample_next
+from hybridrnn.nn.tying import count_parameters
+from hybridrnn.tasks.language_model import LanguageModelTask, stream_rows
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="shared data folder not present")
+
+SPECS = ["lstm:12", "gru:12", "lstm:12>gru:8", "(lstm:8|gru:8)", "lstm:8x2"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models on a shared 2-core machine: one intra-op thread is many times faster than two."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ---- parameters ------------------------------------------------------------------------------------------
+def test_tied_parameter_count_by_hand():
+    V, E, H = 50, 16, 16
+    tied = LanguageModel(V, "lstm:16", embedding_dim=E, tie_weights=True)
+    # embedding V*E = 800; LSTM 4H*(E + H) weights + 2*4H biases = 64*32 + 128 = 2176; output bias V = 50
+    assert count_parameters(tied) == 800 + 2176 + 50 == 3026
+    assert sum(p.numel() for p in tied.parameters()) == 3026          # the shared matrix is yielded once
+    assert tied.output.weight is tied.embedding.weight
+    untied = LanguageModel(V, "lstm:16", embedding_dim=E, tie_weights=False)
+    # plus an output matrix H*V = 800
+    assert count_parameters(untied) == 3026 + 800
+    # sizes differ: E = 8, H = 16 -> a projection Linear(16, 8) = 16*8 + 8 = 136
+    # embedding 400; LSTM 64*(8 + 16) + 128 = 1664; projection 136; output bias 50
+    projected = LanguageModel(V, "lstm:16", embedding_dim=8, tie_weights=True)
+    assert count_parameters(projected) == 400 + 1664 + 136 + 50 == 2250
+    # a stacked hybrid: GRU 3H2*(H1 + H2) + 2*3H2 with H1 = 16, H2 = 8: 24*24 + 48 = 624, projection 8 -> E = 16: 0
+    hybrid = LanguageModel(V, "lstm:16>gru:16", embedding_dim=16, tie_weights=True)
+    # LSTM 2176 + GRU 3*16*(16+16) + 2*48 = 1536 + 96 = 1632
+    assert count_parameters(hybrid) == 800 + 2176 + 1632 + 50
+
+
+def test_bidirectional_encoder_is_rejected():
+    with pytest.raises(ValueError, match="unidirectional"):
+        LanguageModel(20, "bilstm:8", embedding_dim=8)
+
+
+# ---- streaming step() ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("spec", SPECS)
+def test_step_matches_full_forward(spec):
+    """Next-token distributions from step() one token at a time equal those of a full forward (float64)."""
+    torch.manual_seed(0)
+    model = LanguageModel(30, spec, embedding_dim=8).double().eval()
+    tokens = torch.randint(0, 30, (2, 9))
+    full, _ = model(tokens)
+    state = None
+    for t in range(tokens.shape[1]):
+        logits, state = model.step(tokens[:, t], state)
+        assert torch.allclose(torch.log_softmax(logits, -1), torch.log_softmax(full[:, t], -1), atol=1e-12, rtol=0)
+
+
+def test_greedy_generation_equals_rerunning_the_prefix():
+    torch.manual_seed(1)
+    model = LanguageModel(25, "(lstm:8|gru:8)>gru:8", embedding_dim=8).double().eval()
+    prompt = [3, 7, 1]
+    generated = model.generate(prompt, 12, temperature=0)
+    seq = list(prompt)
+    for _ in range(12):
+        logits, _ = model(torch.tensor([seq]))
+        seq.append(int(logits[0, -1].argmax()))
+    assert generated == seq[len(prompt):]
+
+
+def test_generation_is_reproducible_with_a_seed():
+    torch.manual_seed(0)
+    model = LanguageModel(40, "lstm:16>gru:16", embedding_dim=8).eval()
+    a = model.generate([1, 2], 50, temperature=1.0, top_k=10, generator=torch.Generator().manual_seed(7))
+    b = model.generate([1, 2], 50, temperature=1.0, top_k=10, generator=torch.Generator().manual_seed(7))
+    c = model.generate([1, 2], 50, temperature=1.0, top_k=10, generator=torch.Generator().manual_seed(8))
+    assert a == b and a != c
+
+
+def test_top_k_and_temperature():
+    logits = torch.tensor([0.0, 3.0, 2.0, -1.0])
+    g = torch.Generator().manual_seed(0)
+    draws = {sample_next(logits, 1.0, top_k=2, generator=g) for _ in range(200)}
+    assert draws == {1, 2}
+    assert sample_next(logits, 0.0) == 1
+
+
+def test_locked_dropout_shares_the_mask_over_time():
+    drop = LockedDropout(0.5).train()
+    y = drop(torch.ones(4, 10, 6))
+    assert torch.equal(y, y[:, :1].expand_as(y))          # one mask per (sequence, feature), all steps
+    assert set(y.unique().tolist()) <= {0.0, 2.0}
+    assert torch.equal(drop.eval()(torch.ones(2, 3, 4)), torch.ones(2, 3, 4))
+
+
+# ---- the task -------------------------------------------------------------------------------------------------
+def _char_task(tmp_path: Path, text: str, encoder: str = "lstm:16", **lm) -> LanguageModelTask:
+    from hybridrnn.config import coerce_config
+
+    (tmp_path / "corpus.txt").write_text(text, encoding="utf-8")
+    cfg = {"task": "language_model", "data": {"train": str(tmp_path / "corpus.txt"), "level": "char"},
+           "model": {"encoder": encoder}, "lm": {"bptt": 5, "embedding_dim": 8, **lm},
+           "train": {"batch_size": 4, "seed": 0}}
+    task = LanguageModelTask(coerce_config(cfg))
+    task.setup()
+    return task
+
+
+def test_tbptt_detaches_the_state_between_batches(tmp_path):
+    """Gradient of the second window's loss does not reach the first window: the embedding rows of tokens that
+    occur only as inputs of window 1 get exactly zero gradient (untied, so the output layer does not touch them).
+    The same computation with the state NOT detached does reach them (the check can fail)."""
+    task = _char_task(tmp_path, "abcd" * 20, tie_weights=False)     # ids: a=2, b=3, c=4, d=5
+    torch.manual_seed(0)
+    model = task.build_model()
+    windows = list(task.train_batches(0, torch.Generator()))
+    assert windows[0][2] is True and all(w[2] is False for w in windows[1:])   # only the epoch start resets
+    # window 1 reads only token 2, window 2 only token 4
+    first = (torch.full((4, 5), 2), torch.full((4, 5), 3), True)
+    second = (torch.full((4, 5), 4), torch.full((4, 5), 5), False)
+    loss1, _ = task.training_step(model, first)
+    carried = task._state
+    assert carried[0].grad_fn is None and carried[1].grad_fn is None
+    model.zero_grad()
+    loss2, n = task.training_step(model, second)
+    loss2.backward()
+    grad = model.embedding.weight.grad
+    assert n == 20 and float(grad[2].abs().sum()) == 0.0 and float(grad[4].abs().sum()) > 0.0
+    # control: without detaching, window 2's loss reaches token 2's embedding
+    model.zero_grad()
+    _, state = model(first[0])
+    logits, _ = model(second[0], state)
+    F.cross_entropy(logits.reshape(-1, logits.shape[-1]), second[1].reshape(-1)).backward()
+    assert float(model.embedding.weight.grad[2].abs().sum()) > 0.0
+
+
+def test_train_windows_walk_the_rows_in_order(tmp_path):
+    task = _char_task(tmp_path, "abcdefghijklmnopqrstuvwxyz" * 3)
+    x, y, _, _ = stream_rows(task.ids["train"], 4)
+    windows = list(task.train_batches(0, torch.Generator()))
+    assert torch.equal(torch.cat([w[0] for w in windows], 1), x)
+    assert torch.equal(torch.cat([w[1] for w in windows], 1), y)
+    assert torch.equal(x[:, 1:], y[:, :-1])                  # targets are the next tokens
+    assert len(windows) == task.num_train_batches()
+
+
+def test_evaluation_scores_every_token_exactly(tmp_path):
+    """stream_nll with rows (remainder included) equals a by-hand loop over the rows, each row one sequence."""
+    task = _char_task(tmp_path, "the quick brown fox jumps over the lazy dog\n" * 3)
+    torch.manual_seed(0)
+    model = task.build_model().double().eval().requires_grad_(False)
+    ids = task.ids["train"]
+    rows = 5
+    total, count = task.stream_nll(model, ids, rows, window=7)
+    assert count == ids.numel() - 1
+    n = (ids.numel() - 1) // rows
+    expected = 0.0
+    for r in range(rows):
+        end = (r + 1) * n + (ids.numel() - 1 - rows * n if r == rows - 1 else 0)
+        seq = ids[r * n:end + 1]
+        logits, _ = model(seq[:-1].view(1, -1))
+        expected += F.cross_entropy(logits[0], seq[1:], reduction="sum").item()
+    assert total == pytest.approx(expected, rel=1e-10)
+
+
+def test_word_level_eos_and_unknown(tmp_path):
+    from hybridrnn.config import coerce_config
+
+    (tmp_path / "train.txt").write_text(" the cat sat \n the <unk> ran \n", encoding="utf-8")
+    (tmp_path / "val.txt").write_text(" the dog sat \n", encoding="utf-8")
+    cfg = {"task": "language_model", "data": {"train": str(tmp_path / "train.txt"), "val": str(tmp_path / "val.txt"),
+                                              "level": "word"}, "model": {"encoder": "gru:8"}}
+    task = LanguageModelTask(coerce_config(cfg))
+    task.setup()
+    eos = task.eos_id
+    tokens = task.encoder.vocabulary.decode(task.ids["train"].tolist())
+    assert tokens == ["the", "cat", "sat", "<eos>", "the", "<unk>", "ran", "<eos>"]
+    assert task.ids["val"].tolist()[1] == task.encoder.unk_id == 1 and task.ids["val"].tolist()[-1] == eos
+
+
+def test_generate_cli_streams_reproducibly(tmp_path):
+    from hybridrnn.tasks.language_model import generate_cli
+    from hybridrnn.train.run import train
+
+    (tmp_path / "corpus.txt").write_text("to be or not to be, that is the question.\n" * 30, encoding="utf-8")
+    cfg = {"task": "language_model", "data": {"train": str(tmp_path / "corpus.txt"), "level": "char"},
+           "model": {"encoder": "gru:16"}, "lm": {"bptt": 20, "embedding_dim": 16},
+           "train": {"epochs": 2, "batch_size": 4, "lr": 0.01, "progress": "none"}}
+    run = train(cfg, out=tmp_path / "run")
+    outs = []
+    for seed in (3, 3, 4):
+        buf = io.StringIO()
+        text = generate_cli(run, prompt="To be", tokens=40, temperature=1.0, top_k=5, seed=seed, out=buf)
+        assert buf.getvalue() == text + "\n" and text.startswith("To be") and len(text) == 5 + 40
+        outs.append(text)
+    assert outs[0] == outs[1] and outs[0] != outs[2]
+
+
+# ---- learning ---------------------------------------------------------------------------------------------------
+@needs_shared
+def test_small_lm_beats_unigram_on_tiny_shakespeare(tmp_path):
+    """A small char LSTM after one pass over 200k characters (~120 TBPTT windows, a few seconds) has a
+    validation perplexity well below the add-one unigram model's (~27 on this slice)."""
+    text = (SHARED / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")[:220_000]
+    task = _char_task(tmp_path, text, encoder="lstm:64", bptt=50, eval_batch_size=16, embedding_dim=32)
+    task.config.train.batch_size = 32
+    torch.manual_seed(0)
+    model = task.build_model()
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    model.train()
+    for batch in task.train_batches(0, torch.Generator()):
+        loss, _ = task.training_step(model, batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        metrics = task.evaluate(model, "val")
+    unigram = task.unigram_perplexity("val")
+    assert 20 < unigram < 35
+    assert metrics["perplexity"] < 0.6 * unigram, (metrics, unigram)
+    assert metrics["bpc"] == pytest.approx(math.log2(metrics["perplexity"]), rel=1e-9)

@@ -1,0 +1,281 @@
+"""Data layer of forecasting: table validation messages, frequencies, splits, scalers, windows, calendar,
+metrics and baselines, dataset registry. Everything is small and fast; shared-data tests skip without it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from hybridrnn.data.calendar import auto_calendar, calendar_columns, calendar_features
+from hybridrnn.data.registry import list_datasets, resolve_data_path, shared_data_dir
+from hybridrnn.data.scalers import Scaler
+from hybridrnn.data.timeseries import (TableError, future_times, gather_windows, infer_frequency, load_table,
+                                       season_length, split_bounds, window_origins)
+from hybridrnn.tasks.forecast_metrics import (LinearBaseline, forecast_metrics, mase_scale, metrics_by_step,
+                                              naive_forecast, seasonal_naive_forecast)
+
+SHARED = shared_data_dir()
+needs_shared = pytest.mark.skipif(SHARED is None, reason="../shared/data not present")
+
+
+def hourly_csv(tmp_path: Path, rows: list[str], name: str = "t.csv") -> Path:
+    path = tmp_path / name
+    path.write_text("time,y,x\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def good_rows(n: int = 6) -> list[str]:
+    return [f"2020-01-01 {h:02d}:00,{h}.5,{10 * h}" for h in range(n)]
+
+
+# ---------------------------------------------------------------- error messages (exact text)
+
+def test_non_numeric_value_message(tmp_path):
+    rows = good_rows()
+    rows[3] = "2020-01-01 03:00,abc,30"
+    rows[5] = "2020-01-01 05:00,n/a?,50"
+    path = hourly_csv(tmp_path, rows)
+    with pytest.raises(TableError) as e:
+        load_table(path, time_column="time", numeric=["y", "x"])
+    assert str(e.value) == (f"{path}: column 'y' has 2 non-numeric value(s); first at row 3 (line 5), "
+                            f"time 2020-01-01 03:00:00: 'abc'")
+
+
+def test_missing_value_message_and_fill(tmp_path):
+    rows = good_rows()
+    rows[2] = "2020-01-01 02:00,,20"
+    rows[4] = "2020-01-01 04:00,NA,40"
+    path = hourly_csv(tmp_path, rows)
+    with pytest.raises(TableError) as e:
+        load_table(path, time_column="time", numeric=["y", "x"])
+    assert str(e.value) == (f"{path}: column 'y' has 2 missing value(s); first at row 2 (line 4), time "
+                            f"2020-01-01 02:00:00. Set data.fill to 'ffill' or 'interpolate' to fill them")
+    t = load_table(path, time_column="time", numeric=["y", "x"], fill="ffill")
+    assert t.numeric["y"].tolist() == [0.5, 1.5, 1.5, 3.5, 3.5, 5.5] and t.filled == {"y": 2}
+    t = load_table(path, time_column="time", numeric=["y", "x"], fill="interpolate")
+    assert t.numeric["y"].tolist() == [0.5, 1.5, 2.5, 3.5, 4.5, 5.5]
+
+
+def test_leading_missing_cannot_be_filled(tmp_path):
+    rows = good_rows()
+    rows[0] = "2020-01-01 00:00,,0"
+    path = hourly_csv(tmp_path, rows)
+    with pytest.raises(TableError, match=r"column 'y' has 1 leading missing value\(s\) that ffill cannot fill "
+                                         r"\(from row 0 \(line 2\)"):
+        load_table(path, time_column="time", numeric=["y"], fill="ffill")
+
+
+def test_duplicated_timestamp_message(tmp_path):
+    rows = good_rows()
+    rows[4] = "2020-01-01 03:00,4.5,40"
+    path = hourly_csv(tmp_path, rows)
+    with pytest.raises(TableError) as e:
+        load_table(path, time_column="time", numeric=["y"])
+    assert str(e.value) == (f"{path}: time column 'time' has 1 duplicated timestamp(s); first at row 4 (line 6): "
+                            f"2020-01-01 03:00:00 (same as the row before)")
+
+
+def test_decreasing_timestamp_message(tmp_path):
+    rows = good_rows()
+    rows[2], rows[3] = rows[3], rows[2]
+    path = hourly_csv(tmp_path, rows)
+    with pytest.raises(TableError, match=r"is not in increasing order: 1 step\(s\) go back in time; first at row 3 "
+                                         r"\(line 5\): 2020-01-01 02:00:00 after 2020-01-01 03:00:00"):
+        load_table(path, time_column="time", numeric=["y"])
+
+
+def test_irregular_timestamp_message(tmp_path):
+    rows = good_rows(8)
+    del rows[5], rows[2]
+    path = hourly_csv(tmp_path, rows)
+    with pytest.raises(TableError) as e:
+        load_table(path, time_column="time", numeric=["y"], frequency="h")
+    assert str(e.value) == (f"{path}: irregular timestamps at frequency 'h': 2 step(s) off the grid; first at row 2 "
+                            f"(line 4): 2020-01-01 03:00:00 follows 2020-01-01 01:00:00 (expected 2020-01-01 "
+                            f"02:00:00). Fill the gaps in the file, or set data.frequency: steps")
+    t = load_table(path, time_column="time", numeric=["y"], frequency="steps")
+    assert t.frequency == "steps" and len(t) == 6
+
+
+def test_bad_date_and_missing_column_messages(tmp_path):
+    rows = good_rows()
+    rows[1] = "yesterday,1.5,10"
+    path = hourly_csv(tmp_path, rows)
+    with pytest.raises(TableError) as e:
+        load_table(path, time_column="time", numeric=["y"])
+    assert str(e.value) == (f"{path}: time column 'time' has 1 value(s) that are not dates; first at row 1 "
+                            f"(line 3): 'yesterday'")
+    with pytest.raises(TableError, match=r"no column\(s\) \['z'\]; the table has \['time', 'y', 'x'\]"):
+        load_table(hourly_csv(tmp_path, good_rows(), "ok.csv"), time_column="time", numeric=["y", "z"])
+
+
+def test_dataframe_source_and_where_filter():
+    df = pd.DataFrame({"Ticker": ["A", "B"] * 10, "Date": np.repeat(pd.bdate_range("2021-01-04", periods=10), 2),
+                       "Close": np.arange(20.0)})
+    t = load_table(df, time_column="Date", numeric=["Close"], where={"Ticker": "B"})
+    assert t.source == "DataFrame" and t.numeric["Close"].tolist() == list(range(1, 20, 2)) and t.frequency == "B"
+    with pytest.raises(TableError, match=r"no row has Ticker == 'C'"):
+        load_table(df, time_column="Date", numeric=["Close"], where={"Ticker": "C"})
+
+
+# ---------------------------------------------------------------- frequency and future timestamps
+
+def test_business_days_with_holidays_inferred_and_continued():
+    days = pd.bdate_range("2021-11-01", "2021-12-31").drop(pd.Timestamp("2021-11-25"))  # Thanksgiving
+    days = days.drop(pd.Timestamp("2021-12-24"))
+    assert pd.infer_freq(days) is None  # pandas alone cannot name it
+    assert infer_frequency(days) == "B"
+    nxt = future_times(pd.Timestamp("2021-12-31"), "B", 3)  # a Friday
+    assert list(nxt.strftime("%Y-%m-%d")) == ["2022-01-03", "2022-01-04", "2022-01-05"]
+    assert season_length("B") == 5 and season_length("h") == 24 and season_length("D") == 7
+
+
+def test_weekend_row_is_error_for_business_days():
+    df = pd.DataFrame({"d": pd.to_datetime(["2021-01-08", "2021-01-09", "2021-01-11"]), "y": [1.0, 2.0, 3.0]})
+    with pytest.raises(TableError, match=r"frequency 'B' \(business days\) but 1 timestamp\(s\) fall on a weekend; "
+                                         r"first at row 1: 2021-01-09"):
+        load_table(df, time_column="d", numeric=["y"], frequency="B")
+
+
+def test_time_from_several_columns():
+    df = pd.DataFrame({"year": [2010] * 4, "month": [1] * 4, "day": [1, 1, 2, 2], "hour": [22, 23, 0, 1],
+                       "v": [1.0, 2.0, 3.0, 4.0]})
+    t = load_table(df, time_column=["year", "month", "day", "hour"], numeric=["v"])
+    assert t.frequency == "h" and t.times[2] == pd.Timestamp("2010-01-02 00:00")
+
+
+# ---------------------------------------------------------------- splits and windows
+
+def test_split_forms():
+    times = pd.date_range("2020-01-01", periods=100, freq="D")
+    assert split_bounds(100, [0.7, 0.1, 0.2], times) == (70, 80, 100)
+    assert split_bounds(100, [50, 20, 20], times) == (50, 70, 90)
+    assert split_bounds(100, {"val": "2020-02-10", "test": "2020-03-01"}, times) == (40, 60, 100)
+    assert split_bounds(100, {"val": "2020-02-10", "test": "2020-03-01", "end": "2020-03-11"}, times) == (40, 60, 70)
+    with pytest.raises(ValueError, match="add up to 1.200 > 1"):
+        split_bounds(100, [0.7, 0.3, 0.2], times)
+    with pytest.raises(ValueError, match="needs 120 rows; the table has 100"):
+        split_bounds(100, [100, 10, 10], times)
+
+
+def test_windows_never_read_past_forecast_time():
+    values = torch.arange(50, dtype=torch.float64)[:, None]  # value == row number
+    lookback, horizon = 7, 3
+    for begin, end in [(0, 30), (30, 40), (40, 50)]:
+        origins = window_origins(begin, end, lookback, horizon)
+        assert len(origins) > 0
+        past, future = gather_windows(values, torch.from_numpy(origins), lookback, horizon)
+        t = torch.from_numpy(origins).double()[:, None]
+        assert torch.equal(past[:, :, 0], t + torch.arange(-lookback, 0))  # exactly rows [t - L, t)
+        assert torch.equal(future[:, :, 0], t + torch.arange(horizon))   # exactly rows [t, t + H)
+        assert future.min() >= begin and future.max() < end             # targets inside their split
+        assert past.min() >= 0
+
+
+# ---------------------------------------------------------------- scalers
+
+def test_scalers_fit_training_rows_only_and_round_trip():
+    rng = np.random.default_rng(0)
+    train = rng.normal(5.0, 2.0, size=(200, 2))
+    for kind in ("standard", "minmax", "robust", "none"):
+        s = Scaler.fit(kind, train, ["a", "b"])
+        back = Scaler.from_dict(s.to_dict())
+        x = rng.normal(size=(5, 2)) * 1000
+        np.testing.assert_allclose(back.inverse_transform(back.transform(x)), x, rtol=1e-12, atol=1e-9)
+    z = Scaler.fit("standard", train, ["a", "b"]).transform(train)
+    np.testing.assert_allclose(z.mean(0), 0, atol=1e-12)
+    np.testing.assert_allclose(z.std(0), 1, atol=1e-12)
+    m = Scaler.fit("minmax", train, ["a", "b"]).transform(train)
+    np.testing.assert_allclose([m.min(0), m.max(0)], [[0, 0], [1, 1]], atol=1e-12)
+    r = Scaler.fit("robust", train, ["a", "b"])
+    np.testing.assert_allclose(r.center, np.median(train, axis=0))
+    const = Scaler.fit("standard", np.ones((10, 1)) * 3.0, ["c"])
+    assert const.scale[0] == 1.0 and const.transform(np.array([[4.0]]))[0, 0] == 1.0
+
+
+# ---------------------------------------------------------------- calendar
+
+def test_calendar_features():
+    times = pd.DatetimeIndex(["2021-03-01 00:00", "2021-03-01 06:00", "2021-03-06 12:00"])
+    f = calendar_features(times, ["hour", "dayofweek"], "sincos")
+    assert calendar_columns(["hour", "dayofweek"], "sincos") == ["hour_sin", "hour_cos", "dayofweek_sin", "dayofweek_cos"]
+    np.testing.assert_allclose(f[:, 0], [0.0, 1.0, 0.0], atol=1e-6)   # sin(2 pi h / 24)
+    np.testing.assert_allclose(f[:, 1], [1.0, 0.0, -1.0], atol=1e-6)
+    np.testing.assert_allclose(f[2, 2], np.sin(2 * np.pi * 5 / 7), atol=1e-6)  # Saturday = 5
+    oh = calendar_features(times, ["dayofweek"], "onehot")
+    assert oh.shape == (3, 7) and oh[0, 0] == 1 and oh[2, 5] == 1 and oh.sum() == 3
+    assert auto_calendar("h") == ["hour", "dayofweek", "month"] and auto_calendar("B") == ["dayofweek", "month"]
+    assert auto_calendar("steps") == []
+
+
+# ---------------------------------------------------------------- metrics and baselines
+
+def test_metrics_by_hand():
+    y = np.array([[[1.0], [2.0]], [[4.0], [0.0]]])      # 2 windows, horizon 2, 1 target
+    p = np.array([[[2.0], [2.0]], [[1.0], [0.0]]])
+    m = forecast_metrics(y, p, mase_scale=np.array([2.0]))
+    assert m["mae"] == pytest.approx(1.0) and m["mse"] == pytest.approx(2.5) and m["rmse"] == pytest.approx(2.5 ** 0.5)
+    assert m["mape"] == pytest.approx(100 * (1 / 1 + 0 + 3 / 4) / 3)       # the zero target is left out
+    assert m["smape"] == pytest.approx(100 * (2 / 3 + 0 + 6 / 5 + 0) / 4)  # 0/0 counts as 0
+    assert m["mase"] == pytest.approx(0.5)
+    by = metrics_by_step(y, p)
+    assert by["mae"] == pytest.approx([2.0, 0.0]) and by["mse"] == pytest.approx([5.0, 0.0])
+    assert mase_scale(np.array([[0.0], [1.0], [3.0], [6.0]]), 1)[0] == pytest.approx(2.0)
+
+
+def test_baselines():
+    past = np.arange(24, dtype=float).reshape(2, 12, 1)
+    assert naive_forecast(past, 3)[:, :, 0].tolist() == [[11, 11, 11], [23, 23, 23]]
+    assert seasonal_naive_forecast(past, 5, 4)[0, :, 0].tolist() == [8, 9, 10, 11, 8]
+    with pytest.raises(ValueError, match="season 13 and lookback 12"):
+        seasonal_naive_forecast(past, 5, 13)
+    # windows whose future is an exact linear function of the past (per target) are fitted exactly
+    rng = np.random.default_rng(1)
+    past = rng.normal(size=(300, 8, 2))
+    w_true = rng.normal(size=(2, 8, 3))
+    b_true = rng.normal(size=(2, 3))
+    future = np.einsum("nlc,clh->nhc", past, w_true) + b_true.T[None]
+    lin = LinearBaseline().fit(past, future)
+    np.testing.assert_allclose(lin.weights[:, :8], w_true, atol=1e-4)
+    np.testing.assert_allclose(lin.weights[:, 8], b_true, atol=1e-4)
+    p_ = rng.normal(size=(5, 8, 2))
+    np.testing.assert_allclose(lin.predict(p_), np.einsum("nlc,clh->nhc", p_, w_true) + b_true.T[None], atol=1e-4)
+    again = LinearBaseline.from_dict(lin.to_dict())
+    np.testing.assert_array_equal(again.predict(p_), lin.predict(p_))
+
+
+# ---------------------------------------------------------------- registry and shared data
+
+def test_registry_bundled_and_errors():
+    rows = list_datasets()
+    assert {"name", "task", "path", "description"} <= set(rows[0])
+    bundled = resolve_data_path("bundled:seattle_weather")
+    assert bundled.exists() and bundled.stat().st_size < 1_000_000
+    assert resolve_data_path("seattle_weather") == bundled
+    with pytest.raises(FileNotFoundError, match="no bundled data set 'nope'"):
+        resolve_data_path("bundled:nope")
+    with pytest.raises(FileNotFoundError, match="relative paths are taken from the config file's folder"):
+        resolve_data_path("missing/file.csv")
+
+
+def test_bundled_data_loads_daily():
+    t = load_table(resolve_data_path("bundled:seattle_weather"), time_column="date", numeric=["temp_max"],
+                   categorical=["weather"])
+    assert t.frequency == "D" and len(t) == 1461 and set(t.categorical["weather"]) == {"sun", "fog", "rain", "drizzle", "snow"}
+
+
+@needs_shared
+def test_shared_stock_is_business_daily_and_pm25_reports_missing():
+    aapl = load_table(SHARED / "stocks/stocks.csv.gz", time_column="Date", numeric=["Close", "Volume"],
+                      where={"Ticker": "AAPL"})
+    assert aapl.frequency == "B" and len(aapl) == 3270
+    with pytest.raises(TableError, match=r"pollution.csv: column 'pm2.5' has 2067 missing value\(s\); first at row 0 "
+                                         r"\(line 2\), time 2010-01-01 00:00:00"):
+        load_table(SHARED / "beijing_pm25/pollution.csv", time_column=["year", "month", "day", "hour"], numeric=["pm2.5"])
+    melb = SHARED / "melbourne_temperature/daily-min-temperatures.csv"
+    with pytest.raises(TableError, match=r"irregular timestamps at frequency 'D': 2 step\(s\) off the grid; first at "
+                                         r"row 1460 \(line 1462\): 1985-01-01"):
+        load_table(melb, time_column="Date", numeric=["Temp"])
