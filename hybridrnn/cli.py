@@ -94,12 +94,12 @@ def evaluate(
     """Metrics of a trained run on a split (best weights by default)."""
 
     def go():
-        from hybridrnn.train.run import evaluate_run
+        from hybridrnn.train.run import evaluate_run, report_run
 
-        metrics = evaluate_run(run, split, weights=weights)
-        if as_json:
-            typer.echo(json.dumps(metrics))
+        if as_json:  # with the task's per-step report (forecast) under "report"
+            typer.echo(json.dumps(report_run(run, split, weights=weights)))
             return
+        metrics = evaluate_run(run, split, weights=weights)
         from rich.console import Console
         from rich.table import Table
 
@@ -159,11 +159,12 @@ def _split_list(text: Optional[str], what: str, cast=str) -> Optional[list]:
 
 
 def _split_top_level(text: str) -> list[str]:
-    """Split on commas outside parentheses (specs such as ``(lstm:64|gru:64)`` stay whole)."""
+    """Split on commas outside parentheses and brackets (``(lstm:64|gru:64)[fusion=gate,tie_layers=true]``
+    stays whole)."""
     parts, depth, cur = [], 0, ""
     for ch in text:
-        depth += ch == "("
-        depth -= ch == ")"
+        depth += ch in "(["
+        depth -= ch in ")]"
         if ch == "," and depth == 0:
             parts.append(cur)
             cur = ""
@@ -175,8 +176,8 @@ def _split_top_level(text: str) -> list[str]:
 @app.command()
 def compare(
     config: Path = typer.Argument(..., help="YAML config of the task to compare models on."),
-    models: Optional[str] = typer.Option(None, "--models", help='Comma-separated specs, e.g. "lstm:64,gru:64,lstm:64>gru:64".'),
-    seeds: int = typer.Option(3, "--seeds", min=1, help="Seeds per model."),
+    models: Optional[str] = typer.Option(None, "--models", help='Comma-separated specs, each optionally with model options in brackets, e.g. "lstm:64,gru:64,lstm:64>gru:64,(lstm:64|gru:64)[fusion=gate]".'),
+    seeds: Optional[int] = typer.Option(None, "--seeds", min=1, help="Seeds per model (default: compare.seeds of the config, else 3)."),
     out: Path = typer.Option(..., "--out", help="Output directory (results.csv, report.md, report.html)."),
     lengths: Optional[str] = typer.Option(None, "--lengths", help="Sequence lengths for the long-range suite, e.g. 50,100,200."),
     set_: List[str] = typer.Option([], "--set", help="Override a config value (repeatable)."),

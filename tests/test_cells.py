@@ -235,3 +235,110 @@ def test_bad_input_shapes():
         gru(torch.randn(3, I), torch.zeros(2, H))
     with pytest.raises(ValueError, match="hidden_size"):
         LSTMCell(I, 0)
+
+
+# --------------------------------------------------------------------------- initialisation schemes
+from hybridrnn.nn.init import init_recurrent_  # noqa: E402
+from hybridrnn.nn.recurrent import GRU, LSTM  # noqa: E402
+
+
+def _blocks(w, gates):
+    return w.detach().double().chunk(gates, 0)
+
+
+@pytest.mark.parametrize("module", [LSTMCell(32, 64), LSTMCell(32, 64, coupled=True, layer_norm=True),
+                                    GRUCell(32, 64), nn.LSTM(32, 64, 2), nn.GRUCell(32, 64),
+                                    LSTM(32, 64, 3, bidirectional=True, tie_layers=True)],
+                         ids=["lstm_cell", "coupled_ln_cell", "gru_cell", "nn.LSTM", "nn.GRUCell", "tied_layer"])
+def test_xavier_orthogonal_init_per_gate(module):
+    torch.manual_seed(30)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.fill_(7.0)  # every value below must come from the initialiser
+    init_recurrent_(module, "xavier_orthogonal")
+    hid = 64
+    seen = 0
+    for name, p in module.named_parameters():
+        gates = p.shape[0] // hid
+        if name.startswith("weight_hh"):
+            for blk in _blocks(p, gates):  # each gate's (H, H) block is orthogonal
+                assert (blk @ blk.t() - torch.eye(hid, dtype=torch.double)).abs().max() < 1e-5, name
+            seen += 1
+        elif name.startswith("weight_ih"):
+            for blk in _blocks(p, gates):  # Xavier/Glorot uniform over fan_in + fan_out of the gate block
+                bound = (6.0 / (blk.shape[0] + blk.shape[1])) ** 0.5
+                assert blk.abs().max() <= bound and blk.abs().max() > 0.9 * bound, name
+        elif name.startswith("bias"):
+            assert torch.count_nonzero(p) == 0, name
+        elif name.startswith("ln_"):
+            assert torch.all(p == (1.0 if "weight" in name else 0.0)), name
+    assert seen > 0
+
+
+def test_torch_init_is_uniform_within_one_over_sqrt_hidden():
+    torch.manual_seed(31)
+    m = LSTM(8, 25, 2, layer_norm=True, init="torch")
+    for name, p in m.named_parameters():
+        if name.startswith("ln_"):
+            assert torch.all(p == (1.0 if "weight" in name else 0.0)), name
+        else:
+            assert p.abs().max() <= 1 / 5 and p.abs().max() > 0.9 / 5, name
+
+
+@pytest.mark.parametrize("tmax", [3.5, 100.0])
+def test_chrono_init_biases(tmax):
+    """Tallec & Ollivier: b_f = log(u), u ~ U[1, tmax-1], b_i = -b_f; so at zero input and state the forget gate
+    f = u / (1 + u) keeps a memory for 1 / (1 - f) = 1 + u steps, between 2 and tmax."""
+    torch.manual_seed(32)
+    H_ = 200
+    lstm = LSTM(4, H_, 2, init="chrono", chrono_tmax=tmax).double()
+    for sfx in ("_l0", "_l1"):
+        b_i, b_f, b_g, b_o = getattr(lstm, "bias_ih" + sfx).chunk(4)
+        assert torch.count_nonzero(getattr(lstm, "bias_hh" + sfx)) == 0
+        assert torch.equal(b_i, -b_f) and torch.count_nonzero(b_g) == 0 and torch.count_nonzero(b_o) == 0
+        memory = 1 / (1 - torch.sigmoid(b_f))
+        assert memory.min() >= 2 - 1e-9 and memory.max() <= tmax + 1e-9
+        assert memory.max() - memory.min() > 0.5 * (tmax - 3)  # spread over the range, not one value
+    coupled = LSTM(4, H_, coupled=True, init="chrono", chrono_tmax=tmax).double()
+    b_i, b_g, b_o = coupled.bias_ih_l0.chunk(3)
+    memory = 1 / (1 - (1 - torch.sigmoid(b_i)))      # f = 1 - i
+    assert memory.min() >= 2 - 1e-9 and memory.max() <= tmax + 1e-9
+    assert torch.count_nonzero(b_g) == 0 and torch.count_nonzero(b_o) == 0
+    gru = GRU(4, H_, init="chrono", chrono_tmax=tmax).double()
+    b_r, b_z, b_n = gru.bias_ih_l0.chunk(3)          # torch's z keeps the old state: the forget-gate analogue
+    memory = 1 / (1 - torch.sigmoid(b_z))
+    assert memory.min() >= 2 - 1e-9 and memory.max() <= tmax + 1e-9
+    assert torch.count_nonzero(b_r) == 0 and torch.count_nonzero(b_n) == 0
+    assert torch.count_nonzero(gru.bias_hh_l0) == 0
+
+
+@pytest.mark.parametrize("coupled", [False, True])
+def test_forget_bias_adds_to_the_forget_preactivation(coupled):
+    H_ = 6
+    torch.manual_seed(33)
+    plain = LSTM(3, H_, 2, coupled=coupled)
+    torch.manual_seed(33)
+    biased = LSTM(3, H_, 2, coupled=coupled, forget_bias=1.5)
+    for name, p in biased.named_parameters():
+        diff = p - dict(plain.named_parameters())[name]
+        expected = torch.zeros_like(p)
+        if name.startswith("bias_ih"):
+            if coupled:
+                expected[:H_] = -1.5                 # f = 1 - sigmoid(a_i) = sigmoid(-a_i)
+            else:
+                expected[H_:2 * H_] = 1.5
+        assert torch.allclose(diff, expected, atol=1e-6, rtol=0), name
+    assert "forget_bias=1.5" in repr(biased)
+
+
+def test_init_errors_name_the_problem():
+    with pytest.raises(ValueError, match="unknown scheme 'glorot'"):
+        init_recurrent_(LSTMCell(2, 2), "glorot")
+    with pytest.raises(ValueError, match="forget_bias applies to LSTM modules only, got a GRU"):
+        init_recurrent_(GRUCell(2, 2), forget_bias=1.0)
+    with pytest.raises(ValueError, match=r"chrono_tmax > 2.*got 2"):
+        init_recurrent_(nn.LSTM(2, 2), "chrono", chrono_tmax=2)
+    with pytest.raises(ValueError, match="bias=False"):
+        LSTM(2, 2, bias=False, init="chrono", chrono_tmax=10)
+    with pytest.raises(ValueError, match="expected an LSTM or GRU module or cell, got Linear"):
+        init_recurrent_(nn.Linear(2, 2))

@@ -124,6 +124,66 @@ def test_crash_at_every_write_of_a_checkpoint_leaves_a_loadable_resumable_run(tm
         assert not list(run.glob("*.next")) and not list(run.glob(".*.tmp-*"))
 
 
+# Run in a subprocess: train the toy config and SIGKILL the process itself in the middle of epoch 3's
+# checkpoint, either half-way through writing FILE's temporary copy ("partial") or right before FILE's rename
+# ("rename"). No finally block, no atexit: the run directory is left exactly as a real kill would leave it.
+DIE_DURING_SAVE = """
+import os, signal, sys
+from hybridrnn.train import checkpoint as ckpt
+from hybridrnn.train.run import train
+mode, target, out = sys.argv[1], sys.argv[2], sys.argv[3]
+seen = {"n": 0}
+real_write, real_replace = ckpt.atomic_write, os.replace
+
+def third(name):
+    if os.path.basename(os.fspath(name)) == target:
+        seen["n"] += 1
+        return seen["n"] == 3
+
+def partial(path, write):
+    if third(path):
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        write(tmp)
+        tmp.write_bytes(tmp.read_bytes()[: tmp.stat().st_size // 2])
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_write(path, write)
+
+def rename(src, dst):
+    if third(dst):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_replace(src, dst)
+
+if mode == "partial":
+    ckpt.atomic_write = partial
+else:
+    ckpt.os.replace = rename
+train(__import__("json").loads(sys.argv[4]), out=out)
+"""
+
+
+@pytest.mark.parametrize("mode, target, epoch_after", [
+    ("partial", ckpt.LAST_WEIGHTS + ckpt.PENDING, 2),      # killed while writing the new weights
+    ("partial", ckpt.STATE, 2),                            # killed while writing the commit record
+    ("rename", ckpt.OPTIMIZER, 3),                         # killed after the commit, before the renames
+])
+def test_sigkill_during_a_save_leaves_a_loadable_resumable_run(tmp_path, toy_task, toy_env, reference_run,
+                                                               mode, target, epoch_after):
+    import json
+
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-c", DIE_DURING_SAVE, mode, target, str(run), json.dumps(toy_config())],
+                          env=toy_env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    leftovers = list(run.glob(".*.tmp-*")) + list(run.glob("*" + ckpt.PENDING))
+    assert leftovers                                      # the kill really hit a save in progress
+    load_run(run)                                         # loadable as it is, before any recovery
+    assert ckpt.recover_checkpoint(run)["epoch"] == epoch_after
+    assert not list(run.glob(".*.tmp-*")) and not list(run.glob("*" + ckpt.PENDING))
+    train(None, resume=run)
+    assert_same_weights(run / ckpt.LAST_WEIGHTS, reference_run / ckpt.LAST_WEIGHTS)
+    assert_same_weights(run / ckpt.BEST_WEIGHTS, reference_run / ckpt.BEST_WEIGHTS)
+
+
 class Payload:
     """Unpickling this creates ``path``: proof that code from the file ran."""
 
@@ -136,7 +196,7 @@ class Payload:
 
 @pytest.mark.parametrize("kind", ["pickle", "torch.save"])
 @pytest.mark.parametrize("name", [ckpt.CONFIG, ckpt.BEST_WEIGHTS, ckpt.LAST_WEIGHTS, ckpt.OPTIMIZER, ckpt.STATE,
-                                  ckpt.METRICS])
+                                  ckpt.METRICS, "toy_scaler.json"])
 def test_pickle_payload_in_any_file_executes_nothing(tmp_path, toy_task, reference_run, name, kind):
     run = tmp_path / "run"
     shutil.copytree(reference_run, run)
@@ -147,7 +207,7 @@ def test_pickle_payload_in_any_file_executes_nothing(tmp_path, toy_task, referen
         torch.save({"x": Payload(marker)}, run / name)
     assert not marker.exists()
     with pytest.raises((ConfigError, ckpt.RunDirError)) as info:
-        if name in (ckpt.CONFIG, ckpt.BEST_WEIGHTS):
+        if name in (ckpt.CONFIG, ckpt.BEST_WEIGHTS, "toy_scaler.json"):    # what evaluate / predict read
             load_run(run)
         else:
             train(None, resume=run, overrides=[f"train.epochs={EPOCHS + 1}"])

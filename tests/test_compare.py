@@ -177,3 +177,12 @@ def test_report_marks_best_and_spread(tmp_path):
     assert "yes (p=" in lines["bad"]
     loser = "close" if lines["good"].rstrip(" |").endswith("best") else "good"
     assert "no (p=" in lines[loser]
+
+
+def test_cli_model_list_keeps_bracketed_options_whole():
+    from hybridrnn.cli import _split_list
+
+    text = "lstm:8,(lstm:8|gru:8)[fusion=gate,share_input_projection=true],gru:8x2[tie_layers=true]"
+    assert _split_list(text, "--models") == ["lstm:8", "(lstm:8|gru:8)[fusion=gate,share_input_projection=true]",
+                                             "gru:8x2[tie_layers=true]"]
+    assert [e.label for e in parse_models(_split_list(text, "--models"))] == _split_list(text, "--models")

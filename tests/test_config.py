@@ -113,3 +113,45 @@ def test_not_a_mapping_and_missing_file(tmp_path, toy_task):
         load_config(write(tmp_path, "- a\n- b\n"))
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
+
+
+# ---- the command line: `hybridrnn config show`, --set, --help ----------------------------------------------
+
+
+def cli(*args):
+    from typer.testing import CliRunner
+
+    from hybridrnn.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_config_show_prints_the_resolved_config_with_overrides(tmp_path, toy_task):
+    path = write(tmp_path, "task: toy\nmodel: {encoder: 'gru:8'}\ntrain: {lr: 0.1}\n")
+    result = cli("config", "show", path, "--set", "train.lr=0.003", "--set", "train.epochs=7")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == config_to_yaml(load_config(path, ["train.lr=0.003", "train.epochs=7"]))
+    shown = yaml.safe_load(result.stdout)
+    assert shown["train"]["lr"] == 0.003 and shown["train"]["epochs"] == 7
+    assert set(shown["train"]) == set(TrainConfig.model_fields) and shown["data"]["n_train"] == 96
+
+
+def test_config_show_reports_errors_cleanly_with_exit_code_2(tmp_path, toy_task):
+    path = write(tmp_path, "task: toy\ntrain:\n  lrr: 0.01\n")
+    result = cli("config", "show", path)
+    assert result.exit_code == 2
+    assert result.stderr == (f"error: invalid config {path}:\n"
+                             f"  {path} line 3: train.lrr: unknown key (did you mean 'train.lr'?)\n")
+    assert "Traceback" not in result.output
+    result = cli("config", "show", write(tmp_path, "task: toy\n"), "--set", "train.epochs=ten")
+    assert result.exit_code == 2
+    assert result.stderr.endswith("--set train.epochs: train.epochs: Input should be a valid integer, unable to "
+                                  "parse string as an integer, got 'ten'\n")
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["evaluate"], ["predict"], ["generate"], ["compare"], ["tune"],
+                                     ["config"], ["config", "show"], ["datasets"]])
+def test_help_on_every_command(command):
+    result = cli(*command, "--help")
+    assert result.exit_code == 0, result.output
+    assert f"Usage: hybridrnn {' '.join(command)}".rstrip() in " ".join(result.stdout.split())

@@ -219,11 +219,34 @@ def test_steps_frequency_forecasts_by_step(tmp_path):
         ForecastTask(make_config(path, frequency="steps", calendar=["hour"])).setup()
 
 
+def test_seasonal_naive_exists_iff_season_fits_in_lookback(tmp_path):
+    """Hourly data: season 24. With a 24-step look-back the seasonal naive is a baseline (and is the value 24 h
+    earlier); with 16 steps it cannot be computed from the window, and the report says why."""
+    path = tmp_path / "p.csv"
+    hourly_frame(160).to_csv(path, index=False)
+    task = ForecastTask(make_config(path, window={"lookback": 24, "horizon": 4}))
+    task.setup()
+    model = task.build_model()
+    rep = task.report(model, "test")
+    assert rep["season"] == 24 and rep["skipped"] == {} and "seasonal_naive" in rep["forecasters"]
+    past, _ = task._target_windows("test")
+    np.testing.assert_array_equal(task._baselines("test")["seasonal_naive"], past[:, :4])  # y[t+h] = y[t+h-24]
+    assert "seasonal_naive_mae" in task.evaluate(model, "test")
+
+    short = ForecastTask(make_config(path, window={"lookback": 16, "horizon": 4}))
+    short.setup()
+    rep = short.report(short.build_model(), "test")
+    assert set(rep["forecasters"]) == {"model", "naive", "linear"}
+    assert "season 24 > lookback 16" in rep["skipped"]["seasonal_naive"]
+    assert rep["notes"] and rep["notes"][0].startswith("seasonal_naive skipped: season 24 > lookback 16")
+
+
 def test_report_per_step_and_plots(tmp_path):
     df = hourly_frame(160)
     path = tmp_path / "p.csv"
     df.to_csv(path, index=False)
-    task = ForecastTask(make_config(path, model={"encoder": "gru:8", "attention": "additive"}))
+    task = ForecastTask(make_config(path, window={"lookback": 24, "horizon": 4},
+                                    model={"encoder": "gru:8", "attention": "additive"}))
     task.setup()
     torch.manual_seed(0)
     model = fit_briefly(task, task.build_model())

@@ -256,3 +256,22 @@ def test_options_that_act_do_not_warn():
         build_encoder("lstm:4x2>gru:3|lstm:3", 5, forget_bias=1.0, coupled=True, share_input_projection=True,
                       fusion="gate", tie_layers=True, dropout=0.2)
 
+
+
+def test_bad_input_reaches_the_user_with_shapes_and_values():
+    from hybridrnn.nn.spec import SpecError
+    with pytest.raises(SpecError) as info:
+        build_encoder("lstm:64>>gru:32", 5)
+    assert str(info.value).endswith("  lstm:64>>gru:32\n          ^")
+    enc = build_encoder("lstm:4>gru:3", 5)
+    x = torch.randn(2, 3, 5)
+    good = enc(x)[1]
+    with pytest.raises(ValueError, match=r"expected state c of shape \(1, 2, 4\).*got shape \(1, 2, 3\)"):
+        enc(x, ((good[0][0], torch.zeros(1, 2, 3)), good[1]))
+    with pytest.raises(ValueError, match=r"expected state h of shape \(1, 2, 3\).*got shape \(2, 2, 3\)"):
+        enc(x, (good[0], torch.zeros(2, 2, 3)))
+    par = build_encoder("lstm:4|gru:3", 5)
+    with pytest.raises(ValueError, match=r"expected lengths in 1\.\.3.*got values \[0\]"):
+        par(x, lengths=torch.tensor([0, 2]))
+    with pytest.raises(ValueError, match=r"expected x of shape \(batch, time, 5\), got shape \(3, 5\)"):
+        par(torch.randn(3, 5))

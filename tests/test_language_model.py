@@ -156,6 +156,22 @@ def test_train_windows_walk_the_rows_in_order(tmp_path):
     assert len(windows) == task.num_train_batches()
 
 
+def test_truncated_epochs_walk_on_through_the_stream(tmp_path):
+    """windows_per_epoch = 3: epochs take windows 0-2, 3-5, ... and wrap round; only window 0 resets the state."""
+    task = _char_task(tmp_path, "abcdefghijklmnopqrstuvwxyz" * 3, windows_per_epoch=3)
+    task.config.lm.windows_per_epoch = None
+    full = list(task.train_batches(0, torch.Generator()))
+    total = len(full)
+    assert total == 4   # 77 tokens -> 4 rows of 19 -> windows of 5: 4 windows
+    task.config.lm.windows_per_epoch = 3
+    assert task.num_train_batches() == 3
+    seen = [w for epoch in range(3) for w in task.train_batches(epoch, torch.Generator())]
+    expected = [full[k % total] for k in range(9)]
+    for got, want in zip(seen, expected, strict=True):
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]) and got[2] == want[2]
+    assert [w[2] for w in seen] == [k % total == 0 for k in range(9)]
+
+
 def test_evaluation_scores_every_token_exactly(tmp_path):
     """stream_nll with rows (remainder included) equals a by-hand loop over the rows, each row one sequence."""
     task = _char_task(tmp_path, "the quick brown fox jumps over the lazy dog\n" * 3)

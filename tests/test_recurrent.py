@@ -88,14 +88,15 @@ def test_matches_torch(cls, num_layers, bidirectional, path):
 
 @pytest.mark.parametrize("path", ["fused", "custom"])
 @pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("num_layers", [1, 2, 3])
 @pytest.mark.parametrize("cls", [LSTM, GRU])
-def test_lengths_match_torch_packed(cls, bidirectional, path):
-    torch.manual_seed(7)
-    ref = TORCH[cls](I, H, 2, batch_first=True, bidirectional=bidirectional).double()
+def test_lengths_match_torch_packed(cls, num_layers, bidirectional, path):
+    torch.manual_seed(7 + num_layers)
+    ref = TORCH[cls](I, H, num_layers, batch_first=True, bidirectional=bidirectional).double()
     ours = cls.from_torch(ref, path=path)
     x = torch.randn(B, T, I, dtype=DT)
     lengths = torch.tensor([4, T, 2])  # unsorted, one full
-    state = _random_state(cls, 2 * (2 if bidirectional else 1))
+    state = _random_state(cls, num_layers * (2 if bidirectional else 1))
     run_ref = _run_and_grad(ref, x, state, lengths, packed_torch=True)
     run_ours = _run_and_grad(ours, x, state, lengths)
     _assert_same(run_ref, run_ours)
@@ -103,6 +104,18 @@ def test_lengths_match_torch_packed(cls, bidirectional, path):
     for b, n in enumerate(lengths.tolist()):
         assert torch.count_nonzero(out[b, n:]) == 0  # outputs at padding are exactly 0
         assert torch.count_nonzero(grads["x"][b, n:]) == 0  # and padding never reaches anything
+
+
+@pytest.mark.parametrize("path", ["fused", "custom"])
+@pytest.mark.parametrize("cls", [LSTM, GRU])
+def test_lengths_all_shorter_than_time_match_torch_packed(cls, path):
+    """No sequence fills the time axis: outputs keep T steps (zeros after each length), as torch's padded unpack."""
+    torch.manual_seed(20)
+    ref = TORCH[cls](I, H, 2, batch_first=True, bidirectional=True).double()
+    ours = cls.from_torch(ref, path=path)
+    x = torch.randn(B, T, I, dtype=DT)
+    lengths = torch.tensor([1, T - 1, 3])
+    _assert_same(_run_and_grad(ref, x, None, lengths, packed_torch=True), _run_and_grad(ours, x, None, lengths))
 
 
 @pytest.mark.parametrize("path", ["fused", "custom"])
@@ -156,6 +169,56 @@ def test_fused_and_custom_agree(cls, options):
     lengths = torch.tensor([T, 3, 5])
     state = _random_state(cls, 4)
     _assert_same(_run_and_grad(fused, x, state, lengths), _run_and_grad(custom, x, state, lengths))
+
+
+@pytest.mark.parametrize("num_layers,bidirectional", [(1, False), (3, False), (3, True)])
+@pytest.mark.parametrize("cls", [LSTM, GRU])
+def test_fused_and_custom_agree_on_layer_shapes(cls, num_layers, bidirectional):
+    torch.manual_seed(21)
+    fused = cls(I, H, num_layers, bidirectional=bidirectional, path="fused").double()
+    custom = cls(I, H, num_layers, bidirectional=bidirectional, path="custom").double()
+    custom.load_state_dict(fused.state_dict())
+    x = torch.randn(B, T, I, dtype=DT)
+    state = _random_state(cls, num_layers * (2 if bidirectional else 1))
+    for lengths in (None, torch.tensor([2, T, 5])):
+        _assert_same(_run_and_grad(fused, x, state, lengths), _run_and_grad(custom, x, state, lengths))
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("cls", [LSTM, GRU])
+def test_fused_and_custom_agree_with_dropout_in_training(cls, bidirectional):
+    """Between-layer dropout in train mode: with the same seed both paths draw the same masks (without lengths;
+    with lengths torch draws its masks over the packed data, so the masks, not the maths, differ)."""
+    fused = cls(I, H, 3, dropout=0.5, bidirectional=bidirectional, path="fused").double().train()
+    custom = cls(I, H, 3, dropout=0.5, bidirectional=bidirectional, path="custom").double().train()
+    custom.load_state_dict(fused.state_dict())
+    x = torch.randn(B, T, I, dtype=DT)
+    torch.manual_seed(22)
+    run_f = _run_and_grad(fused, x, None)
+    torch.manual_seed(22)
+    run_c = _run_and_grad(custom, x, None)
+    _assert_same(run_f, run_c)
+    torch.manual_seed(23)
+    assert not torch.equal(_run_and_grad(fused, x, None)[0], run_f[0])  # dropout is on: another seed differs
+
+
+@pytest.mark.parametrize("cls", [LSTM, GRU])
+def test_fused_and_custom_agree_in_float32(cls):
+    torch.manual_seed(24)
+    fused = cls(I, H, 2, bidirectional=True, path="fused")
+    custom = cls(I, H, 2, bidirectional=True, path="custom")
+    custom.load_state_dict(fused.state_dict())
+    x = torch.randn(B, T, I)
+    for lengths in (None, torch.tensor([T, 3, 1])):
+        out_f, st_f = fused(x, lengths=lengths)
+        out_c, st_c = custom(x, lengths=lengths)
+        assert out_c.dtype == torch.float32 and _close(out_f, out_c, 1e-5)
+        for a, b in zip(_state_tensors(st_f), _state_tensors(st_c)):
+            assert _close(a, b, 1e-5)
+        g_f = torch.autograd.grad(out_f.pow(2).sum(), list(fused.parameters()))
+        g_c = torch.autograd.grad(out_c.pow(2).sum(), list(custom.parameters()))
+        for a, b in zip(g_f, g_c):
+            assert _close(a, b, 1e-4)
 
 
 @pytest.mark.parametrize("path", ["fused", "custom"])
@@ -322,15 +385,19 @@ def test_options_match_reference_loop(cls, options, bidirectional):
 
 @pytest.mark.parametrize("cls,options", [(LSTM, dict(coupled=True, layer_norm=True)), (LSTM, {}),
                                          (GRU, dict(reset_after=False, layer_norm=True)), (GRU, {}),
-                                         (LSTM, dict(tie_layers=True))], ids=str)
+                                         (LSTM, dict(tie_layers=True)), (LSTM, dict(coupled=True, bias=False)),
+                                         (GRU, dict(reset_after=False))], ids=str)
 def test_gradcheck_custom_path(cls, options):
+    """One bidirectional layer (two with tie_layers); multi-layer gradients are checked against torch and the
+    reference loop above at 1e-10, so gradcheck's cost goes into the options instead."""
     torch.manual_seed(13)
-    m = cls(2, 2, 2, bidirectional=True, path="custom", **options).double()
+    layers = 2 if options.get("tie_layers") else 1
+    m = cls(2, 2, layers, bidirectional=True, path="custom", **options).double()
     _randomise(m)
     names = [n for n, _ in m.named_parameters()]
     params = [p.detach().clone().requires_grad_() for p in m.parameters()]
     x = torch.randn(2, 3, 2, dtype=DT, requires_grad=True)
-    h0 = torch.randn(4, 2, 2, dtype=DT, requires_grad=True)
+    h0 = torch.randn(2 * layers, 2, 2, dtype=DT, requires_grad=True)
     lengths = torch.tensor([3, 2])
 
     def fn(x, h0, *ps):
@@ -339,6 +406,27 @@ def test_gradcheck_custom_path(cls, options):
         return out, *_state_tensors(final)
 
     assert torch.autograd.gradcheck(fn, (x, h0, *params), eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("cls,options", [(LSTM, {}), (GRU, dict(reset_after=False)),
+                                         (LSTM, dict(layer_norm=True))], ids=str)
+def test_gradcheck_recurrent_dropout(cls, options):
+    """Recurrent dropout in training, the mask fixed by reseeding before every call (gradcheck calls many times)."""
+    m = cls(2, 2, bidirectional=True, recurrent_dropout=0.4, **options).double().train()
+    _randomise(m)
+    names = [n for n, _ in m.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in m.parameters()]
+    x = torch.randn(2, 3, 2, dtype=DT, requires_grad=True)
+    lengths = torch.tensor([3, 2])
+
+    def fn(x, *ps):
+        torch.manual_seed(25)
+        out, final = torch.func.functional_call(m, dict(zip(names, ps)), (x,), {"lengths": lengths})
+        return out, *_state_tensors(final)
+
+    assert not torch.equal(fn(x, *params)[0], m.eval()(x, lengths=lengths)[0])  # the masks do act
+    m.train()
+    assert torch.autograd.gradcheck(fn, (x, *params), eps=1e-6, atol=1e-7)
 
 
 # --------------------------------------------------------------------------- recurrent dropout
@@ -432,6 +520,32 @@ def test_from_torch_to_torch_round_trip_exact(cls):
     assert custom.path == "custom" and torch.equal(custom.weight_hh_l1_reverse, ref.weight_hh_l1_reverse)
     no_bias = cls.from_torch(TORCH[cls](I, H, bias=False))
     assert not no_bias.bias and "bias_ih_l0" not in dict(no_bias.named_parameters())
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("cls", [LSTM, GRU])
+def test_converted_modules_compute_exactly_what_the_original_computes(cls, batch_first):
+    """from_torch (fused path: the same kernel) gives bitwise-equal outputs; to_torch of a custom-path model gives
+    torch's module with the same weights; dtype, training flag and state_dict survive the round trip."""
+    torch.manual_seed(26)
+    ref = TORCH[cls](I, H, 3, bidirectional=True, batch_first=batch_first).double().eval()
+    x = torch.randn(B, T, I, dtype=DT)
+    out_ref, st_ref = ref(x if batch_first else x.transpose(0, 1))
+    out_ref = out_ref if batch_first else out_ref.transpose(0, 1)
+    ours = cls.from_torch(ref)
+    assert ours.path == "fused" and not ours.training and ours.weight_ih_l0.dtype == DT
+    out, st = ours(x)
+    assert torch.equal(out, out_ref)
+    for a, b in zip(_state_tensors(st), _state_tensors(st_ref)):
+        assert torch.equal(a, b)
+    custom = cls.from_torch(ref, path="custom")
+    back = custom.to_torch()
+    assert back.weight_hh_l2_reverse.dtype == DT and not back.training
+    sd_ref, sd_back = ref.state_dict(), back.state_dict()
+    assert sd_ref.keys() == sd_back.keys() and all(torch.equal(sd_ref[k], sd_back[k]) for k in sd_ref)
+    assert _close(back(x)[0], custom(x)[0])
+    again = cls.from_torch(back)
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), ours.state_dict().values()))
 
 
 def test_conversion_errors():

@@ -145,6 +145,17 @@ def test_read_labelled_lines_rejects_bad_lines(tmp_path):
         read_labelled_lines(p)
 
 
+def test_read_labelled_lines_encoding(tmp_path):
+    """A byte that is not UTF-8 is an error naming the file, line and the option; latin-1 reads it. A \\x85
+    (a line break for str.splitlines) inside a text does not split the line."""
+    p = tmp_path / "trec.txt"
+    p.write_bytes(b"1 first question ?\n3 a sister\xf0city and a \x85 dash ?\n")
+    with pytest.raises(ValueError, match=r"trec.txt:2: not valid utf-8.*encoding"):
+        read_labelled_lines(p)
+    texts, labels = read_labelled_lines(p, encoding="latin-1")
+    assert labels == ["1", "3"] and texts[1] == "a sister\xf0city and a \x85 dash ?"
+
+
 def test_unigram_perplexity_of_uniform_stream():
     ids = torch.arange(2, 12).repeat(50)         # 10 tokens, equally frequent
     # add-one smoothing over a 12-token vocabulary: p = 51 / (500 + 12) per seen token

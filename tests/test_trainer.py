@@ -48,11 +48,16 @@ def test_errors_before_training_for_empty_split_big_batch_and_zero_lr(tmp_path, 
     cfg["data"] = {"n_val": 0}
     with pytest.raises(ValueError, match="the 'val' split of task 'toy' is empty"):
         train(cfg, out=tmp_path / "a")
+    cfg["data"] = {"n_train": 0}
+    with pytest.raises(ValueError, match=r"the 'train' split of task 'toy' is empty \(0 examples\)"):
+        train(cfg, out=tmp_path / "a0")
     with pytest.raises(ValueError, match=r"train.batch_size is 200 but the training split has only 96 examples"):
         train(toy_config(batch_size=200), out=tmp_path / "b")
     with pytest.raises(ConfigError, match="train.lr: Input should be greater than 0, got 0"):
         train(toy_config(lr=0), out=tmp_path / "c")
-    assert not (tmp_path / "b" / ckpt.STATE).exists()
+    for d in ("a", "a0", "b"):
+        assert not (tmp_path / d / ckpt.STATE).exists() and not (tmp_path / d / ckpt.METRICS).exists()
+    assert not (tmp_path / "c").exists()
 
 
 def test_early_stopping_restores_best_weights(tmp_path, toy_task, monkeypatch):
@@ -142,11 +147,94 @@ def test_plain_progress_prints_one_line_per_epoch_and_a_summary(tmp_path, toy_ta
     assert "items/s" in out and "training summary" in out and "best val_loss" in out
 
 
-def test_tensorboard_missing_names_the_extra(tmp_path, toy_task):
-    try:
-        import tensorboard  # noqa: F401
-        pytest.skip("tensorboard is installed")
-    except ImportError:
-        pass
+def test_tensorboard_missing_names_the_extra(tmp_path, toy_task, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)     # as if the extra were not installed
     with pytest.raises(ImportError, match=r"pip install 'hybridrnn\[tensorboard\]'"):
         train(toy_config(tensorboard=True, epochs=1), out=tmp_path / "run")
+
+
+def test_tensorboard_logs_losses_metrics_lr_and_grad_norm_per_epoch(tmp_path, toy_task):
+    pytest.importorskip("tensorboard", reason="the 'tensorboard' extra is not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = train(toy_config(tensorboard=True, epochs=2), out=tmp_path / "run")
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    history = ckpt.read_jsonl(run / ckpt.METRICS)
+    for key in ("train_loss", "val_loss", "val_mae", "lr", "grad_norm", "grad_norm_max", "seconds"):
+        logged = events.Scalars(key)
+        assert [e.step for e in logged] == [1, 2], key
+        assert [e.value for e in logged] == pytest.approx([r[key] for r in history], rel=1e-6), key
+
+
+# ---- the command line: train with --set, evaluate --json, user errors --------------------------------------
+
+
+def cli(*args):
+    from typer.testing import CliRunner
+
+    from hybridrnn.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def write_config(tmp_path, cfg):
+    import yaml
+
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_cli_train_with_set_then_evaluate_json(tmp_path, toy_task):
+    import json
+
+    from hybridrnn.train.run import evaluate_run, read_run_config
+
+    path = write_config(tmp_path, toy_config(epochs=2))
+    run = tmp_path / "run"
+    result = cli("train", path, "--out", run, "--set", "train.lr=0.003", "--progress", "plain")
+    assert result.exit_code == 0, result.output
+    assert "epoch 2/2  train_loss" in result.stdout and "training summary" in result.stdout
+    assert read_run_config(run).train.lr == 0.003
+    assert [r["lr"] for r in ckpt.read_jsonl(run / ckpt.METRICS)] == [0.003, 0.003]
+
+    result = cli("evaluate", run, "--json")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)                      # the whole of stdout is one JSON object
+    assert isinstance(metrics, dict) and set(metrics) == {"loss", "mae"}
+    assert metrics == evaluate_run(run, "test")
+    val = json.loads(cli("evaluate", run, "--json", "--split", "val").stdout)
+    assert val["loss"] == pytest.approx(ckpt.read_json(run / ckpt.STATE)["best_metric"], rel=1e-6)
+
+
+def test_cli_user_errors_exit_2_with_one_clean_message(tmp_path, toy_task):
+    cfg = toy_config(epochs=3)
+    cfg["data"] = {"nan_at": [2, 1]}
+    result = cli("train", write_config(tmp_path, cfg), "--out", tmp_path / "nan")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: training stopped: the loss is nan at epoch 2, step 1 (batch 1 of 6); "
+                                    f"the last good checkpoint (epoch 1) is kept in {tmp_path / 'nan'}.")
+    assert "Traceback" not in result.output
+
+    result = cli("train", write_config(tmp_path, toy_config(lr=0)), "--out", tmp_path / "zero")
+    assert result.exit_code == 2 and "train.lr: Input should be greater than 0, got 0" in result.stderr
+    assert not (tmp_path / "zero").exists()                  # refused before anything was written
+
+    result = cli("evaluate", tmp_path / "missing", "--json")
+    assert result.exit_code == 2 and result.stderr == f"error: run directory {tmp_path / 'missing'} does not exist\n"
+    assert result.stdout == ""
+
+
+def test_console_shows_loss_monitor_and_a_few_metrics_and_counts_the_rest():
+    from hybridrnn.train.progress import shown_metrics
+
+    record = {"epoch": 1, "train_loss": 1.0, "lr": 0.1, "val_mae": 1.0, "val_loss": 2.0, "val_acc": 0.5,
+              **{f"val_m{i}": float(i) for i in range(10)}}
+    keys, hidden = shown_metrics(record, "loss")
+    assert keys == ["val_loss", "val_mae", "val_acc", "val_m0", "val_m1", "val_m2"] and hidden == 7
+    keys, hidden = shown_metrics(record, "acc", display=("m3", "nope"))
+    assert keys == ["val_acc", "val_loss", "val_m3"] and hidden == 10
+    assert shown_metrics({"val_loss": 1.0, "val_mae": 2.0}, "loss") == (["val_loss", "val_mae"], 0)

@@ -107,3 +107,30 @@ def test_missing_tune_section_is_an_error(tmp_path):
     path.write_text(yaml.safe_dump({"task": "long_range"}))
     with pytest.raises(ValueError, match="no 'tune:' section"):
         run_tune(path, 1, None, out_dir=tmp_path / "o")
+
+
+def test_two_worker_processes_share_one_study(tune_config, tmp_path):
+    """Two `hybridrnn tune` processes started together on one SQLite storage: one study, no trial twice."""
+    optuna = pytest.importorskip("optuna")
+    import os
+    import re
+    import subprocess
+    import sys
+
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "hybridrnn", "tune", str(tune_config), "--trials", "2",
+               "--storage", storage, "--study-name", "shared"]
+    workers = [subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True) for _ in range(2)]
+    logs = [w.communicate(timeout=120)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], logs
+    study = optuna.load_study(study_name="shared", storage=storage)
+    numbers = sorted(t.number for t in study.trials)
+    assert numbers == [0, 1, 2, 3]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    runs = tmp_path / "runs" / "tune-shared"
+    assert sorted(p.name for p in runs.glob("trial-*")) == [f"trial-{n}" for n in numbers]
+    # each worker ran two trials of its own
+    started = [sorted(int(n) for n in re.findall(r"^trial (\d+):", log, flags=re.M)) for log in logs]
+    assert sorted(started[0] + started[1]) == numbers and all(len(s) == 2 for s in started)

@@ -458,14 +458,22 @@ def read_labelled_lines(path: str | Path, encoding: str = "utf-8") -> tuple[list
     if not path.is_file():
         raise FileNotFoundError(f"text file not found: {path}")
     texts, labels = [], []
-    with path.open(encoding=encoding) as handle:
-        for lineno, line in enumerate(handle, 1):
-            line = line.rstrip("\r\n")
-            parts = line.split(maxsplit=1)
-            if len(parts) != 2 or not parts[1].strip():
-                raise ValueError(f"{path}:{lineno}: expected '<label> <text>', got {line[:60]!r}")
-            labels.append(parts[0])
-            texts.append(parts[1].strip())
+    try:
+        raw = path.read_bytes().decode(encoding)
+    except UnicodeDecodeError as err:
+        lineno = path.read_bytes()[:err.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{lineno}: not valid {encoding} ({err.reason} at byte {err.start}); "
+                         f"set the data's encoding (e.g. encoding: latin-1)") from None
+    lines = raw.split("\n")   # not splitlines(): it also breaks at \x85, \u2028, ... inside a text
+    if lines[-1] == "":
+        lines.pop()
+    for lineno, line in enumerate(lines, 1):
+        line = line.rstrip("\r")
+        parts = line.split(maxsplit=1)
+        if len(parts) != 2 or not parts[1].strip():
+            raise ValueError(f"{path}:{lineno}: expected '<label> <text>', got {line[:60]!r}")
+        labels.append(parts[0])
+        texts.append(parts[1].strip())
     if not texts:
         raise ValueError(f"{path}: no lines")
     return texts, labels

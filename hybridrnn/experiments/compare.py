@@ -16,7 +16,8 @@ starts the others afresh.
 Models are encoder specs, optionally followed by ``model:`` options in brackets, e.g.
 ``lstm:64``, ``(lstm:64|gru:64)[fusion=gate,share_input_projection=true]``, ``gru:64x2[tie_layers=true]``.
 A config may list them in a ``compare:`` section (``models:``, ``seeds:``, ``lengths:``), which the command
-line overrides.
+line overrides, and name the test metrics the report's summary shows (``metrics: [scaled_mse, scaled_mae]``;
+default: every metric the task reports).
 """
 from __future__ import annotations
 
@@ -269,6 +270,57 @@ def summarise_training(run_dir: Path, monitor: str, mode: str) -> dict[str, Any]
             "train_seconds_per_epoch": (sum(seconds) / len(seconds)) if seconds else None}
 
 
+def _leading_rows(batch: Any) -> int:
+    """Size of the first axis of the first tensor in a batch (a tensor, or nested tuples / lists / dicts)."""
+    import torch
+
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0])
+    items = batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (list, tuple)) else ()
+    for item in items:
+        if isinstance(item, (torch.Tensor, dict, list, tuple)):
+            try:
+                return _leading_rows(item)
+            except ValueError:
+                continue
+    raise ValueError(f"cannot find a tensor in a batch of type {type(batch).__name__}")
+
+
+def measure_inference(task, model, repeats: int = 7) -> tuple[float, int]:
+    """Median wall milliseconds of one forward pass and loss (``task.training_step`` in eval mode, under
+    ``no_grad``) on the first training batch, after one warm-up pass; and how many sequences that batch holds.
+
+    The batch is the task's own (``train.batch_size`` sequences, as the model trains on them), so the figure is
+    comparable across models of one task; the per-sequence figure is it divided by the batch's rows."""
+    import statistics
+
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    batch = next(iter(task.train_batches(0, generator)))
+    device = next(model.parameters()).device
+    batch = task.to_device(batch, device)
+    rows = _leading_rows(batch)
+    was_training = model.training
+    model.eval()
+    times = []
+    with torch.no_grad():
+        for _ in range(repeats + 1):
+            if hasattr(task, "reset_state"):
+                task.reset_state()      # a stateful task (language model) must not carry a state between passes
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            started = time.perf_counter()
+            task.training_step(model, batch)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - started)
+    if hasattr(task, "reset_state"):
+        task.reset_state()
+    model.train(was_training)
+    return 1000.0 * statistics.median(times[1:]), rows
+
+
 def _run_row(key: RowKey, base_config: Path, run_dir: Path, overrides: Sequence[str], task_name: str) -> dict:
     """Train (or resume) one row's run, evaluate it and return the row."""
     from hybridrnn.nn.tying import count_parameters
@@ -297,13 +349,10 @@ def _run_row(key: RowKey, base_config: Path, run_dir: Path, overrides: Sequence[
         row["train_seconds_per_epoch"] = wall / summary["epochs"]    # includes evaluation: an upper bound
     row["train_seconds"] = (row["train_seconds_per_epoch"] * row["epochs"]
                             if row["train_seconds_per_epoch"] is not None and row["epochs"] else wall)
-    metrics = {"val": task.evaluate(model, "val")}
-    started = time.perf_counter()
-    metrics["test"] = task.evaluate(model, "test")
-    infer = time.perf_counter() - started
-    n_test = task.num_examples("test")
-    row["infer_ms_per_sequence"] = 1000.0 * infer / n_test
-    row["infer_ms_per_batch"] = row["infer_ms_per_sequence"] * min(config.train.batch_size, n_test)
+    metrics = {"val": task.evaluate(model, "val"), "test": task.evaluate(model, "test")}
+    ms, rows = measure_inference(task, model)
+    row["infer_ms_per_batch"] = ms
+    row["infer_ms_per_sequence"] = ms / rows
     for split, values in metrics.items():
         for name, value in values.items():
             row[f"{split}_{name}"] = float(value)
@@ -353,10 +402,14 @@ def run_compare(config_path: str | os.PathLike, models: str | Sequence[str | dic
     out_dir.mkdir(parents=True, exist_ok=True)
     sections, base_config = split_experiment_config(config_path, out_dir)
     section = sections.get("compare", {})
-    unknown = set(section) - {"models", "seeds", "lengths"}
+    unknown = set(section) - {"models", "seeds", "lengths", "metrics"}
     if unknown:
         raise ValueError(f"config {str(config_path)!r}: unknown keys in compare: {sorted(unknown)} "
-                         "(expected models, seeds, lengths)")
+                         "(expected models, seeds, lengths, metrics)")
+    metrics = section.get("metrics")
+    if metrics is not None and (not isinstance(metrics, list) or not all(isinstance(m, str) for m in metrics)):
+        raise ValueError(f"config {str(config_path)!r}: compare.metrics must be a list of metric names "
+                         f"(without val_/test_), got {metrics!r}")
     entries = parse_models(models if models is not None else section.get("models") or [])
     seeds = seeds if seeds is not None else section.get("seeds", 3)
     seed_list = list(range(seeds)) if isinstance(seeds, int) else parse_int_list(seeds, "seeds")
@@ -367,7 +420,7 @@ def run_compare(config_path: str | os.PathLike, models: str | Sequence[str | dic
 
     keys = [RowKey(m, s, length) for length in (length_list or [None]) for m in entries for s in seed_list]
     plan = {"config": str(config_path), "train_config": str(Path(base_config).resolve()), "task": task_name, "models": [e.label for e in entries],
-            "seeds": seed_list, "lengths": length_list, "overrides": list(overrides),
+            "seeds": seed_list, "lengths": length_list, "overrides": list(overrides), "metrics": metrics,
             "rows": [{"run_id": k.run_id, "model": k.model.label, "seed": k.seed, "length": k.length}
                      for k in keys]}
     atomic_write_text(out_dir / "compare.json", json.dumps(plan, indent=2))

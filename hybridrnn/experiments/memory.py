@@ -315,8 +315,8 @@ def plot_memory(grads: dict[str, np.ndarray], gates: list[dict[str, Any]], path:
     bins = np.linspace(0, 1, 41)
     for g in gates:
         label = (f"block {g['block']} {g['kind']} l{g['layer']}{' bwd' if g['direction'] == 'backward' else ''}: "
-                 f"{g['memory_gate']} (<{SATURATION:g}: {g['saturated_low']:.0%}, >{1 - SATURATION:g}: "
-                 f"{g['saturated_high']:.0%})")
+                 f"{g['memory_gate']} mean {g['mean'][g['memory_gate']]:.2f} (<{SATURATION:g}: "
+                 f"{g['saturated_low']:.0%}, >{1 - SATURATION:g}: {g['saturated_high']:.0%})")
         right.hist(g["values"], bins=bins, histtype="step", density=True, lw=1.5, label=label)
     right.set(xlabel="gate value", ylabel="density", title="forget gates (LSTM) / update gates (GRU)")
     right.legend(fontsize=7)

@@ -18,6 +18,7 @@ import base64
 import html
 import json
 import math
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +65,7 @@ def welch_p_value(a: np.ndarray, b: np.ndarray) -> Optional[float]:
 
 @dataclass
 class Block:
-    kind: str            # "h1", "h2", "p", "table", "image"
+    kind: str            # "h1", "h2", "h3", "p", "table", "image"
     content: Any
     caption: str = ""
 
@@ -80,6 +81,8 @@ def render_markdown(blocks: list[Block]) -> str:
             out.append(f"# {b.content}\n")
         elif b.kind == "h2":
             out.append(f"## {b.content}\n")
+        elif b.kind == "h3":
+            out.append(f"### {b.content}\n")
         elif b.kind == "p":
             out.append(f"{b.content}\n")
         elif b.kind == "table":
@@ -106,7 +109,7 @@ def _html_inline(text: str) -> str:
 def render_html(blocks: list[Block], root: Path, title: str) -> str:
     body = []
     for b in blocks:
-        if b.kind in ("h1", "h2"):
+        if b.kind in ("h1", "h2", "h3"):
             body.append(f"<{b.kind}>{_html_inline(b.content)}</{b.kind}>")
         elif b.kind == "p":
             body.append(f"<p>{_html_inline(b.content)}</p>")
@@ -144,10 +147,21 @@ def _fmt(value: float) -> str:
     if magnitude >= 1000:
         return f"{value:,.0f}"
     if magnitude >= 1:
-        return f"{value:.3g}" if magnitude < 100 else f"{value:.0f}"
+        return f"{value:#.3g}" if magnitude < 100 else f"{value:.0f}"
     if magnitude >= 1e-3:
         return f"{value:.4f}"
     return f"{value:.2e}"
+
+
+def _fmt_std(value: float) -> str:
+    """A standard deviation to two significant digits."""
+    if value is None or not np.isfinite(value):
+        return "-"
+    if value == 0:
+        return "0"
+    if 1e-3 <= abs(value) < 1e4:
+        return f"{value:.2g}" if abs(value) < 100 else f"{value:.0f}"
+    return f"{value:.1e}"
 
 
 def summary_table(results: pd.DataFrame, columns: list[str], primary: str, group: list[str],
@@ -177,7 +191,8 @@ def summary_table(results: pd.DataFrame, columns: list[str], primary: str, group
         row.append(str(int(stats.loc[idx, (primary, "count")])))
         for col in columns:
             mean, std = stats.loc[idx, (col, "mean")], stats.loc[idx, (col, "std")]
-            text = _fmt(mean) + (f" ± {_fmt(std)}" if pd.notna(std) else "")
+            constant = col == "parameters" and (pd.isna(std) or std == 0)   # the same model every seed
+            text = _fmt(mean) + (f" ± {_fmt_std(std)}" if pd.notna(std) and not constant else "")
             best = best_index(idx, col)
             tied = stats.loc[peers(idx), (col, "mean")].nunique() <= 1    # nothing to single out
             if best is not None and not tied and pd.notna(mean) and mean == stats.loc[best, (col, "mean")]:
@@ -342,6 +357,33 @@ def _task_info(root: Path) -> tuple[str, str, str, dict]:
     return task, monitor, mode, base
 
 
+def _is_constant(results: pd.DataFrame, column: str, by: Optional[str]) -> bool:
+    """Whether ``column`` takes one value (to 1e-9 relative) in all rows, or within each group of ``by``."""
+    if len(results) < 2 or not results[column].notna().all():
+        return False
+    groups = results.groupby(by)[column] if by else [(None, results[column])]
+    for _, values in groups:
+        v = values.to_numpy(float)
+        if not np.allclose(v, v[0], rtol=1e-9, atol=0):
+            return False
+    return True
+
+
+def _hardware(root: Path, results: pd.DataFrame) -> str:
+    """'cpu, 1 torch thread(s), torch 2.x' from the first run's environment.json ('' when there is none)."""
+    for run_dir in results["run_dir"].dropna():
+        path = root / str(run_dir) / "environment.json"
+        if path.is_file():
+            env = json.loads(path.read_text())
+            parts = [str(env.get("device", "?"))]
+            if env.get("device") == "cpu" and env.get("torch_threads"):
+                parts.append(f"{env['torch_threads']} torch thread(s) of {env.get('cpu_count', '?')} cores")
+            if env.get("torch"):
+                parts.append(f"torch {env['torch']}")
+            return ", ".join(parts)
+    return ""
+
+
 def longest_solved(results: pd.DataFrame, column: str, threshold: float) -> tuple[list, list]:
     """Table: for each model, the seeds solving each length (``column`` < ``threshold``) and the longest length
     solved by at least half of the seeds."""
@@ -374,6 +416,7 @@ def write_report(out_dir: str | Path) -> tuple[Path, Path]:
     if missing:
         raise ValueError(f"{csv}: missing columns {missing} (expected {BASE_COLUMNS})")
     task, monitor, mode, base = _task_info(root)
+    hardware = _hardware(root, results)
     plan = json.loads((root / "compare.json").read_text()) if (root / "compare.json").is_file() else {}
     primary = f"test_{monitor}"
     if primary not in results.columns:
@@ -394,9 +437,19 @@ def write_report(out_dir: str | Path) -> tuple[Path, Path]:
 
     metric_cols = [c for c in results.columns if c.startswith("test_") and not c.endswith("_solved")
                    and c != "test_solved"]
+    if plan.get("metrics"):     # compare.metrics: the metrics the summary shows
+        missing = [m for m in plan["metrics"] if f"test_{m}" not in results.columns]
+        if missing:
+            raise ValueError(f"compare.metrics names {missing}, which the task does not report; it reports "
+                             f"{sorted(c[5:] for c in results.columns if c.startswith('test_'))}")
+        metric_cols = [f"test_{m}" for m in plan["metrics"]]
     # a metric equal to the primary one in every row (the adding problem's MSE is its loss) says nothing new
     metric_cols = [primary] + [c for c in metric_cols if c != primary and not
                                np.allclose(results[c].to_numpy(float), results[primary].to_numpy(float), equal_nan=True)]
+    # a metric that is the same in every run (of a length) describes the data, not the models: the task's
+    # reference baselines (naive forecasts); it goes to a table of its own
+    constant = [c for c in metric_cols[1:] if _is_constant(results, c, "length" if has_lengths else None)]
+    metric_cols = [c for c in metric_cols if c not in constant]
     columns = metric_cols + [f"val_{monitor}"] * (f"val_{monitor}" in results.columns) + \
         ["parameters", "train_seconds_per_epoch", "epochs_to_best", "infer_ms_per_sequence"]
     columns = [c for c in columns if c in results.columns and results[c].notna().any()]
@@ -409,7 +462,22 @@ def write_report(out_dir: str | Path) -> tuple[Path, Path]:
                               f"'differs from best' compares each model's per-seed `{primary}` with the best model's "
                               f"by Welch's two-sided t-test: 'yes' means p < {SIGNIFICANCE_LEVEL}, a difference "
                               f"larger than the seed spread; 'no' means the seeds cannot tell them apart. "
-                              f"Inference time is `evaluate()` on the test split divided by its number of sequences."))
+                              f"Inference time: the median of 7 forward passes (with the loss, no gradient) on one training batch "
+                              f"of `train.batch_size` sequences; per sequence is that divided by the batch size."
+                              + (f" Timed on {hardware}." if hardware else "")))
+
+    if constant:
+        blocks.append(Block("h3", "Reference values"))
+        if has_lengths:
+            table = results.groupby("length")[constant].first()
+            rows = [[str(int(L))] + [_fmt(v) for v in table.loc[L]] for L in table.index]
+            blocks.append(Block("table", (["length"] + constant, rows)))
+        else:
+            blocks.append(Block("table", (["metric", "value"], [[c, _fmt(results[c].iloc[0])] for c in constant])))
+        blocks.append(Block("p", "These test metrics are the same in every run (to 1e-9)"
+                                  + (" of a length" if has_lengths else "") + ", so they are left out of the "
+                                  "summary; for forecasting they are the naive, seasonal-naive and linear reference "
+                                  "forecasts, which do not depend on the model."))
 
     problem = data.get("problem") if task == "long_range" else None
     if has_lengths:
@@ -453,6 +521,25 @@ def write_report(out_dir: str | Path) -> tuple[Path, Path]:
                 target = files / f"best_{png.name}"
                 shutil.copyfile(png, target)
                 blocks.append(Block("image", f"{FILES}/{target.name}", png.stem.replace("_", " ")))
+        # plots the best run does not make (attention maps of attention models): from each such model's best run
+        shown = {png.name for png in pngs}
+        extra = []
+        for model in dict.fromkeys(pool["model"]):
+            if model == best["model"]:
+                continue
+            runs = pool[pool["model"] == model]
+            mine = runs.loc[runs[primary].idxmax() if mode == "max" else runs[primary].idxmin()]
+            mine_dir = root / str(mine["run_dir"])
+            for png in sorted(mine_dir.glob("*.png")) if mine_dir.is_dir() else []:
+                if png.name not in shown:
+                    slug = re.sub(r"[^A-Za-z0-9]+", "_", str(model)).strip("_")
+                    target = files / f"{slug}_{png.name}"
+                    shutil.copyfile(png, target)
+                    extra.append(Block("image", f"{FILES}/{target.name}",
+                                       f"{png.stem.replace('_', ' ')}: {model}, seed {int(mine['seed'])}"))
+        if extra:
+            blocks.append(Block("h2", "Plots only some models make (each from its best run)"))
+            blocks.extend(extra)
 
     md_path, html_path = root / "report.md", root / "report.html"
     atomic_write_text(md_path, render_markdown(blocks))

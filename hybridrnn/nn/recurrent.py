@@ -399,6 +399,20 @@ class _RecurrentBase(nn.Module):
         return []
 
     def _step_checks(self, x_t: Tensor, state) -> int:
+        # step() is called once per token at batch 1, where a microsecond counts: the common valid case is
+        # recognised with a few comparisons, and the full checks (with their messages) run only otherwise.
+        if (type(x_t) is Tensor or isinstance(x_t, Tensor)) and x_t.dim() == 2 and not self.bidirectional \
+                and x_t.shape[1] == self.input_size and not (self.training and self.recurrent_dropout > 0):
+            expected = (self.num_layers, x_t.shape[0], self.hidden_size)
+            if state is None:
+                return x_t.shape[0]
+            if self.mode == "LSTM":
+                if type(state) is tuple and len(state) == 2 and isinstance(state[0], Tensor) \
+                        and isinstance(state[1], Tensor) and state[0].shape == expected \
+                        and state[1].shape == expected:
+                    return x_t.shape[0]
+            elif isinstance(state, Tensor) and state.shape == expected:
+                return x_t.shape[0]
         name = type(self).__name__
         if self.bidirectional:
             raise ValueError(f"{name}.step: a bidirectional layer needs the whole sequence; expected "
@@ -490,15 +504,16 @@ class LSTM(_RecurrentBase):
         plain = not (self.coupled or self.layer_norm)
         inp = x_t
         hs, cs = [], []
+        params = self._parameters
+        h_all, c_all = state
         for layer in range(self.num_layers):
             names = self._names[layer][0]
-            params = self._parameters
             w_ih, w_hh = params[names["weight_ih"]], params[names["weight_hh"]]
             b_ih = params[names["bias_ih"]] if self.bias else None
             b_hh = params[names["bias_hh"]] if self.bias else None
-            h, c = state[0][layer], state[1][layer]
+            h, c = h_all[layer], c_all[layer]
             if plain:
-                h, c = _VF.lstm_cell(inp, (h, c), w_ih, w_hh, b_ih, b_hh)
+                h, c = torch.lstm_cell(inp, (h, c), w_ih, w_hh, b_ih, b_hh)  # torch.* skips _VF's lookup (2 us)
             else:
                 xg = F.linear(inp, w_ih, b_ih)
                 ln_hh = ln_c = None
@@ -579,15 +594,15 @@ class GRU(_RecurrentBase):
         plain = self.reset_after and not self.layer_norm
         inp = x_t
         hs = []
+        params = self._parameters
         for layer in range(self.num_layers):
             names = self._names[layer][0]
-            params = self._parameters
             w_ih, w_hh = params[names["weight_ih"]], params[names["weight_hh"]]
             b_ih = params[names["bias_ih"]] if self.bias else None
             b_hh = params[names["bias_hh"]] if self.bias else None
             h = state[layer]
             if plain:
-                h = _VF.gru_cell(inp, h, w_ih, w_hh, b_ih, b_hh)
+                h = torch.gru_cell(inp, h, w_ih, w_hh, b_ih, b_hh)  # torch.* skips _VF's lookup (2 us)
             else:
                 xg = F.linear(inp, w_ih, b_ih)
                 ln_hh = None

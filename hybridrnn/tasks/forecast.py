@@ -241,7 +241,7 @@ class ForecastTask(Task):
             past, _ = self._target_windows(split)
             H, season = self.layout["horizon"], self.layout["season"]
             out = {"naive": naive_forecast(past, H), "linear": self.linear.predict(past)}
-            if season <= self.layout["lookback"]:
+            if "seasonal_naive" not in self.skipped_baselines():
                 out["seasonal_naive"] = seasonal_naive_forecast(past, H, season)
             self._baseline_cache[split] = out
         return self._baseline_cache[split]
@@ -292,13 +292,20 @@ class ForecastTask(Task):
             }
         baselines = {k: v["overall"]["mae"] for k, v in forecasters.items() if k != "model"}
         best = min(baselines, key=baselines.get)
-        notes = []
-        if "seasonal_naive" not in preds:
-            notes.append(f"seasonal naive skipped: season {self.layout['season']} > lookback {self.layout['lookback']}")
+        skipped = self.skipped_baselines()
         return {"split": split, "windows": int(truth.shape[0]), "horizon": self.layout["horizon"],
                 "targets": self.layout["targets"], "season": self.layout["season"], "forecasters": forecasters,
                 "best_baseline": best, "beats_baselines": bool(forecasters["model"]["overall"]["mae"] < baselines[best]),
-                "notes": notes}
+                "skipped": skipped, "notes": [f"{k} skipped: {v}" for k, v in skipped.items()]}
+
+    def skipped_baselines(self) -> dict[str, str]:
+        """``{baseline: reason}`` for each baseline that cannot be computed from a window's look-back."""
+        season, lookback = self.layout["season"], self.layout["lookback"]
+        if season > lookback:
+            return {"seasonal_naive": f"season {season} > lookback {lookback}: the value one season before a "
+                                      f"forecast step is not in the window; set window.lookback >= {season} or "
+                                      f"data.season <= {lookback}"}
+        return {}
 
     # ------------------------------------------------------------ forecasting new data
     @torch.no_grad()

@@ -85,18 +85,28 @@ def forecast_plots(task, model, run_dir: Path, split: str = "test") -> list[Path
     if weights is not None:
         i = int(picks[min(1, len(picks) - 1)])
         w = weights[i]  # (queries, lookback)
-        fig, (ax0, ax1) = plt.subplots(2, 1, figsize=(10, 6), sharex=True, gridspec_kw={"height_ratios": [1, 1.3]})
+        fig, (ax0, ax1) = plt.subplots(2, 1, figsize=(10, 6), gridspec_kw={"height_ratios": [1, 1.3]})
         past_rows = np.arange(origins[i] - L, origins[i])
         ax0.plot(np.arange(-L, 0), actual[past_rows, 0], color="black", lw=1.2, label=f"{targets[0]} (look-back)")
-        ax0.plot(np.arange(0, H), truth[i, :, 0], color="gray", lw=1.0, label="actual")
+        ax0.plot(np.arange(0, H), truth[i, :, 0], color="gray", lw=1.0, label="actual (horizon)")
         ax0.plot(np.arange(0, H), pred[i, :, 0], color="tab:red", lw=1.2, label="forecast")
-        ax0.legend(fontsize=8)
+        ax0.axvline(-0.5, color="tab:green", lw=0.8)
+        ax0.set_xlim(-L - 0.5, H - 0.5)
+        ax0.set_xlabel("step (0 = first forecast step)")
+        ax0.legend(fontsize=8, loc="upper left")
         when = "" if task.table.times is None else f" at {task.table.times[origins[i]]}"
         ax0.set_title(f"attention over the look-back, one {split} window (forecast time{when})")
-        im = ax1.imshow(w, aspect="auto", cmap="viridis", extent=(-L - 0.5, -0.5, w.shape[0] + 0.5, 0.5))
-        ax1.set_xlabel("look-back step (0 = forecast time)")
-        ax1.set_ylabel("query (horizon step)" if w.shape[0] > 1 else "query")
-        fig.colorbar(im, ax=[ax0, ax1], shrink=0.6, label="weight")
+        im = ax1.imshow(w, aspect="auto", cmap="viridis", interpolation="nearest",
+                        extent=(-L - 0.5, -0.5, w.shape[0] + 0.5, 0.5))
+        ax1.set_xlabel("look-back step (-1 = the last observed step)")
+        if w.shape[0] == 1:
+            ax1.set_yticks([1])
+            ax1.set_yticklabels(["summary"])
+            ax1.set_ylabel("query")
+        else:
+            ax1.set_ylabel("query (horizon step)")
+        fig.colorbar(im, ax=ax1, shrink=0.9, label="weight")
+        fig.tight_layout()
         paths.append(_save(fig, run_dir / "attention.png"))
         plt.close(fig)
     return paths

@@ -59,6 +59,9 @@ class LMConfig(Section):
     embedding_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     input_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     output_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    windows_per_epoch: Optional[int] = Field(None, ge=1, description="truncated epochs: each epoch runs this many "
+                                             "bptt windows, continuing along the stream where the last one "
+                                             "stopped (None: the whole stream every epoch)")
     eval_batch_size: int = Field(16, ge=1)
     max_val_tokens: Optional[int] = Field(None, ge=2, description="score only the first N validation tokens "
                                           "during training (faster epochs; test always scores all)")
@@ -195,16 +198,27 @@ class LanguageModelTask(Task):
     def num_examples(self, split: str) -> int:
         return max(int(self.ids[split].numel()) - 1, 0) if split in self.ids else 0
 
-    def num_train_batches(self) -> int:
+    def _stream_windows(self) -> int:
         n = (self.ids["train"].numel() - 1) // self.config.train.batch_size
         return math.ceil(n / self.config.lm.bptt)
 
+    def num_train_batches(self) -> int:
+        per_epoch = self.config.lm.windows_per_epoch
+        return self._stream_windows() if per_epoch is None else per_epoch
+
     def train_batches(self, epoch: int, generator: torch.Generator) -> Iterator:
         """Windows ``(x, y, first)`` in stream order (no shuffling: the state runs along the rows);
-        ``first`` marks the window that starts the epoch (the state is reset there)."""
+        ``first`` marks a window at the start of the rows (the state is reset there).
+
+        With ``lm.windows_per_epoch = W`` epoch ``e`` runs windows ``e*W .. e*W + W - 1`` (modulo the number of
+        windows in the stream), so short epochs still walk through all the data and the state carries on."""
         x, y, _, _ = stream_rows(self.ids["train"], self.config.train.batch_size)
         bptt = self.config.lm.bptt
-        for start in range(0, x.shape[1], bptt):
+        total = self._stream_windows()
+        per_epoch = self.config.lm.windows_per_epoch
+        windows = range(total) if per_epoch is None else ((epoch * per_epoch + k) % total for k in range(per_epoch))
+        for w in windows:
+            start = w * bptt
             yield x[:, start:start + bptt], y[:, start:start + bptt], start == 0
 
     def training_step(self, model: nn.Module, batch) -> tuple[torch.Tensor, int]:

@@ -260,9 +260,35 @@ def _file_epoch(path: Path) -> str | None:
         return None
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Delete ``.NAME.tmp-PID`` files left by a writer that was killed (its PID no longer runs)."""
+    removed = []
+    for tmp in Path(run_dir).glob(".*.tmp-*"):
+        pid = tmp.name.rpartition(".tmp-")[2]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
 def recover_checkpoint(run_dir: Path, *, write: bool = True) -> dict[str, Any]:
-    """Finish or discard a half-done commit, check the files agree, and return ``state.json``."""
+    """Finish or discard a half-done commit, check the files agree, and return ``state.json``.
+
+    With ``write=False`` nothing is renamed or deleted (for readers other than the one writer of a run).
+    """
     run_dir = Path(run_dir)
+    if write:
+        remove_stale_temporaries(run_dir)
     state = read_json(run_dir / STATE)
     if not isinstance(state, dict) or "epoch" not in state or "best_epoch" not in state:
         raise RunDirError(f"{run_dir / STATE} has no 'epoch' / 'best_epoch': not a hybridrnn training state")
@@ -285,10 +311,11 @@ def recover_checkpoint(run_dir: Path, *, write: bool = True) -> dict[str, Any]:
     return state
 
 
-def load_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Recover, then load ``last.safetensors`` and the optimizer state; returns ``state.json``."""
+def load_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *,
+                    write: bool = True) -> dict[str, Any]:
+    """Recover (``write=True``), then load ``last.safetensors`` and the optimizer state; returns ``state.json``."""
     run_dir = Path(run_dir)
-    state = recover_checkpoint(run_dir)
+    state = recover_checkpoint(run_dir, write=write)
     load_weights(run_dir / LAST_WEIGHTS, model)
     tensors, _ = read_safetensors(run_dir / OPTIMIZER)
     try:

@@ -1,6 +1,6 @@
 """torchrun / DistributedDataParallel: process-group set-up and the few collectives the Trainer needs.
 
-``torchrun --nproc_per_node=2 -m hybridrnn train CONFIG`` sets ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``;
+``torchrun --standalone --nproc_per_node=2 -m hybridrnn train CONFIG`` sets ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``;
 :func:`init_distributed` reads them (gloo on CPU, NCCL on CUDA). Without them everything is a no-op.
 """
 from __future__ import annotations
@@ -56,6 +56,12 @@ def shutdown_distributed() -> None:
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def barrier(ctx: DistContext) -> None:
+    """Wait for every process (no-op in a single process)."""
+    if ctx.enabled and dist.is_initialized():
+        dist.barrier()
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

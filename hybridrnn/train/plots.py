@@ -34,6 +34,7 @@ def plot_learning_curve(history: list[dict[str, Any]], path: Path, monitor: str 
     lr_ax = ax.twinx()
     lr_ax.plot(epochs, [r["lr"] for r in history], color="tab:red", lw=1, label="lr")
     lr_ax.set_ylabel("learning rate", color="tab:red")
+    lr_ax.set_ylim(0, max(r["lr"] for r in history) * 1.15 or 1.0)   # a constant lr is a flat line, not noise
     lines = ax.get_legend_handles_labels()[0] + lr_ax.get_legend_handles_labels()[0]
     ax.legend(lines, [l.get_label() for l in lines], fontsize=8)
     ax.set_title("gradient norm and learning rate")

@@ -25,8 +25,29 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+#: metrics shown per epoch when the task does not name its own (``Task.display_metrics``)
+MAX_SHOWN = 6
+
+
+def shown_metrics(record: dict[str, Any], monitor: str,
+                  display: tuple[str, ...] | None = None) -> tuple[list[str], int]:
+    """Keys of ``record`` to print (``val_loss``, the monitored metric, then ``display`` or the first few) and
+    how many other metrics are left out (they are all in metrics.jsonl)."""
+    metrics = [k for k in record if k not in _BOOKKEEPING]
+    first = [k for k in dict.fromkeys((f"val_{monitor}", "val_loss")) if k in metrics]
+    if display is not None:
+        rest = [f"val_{m}" for m in display if f"val_{m}" in metrics]
+    else:
+        rest = [k for k in metrics if k not in first][: max(MAX_SHOWN - len(first), 0)]
+    keys = first + [k for k in rest if k not in first]
+    return keys, len(metrics) - len(keys)
+
+
 class Progress:
     """Base reporter: does nothing (``train.progress: none``, and every process but rank 0)."""
+
+    #: the task's ``display_metrics`` (set by the Trainer); None shows the first few
+    display: tuple[str, ...] | None = None
 
     def start(self, epochs: int, steps_per_epoch: int, first_epoch: int) -> None: ...
     def step(self, epoch: int, step: int, loss: float, items: int) -> None: ...
@@ -51,7 +72,8 @@ class PlainProgress(Progress):
     def epoch_end(self, record: dict[str, Any], monitor: str) -> None:
         width = len(str(self.epochs))
         parts = [f"epoch {record['epoch']:>{width}}/{self.epochs}", f"train_loss {_fmt(record['train_loss'])}"]
-        parts += [f"{k} {_fmt(v)}" for k, v in record.items() if k not in _BOOKKEEPING]
+        keys, _ = shown_metrics(record, monitor, self.display)
+        parts += [f"{k} {_fmt(record[k])}" for k in keys]
         parts += [f"lr {record['lr']:.3g}", f"grad_norm {_fmt(record['grad_norm'])}",
                   f"{record['items_per_second']:,.0f} items/s", f"{record['seconds']:.2f}s"]
         if record.get("best"):

@@ -111,13 +111,15 @@ def train(config_or_path: RunConfig | dict | str | Path, out: str | Path | None 
                 model.eval()
                 with torch.no_grad():
                     task.plots(model, run_dir)
-            reporter.summary(_summary_rows(run_dir, config, result, model, time.perf_counter() - t0))
+            reporter.summary(_summary_rows(run_dir, config, result, model, time.perf_counter() - t0,
+                                           getattr(task, "display_metrics", None)))
     finally:
         shutdown_distributed()
     return run_dir
 
 
-def _summary_rows(run_dir: Path, config: RunConfig, result, model: torch.nn.Module, seconds: float) -> list[tuple[str, str]]:
+def _summary_rows(run_dir: Path, config: RunConfig, result, model: torch.nn.Module, seconds: float,
+                  display: tuple[str, ...] | None = None) -> list[tuple[str, str]]:
     best = next((r for r in result.history if r["epoch"] == result.best_epoch), None)
     rows = [("run directory", str(run_dir)),
             ("model", f"{config.model.encoder} ({sum(p.numel() for p in model.parameters()):,} parameters)"),
@@ -125,7 +127,12 @@ def _summary_rows(run_dir: Path, config: RunConfig, result, model: torch.nn.Modu
             ("best epoch", str(result.best_epoch)),
             (f"best val_{result.monitor}", f"{result.best_metric:.6g}")]
     if best is not None:
-        rows += [(k, f"{v:.6g}") for k, v in best.items() if k.startswith("val_") and k != f"val_{result.monitor}"]
+        from hybridrnn.train.progress import shown_metrics
+
+        keys, hidden = shown_metrics(best, result.monitor, display)
+        rows += [(k, f"{best[k]:.6g}") for k in keys if k != f"val_{result.monitor}"]
+        if hidden:
+            rows.append(("other metrics", f"{hidden} more in {run_dir / ckpt.METRICS}"))
     rows.append(("time this session", f"{seconds:.1f}s"))
     return rows
 
@@ -159,6 +166,19 @@ def evaluate_run(run_dir: str | Path, split: str = "test", *, weights: str = "be
         return {k: float(v) for k, v in task.evaluate(model, split).items()}
 
 
+def report_run(run_dir: str | Path, split: str = "test", *, weights: str = "best") -> dict:
+    """``evaluate_run``'s metrics, plus ``"report"``: the task's detailed JSON report (per horizon step, each
+    baseline) when the task has one (the forecast task). What ``hybridrnn evaluate RUN --json`` prints."""
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
+    _, task, model = load_run(run_dir, weights=weights)
+    with torch.no_grad():
+        out: dict = {k: float(v) for k, v in task.evaluate(model, split).items()}
+        if callable(getattr(task, "report", None)):
+            out["report"] = task.report(model, split)
+    return out
+
+
 def predict_run(run_dir: str | Path, input_path: str | Path, output_path: str | Path | None = None) -> None:
     """``task.predict`` with the run's best weights (what ``hybridrnn predict`` does)."""
     input_path = Path(input_path)
@@ -169,4 +189,4 @@ def predict_run(run_dir: str | Path, input_path: str | Path, output_path: str | 
         task.predict(model, input_path, Path(output_path) if output_path is not None else None)
 
 
-__all__ = ["train", "load_run", "evaluate_run", "predict_run", "read_run_config", "default_run_dir", "ConfigError"]
+__all__ = ["train", "load_run", "evaluate_run", "report_run", "predict_run", "read_run_config", "default_run_dir", "ConfigError"]

@@ -41,6 +41,9 @@ class Task(ABC):
     monitor: ClassVar[str] = "loss"
     #: "min" or "max"
     monitor_mode: ClassVar[str] = "min"
+    #: keys of evaluate() printed per epoch and in the summary besides loss and the monitor (None: the first
+    #: few); every metric is always written to metrics.jsonl
+    display_metrics: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self, config: Any):
         self.config = config

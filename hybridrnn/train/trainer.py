@@ -19,7 +19,7 @@ from torch import nn
 
 from hybridrnn.config import TrainConfig
 from hybridrnn.train import checkpoint as ckpt
-from hybridrnn.train.distributed import DDPModel, DistContext, all_reduce_sum, broadcast_flag
+from hybridrnn.train.distributed import DDPModel, DistContext, all_reduce_sum, barrier, broadcast_flag
 from hybridrnn.train.progress import Progress, TensorBoardLogger
 from hybridrnn.train.schedule import LRSchedule
 from hybridrnn.train.seeding import epoch_generator, get_rng_states, set_rng_states
@@ -79,6 +79,7 @@ class Trainer:
         self.device = torch.device(device)
         self.dist = dist or DistContext()
         self.progress = progress or Progress()
+        self.progress.display = getattr(task, "display_metrics", None)
         self.model = model.to(self.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.params, config)
@@ -241,7 +242,11 @@ class Trainer:
 
     def _resume(self) -> None:
         assert self.run_dir is not None, "resume needs a run directory"
-        state = ckpt.load_checkpoint(self.run_dir, self.model, self.optimizer)
+        # only the writer (rank 0) finishes a half-done commit; the other processes read once it has
+        if self.dist.is_main:
+            ckpt.recover_checkpoint(self.run_dir)
+        barrier(self.dist)
+        state = ckpt.load_checkpoint(self.run_dir, self.model, self.optimizer, write=False)
         try:
             self.epoch = int(state["epoch"])
             self.best_metric = ckpt.json_float(state["best_metric"])

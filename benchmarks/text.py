@@ -1,0 +1,271 @@
+"""Sequence classification and language modelling next to published anchors, on a 2-core CPU budget.
+
+Every run is an ordinary ``hybridrnn.train.run.train`` of a config like those in ``configs/classify`` and
+``configs/language_model`` (data from ``../shared/data``), then the test split (Tiny Shakespeare: the whole
+validation split, its standard report) is scored with the best weights. One intra-op thread; the budget of each
+run (epochs, windows, sizes) is fixed here and written into the table, so the whole script runs in about
+20 minutes on one core of the shared machine. Results: ``benchmarks/results/text.md`` (table) and
+``text.jsonl`` (one record per run).
+
+Anchors (the figure each row is set against):
+
+- SST-2 test accuracy 82.7 and TREC test accuracy 91.2: CNN-rand (random word vectors, sentence-level
+  training), Kim (2014) "Convolutional Neural Networks for Sentence Classification", EMNLP, Table 2.
+- UCR GunPoint / ItalyPowerDemand / ArrowHead test accuracy 1.000 / 0.962 / 0.897: LSTM-FCN, Karim, Majumdar,
+  Darabi & Chen (2017) "LSTM Fully Convolutional Networks for Time Series Classification", IEEE Access 6
+  (arXiv:1709.05206); figures as quoted in issue 6.
+- PTB word-level test perplexity 115.9: the 2x200 LSTM of Zaremba, Sutskever & Vinyals (2014) "Recurrent
+  Neural Network Regularization" (arXiv:1409.2329; Table 1 gives 114.5 for it, 115.9 is the TensorFlow PTB
+  tutorial's re-run of that "small" config), 13 epochs of SGD.
+- Tiny Shakespeare validation loss 1.88 nats/char: the "baby GPT" of Karpathy's nanoGPT README (4 layers,
+  4 heads, 128 wide, block 64, batch 12, 2000 iterations, about 3 minutes on a laptop CPU).
+
+    OMP_NUM_THREADS=1 python benchmarks/text.py [--only sst2,trec,ucr,ptb,shakespeare] [--keep runs/bench-text]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("HYBRIDRNN_SHARED_DATA", ROOT.parent / "shared" / "data"))
+RESULTS = ROOT / "benchmarks" / "results"
+
+ANCHORS = {
+    "sst2": (82.7, "CNN-rand, Kim 2014"),
+    "trec": (91.2, "CNN-rand, Kim 2014"),
+    "GunPoint": (100.0, "LSTM-FCN, Karim et al. 2017"),
+    "ItalyPowerDemand": (96.2, "LSTM-FCN, Karim et al. 2017"),
+    "ArrowHead": (89.7, "LSTM-FCN, Karim et al. 2017"),
+    "ptb": (115.9, "2x200 LSTM, Zaremba et al. 2014"),
+    "shakespeare": (1.88, "4x128 GPT, ~3 CPU-min, nanoGPT"),
+}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the runs: (dataset, encoder, options); every budget is here
+# ---------------------------------------------------------------------------------------------------------
+def text_runs() -> list[dict]:
+    runs = []
+    for ds, epochs in (("sst2", 4), ("trec", 6)):
+        models = [("lstm:128", "max"), ("gru:128", "max"), ("lstm:128", "attention"),
+                  ("lstm:128>gru:128", "attention"), ("(lstm:128|gru:128)", "attention")]
+        if ds == "trec":
+            models = [m for m in models if m != ("lstm:128", "attention")]
+        for spec, pooling in models:
+            runs.append({"dataset": ds, "kind": "classify", "encoder": spec, "pooling": pooling, "epochs": epochs})
+    return runs
+
+
+def ucr_runs() -> list[dict]:
+    budget = {"GunPoint": 120, "ItalyPowerDemand": 120, "ArrowHead": 80}
+    return [{"dataset": name, "kind": "classify", "encoder": spec, "pooling": pooling, "epochs": epochs}
+            for name, epochs in budget.items()
+            for spec, pooling in (("gru:64", "mean"), ("(lstm:64|gru:64)", "attention"))]
+
+
+def ptb_runs() -> list[dict]:
+    # a truncated budget: 4 "epochs" of 160 windows of 20 x 35 tokens = 448k tokens, about half a pass
+    return [{"dataset": "ptb", "kind": "lm", "encoder": spec, "tie": tie, "epochs": 4, "windows": 160}
+            for spec, tie in (("lstm:200x2", True), ("lstm:200x2", False), ("lstm:200>gru:200", True))]
+
+
+def shakespeare_runs() -> list[dict]:
+    # epochs of 100 windows of 32 x 100 characters (320k characters); the training split has 1.0M
+    return [{"dataset": "shakespeare", "kind": "lm", "encoder": spec, "tie": True, "epochs": epochs, "windows": 100}
+            for spec, epochs in (("lstm:256", 9), ("gru:256", 9), ("lstm:256>gru:256", 4), ("(lstm:256|gru:256)", 4))]
+
+
+GROUPS = {"sst2": lambda: [r for r in text_runs() if r["dataset"] == "sst2"],
+          "trec": lambda: [r for r in text_runs() if r["dataset"] == "trec"],
+          "ucr": ucr_runs, "ptb": ptb_runs, "shakespeare": shakespeare_runs}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# configs
+# ---------------------------------------------------------------------------------------------------------
+def classify_config(run: dict) -> dict:
+    ds, attention = run["dataset"], run["pooling"] == "attention"
+    model = {"encoder": run["encoder"], "dropout": 0.5 if ds in ("sst2", "trec") else 0.1}
+    if attention:
+        model["attention"] = "self"
+    classifier = {} if attention else {"pooling": run["pooling"]}
+    train = {"epochs": run["epochs"], "lr": 0.002, "seed": 0, "progress": "none", "plots": False, "num_threads": 1}
+    if ds == "sst2":
+        data = {"kind": "text", "train": f"{SHARED}/sst/stsa.binary.train", "val": f"{SHARED}/sst/stsa.binary.dev",
+                "test": f"{SHARED}/sst/stsa.binary.test", "tokenizer": "word", "split_punctuation": False}
+        classifier["embedding_dim"] = 128
+        train["batch_size"] = 50
+    elif ds == "trec":
+        data = {"kind": "text", "train": f"{SHARED}/trec/TREC.train.all", "test": f"{SHARED}/trec/TREC.test.all",
+                "encoding": "latin-1", "val_fraction": 0.1, "tokenizer": "word"}
+        classifier["embedding_dim"] = 128
+        train["batch_size"] = 50
+    else:
+        data = {"kind": "timeseries", "format": "ts", "train": f"{SHARED}/ucr/{ds}/{ds}_TRAIN.ts",
+                "test": f"{SHARED}/ucr/{ds}/{ds}_TEST.ts", "val_fraction": 0.2, "normalize": "series"}
+        train.update(batch_size=8, lr=0.003)
+    return {"task": "classify", "data": data, "model": model, "classifier": classifier, "train": train}
+
+
+def lm_config(run: dict) -> dict:
+    train = {"epochs": run["epochs"], "seed": 0, "progress": "none", "plots": False, "num_threads": 1}
+    if run["dataset"] == "ptb":
+        data = {"train": f"{SHARED}/ptb/ptb.train.txt.gz", "val": f"{SHARED}/ptb/ptb.valid.txt",
+                "test": f"{SHARED}/ptb/ptb.test.txt", "level": "word"}
+        lm = {"bptt": 35, "embedding_dim": 200, "input_dropout": 0.1, "output_dropout": 0.1,
+              "eval_batch_size": 10, "max_val_tokens": 20000}
+        model = {"encoder": run["encoder"], "dropout": 0.1}
+        train.update(batch_size=20, lr=0.003, clip_norm=0.5)
+    else:
+        data = {"train": f"{SHARED}/tinyshakespeare/input.txt", "val_fraction": 0.1, "level": "char"}
+        lm = {"bptt": 100, "embedding_dim": 64, "eval_batch_size": 16, "max_val_tokens": 30000}
+        model = {"encoder": run["encoder"]}
+        train.update(batch_size=32, lr=0.004, clip_norm=1.0)
+    lm.update(tie_weights=run["tie"], windows_per_epoch=run["windows"])
+    return {"task": "language_model", "data": data, "model": model, "lm": lm, "train": train}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# one run
+# ---------------------------------------------------------------------------------------------------------
+def run_one(run: dict, out_root: Path) -> dict:
+    from hybridrnn.nn.tying import count_parameters
+    from hybridrnn.train.run import load_run, train
+
+    cfg = classify_config(run) if run["kind"] == "classify" else lm_config(run)
+    name = f"{run['dataset']}-{len(list(out_root.glob(run['dataset'] + '-*')))}"
+    t0 = time.perf_counter()
+    run_dir = train(cfg, out=out_root / name)
+    seconds = time.perf_counter() - t0
+    config, task, model = load_run(run_dir)
+    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    record = dict(run, params=count_parameters(model), train_seconds=round(seconds, 1),
+                  epochs_run=len(history), best_epoch=max(history, key=lambda r: r.get("best", False))["epoch"]
+                  if any(r.get("best") for r in history) else None)
+    with torch.no_grad():
+        if run["kind"] == "classify":
+            m = task.evaluate(model, "test")
+            record.update(metric="test accuracy %", value=100 * m["accuracy"], macro_f1=m["macro_f1"],
+                          majority=100 * task.majority_accuracy("test"))
+        elif run["dataset"] == "ptb":
+            m = task.evaluate(model, "test")
+            record.update(metric="test perplexity", value=m["perplexity"], loss=m["loss"],
+                          unigram=task.unigram_perplexity("test"))
+        else:
+            task.config.lm.max_val_tokens = None          # the whole validation split
+            m = task.evaluate(model, "val")
+            record.update(metric="val loss nats/char", value=m["loss"], bpc=m["bpc"],
+                          unigram=math.log(task.unigram_perplexity("val")))
+    record["total_seconds"] = round(time.perf_counter() - t0, 1)
+    return record
+
+
+# ---------------------------------------------------------------------------------------------------------
+# table
+# ---------------------------------------------------------------------------------------------------------
+def budget_text(r: dict) -> str:
+    if r["kind"] == "classify":
+        return f"{r['epochs']} epochs"
+    if r["dataset"] == "ptb":
+        tokens = r["epochs"] * r["windows"] * 20 * 35
+        return f"{r['epochs']}x{r['windows']} windows of 20x35 = {tokens / 1e3:.0f}k tokens ({tokens / 929_589:.2f} passes)"
+    chars = r["epochs"] * r["windows"] * 32 * 100
+    return f"{r['epochs']}x{r['windows']} windows of 32x100 = {chars / 1e6:.2f}M chars ({chars / 1_003_854:.1f} passes)"
+
+
+def model_text(r: dict) -> str:
+    if r["kind"] == "classify":
+        return f"`{r['encoder']}` + {'attention pooling' if r['pooling'] == 'attention' else r['pooling'] + ' pooling'}"
+    return f"`{r['encoder']}`, {'tied' if r['tie'] else 'untied'}"
+
+
+def baseline_text(r: dict) -> str:
+    if r["kind"] == "classify":
+        return f"majority {r['majority']:.1f}"
+    if r["dataset"] == "ptb":
+        return f"unigram {r['unigram']:.0f}"
+    return f"unigram {r['unigram']:.2f}"
+
+
+def verdict(r: dict) -> str:
+    anchor = ANCHORS[r["dataset"]][0]
+    lower_better = r["kind"] == "lm"
+    diff = r["value"] - anchor
+    beats = diff < 0 if lower_better else diff > 0
+    ties = abs(diff) < 1e-9
+    sign = f"{diff:+.2f}" if r["dataset"] == "shakespeare" else f"{diff:+.1f}"
+    return "ties" if ties else (f"beats ({sign})" if beats else f"below ({sign})")
+
+
+def write_table(records: list[dict], path: Path, wall: float, complete: bool) -> None:
+    lines = ["# Text and time-series classification, language modelling: hybridrnn vs published anchors", "",
+             f"`OMP_NUM_THREADS=1 python benchmarks/text.py` -- one intra-op thread, {platform.processor() or platform.machine()}, "
+             f"torch {torch.__version__}; wall time {wall / 60:.1f} min{'' if complete else ' (INCOMPLETE: still running or stopped)'}.",
+             "Every row is one seeded run (seed 0) of `hybridrnn train` with the budget shown, scored with its best "
+             "(validation-selected) weights. Time = training + evaluation seconds of that run.", "",
+             "| data | metric | anchor | model | params | budget | result | baseline | vs anchor | time s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        anchor, source = ANCHORS[r["dataset"]]
+        value = f"{r['value']:.3f}" if r["dataset"] == "shakespeare" else f"{r['value']:.1f}"
+        if r["kind"] == "classify":
+            value += f" (F1 {r['macro_f1']:.3f})"
+        lines.append(f"| {r['dataset']} | {r['metric']} | {anchor} ({source}) | {model_text(r)} | {r['params']:,} | "
+                     f"{budget_text(r)} | {value} | {baseline_text(r)} | {verdict(r)} | {r['total_seconds']:.0f} |")
+    lines += ["", "Anchors: Kim (2014) EMNLP, Table 2 (CNN-rand); Karim et al. (2017) LSTM-FCN, arXiv:1709.05206 "
+              "(figures as quoted in issue 6); Zaremba et al. (2014) arXiv:1409.2329 (2x200 LSTM; 115.9 is the "
+              "TensorFlow PTB tutorial's run of that config, the paper's Table 1 says 114.5); nanoGPT README "
+              "(Karpathy), baby GPT on a laptop CPU. The anchors had far larger budgets for PTB (13 epochs) and "
+              "the text sets (25 epochs with early stopping) than the rows here.", ""]
+    from hybridrnn.data.text import atomic_write_text
+
+    atomic_write_text(path, "\n".join(lines))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--only", default=",".join(GROUPS), help=f"comma-separated groups of {', '.join(GROUPS)}")
+    ap.add_argument("--keep", type=Path, default=None, help="keep the run directories here (default: a temp dir)")
+    ap.add_argument("--out", type=Path, default=RESULTS / "text.md")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    groups = [g.strip() for g in args.only.split(",") if g.strip()]
+    unknown = [g for g in groups if g not in GROUPS]
+    if unknown:
+        ap.error(f"unknown groups {unknown}; choose from {', '.join(GROUPS)}")
+    if not SHARED.is_dir():
+        ap.error(f"shared data not found at {SHARED} (set HYBRIDRNN_SHARED_DATA)")
+    runs = [r for g in groups for r in GROUPS[g]()]
+    jsonl = args.out.with_suffix(".jsonl")
+    records: list[dict] = []
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench-text-") as tmp:
+        out_root = args.keep or Path(tmp)
+        out_root.mkdir(parents=True, exist_ok=True)
+        for i, run in enumerate(runs, 1):
+            print(f"[{i}/{len(runs)}] {run['dataset']} {model_text(run)} ({budget_text(run)}) ...", file=sys.stderr,
+                  flush=True)
+            rec = run_one(run, out_root)
+            records.append(rec)
+            print(f"    {rec['metric']} {rec['value']:.4g}  ({rec['total_seconds']:.0f}s; "
+                  f"{(time.perf_counter() - t0) / 60:.1f} min so far)", file=sys.stderr, flush=True)
+            write_table(records, args.out, time.perf_counter() - t0, complete=i == len(runs))
+            from hybridrnn.data.text import atomic_write_text
+
+            atomic_write_text(jsonl, "".join(json.dumps(r) + "\n" for r in records))
+    print(args.out.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
