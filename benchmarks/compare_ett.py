@@ -4,7 +4,8 @@ Runs ``hybridrnn compare configs/compare/etth1_ot.yaml`` (the models and seeds a
 commit-ready part of its report (report.md, its PNGs, results.csv) to ``benchmarks/results/compare_ett/``.
 
 Budget (stated in the output and in the report): ETTh1 oil temperature (OT) only, look-back 96, horizon 96,
-standard 12/4/4-month split, training windows at stride 2, hidden size 32, at most 6 epochs (patience 3),
+standard 12/4/4-month split, instance normalisation, no linear skip (the forecast comes from the recurrent encoder
+alone), training windows at stride 2, hidden size 32, at most 6 epochs (patience 3),
 6 models x 2 seeds, one CPU thread; about 15 minutes on a shared 2-core machine.
 
     python benchmarks/compare_ett.py [--out runs/compare_ett] [--results benchmarks/results/compare_ett]
@@ -58,7 +59,9 @@ def main() -> None:
     torch.set_num_threads(1)
     from hybridrnn.experiments.compare import run_compare
 
-    budget = ("Budget: ETTh1 OT only, look-back 96, horizon 96, 12/4/4-month split, training windows at stride 2, "
+    budget = ("Budget: ETTh1 OT only, look-back 96, horizon 96, 12/4/4-month split, per-window instance "
+              "normalisation and no linear skip (the forecast comes from the recurrent encoder alone), training "
+              "windows at stride 2, "
               "hidden 32, at most 6 epochs (patience 3), Adam lr 2e-3, batch 64, 2 seeds per model, "
               f"1 CPU thread (torch {torch.__version__}).")
     print(budget, flush=True)

@@ -13,7 +13,8 @@ instance norm, no calendar features) maps the last state through ``Linear(H, 24)
 1 thread. hybridrnn trains through its own ``ForecastTask`` + ``Trainer.train_one_epoch``; Darts through
 ``fit`` (PyTorch Lightning). Seconds per epoch are the median of the epochs, measured around each epoch
 (hybridrnn) and by a Lightning callback between epoch start and end (Darts), so both exclude set-up and
-evaluation.
+evaluation; the ratio is also taken from ``--timing-rounds`` alternated single epochs of fresh models (the machine's
+load changes over minutes, alternating gives both libraries the same conditions).
 
     OMP_NUM_THREADS=1 python benchmarks/forecast_peers.py [--epochs 5] [--hidden 64] [--batch-size 32]
         [--out benchmarks/results/forecast_peers.md]
@@ -73,6 +74,22 @@ def hybridrnn_side(data: str, args, recipe: bool = False) -> tuple[dict, Forecas
             "linear_mse": m["linear_scaled_mse"], "linear_mae": m["linear_scaled_mae"]}, task
 
 
+def plain_torch_epoch(task: ForecastTask, args) -> float:
+    """Seconds of one epoch of a hand-written PyTorch loop (``torch.nn.LSTM`` + ``Linear``, Adam) over the same
+    batches: the floor that any library's per-epoch time is measured against."""
+    torch.manual_seed(0)
+    lstm, head = torch.nn.LSTM(1, args.hidden, batch_first=True), torch.nn.Linear(args.hidden, HORIZON)
+    opt = torch.optim.Adam(list(lstm.parameters()) + list(head.parameters()), lr=1e-3)
+    t0 = time.perf_counter()
+    for batch in task.train_batches(0, torch.Generator().manual_seed(0)):
+        out, _ = lstm(batch["past"])
+        loss = torch.nn.functional.mse_loss(head(out[:, -1]), batch["target"][:, :, 0])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return time.perf_counter() - t0
+
+
 def darts_side(task: ForecastTask, args) -> dict:
     import pytorch_lightning as pl
     from darts import TimeSeries
@@ -92,20 +109,42 @@ def darts_side(task: ForecastTask, args) -> dict:
         def on_train_epoch_end(self, trainer, module):
             self.times.append(time.perf_counter() - self._t0)
 
+    def make(epochs: int, timer: EpochTimer):
+        torch.manual_seed(0)
+        return BlockRNNModel(input_chunk_length=LOOKBACK, output_chunk_length=HORIZON, model="LSTM",
+                             hidden_dim=args.hidden, n_rnn_layers=1, hidden_fc_sizes=None, dropout=0.0,
+                             batch_size=args.batch_size, n_epochs=epochs, optimizer_kwargs={"lr": 1e-3},
+                             random_state=0, save_checkpoints=False,
+                             pl_trainer_kwargs={"accelerator": "cpu", "enable_progress_bar": False, "logger": False,
+                                                "enable_model_summary": False, "enable_checkpointing": False,
+                                                "callbacks": [timer]})
+
     # the very same z-scored values hybridrnn trains on (its scaler, fitted on the training rows)
     scaled = task.values[:TEST_END, 0].numpy().astype(np.float32)
     times = task.table.times[:TEST_END]
     series = TimeSeries.from_times_and_values(times, scaled[:, None])
     train = series[:TRAIN_END]
+
+    # timing: one epoch of a fresh hybridrnn model, then one of a fresh Darts model, alternated (the load of the
+    # shared machine changes over minutes; alternating gives both libraries the same conditions)
+    ours_t, theirs_t, plain_t = [], [], []
+    for _ in range(args.timing_rounds):
+        plain_t.append(plain_torch_epoch(task, args))
+        torch.manual_seed(0)
+        m = task.build_model()
+        trainer = Trainer(task, m, task.config.train)
+        t0 = time.perf_counter()
+        trainer.train_one_epoch(0)
+        ours_t.append(time.perf_counter() - t0)
+        t = EpochTimer()
+        make(1, t).fit(train, verbose=False)
+        torch.set_num_threads(1)
+        theirs_t += t.times
+        print(f"interleaved epoch: plain torch {plain_t[-1]:.2f} s, hybridrnn {ours_t[-1]:.2f} s, darts "
+              f"{theirs_t[-1]:.2f} s", flush=True)
+
     timer = EpochTimer()
-    torch.manual_seed(0)
-    model = BlockRNNModel(input_chunk_length=LOOKBACK, output_chunk_length=HORIZON, model="LSTM",
-                          hidden_dim=args.hidden, n_rnn_layers=1, hidden_fc_sizes=None, dropout=0.0,
-                          batch_size=args.batch_size, n_epochs=args.epochs, optimizer_kwargs={"lr": 1e-3},
-                          random_state=0, save_checkpoints=False,
-                          pl_trainer_kwargs={"accelerator": "cpu", "enable_progress_bar": False, "logger": False,
-                                             "enable_model_summary": False, "enable_checkpointing": False,
-                                             "callbacks": [timer]})
+    model = make(args.epochs, timer)
     torch.set_num_threads(1)
     model.fit(train, verbose=False)
     torch.set_num_threads(1)
@@ -121,7 +160,7 @@ def darts_side(task: ForecastTask, args) -> dict:
     err = pred - truth
     params = sum(p.numel() for p in model.model.parameters())
     return {"library": "darts BlockRNNModel (LSTM)", "s_per_epoch": statistics.median(timer.times),
-            "epoch_times": timer.times, "mse": float(np.mean(err ** 2)), "mae": float(np.mean(np.abs(err))),
+            "epoch_times": timer.times, "interleaved": {"hybridrnn": ours_t, "darts": theirs_t, "plain": plain_t}, "mse": float(np.mean(err ** 2)), "mae": float(np.mean(np.abs(err))),
             "params": params, "train_windows": len(train) - LOOKBACK - HORIZON + 1, "test_windows": len(first)}
 
 
@@ -131,6 +170,7 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--timing-rounds", type=int, default=3, help="alternated one-epoch timings of each library")
     p.add_argument("--no-recipe", dest="recipe", action="store_false",
                    help="skip the extra hybridrnn run with instance norm + linear skip")
     p.add_argument("--out", default="benchmarks/results/forecast_peers.md")
@@ -170,10 +210,25 @@ def main(argv=None) -> int:
     lines += ["", f"Same test windows: naive (last value) MSE {ours['naive_mse']:.4f} / MAE {ours['naive_mae']:.4f}; "
                   f"least-squares linear on the look-back MSE {ours['linear_mse']:.4f} / MAE {ours['linear_mae']:.4f}."]
     if theirs:
+        il = theirs["interleaved"]
+        ratio_il = statistics.median(il["darts"]) / statistics.median(il["hybridrnn"])
         ratio = theirs["s_per_epoch"] / ours["s_per_epoch"]
-        lines += ["", f"hybridrnn is {ratio:.2f}x {'faster' if ratio >= 1 else 'slower'} per epoch than Darts "
-                      f"(target: at least 2x); test MSE {ours['mse']:.4f} vs {theirs['mse']:.4f} "
-                      f"({'equal or better' if ours['mse'] <= theirs['mse'] else 'worse'})."]
+        plain = statistics.median(il["plain"])
+        lines += ["", f"Alternated one-epoch timings (fresh models; a hand-written PyTorch loop, hybridrnn, Darts; "
+                      f"{len(il['darts'])} rounds): plain PyTorch {', '.join(f'{t:.1f}' for t in il['plain'])} s, "
+                      f"hybridrnn {', '.join(f'{t:.1f}' for t in il['hybridrnn'])} s, Darts "
+                      f"{', '.join(f'{t:.1f}' for t in il['darts'])} s. Median ratio Darts / hybridrnn "
+                      f"**{ratio_il:.2f}x** (target at least 2x); hybridrnn / plain PyTorch "
+                      f"{statistics.median(il['hybridrnn']) / plain:.2f}x, Darts / plain PyTorch "
+                      f"{statistics.median(il['darts']) / plain:.2f}x. Ratio of the training runs' medians above: "
+                      f"{ratio:.2f}x.", "",
+                  "Reading: on this task an epoch is 267 batches of 32 windows x 96 steps, and the LSTM's own "
+                  "forward and backward dominate: a library can only add overhead on top of the plain loop, so the "
+                  "2x target (measured on AirPassengers, 100-odd windows, where per-batch overhead dominates) is "
+                  "not reachable here by the training loop alone.", "",
+                  f"Accuracy after {args.epochs} epochs: test MSE {ours['mse']:.4f} (hybridrnn) vs {theirs['mse']:.4f} "
+                  f"(Darts), {'equal or better' if ours['mse'] <= theirs['mse'] else 'worse'}; MAE {ours['mae']:.4f} vs "
+                  f"{theirs['mae']:.4f}."]
     else:
         lines += ["", f"Darts was not run: {versions}."]
     out = Path(args.out)

@@ -2,21 +2,23 @@
 
 Both sides train the same model (``tests/toy_task.py``'s GRU/LSTM + linear head, from the same initial weights)
 on the same data, with the same batches (``epoch_generator(seed, epoch)`` shuffles), the same optimizer (Adam)
-and the same gradient clipping by global norm. Two things are timed per size, in one process, interleaved
-(each round runs every case once, so the drift of a shared machine hits all cases alike), medians over rounds:
+and the same gradient clipping by global norm. Three things are timed per size, in one process, interleaved
+(each round runs every case once, in a shuffled order, so the drift of a shared machine hits all cases
+alike; ``gc.collect()`` before each), medians over rounds:
 
 - ``loop``: the training pass only: ``Trainer.train_one_epoch`` against the bare loop
   ``zero_grad / forward / mse / backward / clip_grad_norm_ / step``;
-- ``epoch``: a whole epoch as ``hybridrnn train`` runs it: ``Trainer.fit`` for one more epoch (training,
-  validation, early-stopping bookkeeping, the plain one-line-per-epoch log, metrics.jsonl and the atomic,
-  fsynced checkpoint of weights + optimizer + state) against the bare loop plus a validation pass;
+- ``epoch``: whole epochs as ``hybridrnn train`` runs them: one ``Trainer.fit`` call for N more epochs
+  (training, validation, early-stopping bookkeeping, the plain one-line-per-epoch log, metrics.jsonl and the
+  atomic, fsynced checkpoint of weights + optimizer + state, written in the background while the next epoch
+  trains; ``fit`` waits for the last one) against N epochs of the bare loop plus a validation pass, per epoch;
 - ``epoch+bar``: the same with the rich progress bar (rendered as on a terminal, into a buffer) instead of
   the plain log line.
 
 Before timing, one epoch of each from the same weights is checked to give bit-identical weights (the Trainer
 does the same arithmetic as the bare loop). Results: ``benchmarks/results/trainer.md`` (and ``trainer.json``).
 
-    python benchmarks/trainer.py             # 7 rounds, 1 thread (about a minute)
+    python benchmarks/trainer.py             # 9 rounds, 1 thread (about 5 minutes here)
     python benchmarks/trainer.py --rounds 3  # quicker
 """
 from __future__ import annotations
@@ -24,11 +26,13 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as dt
+import gc
 import io
 import json
 import math
 import os
 import platform
+import random
 import statistics
 import sys
 import tempfile
@@ -51,16 +55,16 @@ from hybridrnn.train.task import iterate_minibatches  # noqa: E402
 from hybridrnn.train.trainer import Trainer  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-# (name, encoder, seq_len, features, n_train, n_val, batch): a small model where fixed per-step costs show most,
-# and a mid-sized one
-SIZES = (("small", "gru:32", 24, 4, 4096, 1024, 64),
-         ("medium", "lstm:128", 64, 16, 4096, 1024, 64))
+# (name, encoder, seq_len, features, n_train, n_val, batch, epochs per timed `epoch` case): a small model where
+# fixed per-step and per-epoch costs show most, and a mid-sized one
+SIZES = (("small", "gru:32", 24, 4, 2048, 512, 64, 4),
+         ("medium", "lstm:128", 64, 16, 1024, 512, 64, 3))
 SEED = 0
 CLIP = 1.0
 
 
 def make(size, run_dir: Path):
-    name, encoder, seq_len, features, n_train, n_val, batch = size
+    name, encoder, seq_len, features, n_train, n_val, batch, _ = size
     registry.TASKS["toy"] = "toy_task:ToyTask"
     config = coerce_config({"task": "toy", "model": {"encoder": encoder},
                             "data": {"n_train": n_train, "n_val": n_val, "n_test": 0, "seq_len": seq_len,
@@ -123,19 +127,20 @@ def timed(fn) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--sizes", default=",".join(s[0] for s in SIZES), help="comma-separated size names")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    print(f"budget: {len(SIZES)} sizes x 5 cases x ({args.rounds} rounds + 1 warm-up) epochs, "
-          f"{args.threads} thread(s); sizes: " + "; ".join(
-              f"{s[0]} = {s[1]}, seq {s[2]}, {s[3]} features, {s[4]} train / {s[5]} val windows, batch {s[6]}"
-              for s in SIZES))
+    print(f"budget: {args.rounds} rounds + 1 warm-up; per round and size: 1 epoch of each loop case, N epochs of "
+          f"each epoch case; {args.threads} thread(s); sizes: " + "; ".join(
+              f"{s[0]} = {s[1]}, seq {s[2]}, {s[3]} features, {s[4]} train / {s[5]} val windows, batch {s[6]}, "
+              f"N = {s[7]}" for s in SIZES))
     rows = []
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        for size in SIZES:
+        for size in [s for s in SIZES if s[0] in args.sizes.split(",")]:
             check_same_arithmetic(size, tmp)
             # four independent set-ups (same initial weights), so each case keeps its own optimizer state
             cases = {}
@@ -143,7 +148,8 @@ def main() -> None:
                 config, task, model = make(size, tmp)
                 if case.startswith("bare"):
                     bare = BareLoop(task, model, config)
-                    cases[case] = bare.train_pass if case == "bare loop" else bare.full_epoch
+                    cases[case] = bare.train_pass if case == "bare loop" else (
+                        lambda b=bare, n=size[7]: [b.full_epoch() for _ in range(n)])
                 elif case == "trainer loop":
                     trainer = Trainer(task, model, config.train)
                     counter = iter(range(10**6))
@@ -157,22 +163,28 @@ def main() -> None:
                     trainer = Trainer(task, model, config.train, run_dir=run_dir, progress=progress)
                     run_dir.mkdir()
 
-                    def one_more_epoch(tr=trainer):
-                        tr.config.epochs = tr.epoch + 1
+                    def more_epochs(tr=trainer, n=size[7]):
+                        tr.config.epochs = tr.epoch + n
                         tr.fit()
-                    cases[case] = one_more_epoch
+                    cases[case] = more_epochs
             times = {case: [] for case in cases}
+            order = list(cases)
             for r in range(args.rounds + 1):               # round 0 warms up (allocator, oneDNN primitives)
-                for case, fn in cases.items():
-                    t = timed(fn)
+                random.Random(r).shuffle(order)            # no case always runs first or after the same one
+                for case in order:
+                    gc.collect()
+                    t = timed(cases[case])
                     if r > 0:
                         times[case].append(t)
+            per_epoch = {case: 1 if "loop" in case else size[7] for case in times}
+            times = {case: [t / per_epoch[case] for t in ts] for case, ts in times.items()}
             med = {case: statistics.median(ts) for case, ts in times.items()}
             for what in ("loop", "epoch", "epoch+bar"):
                 bare, ours = med[f"bare {what.split('+')[0]}"], med[f"trainer {what}"]
                 rows.append({"size": size[0], "encoder": size[1], "timed": what, "bare_s": bare, "trainer_s": ours,
                              "overhead_pct": 100 * (ours / bare - 1),
-                             "spread_pct": 100 * (max(times[f"trainer {what}"]) - min(times[f"trainer {what}"])) / ours})
+                             "spread_pct": 100 * (max(times[f"trainer {what}"]) - min(times[f"trainer {what}"])) / ours,
+                             "bare_times_s": times[f"bare {what.split('+')[0]}"], "trainer_times_s": times[f"trainer {what}"]})
                 r_ = rows[-1]
                 print(f"{size[0]:>6} {what:>5}: bare {bare * 1e3:8.1f} ms  trainer {ours * 1e3:8.1f} ms  "
                       f"overhead {r_['overhead_pct']:+5.1f}%")
@@ -192,14 +204,17 @@ def write_results(rows, args, total) -> None:
         "# Trainer overhead against a bare PyTorch loop",
         "",
         "Generated by `python benchmarks/trainer.py` "
-        f"({args.rounds} interleaved rounds after 1 warm-up, medians, {args.threads} thread; {meta['date']}, "
+        f"({args.rounds} interleaved rounds in shuffled order after 1 warm-up, medians, {args.threads} thread; "
+        f"{meta['date']}, "
         f"torch {meta['torch']}, {cpu}, load average {', '.join(f'{x:.1f}' for x in meta['load_average'])}).",
         "",
         "Same model, initial weights, batches (same shuffles), Adam and clip-by-norm on both sides; one epoch of "
         "each from the same weights gives bit-identical weights (checked before timing). `loop`: the training pass "
         "only (`Trainer.train_one_epoch` vs zero_grad/forward/loss/backward/clip/step). `epoch`: a whole epoch as "
-        "`hybridrnn train` runs it (`Trainer.fit` for one more epoch: training, validation, the one-line log, "
-        "metrics.jsonl and the atomic fsynced checkpoint) vs the bare loop plus a validation pass. `epoch+bar`: "
+        "`hybridrnn train` runs it, per epoch of one `Trainer.fit` call for N epochs (small: 4, medium: 3): training, "
+        "validation, the one-line log, metrics.jsonl and the atomic fsynced checkpoint, written in the background "
+        "while the next epoch trains (fit waits for the last one); vs N bare epochs plus a validation pass each. "
+        "`epoch+bar`: "
         "the same with the rich progress bar rendered as on a terminal. "
         "Data: the synthetic regression task of `tests/toy_task.py`.",
         "",

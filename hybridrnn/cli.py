@@ -67,7 +67,11 @@ def train(
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
     progress: Optional[str] = typer.Option(None, "--progress", help="auto | bar | plain | none (default: train.progress)."),
 ) -> None:
-    """Train a model; writes weights, metrics, state and plots to the run directory."""
+    """Train a model; writes weights, metrics, state and plots to the run directory.
+
+    Several processes (DistributedDataParallel; gloo on CPU, NCCL on GPU):
+    torchrun --standalone --nproc_per_node=2 -m hybridrnn train CONFIG
+    """
     if resume is None and config is None:
         _fail(ValueError("give a CONFIG file to train, or --resume RUN to continue a run"))
     if resume is not None and config is not None:

@@ -69,7 +69,8 @@ class TrainConfig(Section):
     patience: Optional[int] = Field(None, ge=1, description="early stopping patience in epochs; None disables")
     min_delta: float = Field(0.0, ge=0.0, description="early stopping: smallest change that counts as better")
     seed: int = 0
-    bf16: bool = Field(False, description="bfloat16 autocast for forward and loss (CPU with AMX, or CUDA)")
+    bf16: bool = Field(False, description="bfloat16 autocast for forward and loss (CUDA, or a CPU with AMX / "
+                                          "AVX512-BF16; refused before training elsewhere)")
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
     num_threads: Optional[int] = Field(None, ge=1, description="torch intra-op threads; None keeps torch's")
     tensorboard: bool = Field(False, description="also log to RUN/tensorboard (needs the 'tensorboard' extra)")

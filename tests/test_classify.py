@@ -62,7 +62,7 @@ def test_attention_weights_are_zero_on_padding_and_sum_to_one():
     x = torch.randint(2, 20, (2, 6))
     logits, weights = model(x, torch.tensor([6, 3]), return_attention=True)
     assert logits.shape == (2, 2) and weights.shape == (2, 3, 6)
-    assert float(weights[1, :, 3:].abs().sum()) == 0.0
+    assert float(weights[1, :, 3:].detach().abs().sum()) == 0.0
     assert torch.allclose(weights.sum(-1), torch.ones(2, 3))
     assert model(x, torch.tensor([6, 3]), return_attention=False).shape == (2, 2)
 
@@ -154,6 +154,33 @@ def test_class_weights_option_weights_the_loss(tmp_path):
     w = task.weights[y]
     manual = (torch.nn.functional.cross_entropy(logits, y, reduction="none") * w).sum() / w.sum()
     assert n == len(y) and float(loss) == pytest.approx(float(manual), rel=1e-5)
+
+
+def test_glove_vectors_reach_the_model_with_coverage(tmp_path):
+    """Pretrained vectors (GloVe text format) initialise the embedding rows of the words they cover; the coverage
+    is reported and saved; a width that disagrees with classifier.embedding_dim is an error naming the file."""
+    from hybridrnn.config import coerce_config
+
+    cfg = _toy_text_config(tmp_path)
+    vectors = {"good": [1.0, 2.0, 3.0, 4.0], "awful": [-1.0, 0.5, 0.0, 2.0], "zebra": [9.0, 9.0, 9.0, 9.0]}
+    (tmp_path / "glove.txt").write_text("".join(f"{w} {' '.join(map(str, v))}\n" for w, v in vectors.items()),
+                                        encoding="utf-8")
+    cfg["data"].update(embeddings=str(tmp_path / "glove.txt"), freeze_embeddings=True)
+    cfg["classifier"]["embedding_dim"] = 4
+    task = ClassifyTask(coerce_config(cfg))
+    task.setup()
+    vocab = task.encoder.vocabulary
+    assert (task.coverage.found, task.coverage.total) == (2, len(vocab) - 2)   # good, awful (not zebra)
+    model = task.build_model()
+    emb = model.embedding.weight
+    assert emb[vocab.stoi["good"]].tolist() == vectors["good"] and emb[vocab.stoi["awful"]].tolist() == vectors["awful"]
+    assert not emb.requires_grad and float(emb[vocab.pad_id].abs().sum()) == 0.0
+    task.save_artifacts(tmp_path)
+    saved = json.loads((tmp_path / "classes.json").read_text())["embedding_coverage"]
+    assert saved["found"] == 2 and saved["total"] == len(vocab) - 2
+    cfg["classifier"]["embedding_dim"] = 8
+    with pytest.raises(ValueError, match=r"glove.txt has 4-dimensional vectors"):
+        ClassifyTask(coerce_config(cfg)).setup()
 
 
 def test_unknown_label_in_test_split_is_an_error(tmp_path):

@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from hybridrnn.experiments import compare as compare_module
-from hybridrnn.experiments.compare import BASE_COLUMNS, ModelEntry, parse_models, run_compare
+from hybridrnn.experiments.compare import BASE_COLUMNS, ModelEntry, parse_model, parse_models, run_compare
 from hybridrnn.experiments.report import higher_is_better, longest_solved, welch_p_value, write_report
 
 MODELS = "lstm:6,(lstm:4|gru:4)[fusion=sum]"
@@ -186,3 +186,71 @@ def test_cli_model_list_keeps_bracketed_options_whole():
     assert _split_list(text, "--models") == ["lstm:8", "(lstm:8|gru:8)[fusion=gate,share_input_projection=true]",
                                              "gru:8x2[tie_layers=true]"]
     assert [e.label for e in parse_models(_split_list(text, "--models"))] == _split_list(text, "--models")
+
+
+def _synthetic_results(tmp_path, plan_extra=None):
+    rng = np.random.default_rng(1)
+    rows = []
+    for model, centre in (("a", 0.1), ("b", 0.3)):
+        for seed in range(2):
+            rows.append({"model": model, "encoder": model, "options": "{}", "seed": seed, "length": None,
+                         "task": "forecast", "parameters": 10, "epochs": 1, "epochs_to_best": 1,
+                         "train_seconds": 1.0, "train_seconds_per_epoch": 1.0, "infer_ms_per_batch": 1.0,
+                         "infer_ms_per_sequence": 0.1, "run_dir": f"runs/{model}{seed}", "val_loss": centre,
+                         "test_loss": centre + rng.normal(0, 0.01), "test_mae": centre * 2 + rng.normal(0, 0.01),
+                         "test_naive_mse": 0.25})
+    pd.DataFrame(rows).to_csv(tmp_path / "results.csv", index=False)
+    plan = {"train_config": str(tmp_path / "none.yaml"), **(plan_extra or {})}
+    (tmp_path / "compare.json").write_text(json.dumps(plan))
+
+
+def test_report_moves_constant_metrics_to_a_reference_table(tmp_path):
+    _synthetic_results(tmp_path)
+    md = write_report(tmp_path)[0].read_text()
+    summary = md.split("## Summary")[1].split("### Reference values")[0]
+    header = next(l for l in summary.splitlines() if l.startswith("| model"))
+    assert "test_mae" in header and "test_naive_mse" not in header
+    reference = md.split("### Reference values")[1]
+    assert "| test_naive_mse | 0.2500 |" in reference
+
+
+def test_report_metrics_selection(tmp_path):
+    _synthetic_results(tmp_path, {"metrics": ["loss"]})
+    md = write_report(tmp_path)[0].read_text()
+    header = next(l for l in md.splitlines() if l.startswith("| model"))
+    assert "test_loss" in header and "test_mae" not in header and "Reference values" not in md
+    _synthetic_results(tmp_path, {"metrics": ["loss", "smape"]})
+    with pytest.raises(ValueError, match=r"\['smape'\].*test_mae|\['smape'\].*'mae'"):
+        write_report(tmp_path)
+
+
+def test_measure_inference_times_one_training_batch(tmp_path):
+    from hybridrnn.experiments.compare import measure_inference
+    from hybridrnn.tasks.long_range import LongRangeConfig, LongRangeTask
+
+    torch.set_num_threads(1)
+    task = LongRangeTask(LongRangeConfig(data={"problem": "adding", "length": 8, "n_train": 40, "n_val": 8,
+                                               "n_test": 8}, model={"encoder": "gru:4"}, train={"batch_size": 16}))
+    task.setup()
+    model = task.build_model().train()
+    ms, rows = measure_inference(task, model)
+    assert rows == 16 and ms > 0
+    assert model.training                           # the model's mode is restored
+
+
+def test_a_bad_model_fails_before_any_training(tiny_config, tmp_path):
+    out = tmp_path / "cmp"
+    with pytest.raises(ValueError, match=r"cannot run on this task:\n.*\(lstm:4\|gru:4\)\[fusion=bogus\]"):
+        run_compare(tiny_config, "lstm:4,(lstm:4|gru:4)[fusion=bogus]", 1, out, progress=lambda *_: None)
+    assert not (out / "runs").exists()
+    dotted = parse_model("gru:8[classifier.pooling=attention,dropout=0.1]")
+    assert dotted.overrides() == ["model.encoder=gru:8", "classifier.pooling=attention", "model.dropout=0.1"]
+
+
+def test_report_of_a_task_without_a_test_split_uses_validation(tmp_path):
+    _synthetic_results(tmp_path)
+    frame = pd.read_csv(tmp_path / "results.csv")
+    frame.drop(columns=[c for c in frame.columns if c.startswith("test_")]).to_csv(tmp_path / "results.csv",
+                                                                                   index=False)
+    md = write_report(tmp_path)[0].read_text()
+    assert "no test split" in md and "differs from best (val_loss)" in md

@@ -180,10 +180,39 @@ def test_issue_config_verbatim_trains_evaluates_and_predicts_business_days(tmp_p
     new.to_csv("new.csv", index=False)
     predict_run(run, "new.csv", "forecast.csv")
     out = pd.read_csv("forecast.csv", parse_dates=["Date"])
+    # the same through the CLI: `hybridrnn predict RUN --input NEW.csv --output FORECAST.csv`
+    from typer.testing import CliRunner
+    from hybridrnn.cli import app
+    res = CliRunner().invoke(app, ["predict", str(run), "--input", "new.csv", "--output", "cli.csv"])
+    assert res.exit_code == 0, res.output
+    pd.testing.assert_frame_equal(pd.read_csv("cli.csv", parse_dates=["Date"]), out)
     expected = pd.bdate_range(pd.Timestamp(new["Date"].iloc[-1]) + pd.offsets.BDay(1), periods=8)
     assert list(out.columns) == ["Date", "Close"]
     assert list(out["Date"]) == list(expected) and (out["Date"].dt.day_of_week < 5).all()
     assert np.isfinite(out["Close"]).all()
+
+
+def test_cli_evaluate_json_has_every_forecaster_per_step(tmp_path):
+    """`hybridrnn evaluate RUN --json`: the flat metrics plus a report with the model and each baseline, overall
+    and per horizon step, on the original and the scaled data."""
+    from typer.testing import CliRunner
+    from hybridrnn.cli import app
+    from hybridrnn.train.run import train
+    path = tmp_path / "h.csv"
+    hourly_frame(160).to_csv(path, index=False)
+    cfg = make_config(path, window={"lookback": 24, "horizon": 3}, train={"epochs": 1, "batch_size": 32, "plots": False})
+    run = train(cfg, out=tmp_path / "run", progress="none")
+    res = CliRunner().invoke(app, ["evaluate", str(run), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    rep = out["report"]
+    assert set(rep["forecasters"]) == {"model", "naive", "seasonal_naive", "linear"} and rep["horizon"] == 3
+    for name, f in rep["forecasters"].items():
+        assert set(f["overall"]) == {"mae", "mse", "rmse", "mape", "smape", "mase"}
+        assert all(len(v) == 3 for v in f["per_step"].values()) and len(f["scaled"]["per_step"]["mse"]) == 3
+        assert f["overall"]["mae"] == pytest.approx(out["mae" if name == "model" else f"{name}_mae"])
+        assert f["scaled"]["overall"]["mse"] == pytest.approx(out["scaled_mse" if name == "model" else f"{name}_scaled_mse"])
+    assert out["beats_baselines"] == float(rep["beats_baselines"])
 
 
 def test_hourly_predict_round_trip_and_artifacts_only_reload(tmp_path):

@@ -412,7 +412,7 @@ def test_gradcheck_custom_path(cls, options):
                                          (LSTM, dict(layer_norm=True))], ids=str)
 def test_gradcheck_recurrent_dropout(cls, options):
     """Recurrent dropout in training, the mask fixed by reseeding before every call (gradcheck calls many times)."""
-    m = cls(2, 2, bidirectional=True, recurrent_dropout=0.4, **options).double().train()
+    m = cls(2, 2, recurrent_dropout=0.4, **options).double().train()  # both directions: see the next test
     _randomise(m)
     names = [n for n, _ in m.named_parameters()]
     params = [p.detach().clone().requires_grad_() for p in m.parameters()]
@@ -682,3 +682,30 @@ def test_bad_constructor_arguments():
         LSTM(I, H, init="glorot")
     with pytest.raises(ValueError, match="chrono_tmax"):
         LSTM(I, H, init="chrono")
+
+
+# --------------------------------------------------------------------------- autocast
+AUTOCAST_CASES = [(LSTM, dict(path="fused")), (LSTM, dict(path="custom")), (LSTM, dict(coupled=True)),
+                  (LSTM, dict(layer_norm=True)), (LSTM, dict(recurrent_dropout=0.2)), (GRU, dict(path="fused")),
+                  (GRU, dict(path="custom")), (GRU, dict(reset_after=False)), (GRU, dict(layer_norm=True))]
+
+
+@pytest.mark.parametrize("cls,options", AUTOCAST_CASES, ids=str)
+def test_bf16_autocast_runs_every_path(cls, options):
+    """Under CPU bf16 autocast (the trainer's bf16 option) every path runs forward and backward; the recurrence
+    stays in the state's dtype, so outputs are float32 and within bf16 rounding of the float32 run."""
+    torch.manual_seed(27)
+    m = cls(I, H, 2, bidirectional=True, **options).eval()
+    x = torch.randn(B, T, I)
+    lengths = torch.tensor([T, 2, 4])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, state = m(x, lengths=lengths)
+    assert out.dtype == torch.float32
+    ref, _ = m(x, lengths=lengths)
+    assert _close(out, ref, 0.05)
+    out.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
+    uni = cls(I, H, **options).eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, _ = uni.step(x[:, 0])
+    assert _close(y.float(), uni.step(x[:, 0])[0], 0.05)

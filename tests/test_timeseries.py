@@ -121,6 +121,24 @@ def test_dataframe_source_and_where_filter():
         load_table(df, time_column="Date", numeric=["Close"], where={"Ticker": "C"})
 
 
+def test_parquet_source_matches_csv(tmp_path):
+    pytest.importorskip("pyarrow")
+    df = pd.DataFrame({"time": pd.date_range("2021-01-01", periods=30, freq="h"), "y": np.arange(30.0),
+                       "x": np.linspace(0, 1, 30)})
+    df.to_parquet(tmp_path / "t.parquet")
+    df.assign(time=df["time"].dt.strftime("%Y-%m-%d %H:%M:%S")).to_csv(tmp_path / "t.csv", index=False)
+    a = load_table(tmp_path / "t.parquet", time_column="time", numeric=["y", "x"])
+    b = load_table(tmp_path / "t.csv", time_column="time", numeric=["y", "x"])
+    assert a.frequency == b.frequency == "h" and (a.times == b.times).all()
+    pd.testing.assert_frame_equal(a.numeric, b.numeric)
+    bad = df.copy()
+    bad.loc[[4, 9], "y"] = np.nan
+    bad.to_parquet(tmp_path / "bad.parquet")
+    with pytest.raises(TableError, match=r"bad.parquet: column 'y' has 2 missing value\(s\); first at row 4, time "
+                                         r"2021-01-01 04:00:00"):
+        load_table(tmp_path / "bad.parquet", time_column="time", numeric=["y", "x"])
+
+
 # ---------------------------------------------------------------- frequency and future timestamps
 
 def test_business_days_with_holidays_inferred_and_continued():

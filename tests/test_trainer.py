@@ -121,7 +121,11 @@ def test_schedules():
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
-def test_other_optimizers_and_bf16_train(tmp_path, toy_task, optimizer):
+def test_other_optimizers_and_bf16_train(tmp_path, toy_task, optimizer, monkeypatch):
+    from hybridrnn.train import trainer as trainer_module
+
+    # the bf16 code path runs everywhere; on a CPU without native bf16 only by lifting the guard (it is slow)
+    monkeypatch.setattr(trainer_module, "check_bf16", lambda config, device: None)
     run = train(toy_config(optimizer=optimizer, bf16=True, schedule="plateau", epochs=2), out=tmp_path / "run")
     history = ckpt.read_jsonl(run / ckpt.METRICS)
     assert all(math.isfinite(r["train_loss"]) and math.isfinite(r["val_loss"]) for r in history)
@@ -238,3 +242,37 @@ def test_console_shows_loss_monitor_and_a_few_metrics_and_counts_the_rest():
     keys, hidden = shown_metrics(record, "acc", display=("m3", "nope"))
     assert keys == ["val_acc", "val_loss", "val_m3"] and hidden == 10
     assert shown_metrics({"val_loss": 1.0, "val_mae": 2.0}, "loss") == (["val_loss", "val_mae"], 0)
+
+
+def test_progress_bar_shows_loss_speed_and_eta_then_the_epoch_line(tmp_path, toy_task):
+    import io
+    import re
+
+    from rich.console import Console
+
+    from hybridrnn.train.progress import BarProgress
+
+    buf = io.StringIO()
+    bar = BarProgress(Console(file=buf, force_terminal=True, width=150))
+    bar.REFRESH_SECONDS = 0.0                                   # draw every step
+    from hybridrnn.config import coerce_config
+
+    config = coerce_config(toy_config(epochs=2))
+    task = toy_task(config)
+    task.setup()
+    Trainer(task, task.build_model(), config.train, progress=bar).fit()
+    text = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", buf.getvalue())
+    assert re.search(r"epoch 2/2 \S+ +6/6 loss [0-9.]+ [0-9,]+ items/s ETA 0:00:00", text)
+    assert "epoch 1/2 \u2501" in text and text.count("epoch 1/2  train_loss") == 1
+
+
+def test_bf16_without_native_support_is_a_clear_error_before_training(tmp_path, toy_task, monkeypatch):
+    from hybridrnn.train import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "bf16_supported", lambda device: False)
+    with pytest.raises(ValueError, match=r"train.bf16 is true but this CPU \(it has neither AVX512-BF16 nor AMX\) "
+                                         r"has no native bfloat16 arithmetic.*Set train.bf16: false"):
+        train(toy_config(bf16=True), out=tmp_path / "run")
+    assert not (tmp_path / "run" / ckpt.METRICS).exists()
+    monkeypatch.setattr(trainer_module, "bf16_supported", lambda device: True)
+    train(toy_config(bf16=True, epochs=1), out=tmp_path / "ok")

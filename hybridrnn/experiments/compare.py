@@ -14,7 +14,8 @@ a rerun of the same command skips finished rows, resumes a row whose run has a c
 starts the others afresh.
 
 Models are encoder specs, optionally followed by ``model:`` options in brackets, e.g.
-``lstm:64``, ``(lstm:64|gru:64)[fusion=gate,share_input_projection=true]``, ``gru:64x2[tie_layers=true]``.
+``lstm:64``, ``(lstm:64|gru:64)[fusion=gate,share_input_projection=true]``, ``gru:64x2[tie_layers=true]``;
+an option with a dot sets that config key instead (``gru:64[classifier.pooling=attention]``).
 A config may list them in a ``compare:`` section (``models:``, ``seeds:``, ``lengths:``), which the command
 line overrides, and name the test metrics the report's summary shows (``metrics: [scaled_mse, scaled_mae]``;
 default: every metric the task reports).
@@ -100,8 +101,10 @@ class ModelEntry:
         return f"{self.encoder}[{inner}]"
 
     def overrides(self) -> list[str]:
-        """``--set`` overrides that select this model."""
-        return [f"model.encoder={self.encoder}"] + [f"model.{k}={_format_value(v)}" for k, v in self.options]
+        """``--set`` overrides that select this model (an option with a dot is a config key of its own, e.g.
+        ``classifier.pooling=attention``; the others are ``model.`` keys)."""
+        return [f"model.encoder={self.encoder}"] + [f"{k if '.' in k else 'model.' + k}={_format_value(v)}"
+                                                    for k, v in self.options]
 
 
 def _format_value(value: Any) -> str:
@@ -270,6 +273,13 @@ def summarise_training(run_dir: Path, monitor: str, mode: str) -> dict[str, Any]
             "train_seconds_per_epoch": (sum(seconds) / len(seconds)) if seconds else None}
 
 
+def _has_split(task, split: str) -> bool:
+    try:
+        return task.num_examples(split) > 0
+    except (NotImplementedError, KeyError, ValueError):
+        return True         # the task cannot say: evaluate it and let it raise
+
+
 def _leading_rows(batch: Any) -> int:
     """Size of the first axis of the first tensor in a batch (a tensor, or nested tuples / lists / dicts)."""
     import torch
@@ -323,6 +333,8 @@ def measure_inference(task, model, repeats: int = 7) -> tuple[float, int]:
 
 def _run_row(key: RowKey, base_config: Path, run_dir: Path, overrides: Sequence[str], task_name: str) -> dict:
     """Train (or resume) one row's run, evaluate it and return the row."""
+    import torch
+
     from hybridrnn.nn.tying import count_parameters
     from hybridrnn.train.run import load_run, train
 
@@ -349,7 +361,10 @@ def _run_row(key: RowKey, base_config: Path, run_dir: Path, overrides: Sequence[
         row["train_seconds_per_epoch"] = wall / summary["epochs"]    # includes evaluation: an upper bound
     row["train_seconds"] = (row["train_seconds_per_epoch"] * row["epochs"]
                             if row["train_seconds_per_epoch"] is not None and row["epochs"] else wall)
-    metrics = {"val": task.evaluate(model, "val"), "test": task.evaluate(model, "test")}
+    with torch.no_grad():      # the Task contract: evaluate() runs under no_grad (the Trainer's way)
+        metrics = {"val": task.evaluate(model, "val")}
+        if _has_split(task, "test"):            # a corpus with only a validation fraction has none
+            metrics["test"] = task.evaluate(model, "test")
     ms, rows = measure_inference(task, model)
     row["infer_ms_per_batch"] = ms
     row["infer_ms_per_sequence"] = ms / rows
@@ -357,7 +372,8 @@ def _run_row(key: RowKey, base_config: Path, run_dir: Path, overrides: Sequence[
         for name, value in values.items():
             row[f"{split}_{name}"] = float(value)
     if not any(p.suffix == ".png" for p in trained.iterdir()):
-        task.plots(model, trained)
+        with torch.no_grad():
+            task.plots(model, trained)
     row["run_dir"] = os.path.relpath(trained, run_dir.parent.parent)   # relative to the comparison folder
     return row
 
@@ -383,6 +399,25 @@ def write_results_csv(out_dir: Path, rows: list[dict]) -> Path:
     path = Path(out_dir) / "results.csv"
     atomic_write_text(path, frame.to_csv(index=False))
     return path
+
+
+def check_rows(base_config: Path, keys: Sequence[RowKey], overrides: Sequence[str]) -> None:
+    """Validate the config of every model (and length) before training any: a ValueError listing each model
+    whose options the task refuses, rather than a failure after the other models have trained."""
+    from hybridrnn.config import coerce_config
+
+    errors, seen = [], set()
+    for key in keys:
+        if (key.model, key.length) in seen:
+            continue
+        seen.add((key.model, key.length))
+        try:
+            coerce_config(base_config, list(overrides) + key.overrides())
+        except ValueError as error:     # ConfigError and pydantic's ValidationError are ValueErrors
+            where = key.model.label + (f" (length {key.length})" if key.length is not None else "")
+            errors.append(f"{where}: {error}")
+    if errors:
+        raise ValueError("these models cannot run on this task:\n  " + "\n  ".join(errors))
 
 
 def run_compare(config_path: str | os.PathLike, models: str | Sequence[str | dict] | None = None,
@@ -425,6 +460,7 @@ def run_compare(config_path: str | os.PathLike, models: str | Sequence[str | dic
                      for k in keys]}
     atomic_write_text(out_dir / "compare.json", json.dumps(plan, indent=2))
 
+    check_rows(base_config, keys, overrides)
     for number, key in enumerate(keys, 1):
         run_dir = out_dir / "runs" / key.run_id
         what = f"[{number}/{len(keys)}] {key.model.label} seed {key.seed}" + \

@@ -8,7 +8,8 @@ run, and for comparisons over lengths the longest length each model solves and t
 "Larger than the seed spread" is decided by Welch's two-sided t-test (unequal variances) on the per-seed test
 values of that model and of the best model, at p < 0.05. With fewer than two seeds on either side there is no
 spread to compare with and the table says "n/a". The primary metric is the task's monitored metric on the
-test split (``test_loss`` for every task of hybridrnn unless the task says otherwise).
+test split (``test_loss`` for every task of hybridrnn unless the task says otherwise), or on the validation split
+for a task without a test split (a character corpus split by ``val_fraction``).
 
 Figures are PNG files in ``DIR/report_files/``; the markdown links them, the HTML embeds them as base64.
 """
@@ -207,7 +208,7 @@ def summary_table(results: pd.DataFrame, columns: list[str], primary: str, group
             p = welch_p_value(results.loc[_group_mask(results, group, idx), primary].dropna(),
                               results.loc[_group_mask(results, group, best), primary].dropna())
             row.append("n/a (one seed)" if p is None else
-                       (f"yes (p={p:.3f})" if p < SIGNIFICANCE_LEVEL else f"no (p={p:.2f})"))
+                       (f"yes (p={p:.3f})" if p < SIGNIFICANCE_LEVEL else f"no (p={p:.3f})"))
         rows.append(row)
     return header, rows
 
@@ -418,9 +419,13 @@ def write_report(out_dir: str | Path) -> tuple[Path, Path]:
     task, monitor, mode, base = _task_info(root)
     hardware = _hardware(root, results)
     plan = json.loads((root / "compare.json").read_text()) if (root / "compare.json").is_file() else {}
-    primary = f"test_{monitor}"
+    # the test split, or the validation split for a task without one (a character corpus with a val fraction)
+    split = "test" if f"test_{monitor}" in results.columns else "val"
+    primary = f"{split}_{monitor}"
     if primary not in results.columns:
-        raise ValueError(f"{csv}: no column {primary!r} for the task's monitored metric {monitor!r}")
+        raise ValueError(f"{csv}: no column test_{monitor} or val_{monitor} for the task's monitored metric "
+                         f"{monitor!r}")
+    prefix = f"{split}_"
     files = root / FILES
     files.mkdir(exist_ok=True)
     has_lengths = results["length"].notna().any()
@@ -435,25 +440,29 @@ def write_report(out_dir: str | Path) -> tuple[Path, Path]:
                               + (f"; overrides: {', '.join(plan['overrides'])}" if plan.get("overrides") else "")
                               + f". {results['seed'].nunique()} seed(s) per model, {len(results)} runs."))
 
-    metric_cols = [c for c in results.columns if c.startswith("test_") and not c.endswith("_solved")
-                   and c != "test_solved"]
+    metric_cols = [c for c in results.columns if c.startswith(prefix) and not c.endswith("_solved")
+                   and c != f"{prefix}solved"]
     if plan.get("metrics"):     # compare.metrics: the metrics the summary shows
-        missing = [m for m in plan["metrics"] if f"test_{m}" not in results.columns]
+        missing = [m for m in plan["metrics"] if f"{prefix}{m}" not in results.columns]
         if missing:
             raise ValueError(f"compare.metrics names {missing}, which the task does not report; it reports "
-                             f"{sorted(c[5:] for c in results.columns if c.startswith('test_'))}")
-        metric_cols = [f"test_{m}" for m in plan["metrics"]]
+                             f"{sorted(c[len(prefix):] for c in results.columns if c.startswith(prefix))}")
+        metric_cols = [f"{prefix}{m}" for m in plan["metrics"]]
     # a metric equal to the primary one in every row (the adding problem's MSE is its loss) says nothing new
-    metric_cols = [primary] + [c for c in metric_cols if c != primary and not
-                               np.allclose(results[c].to_numpy(float), results[primary].to_numpy(float), equal_nan=True)]
+    same = [c for c in metric_cols if c != primary and
+            np.allclose(results[c].to_numpy(float), results[primary].to_numpy(float), equal_nan=True)]
+    metric_cols = [primary] + [c for c in metric_cols if c != primary and c not in same]
     # a metric that is the same in every run (of a length) describes the data, not the models: the task's
     # reference baselines (naive forecasts); it goes to a table of its own
     constant = [c for c in metric_cols[1:] if _is_constant(results, c, "length" if has_lengths else None)]
     metric_cols = [c for c in metric_cols if c not in constant]
-    columns = metric_cols + [f"val_{monitor}"] * (f"val_{monitor}" in results.columns) + \
+    columns = metric_cols + [f"val_{monitor}"] * (f"val_{monitor}" in results.columns and split == "test") + \
         ["parameters", "train_seconds_per_epoch", "epochs_to_best", "infer_ms_per_sequence"]
     columns = [c for c in columns if c in results.columns and results[c].notna().any()]
     blocks.append(Block("h2", "Summary"))
+    if split == "val":
+        blocks.append(Block("p", "The task has no test split: the summary and the plots use the validation split "
+                                 "(which also chose each run's best epoch, so the figures are optimistic)."))
     maximise = lambda col: (mode == "max") if col in (primary, f"val_{monitor}") else higher_is_better(col)
     header, rows = summary_table(results, columns, primary, group, maximise)
     blocks.append(Block("table", (header, rows)))
@@ -462,7 +471,8 @@ def write_report(out_dir: str | Path) -> tuple[Path, Path]:
                               f"'differs from best' compares each model's per-seed `{primary}` with the best model's "
                               f"by Welch's two-sided t-test: 'yes' means p < {SIGNIFICANCE_LEVEL}, a difference "
                               f"larger than the seed spread; 'no' means the seeds cannot tell them apart. "
-                              f"Inference time: the median of 7 forward passes (with the loss, no gradient) on one training batch "
+                              + (f"`{primary}` equals {', '.join(f'`{c}`' for c in same)} in every run. " if same else "")
+                              + f"Inference time: the median of 7 forward passes (with the loss, no gradient) on one training batch "
                               f"of `train.batch_size` sequences; per sequence is that divided by the batch size."
                               + (f" Timed on {hardware}." if hardware else "")))
 

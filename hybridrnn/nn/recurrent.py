@@ -270,6 +270,11 @@ class _RecurrentBase(nn.Module):
                 rev_index = torch.where(real, lengths.unsqueeze(0) - 1 - steps, steps)
                 batch_index = torch.arange(batch, device=x.device).unsqueeze(0)
         dropout_on = self.training and self.recurrent_dropout > 0
+        # Under autocast the input projections run in low precision, but the recurrence runs in the state's dtype
+        # (as torch's fused kernels do on CPU): the scan kernels write into buffers of one dtype, and a bf16
+        # recurrence would accumulate rounding over the time steps.
+        device_type = x.device.type
+        autocast_on = torch.is_autocast_enabled(device_type)
         layer_in = x.transpose(0, 1)  # (T, B, F)
         h_n, c_n = [], []
         for layer in range(self.num_layers):
@@ -283,8 +288,14 @@ class _RecurrentBase(nn.Module):
                 if dropout_on:
                     keep = 1.0 - self.recurrent_dropout
                     h_mask = torch.bernoulli(x.new_full((batch, self.hidden_size), keep)).div_(keep)
-                out, h_last, c_last = self._recurrence(xg, h0[row], None if c0 is None else c0[row],
-                                                       layer, d, mask, h_mask)
+                if autocast_on:
+                    with torch.autocast(device_type, enabled=False):
+                        out, h_last, c_last = self._recurrence(xg.to(h0.dtype), h0[row],
+                                                               None if c0 is None else c0[row], layer, d, mask,
+                                                               h_mask)
+                else:
+                    out, h_last, c_last = self._recurrence(xg, h0[row], None if c0 is None else c0[row],
+                                                           layer, d, mask, h_mask)
                 if d == 1:
                     out = out.flip(0) if rev_index is None else out[rev_index, batch_index]
                 outs.append(out)

@@ -164,6 +164,7 @@ class ClassifyTask(Task):
     config_class = ClassifyConfig
     monitor = "loss"
     monitor_mode = "min"
+    display_metrics = ("accuracy", "macro_f1")
 
     def __init__(self, config: ClassifyConfig):
         super().__init__(config)

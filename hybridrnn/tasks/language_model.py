@@ -117,6 +117,7 @@ class LanguageModelTask(Task):
     config_class = LanguageModelConfig
     monitor = "loss"
     monitor_mode = "min"
+    display_metrics = ("perplexity", "bpc")   # bpc at character level only
 
     def __init__(self, config: LanguageModelConfig):
         super().__init__(config)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -72,8 +73,13 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
+def json_text(obj: Any) -> str:
+    """Strict JSON (non-finite floats as strings, see :func:`_json_safe`), indented, with a final newline."""
+    return json.dumps(_json_safe(obj), indent=2, allow_nan=False) + "\n"
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(_json_safe(obj), indent=2, allow_nan=False) + "\n")
+    return atomic_write_text(path, json_text(obj))
 
 
 def _json_safe(obj: Any) -> Any:
@@ -117,8 +123,12 @@ def read_jsonl(path: str | Path) -> list[dict]:
         raise RunDirError(f"{path} is not a valid JSON-lines file ({type(exc).__name__}: {exc})") from None
 
 
+def jsonl_text(records: list[dict]) -> str:
+    return "".join(json.dumps(_json_safe(r), allow_nan=False) + "\n" for r in records)
+
+
 def write_jsonl(path: str | Path, records: list[dict]) -> Path:
-    return atomic_write_text(path, "".join(json.dumps(_json_safe(r), allow_nan=False) + "\n" for r in records))
+    return atomic_write_text(path, jsonl_text(records))
 
 
 def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -142,6 +152,11 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
 
 def save_weights(path: str | Path, model: torch.nn.Module, metadata: dict[str, str] | None = None) -> Path:
     """``model.state_dict()`` as safetensors; tensors tied to another (shared storage) are stored once."""
+    return atomic_write_bytes(path, weights_bytes(model, metadata))
+
+
+def weights_bytes(model: torch.nn.Module, metadata: dict[str, str] | None = None) -> bytes:
+    """The safetensors file of ``model.state_dict()`` (a copy: later training does not change it)."""
     tensors: dict[str, torch.Tensor] = {}
     aliases: dict[str, str] = {}
     seen: dict[tuple, str] = {}
@@ -161,7 +176,7 @@ def save_weights(path: str | Path, model: torch.nn.Module, metadata: dict[str, s
     meta = dict(metadata or {})
     if aliases:
         meta["aliases"] = json.dumps(aliases)
-    return atomic_write_bytes(path, _st_save(tensors, metadata=meta))
+    return _st_save(tensors, metadata=meta)
 
 
 def load_weights(path: str | Path, model: torch.nn.Module) -> dict[str, str]:
@@ -231,25 +246,71 @@ def join_optimizer_state(tensors: dict[str, torch.Tensor], rest: dict[str, Any])
 # training checkpoints (journaled commit over last.safetensors, optimizer.safetensors and state.json)
 
 
-def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    state: dict[str, Any]) -> None:
-    """Commit the weights, optimizer and ``state`` after a finished epoch.
+def checkpoint_files(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                     state: dict[str, Any]) -> dict[str, bytes]:
+    """The bytes of each file of a checkpoint, snapshotted now, in the order :func:`write_checkpoint` commits them.
 
     ``state`` must hold ``"epoch"`` and ``"best_epoch"``; when they are equal the weights are also the new best
-    (``model.safetensors``), committed in the same journal.
+    (``model.safetensors``).
     """
-    run_dir = Path(run_dir)
     tag = {"epoch": str(state["epoch"])}
-    names = [LAST_WEIGHTS, OPTIMIZER]
     opt_tensors, opt_rest = split_optimizer_state(optimizer)
-    save_weights(run_dir / (LAST_WEIGHTS + PENDING), model, tag)
-    atomic_write_bytes(run_dir / (OPTIMIZER + PENDING), _st_save(opt_tensors, metadata=tag))
+    weights = weights_bytes(model, tag)
+    files = {LAST_WEIGHTS: weights, OPTIMIZER: _st_save(opt_tensors, metadata=tag)}
     if state["best_epoch"] == state["epoch"]:
-        save_weights(run_dir / (BEST_WEIGHTS + PENDING), model, tag)
-        names.append(BEST_WEIGHTS)
-    atomic_write_json(run_dir / STATE, {**state, "optimizer": opt_rest})   # the commit point
+        files[BEST_WEIGHTS] = weights
+    files[STATE] = json_text({**state, "optimizer": opt_rest}).encode("utf-8")
+    return files
+
+
+def write_checkpoint(run_dir: Path, files: dict[str, bytes]) -> None:
+    """Commit :func:`checkpoint_files`: each ``NAME.next``, then ``state.json`` (the commit point), then renames."""
+    run_dir = Path(run_dir)
+    names = [name for name in files if name != STATE]
+    for name in names:
+        atomic_write_bytes(run_dir / (name + PENDING), files[name])
+    atomic_write_bytes(run_dir / STATE, files[STATE])       # the commit point
     for name in names:
         os.replace(run_dir / (name + PENDING), run_dir / name)
+
+
+def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    state: dict[str, Any]) -> None:
+    """Commit the weights, optimizer and ``state`` after a finished epoch (see :func:`checkpoint_files`)."""
+    write_checkpoint(run_dir, checkpoint_files(model, optimizer, state))
+
+
+class BackgroundWriter:
+    """Runs one write job at a time in a thread, so that writing and fsyncing a checkpoint overlaps training.
+
+    ``submit`` first waits for the previous job. A job's exception (any ``BaseException``) is raised in the
+    caller at the next ``submit`` or ``wait``. The thread is not a daemon: an exiting interpreter finishes the
+    write in flight (a SIGKILL does not, and the journal of :func:`write_checkpoint` covers that).
+    """
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self.wait()
+
+        def run() -> None:
+            try:
+                job()
+            except BaseException as exc:       # re-raised in the training thread
+                self._error = exc
+
+        self._thread = threading.Thread(target=run, name="hybridrnn-checkpoint")
+        self._thread.start()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 def _file_epoch(path: Path) -> str | None:

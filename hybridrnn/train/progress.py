@@ -95,7 +95,8 @@ class PlainProgress(Progress):
 class BarProgress(PlainProgress):
     """A rich progress bar per epoch (loss, items/s, ETA), then the epoch's plain line above it."""
 
-    REFRESH_SECONDS = 0.1
+    #: redraw at most this often, from the training thread itself (no refresh thread competing for the GIL)
+    REFRESH_SECONDS = 0.2
 
     def __init__(self, console: Console | None = None):
         super().__init__(console)
@@ -104,7 +105,8 @@ class BarProgress(PlainProgress):
 
         self.bar = RichProgress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                 TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]} items/s"),
-                                TextColumn("ETA"), TimeRemainingColumn(), console=self.console, transient=True)
+                                TextColumn("ETA"), TimeRemainingColumn(), console=self.console, transient=True,
+                                auto_refresh=False)
         self.task_id = None
         self._last = 0.0
         self._items = 0
@@ -123,16 +125,17 @@ class BarProgress(PlainProgress):
                 self.bar.remove_task(self.task_id)
             self.task_id = self.bar.add_task(f"epoch {epoch + 1}/{self.epochs}", total=self.steps_per_epoch,
                                              loss="-", speed="-")
-            self._t0, self._items, self._loss_sum, self._steps = time.perf_counter(), 0, 0.0, 0
+            # the clock starts when the first batch is done, so its items do not count towards the speed
+            self._t0, self._items, self._loss_sum, self._steps = time.perf_counter(), -items, 0.0, 0
         self._items += items
         self._loss_sum += loss
         self._steps += 1
         now = time.perf_counter()
         if now - self._last >= self.REFRESH_SECONDS or step + 1 == self.steps_per_epoch:
             self._last = now
-            speed = self._items / max(now - self._t0, 1e-9)
+            speed = f"{self._items / (now - self._t0):,.0f}" if step > 0 and now > self._t0 else "-"
             self.bar.update(self.task_id, completed=step + 1, loss=_fmt(self._loss_sum / self._steps),
-                            speed=f"{speed:,.0f}")
+                            speed=speed, refresh=True)
 
     def epoch_end(self, record: dict[str, Any], monitor: str) -> None:
         super().epoch_end(record, monitor)

@@ -40,6 +40,20 @@ def read_run_config(run_dir: str | Path, overrides: Iterable[str] = ()) -> RunCo
     return build_config(data, str(path), overridden=[o.partition("=")[0].strip() for o in overrides])
 
 
+def _load_artifacts(task, run_dir: Path) -> None:
+    """``task.load_artifacts(run_dir)``; a file that is not the JSON training wrote is a clear RunDirError."""
+    import json
+
+    try:
+        task.load_artifacts(run_dir)
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        names = sorted(p.name for p in run_dir.iterdir() if p.suffix == ".json" and p.name not in
+                       (ckpt.STATE, ckpt.ENVIRONMENT))
+        raise ckpt.RunDirError(f"{run_dir}: the {task.name!r} task's saved artifacts ({', '.join(names)}) cannot be "
+                               f"read ({type(exc).__name__}: {exc}); they must be the JSON files that training "
+                               "wrote (nothing else is ever loaded)") from None
+
+
 def _task_class(config: RunConfig):
     from hybridrnn.tasks.registry import get_task_class
 
@@ -94,7 +108,7 @@ def train(config_or_path: RunConfig | dict | str | Path, out: str | Path | None 
         task = _task_class(config)(config)
         task.setup(run_dir)
         if resume is not None:
-            task.load_artifacts(run_dir)
+            _load_artifacts(task, run_dir)
         elif writes:
             task.save_artifacts(run_dir)
         seed_everything(cfg.seed)
@@ -150,7 +164,7 @@ def load_run(run_dir: str | Path, *, weights: str = "best", device: str | torch.
     config = read_run_config(run_dir, overrides)
     task = _task_class(config)(config)
     task.setup(run_dir)
-    task.load_artifacts(run_dir)
+    _load_artifacts(task, run_dir)
     model = task.build_model()
     ckpt.load_weights(run_dir / (ckpt.BEST_WEIGHTS if weights == "best" else ckpt.LAST_WEIGHTS), model)
     model.to(device).eval()

@@ -67,6 +67,25 @@ def check_data(task: Task, config: TrainConfig) -> None:
         raise ValueError(f"task {task.name!r} yields no training batches (num_train_batches() == 0)")
 
 
+def bf16_supported(device: torch.device) -> bool:
+    """Whether ``device`` runs bfloat16 natively: CUDA with bf16 support, or a CPU with AVX512-BF16 / AMX."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def check_bf16(config: TrainConfig, device: torch.device) -> None:
+    """A clear error before training when ``train.bf16`` is asked for on hardware without native bfloat16."""
+    if config.bf16 and not bf16_supported(device):
+        what = "this GPU" if device.type == "cuda" else "this CPU (it has neither AVX512-BF16 nor AMX)"
+        raise ValueError(f"train.bf16 is true but {what} has no native bfloat16 arithmetic: bf16 autocast would "
+                         "be emulated (measured 2-7x slower than fp32 on such a CPU, benchmarks/results/bf16.md) "
+                         "and oneDNN's fused LSTM kernel cannot run in bf16 at all. Set train.bf16: false.")
+
+
 class Trainer:
     """Trains ``model`` on ``task`` with ``config``; writes checkpoints to ``run_dir`` when given (rank 0)."""
 
@@ -102,11 +121,13 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.writes = self.run_dir is not None and self.dist.is_main
         self.autocast_device = "cuda" if self.device.type == "cuda" else "cpu"
+        self.writer = ckpt.BackgroundWriter()
 
     # ------------------------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> FitResult:
         """Train until ``config.epochs`` or early stopping; leaves the best weights in the model."""
         check_data(self.task, self.config)
+        check_bf16(self.config, self.device)
         if resume:
             self._resume()
         tb = TensorBoardLogger(self.run_dir / "tensorboard") if self.writes and self.config.tensorboard else None
@@ -123,9 +144,12 @@ class Trainer:
                 if tb is not None:
                     tb.log(record)
         finally:
-            self.progress.close()
-            if tb is not None:
-                tb.close()
+            try:
+                self.writer.wait()      # the last checkpoint is on disk when fit returns (or raises)
+            finally:
+                self.progress.close()
+                if tb is not None:
+                    tb.close()
         self.restore_best()
         return FitResult(self.epoch, self.best_epoch, self.best_metric, self.monitor, self.stopped_early,
                          list(self.history))
@@ -230,8 +254,15 @@ class Trainer:
         self.stopped_early = broadcast_flag(stop, self.dist, self.device) and self.epoch < self.config.epochs
         self.history.append(record)
         if self.writes:
-            ckpt.write_jsonl(self.run_dir / ckpt.METRICS, self.history)
-            ckpt.save_checkpoint(self.run_dir, self.model, self.optimizer, self.state_dict())
+            # snapshot now (bytes), write and fsync in the background while the next epoch trains
+            run_dir, metrics = self.run_dir, ckpt.jsonl_text(self.history)
+            files = ckpt.checkpoint_files(self.model, self.optimizer, self.state_dict())
+
+            def write() -> None:
+                ckpt.atomic_write_text(run_dir / ckpt.METRICS, metrics)
+                ckpt.write_checkpoint(run_dir, files)
+
+            self.writer.submit(write)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything besides tensors that a resumed run needs (JSON-serialisable)."""
