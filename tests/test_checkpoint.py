@@ -128,7 +128,7 @@ def test_crash_at_every_write_of_a_checkpoint_leaves_a_loadable_resumable_run(tm
 # checkpoint, either half-way through writing FILE's temporary copy ("partial") or right before FILE's rename
 # ("rename"). No finally block, no atexit: the run directory is left exactly as a real kill would leave it.
 DIE_DURING_SAVE = """
-import os, signal, sys
+import json, os, signal, sys
 from hybridrnn.train import checkpoint as ckpt
 from hybridrnn.train.run import train
 mode, target, out = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -157,7 +157,7 @@ if mode == "partial":
     ckpt.atomic_write = partial
 else:
     ckpt.os.replace = rename
-train(__import__("json").loads(sys.argv[4]), out=out)
+train(json.loads(sys.argv[4]), out=out)
 """
 
 
@@ -271,3 +271,31 @@ def test_tied_weights_are_stored_once_and_reload(tmp_path):
     again = Tied()
     ckpt.load_weights(tmp_path / "w.safetensors", again)
     assert torch.equal(again.out.weight, model.emb.weight) and again.out.weight is again.emb.weight
+
+
+def test_rng_states_round_trip_through_json_in_both_formats():
+    import base64
+    import json
+    import random
+
+    import numpy as np
+
+    from hybridrnn.train.seeding import get_rng_states, seed_everything, set_rng_states
+
+    def draws():
+        return random.random(), float(np.random.rand()), float(np.random.randn()), torch.rand(3).tolist()
+
+    seed_everything(5)
+    draws()
+    saved = json.loads(json.dumps(get_rng_states()))          # what state.json holds
+    first = draws()
+    set_rng_states(saved)
+    assert draws() == first
+    py, npk = saved["python"], saved["numpy"]                  # runs written before: the words as JSON lists
+    older = {"torch": saved["torch"],
+             "numpy": {**{k: v for k, v in npk.items() if k != "keys_b64"},
+                       "keys": np.frombuffer(base64.b64decode(npk["keys_b64"]), "<u4").tolist()},
+             "python": {"version": py["version"], "gauss_next": py["gauss_next"],
+                        "state": np.frombuffer(base64.b64decode(py["state_b64"]), "<u4").tolist()}}
+    set_rng_states(older)
+    assert draws() == first

@@ -235,6 +235,26 @@ def test_hourly_predict_round_trip_and_artifacts_only_reload(tmp_path):
     np.testing.assert_allclose(again["y"].to_numpy(), got["y"].to_numpy(), rtol=1e-6)
 
 
+def test_dataframe_input_trains_like_the_same_csv(tmp_path):
+    """The Python API takes a DataFrame (no file, no data.path): same windows, scaler and predictions as the CSV."""
+    df = hourly_frame(150)
+    df.to_csv(tmp_path / "h.csv", index=False)
+    from_csv = ForecastTask(make_config(tmp_path / "h.csv", covariates=["x"]))
+    cfg = make_config(tmp_path / "h.csv", covariates=["x"]).model_copy(deep=True)
+    cfg.data.path = None
+    with pytest.raises(ValueError, match="data.path is required .* unless a DataFrame"):
+        ForecastTask(cfg).setup()
+    from_df = ForecastTask(cfg, frame=df.assign(time=pd.to_datetime(df["time"])))
+    from_csv.setup()
+    from_df.setup()
+    assert from_df.layout["data_file"] is None and from_df.layout["frequency"] == "h"
+    np.testing.assert_array_equal(from_csv.scaler.center, from_df.scaler.center)
+    torch.manual_seed(0)
+    model = from_csv.build_model()
+    np.testing.assert_array_equal(from_csv.predict_windows(model, "test")[0], from_df.predict_windows(model, "test")[0])
+    assert from_df.evaluate(model, "test")["mae"] == pytest.approx(from_csv.evaluate(model, "test")["mae"])
+
+
 def test_steps_frequency_forecasts_by_step(tmp_path):
     df = hourly_frame(120).drop(index=[30, 31]).reset_index(drop=True)  # a gap: not hourly any more
     path = tmp_path / "s.csv"
@@ -311,3 +331,28 @@ def test_small_model_beats_naive_on_real_series():
     model = fit_briefly(task, task.build_model(), steps=250, lr=3e-3)
     m = task.evaluate(model, "test")
     assert m["mae"] < m["naive_mae"], (m["mae"], m["naive_mae"])
+
+
+# ---------------------------------------------------------------- the shipped example configs
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE_CONFIGS = sorted((REPO / "configs" / "forecast").rglob("*.yaml")) + [REPO / "configs" / "quickstart.yaml"]
+
+
+@pytest.mark.parametrize("path", EXAMPLE_CONFIGS, ids=lambda p: str(p.relative_to(REPO)))
+def test_example_configs_validate_and_load_their_data(path):
+    """Every example config is a valid forecast config; its data loads and splits wherever the data is present
+    (the quickstart's bundled data always is)."""
+    from hybridrnn.config import load_config
+    from hybridrnn.data.registry import resolve_data_path
+    cfg = load_config(path)
+    assert isinstance(cfg, ForecastConfig)
+    try:
+        resolve_data_path(cfg.data.path)
+    except FileNotFoundError:
+        assert path.name != "quickstart.yaml"
+        pytest.skip(f"{cfg.data.path} not present")
+    task = ForecastTask(cfg)
+    task.setup()
+    assert min(task.num_examples(s) for s in ("train", "val", "test")) > 0
+    assert task.skipped_baselines() == {}  # every example's look-back holds a season

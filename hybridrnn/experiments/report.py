@@ -241,6 +241,14 @@ def _save(fig, path: Path) -> None:
     tmp.replace(path)
 
 
+def _legend(ax, entries: int) -> None:
+    """A legend inside the axes for a few entries, to the right of them for more (so it hides no line)."""
+    if entries > 4:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    else:
+        ax.legend(fontsize=8)
+
+
 def _colors(models: list[str]) -> dict[str, Any]:
     cmap = _plt().get_cmap("tab10")
     return {m: cmap(i % 10) for i, m in enumerate(models)}
@@ -275,7 +283,7 @@ def plot_learning_curves(results: pd.DataFrame, root: Path, monitor: str, path: 
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
         if labelled:
-            ax.legend(fontsize=8)
+            _legend(ax, len(labelled))
     if drew:
         _save(fig, path)
     else:
@@ -310,7 +318,7 @@ def plot_metric_against(results: pd.DataFrame, x: str, xlabel: str, metric: str,
     if monitor_is_log_scale(frame, metric):
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _legend(ax, len(models))
     _save(fig, path)
 
 
@@ -333,7 +341,7 @@ def plot_metric_vs_length(results: pd.DataFrame, metric: str, threshold: Optiona
         ax.set_yscale("log")
     ax.set(xlabel="sequence length T", ylabel=metric.replace("_", " "), title=f"{metric.replace('_', ' ')} against length")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    _legend(ax, len(models) + (threshold is not None))
     _save(fig, path)
 
 

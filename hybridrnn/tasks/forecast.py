@@ -61,8 +61,13 @@ class ForecastTask(Task):
     monitor = "loss"
     monitor_mode = "min"
 
-    def __init__(self, config: ForecastConfig):
+    def __init__(self, config: ForecastConfig, frame: pd.DataFrame | None = None):
+        """``frame``: train on this DataFrame instead of the file at ``config.data.path`` (the Python API's
+        DataFrame input; ``data.path`` may then be left out)."""
         super().__init__(config)
+        if frame is not None and not isinstance(frame, pd.DataFrame):
+            raise TypeError(f"frame must be a pandas DataFrame, got {type(frame).__name__}")
+        self.frame = frame
         self.layout: dict[str, Any] | None = None
         self.scaler: Scaler | None = None
         self.table: SeriesTable | None = None
@@ -94,8 +99,11 @@ class ForecastTask(Task):
         saved = Path(run_dir) / ARTIFACTS_FILE if run_dir is not None else None
         if saved is not None and saved.exists() and self.layout is None:
             self.load_artifacts(run_dir)
+        if self.frame is None and d.path is None:
+            raise ValueError("data.path is required (a CSV / Parquet file or a registry name) unless a DataFrame "
+                             "is passed as ForecastTask(config, frame=df)")
         try:
-            table = self._load(d.path)
+            table = self._load(d.path if self.frame is None else self.frame)
         except FileNotFoundError:
             # a run moved away from where it was configured: use the absolute path recorded at training time
             recorded = (self.layout or {}).get("data_file")
@@ -123,7 +131,7 @@ class ForecastTask(Task):
                 "frequency": table.frequency, "season": int(season), "lookback": w.lookback, "horizon": w.horizon,
                 "time_column": d.time_column,
                 "input_size": len(d.target) + len(d.covariates) + sum(len(v) for v in categories.values()) + len(cal_cols),
-                "future_size": len(cal_cols), "bounds": list(bounds), "data_file": str(resolve_data_path(d.path)),
+                "future_size": len(cal_cols), "bounds": list(bounds), "data_file": None if self.frame is not None else str(resolve_data_path(d.path)),
             }
         self.values = torch.from_numpy(self._features(table))
         L, H = w.lookback, w.horizon

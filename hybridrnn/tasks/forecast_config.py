@@ -26,7 +26,8 @@ from hybridrnn.config import ModelConfig, RunConfig, Section
 class ForecastDataConfig(Section):
     """Where the series is and how to read, validate, split and scale it."""
 
-    path: str = Field(..., description="CSV / Parquet file, 'bundled:NAME', 'shared:NAME' (see `hybridrnn datasets`)")
+    path: Optional[str] = Field(None, description="CSV / Parquet file, 'bundled:NAME', 'shared:NAME' (see `hybridrnn "
+                                                "datasets`); may be left out only when a DataFrame is passed to the task")
     time_column: Optional[Union[str, list[str]]] = Field(
         None, description="date column, or columns assembled into a date ([year, month, day, hour]); None: rows are steps")
     target: list[str] = Field(..., min_length=1, description="column(s) to forecast")
@@ -54,7 +55,9 @@ class ForecastDataConfig(Section):
 
     @field_validator("path")
     @classmethod
-    def _resolve_relative(cls, v: str, info: ValidationInfo) -> str:
+    def _resolve_relative(cls, v: Optional[str], info: ValidationInfo) -> Optional[str]:
+        if v is None:
+            return v
         context = info.context or {}
         config_dir = context.get("config_dir")
         if config_dir and ":" not in v.split("/")[0] and not Path(v).expanduser().is_absolute():
