@@ -296,6 +296,7 @@ def render_markdown(meta: dict, rows: list[dict], step_rows: list[dict]) -> str:
              f"torch {meta['torch']}, {meta['threads']} threads, CPU: {meta['cpu']} ({meta['cpus']} cores)  ",
              f"Clock: {'process CPU time (leaves out time spent waiting for a core)' if meta['clock'] == 'cpu' else 'wall time'}  ",
              f"Load average before / after: {meta['load_before']} / {meta['load_after']}  ",
+             f"Budget: {meta['budget']}  ",
              f"Rounds: {meta['rounds']} (times: medians over rounds; ratio: median over rounds of case / baseline "
              "in the same round; spread = (max - min) / median over rounds)  ",
              "The machine is shared (2 cores, several jobs at once): absolute times drift with the load, the paired "
@@ -353,6 +354,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.error("--clock cpu sums the CPU time of every thread: use it with --threads 1, or --clock wall")
     target_s = 0.005 if args.quick else 0.03          # each timed call repeated until about this long
     notes: list[str] = []
+    wall_start = time.perf_counter()
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     rows = []
     for b, h, t in SIZES:
@@ -365,7 +367,11 @@ def main(argv: Optional[list[str]] = None) -> int:
             "python": platform.python_version(), "rounds": rounds, "quick": args.quick, "clock": args.clock,
             "load_before": [round(v, 2) for v in load_before] if load_before else None,
             "load_after": [round(v, 2) for v in load_after] if load_after else None,
-            "sizes": [list(s) for s in SIZES], "notes": notes, "targets": check_targets(rows, step_rows)}
+            "sizes": [list(s) for s in SIZES], "notes": notes,
+            "budget": f"{rounds} rounds x (2 sizes x {len(rows) // len(SIZES)} cases x infer+train, each timed call "
+                      f"repeated to about {target_s * 1e3:.0f} ms) + step(): {rounds} rounds x "
+                      f"{200 if args.quick else 2000} calls x {len(step_rows)} cases; total wall time "
+                      f"{time.perf_counter() - wall_start:.0f} s", "targets": check_targets(rows, step_rows)}
     md = render_markdown(meta, rows, step_rows)
     print(md)
     stem = "layers_quick" if args.quick else "layers"     # a smoke test never overwrites the real figures

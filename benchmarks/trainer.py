@@ -224,7 +224,10 @@ def write_results(rows, args, total) -> None:
     for r in rows:
         lines.append(f"| {r['size']} | `{r['encoder']}` | {r['timed']} | {r['bare_s'] * 1e3:.1f} | "
                      f"{r['trainer_s'] * 1e3:.1f} | {r['overhead_pct']:+.1f}% | {r['spread_pct']:.0f}% |")
-    lines += ["", f"Target: at most 10% over the bare loop. Total benchmark time {total:.0f} s.", ""]
+    lines += ["", f"Target: at most 10% over the bare loop. Total benchmark time {total:.0f} s. The spread column "
+              "(slowest minus fastest round, over the median) shows how much a shared machine moves single "
+              "epochs; a few percent either way between medians, negative overheads included, is within that "
+              "noise.", ""]
     (RESULTS / "trainer.md").write_text("\n".join(lines))
     (RESULTS / "trainer.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
 

@@ -188,6 +188,25 @@ def train_trial(config_path: Path, overrides: Sequence[str], run_dir: Path, tria
 # the study
 # ---------------------------------------------------------------------------------------------------------
 
+def _create_or_load_study(optuna, study_name: str, storage: Optional[str], direction: str, pruner, attempts: int = 6):
+    """``optuna.create_study(..., load_if_exists=True)``, retried when workers started together race to create
+    the storage's tables (a database error from SQLAlchemy): the loser's retry finds them made."""
+    import random
+    import time
+
+    for attempt in range(attempts):
+        try:
+            return optuna.create_study(study_name=study_name, storage=storage, direction=direction, pruner=pruner,
+                                       load_if_exists=True)
+        except Exception as error:
+            # the races: "table studies already exists" (OperationalError), "UNIQUE constraint failed:
+            # alembic_version" (IntegrityError), "database is locked"; all sqlalchemy errors
+            if storage is None or attempt == attempts - 1 or not type(error).__module__.startswith("sqlalchemy"):
+                raise
+            time.sleep(random.uniform(0.2, 1.0) * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 def run_tune(config_path: str | os.PathLike, trials: int, storage: Optional[str] = None,
              study_name: Optional[str] = None, overrides: Sequence[str] = (),
              out_dir: str | os.PathLike | None = None, progress=print):
@@ -244,8 +263,7 @@ def run_tune(config_path: str | os.PathLike, trials: int, storage: Optional[str]
     except TypeError as error:
         raise ValueError(f"tune.pruner: {error}") from None
 
-    study = optuna.create_study(study_name=study_name, storage=storage, direction=direction, pruner=pruner,
-                                load_if_exists=True)
+    study = _create_or_load_study(optuna, study_name, storage, direction, pruner)
 
     def objective(trial) -> float:
         sampled, values = sample_overrides(space, trial)
