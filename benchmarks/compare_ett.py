@@ -6,7 +6,7 @@ commit-ready part of its report (report.md, its PNGs, results.csv) to ``benchmar
 Budget (stated in the output and in the report): ETTh1 oil temperature (OT) only, look-back 96, horizon 96,
 standard 12/4/4-month split, instance normalisation, no linear skip (the forecast comes from the recurrent encoder
 alone), training windows at stride 2, hidden size 32, at most 6 epochs (patience 3),
-6 models x 2 seeds, one CPU thread; about 15 minutes on a shared 2-core machine.
+6 models x 2 seeds, one CPU thread; 2.7 minutes on a quiet 2-core machine, 7.2 with six other jobs on it.
 
     python benchmarks/compare_ett.py [--out runs/compare_ett] [--results benchmarks/results/compare_ett]
 

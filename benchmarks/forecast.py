@@ -104,7 +104,10 @@ def write_markdown(rows: list[dict], args, wall: float, path: Path) -> None:
     lines = ["# ETTh1, standard protocol: hybridrnn recurrent forecasters vs published numbers", "",
              f"Command: `OMP_NUM_THREADS=1 python benchmarks/forecast.py --top {args.top} --epochs-m {args.epochs_m} "
              f"--stride-m {args.stride_m} --epochs-s {args.epochs_s} --stride-s {args.stride_s}` (torch "
-             f"{torch.__version__}, 1 thread, 2 CPU cores shared with other jobs; total wall {wall / 60:.1f} min).", "",
+             f"{torch.__version__}, 1 thread, 2 CPU cores shared with other jobs; total wall {wall / 60:.1f} min; the "
+             "budget was estimated at ~20-25 min from timings at a lighter load; the machine was loaded 3-6x over "
+             "its 2 cores "
+             "during this run).", "",
              "Protocol: look-back 96; rows [0, 8640) / [8640, 11520) / [11520, 14400) train / val / test; z-scored "
              "with the training rows' statistics; every test window (stride 1); MSE / MAE on the z-scale, averaged "
              "over variables and steps. M = the 7 columns in and out; S = OT only.", "",
@@ -175,7 +178,9 @@ def write_markdown(rows: list[dict], args, wall: float, path: Path) -> None:
                 parts.append("no published recurrent number at this horizon")
             parts.append(("beats" if b["mse"] < b["linear_mse"] else "does not beat") +
                          f" our linear baseline ({b['linear_mse']:.3f})")
-            lines.append(f"- H{h}: best is {b['key']}, MSE {b['mse']:.3f}: " + "; ".join(parts) + ".")
+            others = ", ".join(f"{r['key']} {r['mse']:.3f}" for r in cands if r is not b)
+            lines.append(f"- H{h}: the better on test is {b['key']}, MSE {b['mse']:.3f}"
+                         + (f" (other: {others})" if others else "") + ": " + "; ".join(parts) + ".")
         lines.append("")
     lines += ["Published recurrent rows on ETTh1 exist at Informer's horizons (24, 48, 168, 336, 720) with a look-back "
               "tuned per horizon; only 336 and 720 coincide with this protocol's horizons. Informer's table values "

@@ -153,7 +153,7 @@ def test_class_weights_option_weights_the_loss(tmp_path):
     logits = model(x, lengths)
     w = task.weights[y]
     manual = (torch.nn.functional.cross_entropy(logits, y, reduction="none") * w).sum() / w.sum()
-    assert n == len(y) and float(loss) == pytest.approx(float(manual), rel=1e-5)
+    assert n == len(y) and float(loss.detach()) == pytest.approx(float(manual.detach()), rel=1e-5)
 
 
 def test_glove_vectors_reach_the_model_with_coverage(tmp_path):

@@ -9,7 +9,6 @@ import pytest
 import torch
 import yaml
 
-from hybridrnn.experiments import compare as compare_module
 from hybridrnn.experiments.compare import BASE_COLUMNS, ModelEntry, parse_model, parse_models, run_compare
 from hybridrnn.experiments.report import higher_is_better, longest_solved, welch_p_value, write_report
 

@@ -203,6 +203,9 @@ def test_cli_train_with_set_then_evaluate_json(tmp_path, toy_task):
     assert result.exit_code == 0, result.output
     assert "epoch 2/2  train_loss" in result.stdout and "training summary" in result.stdout
     assert read_run_config(run).train.lr == 0.003
+    env = ckpt.read_json(run / ckpt.ENVIRONMENT)                  # what the run ran on
+    assert env["torch"] == torch.__version__ and env["torch_threads"] == 1 and env["world_size"] == 1
+    assert {"python", "numpy", "device", "processor", "native_bf16", "git_commit", "command"} <= set(env)
     assert [r["lr"] for r in ckpt.read_jsonl(run / ckpt.METRICS)] == [0.003, 0.003]
 
     result = cli("evaluate", run, "--json")

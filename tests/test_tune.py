@@ -134,3 +134,32 @@ def test_two_worker_processes_share_one_study(tune_config, tmp_path):
     # each worker ran two trials of its own
     started = [sorted(int(n) for n in re.findall(r"^trial (\d+):", log, flags=re.M)) for log in logs]
     assert sorted(started[0] + started[1]) == numbers and all(len(s) == 2 for s in started)
+
+
+def test_study_creation_retries_the_storage_race(monkeypatch):
+    """Workers started together race to create the tables; the loser gets a SQLAlchemy error and retries."""
+    optuna = pytest.importorskip("optuna")
+    import sqlalchemy.exc
+
+    from hybridrnn.experiments import tune as tune_module
+
+    calls = []
+    real = optuna.create_study
+
+    def flaky(**kwargs):
+        calls.append(kwargs["study_name"])
+        if len(calls) == 1:
+            raise sqlalchemy.exc.OperationalError("CREATE TABLE studies", {}, Exception("table studies already exists"))
+        return real(**{**kwargs, "storage": None})
+
+    monkeypatch.setattr(optuna, "create_study", flaky)
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    study = tune_module._create_or_load_study(optuna, "s", "sqlite:///unused.db", "minimize", None)
+    assert calls == ["s", "s"] and study.direction == optuna.study.StudyDirection.MINIMIZE
+
+    def broken(**kwargs):
+        raise ValueError("not a storage race")
+
+    monkeypatch.setattr(optuna, "create_study", broken)
+    with pytest.raises(ValueError, match="not a storage race"):      # other errors are not retried
+        tune_module._create_or_load_study(optuna, "s", "sqlite:///unused.db", "minimize", None)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
 import re
 import shutil
 from dataclasses import dataclass
@@ -444,7 +443,7 @@ def write_report(out_dir: str | Path) -> tuple[Path, Path]:
     train = base.get("train", {}) if isinstance(base.get("train"), dict) else {}
     blocks.append(Block("p", f"Config `{plan.get('config', '?')}`; data: "
                               + (", ".join(f"{k}={v}" for k, v in data.items()) or "defaults")
-                              + f"; training: " + (", ".join(f"{k}={v}" for k, v in train.items()) or "defaults")
+                              + "; training: " + (", ".join(f"{k}={v}" for k, v in train.items()) or "defaults")
                               + (f"; overrides: {', '.join(plan['overrides'])}" if plan.get("overrides") else "")
                               + f". {results['seed'].nunique()} seed(s) per model, {len(results)} runs."))
 
@@ -480,8 +479,8 @@ def write_report(out_dir: str | Path) -> tuple[Path, Path]:
                               f"by Welch's two-sided t-test: 'yes' means p < {SIGNIFICANCE_LEVEL}, a difference "
                               f"larger than the seed spread; 'no' means the seeds cannot tell them apart. "
                               + (f"`{primary}` equals {', '.join(f'`{c}`' for c in same)} in every run. " if same else "")
-                              + f"Inference time: the median of 7 forward passes (with the loss, no gradient) on one training batch "
-                              f"of `train.batch_size` sequences; per sequence is that divided by the batch size."
+                              + "Inference time: the median of 7 forward passes (with the loss, no gradient) on one training batch "
+                              "of `train.batch_size` sequences; per sequence is that divided by the batch size."
                               + (f" Timed on {hardware}." if hardware else "")))
 
     if constant:

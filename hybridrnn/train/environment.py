@@ -25,8 +25,20 @@ def git_commit(path: Path | None = None) -> str | None:
     return commit + ("-dirty" if dirty else "") if commit else None
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name from /proc/cpuinfo (Linux), else ``platform.processor()``, else None."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
 def collect_environment(device: torch.device | str, world_size: int = 1) -> dict[str, Any]:
     import hybridrnn
+    from hybridrnn.train.trainer import bf16_supported
 
     device = torch.device(device)
     env: dict[str, Any] = {
@@ -36,13 +48,14 @@ def collect_environment(device: torch.device | str, world_size: int = 1) -> dict
         "numpy": np.__version__,
         "platform": platform.platform(),
         "machine": platform.machine(),
-        "processor": platform.processor() or None,
+        "processor": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
         "device": str(device),
         "world_size": world_size,
         "mkldnn": torch.backends.mkldnn.is_available(),
+        "native_bf16": bf16_supported(device),
         "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
         "git_commit": git_commit(),
     }
