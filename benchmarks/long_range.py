@@ -272,7 +272,8 @@ def main() -> None:
               "`||dL/ds_0|| / ||dL/ds_T||`: the gradient of the loss with respect to the state entering the first "
               "step, relative to the last step (close to 1: the loss still reaches the start of the sequence; "
               "orders of magnitude below: it vanishes). Gates: mean of the LSTM forget gate f / GRU update gate z "
-              "(near 1 keeps the memory) and the fractions below 0.1 and above 0.9.", "",
+              "in torch's parameterisation (h' = (1 - z) * n + z * h, the textbook gate is 1 - z), so for both "
+              "a value near 1 keeps the memory; and the fractions below 0.1 and above 0.9.", "",
               "| model | first / last gradient | memory gates: mean (<0.1, >0.9) |", "|---|---|---|"]
     for m in memory:
         gates = "; ".join(f"{kind} {'f' if kind == 'lstm' else 'z'} {mean:.2f} ({lo:.0%}, {hi:.0%})"

@@ -43,11 +43,20 @@ class ModelConfig(Section):
     coupled: bool = Field(False, description="LSTM coupled input-forget gate f = 1 - i")
     reset_after: bool = Field(True, description="GRU: reset applied after the recurrent matmul (torch form)")
     init: Literal["torch", "xavier_orthogonal", "chrono"] = "xavier_orthogonal"
+    chrono_tmax: Optional[float] = Field(None, gt=2.0, description="init 'chrono': the longest dependency to "
+                                                                   "remember, in steps (Tallec & Ollivier 2018)")
     forget_bias: Optional[float] = 1.0
     fusion: Literal["concat", "sum", "gate"] = "concat"
     share_input_projection: bool = False
     tie_layers: bool = False
     path: Literal["auto", "fused", "custom"] = "auto"
+
+    @model_validator(mode="after")
+    def _chrono_needs_tmax(self) -> "ModelConfig":
+        if self.init == "chrono" and self.chrono_tmax is None:
+            raise ValueError("init: chrono needs chrono_tmax, the longest dependency to remember in steps "
+                             "(e.g. the sequence length)")
+        return self
 
 
 class TrainConfig(Section):

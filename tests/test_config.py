@@ -155,3 +155,23 @@ def test_help_on_every_command(command):
     result = cli(*command, "--help")
     assert result.exit_code == 0, result.output
     assert f"Usage: hybridrnn {' '.join(command)}".rstrip() in " ".join(result.stdout.split())
+
+
+def test_chrono_init_from_a_config_reaches_the_encoder():
+    """``init: chrono`` needs ``chrono_tmax``; given one, the task's encoder gets the chrono gate biases."""
+    import math
+
+    from pydantic import ValidationError
+
+    from hybridrnn.config import ModelConfig
+    from hybridrnn.nn import build_encoder
+    from hybridrnn.tasks._common import encoder_options
+
+    with pytest.raises(ValidationError, match="chrono_tmax"):
+        ModelConfig(encoder="lstm:8", init="chrono")
+    model = ModelConfig(encoder="lstm:8>gru:8", init="chrono", chrono_tmax=50, forget_bias=None)
+    lstm, gru = build_encoder(model.encoder, 3, **encoder_options(model)).blocks
+    b_f = (lstm.bias_ih_l0 + lstm.bias_hh_l0)[8:16].detach()
+    b_z = (gru.bias_ih_l0 + gru.bias_hh_l0)[8:16].detach()
+    for b in (b_f, b_z):   # log(u), u ~ U[1, 49]: positive, and not the zero bias of xavier_orthogonal
+        assert 0.0 <= b.min() and b.max() <= math.log(49) and b.max() > 1.0

@@ -12,8 +12,9 @@ Two measurements on a batch of inputs:
    weights (torch naming and gate order: LSTM ``(i, f, g, o)``, coupled ``(i, g, o)`` with ``f = 1 - i``; GRU
    ``(r, z, n)``) on its actual inputs, with a step-by-step reference loop; the loop's outputs are checked
    against the layer's (a mismatch is an error, not a silent wrong answer). We report the mean of every gate,
-   and for the forget gate ``f`` (LSTM) and the update gate ``z`` (GRU: ``h' = (1 - z) * n + z * h``, so
-   ``z`` near 1 keeps the memory) the fraction of values below 0.1 and above 0.9 ("saturated").
+   and for the forget gate ``f`` (LSTM) and the update gate ``z`` (GRU, torch's parameterisation:
+   ``h' = (1 - z) * n + z * h``, so ``z`` near 1 keeps the memory; the textbook update gate is ``1 - z``) the
+   fraction of values below 0.1 and above 0.9 ("saturated").
 
 ``python -m hybridrnn.experiments.memory RUN_DIR`` writes ``RUN_DIR/memory.json`` and ``RUN_DIR/memory.png``
 for a run of the long-range suite.

@@ -14,8 +14,6 @@ scaled one, the same keys prefixed by each baseline (``naive_``, ``seasonal_naiv
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -34,23 +32,11 @@ from hybridrnn.tasks._common import encoder_options
 from hybridrnn.tasks.forecast_config import ForecastConfig
 from hybridrnn.tasks.forecast_metrics import (BASELINES, LinearBaseline, forecast_metrics, mase_scale,
                                               metrics_by_step, naive_forecast, seasonal_naive_forecast)
+from hybridrnn.train.checkpoint import atomic_write_text, read_json
 from hybridrnn.train.task import Task, iterate_minibatches
 
 ARTIFACTS_FILE = "forecast_artifacts.json"
 SPLITS = ("train", "val", "test")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class ForecastTask(Task):
@@ -369,19 +355,21 @@ class ForecastTask(Task):
             return None
         output_path = Path(output_path)
         output_path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(output_path, frame.to_csv(index=False))
+        atomic_write_text(output_path, frame.to_csv(index=False))
         return output_path
 
     # ------------------------------------------------------------ artifacts
     def save_artifacts(self, run_dir: Path) -> None:
         payload = {"format": "hybridrnn.forecast/1", "layout": self.layout, "scaler": self.scaler.to_dict()}
-        _atomic_write_text(Path(run_dir) / ARTIFACTS_FILE, json.dumps(payload, indent=1))
+        atomic_write_text(Path(run_dir) / ARTIFACTS_FILE, json.dumps(payload, indent=1))
 
     def load_artifacts(self, run_dir: Path) -> None:
         path = Path(run_dir) / ARTIFACTS_FILE
         if not path.exists():
             raise FileNotFoundError(f"{path} not found: the run directory lacks the forecast task's artifacts")
-        payload = json.loads(path.read_text())
+        payload = read_json(path)
+        if not isinstance(payload, dict) or payload.get("format") != "hybridrnn.forecast/1":
+            raise ValueError(f"{path}: not a hybridrnn forecast artifact (format 'hybridrnn.forecast/1')")
         self.layout = payload["layout"]
         self.scaler = Scaler.from_dict(payload["scaler"])
         if self.table is not None:  # data already loaded: re-derive its features with the saved scaler
