@@ -107,12 +107,30 @@ def evaluate(
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(title=f"{run} ({split})", title_justify="left")
-        table.add_column("metric")
-        table.add_column("value", justify="right")
-        for key, value in metrics.items():
-            table.add_row(key, f"{value:.6g}")
-        Console().print(table)
+        from hybridrnn.train.run import metrics_by_forecaster, run_task_class
+
+        rows, other = metrics_by_forecaster(metrics, run_task_class(run).baselines)
+        console = Console()
+        console.width = max(console.width, 110)   # never cut metric names (pipes default to 80 columns)
+        if len(rows) > 1:  # the model and each baseline side by side, one row each
+            columns = list(rows["model"])
+            table = Table(title=f"{run} ({split})", title_justify="left")
+            table.add_column("", no_wrap=True)
+            for c in columns:
+                table.add_column(c, justify="right", no_wrap=True)
+            for name, row in rows.items():
+                table.add_row(name, *(f"{row[c]:.4g}" if c in row else "-" for c in columns),
+                              style="bold" if name == "model" else None)
+            console.print(table)
+        else:
+            other = {**rows["model"], **other}
+        if other:
+            table = Table(title=None if len(rows) > 1 else f"{run} ({split})", title_justify="left")
+            table.add_column("metric")
+            table.add_column("value", justify="right")
+            for key, value in other.items():
+                table.add_row(key, f"{value:.6g}")
+            console.print(table)
 
     _run(go)
 

@@ -214,6 +214,25 @@ def test_cli_evaluate_json_has_every_forecaster_per_step(tmp_path):
         assert f["scaled"]["overall"]["mse"] == pytest.approx(out["scaled_mse" if name == "model" else f"{name}_scaled_mse"])
     assert out["beats_baselines"] == float(rep["beats_baselines"])
 
+    res = CliRunner().invoke(app, ["evaluate", str(run)])   # the table: one row per forecaster
+    assert res.exit_code == 0, res.output
+    lines = {line.split("│")[1].strip(): line for line in res.output.splitlines() if line.count("│") > 2}
+    assert {"model", "naive", "seasonal_naive", "linear"} <= set(lines)
+    assert f"{out['seasonal_naive_mae']:.4g}" in lines["seasonal_naive"].split("│")[2]
+    assert f"{out['mae']:.4g}" in lines["model"].split("│")[2] and "beats_baselines" in res.output
+
+
+def test_metrics_by_forecaster_pivots_baseline_prefixes():
+    from hybridrnn.train.run import metrics_by_forecaster
+    rows, other = metrics_by_forecaster(
+        {"mae": 1.0, "mse": 2.0, "naive_mae": 3.0, "naive_mse": 4.0, "seasonal_naive_mae": 5.0, "loss": 6.0,
+         "naive_extra": 7.0}, ("naive", "seasonal_naive"))
+    assert rows == {"model": {"mae": 1.0, "mse": 2.0}, "naive": {"mae": 3.0, "mse": 4.0},
+                    "seasonal_naive": {"mae": 5.0}}
+    assert other == {"naive_extra": 7.0, "loss": 6.0}
+    rows, other = metrics_by_forecaster({"accuracy": 0.5}, ())
+    assert rows == {"model": {"accuracy": 0.5}} and other == {}
+
 
 def test_hourly_predict_round_trip_and_artifacts_only_reload(tmp_path):
     df = hourly_frame(150)

@@ -46,6 +46,7 @@ class ForecastTask(Task):
     config_class = ForecastConfig
     monitor = "loss"
     monitor_mode = "min"
+    baselines = BASELINES
 
     def __init__(self, config: ForecastConfig, frame: pd.DataFrame | None = None):
         """``frame``: train on this DataFrame instead of the file at ``config.data.path`` (the Python API's

@@ -44,6 +44,9 @@ class Task(ABC):
     #: keys of evaluate() printed per epoch and in the summary besides loss and the monitor (None: the first
     #: few); every metric is always written to metrics.jsonl
     display_metrics: ClassVar[tuple[str, ...] | None] = None
+    #: names of the baselines whose metrics evaluate() reports as ``{baseline}_{metric}`` next to the model's
+    #: ``{metric}`` (``hybridrnn evaluate`` prints them side by side)
+    baselines: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Any):
         self.config = config
