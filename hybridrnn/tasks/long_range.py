@@ -140,7 +140,11 @@ def copy_baseline_loss(delay: int) -> float:
 def sequential_digits(seed: int, sizes: dict[str, int]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """load_digits as ``x: (n, 64, 1)`` float32 in [0, 1] and ``y: (n,)`` int64, split at random (``seed``)
     into ``train``/``val``/``test`` of the given sizes."""
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise ImportError("the long_range 'digits' problem reads scikit-learn's bundled 8x8 digits: "
+                          "pip install 'hybridrnn[digits]' (or scikit-learn)") from None
 
     digits = load_digits()
     x = (digits.data.astype(np.float32) / 16.0).reshape(-1, DIGITS_STEPS, 1)
@@ -353,9 +357,14 @@ class LongRangeTask(Task):
             ax.set_xticks([])
             fig.colorbar(im, ax=ax, label="symbol")
         else:
-            from sklearn.metrics import ConfusionMatrixDisplay
-
-            ConfusionMatrixDisplay.from_predictions(y.numpy(), pred.argmax(-1).numpy(), ax=ax, colorbar=False)
+            counts = np.zeros((10, 10), dtype=np.int64)   # rows: true digit, columns: predicted
+            np.add.at(counts, (y.numpy(), pred.argmax(-1).numpy()), 1)
+            ax.imshow(counts, cmap="Blues")
+            for (i, j), c in np.ndenumerate(counts):
+                if c:
+                    ax.text(j, i, str(c), ha="center", va="center", fontsize=7,
+                            color="white" if c > counts.max() / 2 else "black")
+            ax.set(xlabel="predicted label", ylabel="true label", xticks=range(10), yticks=range(10))
             ax.set_title("sequential digits (64 steps): test confusion matrix")
         fig.tight_layout()
         path = run_dir / f"long_range_{self.problem}.png"
