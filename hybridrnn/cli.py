@@ -248,6 +248,26 @@ def config_show(
 
 
 @app.command()
+def memory(
+    run: Path = typer.Argument(..., help="Run directory of a long_range task."),
+    split: str = typer.Option("test", "--split", help="train | val | test"),
+    examples: int = typer.Option(128, "--examples", min=1, help="How many sequences to measure on."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where memory.json / memory.png go (default: RUN)."),
+) -> None:
+    """How far back a trained long-range model learns from: the gradient reaching each step, and the
+    forget (LSTM) / update (GRU) gate statistics."""
+
+    def go():
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"--split must be train, val or test, got {split!r}")
+        from hybridrnn.experiments.memory import memory_diagnostic, print_memory
+
+        print_memory(memory_diagnostic(run, split, examples, out), out or run)
+
+    _run(go)
+
+
+@app.command()
 def datasets() -> None:
     """List the named datasets (bundled and in the shared data folder)."""
 

@@ -200,11 +200,19 @@ def build_config(data: dict[str, Any], source: str = "<config>", *, text: str | 
         raise ConfigError(format_validation_error(exc, cls, source, text=text, overridden=overridden)) from None
 
 
+#: top-level sections read by ``hybridrnn compare`` / ``hybridrnn tune`` (they describe several runs); one run's
+#: config leaves them out, so the same file serves train, compare and tune
+EXPERIMENT_SECTIONS = ("compare", "tune")
+
+
 def load_config(path: str | Path, overrides: Iterable[str] = ()) -> RunConfig:
-    """Read, override and validate a YAML config file."""
+    """Read, override and validate a YAML config file (its ``compare:`` / ``tune:`` sections left to those
+    commands)."""
     path = Path(path)
     overrides = list(overrides)
     data = read_yaml(path)
+    for key in EXPERIMENT_SECTIONS:
+        data.pop(key, None)
     data = apply_overrides(data, overrides)
     text = path.read_text(encoding="utf-8")
     return build_config(data, str(path), text=text, overridden=[o.partition("=")[0].strip() for o in overrides])

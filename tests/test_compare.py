@@ -129,7 +129,7 @@ def test_compare_over_lengths_and_config_models(tmp_path):
     run_compare(path, out_dir=out, progress=lambda *_: None)
     results = pd.read_csv(out / "results.csv")
     assert sorted(results["length"]) == [3, 6] and set(results["model"]) == {"gru:4"}
-    assert "compare" not in yaml.safe_load((out / "base_config.yaml").read_text())
+    assert all("compare" not in yaml.safe_load(p.read_text()) for p in out.glob("runs/*/config.yaml"))
     md = (out / "report.md").read_text()
     assert "Longest length solved" in md and (out / "report_files" / "metric_vs_length.png").is_file()
     configs = [yaml.safe_load(p.read_text()) for p in out.glob("runs/*/config.yaml")]

@@ -175,3 +175,23 @@ def test_chrono_init_from_a_config_reaches_the_encoder():
     b_z = (gru.bias_ih_l0 + gru.bias_hh_l0)[8:16].detach()
     for b in (b_f, b_z):   # log(u), u ~ U[1, 49]: positive, and not the zero bias of xavier_orthogonal
         assert 0.0 <= b.min() and b.max() <= math.log(49) and b.max() > 1.0
+
+
+def test_one_file_serves_train_compare_and_tune(tmp_path, toy_task):
+    """A run's config leaves the ``compare:`` / ``tune:`` sections to those commands; other unknown top-level
+    keys are still errors."""
+    path = write(tmp_path, """\
+        task: toy
+        model: {encoder: gru:8}
+        compare: {models: ["gru:8", "lstm:8"], seeds: 2}
+        tune: {trials: 3}
+        """)
+    config = load_config(path)
+    assert config.model.encoder == "gru:8" and "compare" not in config.model_dump()
+    from hybridrnn.experiments.compare import split_experiment_config
+    sections, train_from = split_experiment_config(path, tmp_path)
+    assert sections == {"compare": {"models": ["gru:8", "lstm:8"], "seeds": 2}, "tune": {"trials": 3}}
+    assert train_from == path
+    path.write_text(path.read_text() + "comparee: {}\n")
+    with pytest.raises(ConfigError, match="comparee: unknown key"):
+        load_config(path)

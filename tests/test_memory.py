@@ -125,3 +125,14 @@ def test_memory_diagnostic_of_a_run(tmp_path):
     assert [g["memory_gate"] for g in saved["gates"]] == ["forget f", "update z"]
     assert (run / "memory.png").stat().st_size > 1000
     assert result["examples"] == 8
+
+    from typer.testing import CliRunner
+
+    from hybridrnn.cli import app
+
+    res = CliRunner().invoke(app, ["memory", str(run), "--examples", "4", "--out", str(tmp_path / "m")])
+    assert res.exit_code == 0, res.output
+    assert "forget f" in res.output and "update z" in res.output
+    assert len(json.loads((tmp_path / "m" / "memory.json").read_text())["state_gradient_norm"]) == 9
+    res = CliRunner().invoke(app, ["memory", str(run), "--split", "dev"])
+    assert res.exit_code == 2 and "'dev'" in res.output

@@ -3,8 +3,6 @@
 Layout of the output folder ``DIR``::
 
     DIR/compare.json          the plan (config, models, seeds, lengths, overrides)
-    DIR/base_config.yaml      the config without its ``compare:``/``tune:`` sections, when it has them (runs
-                              train from it then; relative data paths in it resolve as from DIR)
     DIR/runs/<row id>/        one run directory per row (hybridrnn.train.run.train), plus row.json when done
     DIR/results.csv           one row per model x seed (x length), rebuilt after every finished row
     DIR/report.md, report.html (hybridrnn.experiments.report)
@@ -35,11 +33,11 @@ from typing import Any, Iterable, Optional, Sequence
 
 import yaml
 
-from hybridrnn.config import read_yaml
+from hybridrnn.config import EXPERIMENT_SECTIONS, read_yaml
 from hybridrnn.train.checkpoint import atomic_write_text
 
 #: top-level config keys that describe an experiment (several runs), not one run
-EXPERIMENT_KEYS = ("compare", "tune")
+EXPERIMENT_KEYS = EXPERIMENT_SECTIONS
 ROW_FILE = "row.json"
 #: leading columns of results.csv (metric columns val_* and test_* follow)
 BASE_COLUMNS = ["model", "encoder", "options", "seed", "length", "task", "parameters", "epochs",
@@ -53,33 +51,18 @@ BASE_COLUMNS = ["model", "encoder", "options", "seed", "length", "task", "parame
 
 def split_experiment_config(config_path: str | os.PathLike, out_dir: Path) -> tuple[dict[str, dict], Path]:
     """The experiment sections of ``config_path`` (``compare``, ``tune``; missing ones left out) and the config
-    file every run trains from.
-
-    That is ``config_path`` itself when it has no experiment section, or when the run config schema accepts
-    them; otherwise ``out_dir/base_config.yaml``, the same config without those sections (``RunConfig`` forbids
-    unknown keys, and these sections describe several runs, not one).
-    """
-    from hybridrnn.config import ConfigError, load_config
-
+    file every run trains from: ``config_path`` itself (``load_config`` leaves those sections out of a run's
+    config). ``out_dir`` is unused; it is kept for callers."""
     raw = read_yaml(config_path)
     sections: dict[str, dict] = {}
     for key in EXPERIMENT_KEYS:
         if key in raw:
-            value = raw.pop(key)
+            value = raw[key]
             if value is not None and not isinstance(value, dict):
                 raise ValueError(f"config file {str(config_path)!r}: section {key!r} must be a mapping, "
                                  f"got {type(value).__name__}")
             sections[key] = value or {}
-    if not sections:
-        return sections, Path(config_path)
-    try:
-        load_config(config_path)
-        return sections, Path(config_path)        # the schema knows the experiment sections
-    except ConfigError:
-        pass
-    base = Path(out_dir) / "base_config.yaml"
-    atomic_write_text(base, yaml.safe_dump(raw, sort_keys=False))
-    return sections, base
+    return sections, Path(config_path)
 
 
 # ---------------------------------------------------------------------------------------------------------

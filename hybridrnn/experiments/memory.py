@@ -340,15 +340,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--examples", type=int, default=128)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
-    result = memory_diagnostic(args.run_dir, args.split, args.examples, args.out)
+    print_memory(memory_diagnostic(args.run_dir, args.split, args.examples, args.out), args.out or args.run_dir)
+    return 0
+
+
+def print_memory(result: dict[str, Any], out: str | Path) -> None:
+    """The diagnostic's summary on standard output: the gradient at the first and last step, each memory gate."""
     norms = result["state_gradient_norm"]
     print(f"gradient norm at step 0: {norms[0]:.3g}, at the last step: {norms[-1]:.3g}")
     for g in result["gates"]:
         print(f"block {g['block']} {g['kind']} layer {g['layer']} {g['direction']}: mean {g['memory_gate']} "
               f"{g['mean'][g['memory_gate']]:.3f}, saturated <{SATURATION:g} {g['saturated_low']:.1%}, "
               f">{1 - SATURATION:g} {g['saturated_high']:.1%}")
-    print(f"wrote {Path(args.out or args.run_dir) / 'memory.png'}")
-    return 0
+    print(f"wrote {Path(out) / 'memory.json'} and {Path(out) / 'memory.png'}")
 
 
 if __name__ == "__main__":
