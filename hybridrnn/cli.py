@@ -138,7 +138,7 @@ def evaluate(
 @app.command()
 def predict(
     run: Path = typer.Argument(..., help="Run directory."),
-    input: Path = typer.Option(..., "--input", help="New inputs (format defined by the task)."),
+    input: Path = typer.Option(..., "--input", help="New inputs: a file (format defined by the task) or a data set name (bundled:NAME, shared:NAME)."),
     output: Optional[Path] = typer.Option(None, "--output", help="Where to write predictions (default: stdout)."),
 ) -> None:
     """Predict on new inputs with a trained run (delegates to the task)."""

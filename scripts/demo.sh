@@ -12,7 +12,7 @@ RUN=${1:-runs/quickstart}
 if [ -e "$RUN" ]; then RUN="$RUN-$(date +%Y%m%d-%H%M%S)"; fi
 hybridrnn train configs/quickstart.yaml --out "$RUN"
 hybridrnn evaluate "$RUN" --split test
-hybridrnn predict "$RUN" --input hybridrnn/datasets/seattle-weather.csv --output "$RUN/forecast.csv"
+hybridrnn predict "$RUN" --input bundled:seattle_weather --output "$RUN/forecast.csv"
 echo
 echo "forecast for the 7 days after the data ends ($RUN/forecast.csv):"
 cat "$RUN/forecast.csv"

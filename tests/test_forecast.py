@@ -375,3 +375,19 @@ def test_example_configs_validate_and_load_their_data(path):
     task.setup()
     assert min(task.num_examples(s) for s in ("train", "val", "test")) > 0
     assert task.skipped_baselines() == {}  # every example's look-back holds a season
+
+
+def test_quickstart_trains_and_predicts_from_a_data_set_name(tmp_path):
+    """The README's main job in miniature: train the quickstart config (1 epoch, tiny encoder) and forecast from
+    ``bundled:seattle_weather`` by name, the same as from the file; a missing input is an error naming it."""
+    from hybridrnn.data.registry import BUNDLED_DIR
+    from hybridrnn.train.run import predict_run, train
+    run = train(REPO / "configs" / "quickstart.yaml", out=tmp_path / "run", progress="none",
+                overrides=["train.epochs=1", "model.encoder=gru:4", "train.plots=false"])
+    predict_run(run, "bundled:seattle_weather", tmp_path / "by_name.csv")
+    predict_run(run, BUNDLED_DIR / "seattle-weather.csv", tmp_path / "by_file.csv")
+    by_name = pd.read_csv(tmp_path / "by_name.csv")
+    assert list(by_name["date"]) == [f"2016-01-0{d}" for d in range(1, 8)]
+    pd.testing.assert_frame_equal(by_name, pd.read_csv(tmp_path / "by_file.csv"))
+    with pytest.raises(ValueError, match="nope.csv"):
+        predict_run(run, tmp_path / "nope.csv", tmp_path / "x.csv")

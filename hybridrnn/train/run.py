@@ -226,9 +226,12 @@ def report_run(run_dir: str | Path, split: str = "test", *, weights: str = "best
 
 def predict_run(run_dir: str | Path, input_path: str | Path, output_path: str | Path | None = None) -> None:
     """``task.predict`` with the run's best weights (what ``hybridrnn predict`` does)."""
-    input_path = Path(input_path)
-    if not input_path.exists():
-        raise ValueError(f"input file {input_path} does not exist")
+    from hybridrnn.data.registry import resolve_data_path
+
+    try:  # a file, or a data set name such as bundled:seattle_weather
+        input_path = resolve_data_path(str(input_path))
+    except FileNotFoundError as exc:
+        raise ValueError(f"input: {exc}") from None
     _, task, model = load_run(run_dir)
     with torch.no_grad():
         task.predict(model, input_path, Path(output_path) if output_path is not None else None)
