@@ -34,7 +34,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +46,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hybridrnn.nn._scan import gru_scan, lstm_scan  # noqa: E402
+from hybridrnn.train.checkpoint import atomic_write_text  # noqa: E402
+from hybridrnn.train.environment import cpu_model  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # The clock: process CPU time by default (with one thread it leaves out the time the process waits for a core on
@@ -232,24 +233,6 @@ def bench_step(rounds: int, calls: int, notes: list[str]) -> list[dict]:
     return [{"case": k, "us_per_call": statistics.median(v) * 1e6} for k, v in times.items()]
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
 def _fmt(v, spec=".2f"):
     return "-" if v is None else format(v, spec)
 
@@ -363,7 +346,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     load_after = os.getloadavg() if hasattr(os, "getloadavg") else None
     meta = {"command": "python benchmarks/layers.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "cpu": _cpu_model(), "cpus": os.cpu_count(),
+            "threads": torch.get_num_threads(), "cpu": cpu_model() or "unknown", "cpus": os.cpu_count(),
             "python": platform.python_version(), "rounds": rounds, "quick": args.quick, "clock": args.clock,
             "load_before": [round(v, 2) for v in load_before] if load_before else None,
             "load_after": [round(v, 2) for v in load_after] if load_after else None,
@@ -375,13 +358,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     md = render_markdown(meta, rows, step_rows)
     print(md)
     stem = "layers_quick" if args.quick else "layers"     # a smoke test never overwrites the real figures
-    _atomic_write(args.out / f"{stem}.md", md)
-    _atomic_write(args.out / f"{stem}.json", json.dumps({"meta": meta, "rows": rows, "step": step_rows}, indent=1))
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out / f"{stem}.md", md)
+    atomic_write_text(args.out / f"{stem}.json", json.dumps({"meta": meta, "rows": rows, "step": step_rows}, indent=1))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    _atomic_write(args.out / f"{stem}.csv", buf.getvalue())
+    atomic_write_text(args.out / f"{stem}.csv", buf.getvalue())
     print(f"wrote {args.out / stem}.md, .json and .csv")
     return 0
 
