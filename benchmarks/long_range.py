@@ -58,8 +58,8 @@ they say what a model can learn on these tasks, and the table above says what it
   Recurrent Neural Networks*, ICML, arXiv:1511.06464) run T = 100, 200, 400 and 750: their LSTM goes far below
   the 0.167 baseline at every length. Tallec & Ollivier (2018, *Can Recurrent Neural Networks Warp Time?*, ICLR,
   arXiv:1804.11188) run T = 200 and 750 and find chrono initialisation of the gate biases converging faster than
-  the standard initialisation (`init="chrono"` of `hybridrnn.nn`; a config cannot set it yet, it lacks
-  `chrono_tmax`).
+  the standard initialisation (`init: chrono` with `chrono_tmax: T` in a
+  config's `model:` section).
 - **Copy memory.** Arjovsky et al. (2016) introduced the version generated here (10 symbols from 8, delay T,
   baseline 10 log 8 / (T + 20)) at T = 100, 200, 300 and 500: their LSTM stays at or near the memoryless baseline
   while the unitary RNN goes well below it. Tallec & Ollivier (2018) find standard-initialised LSTMs stuck at the
