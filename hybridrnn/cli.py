@@ -28,7 +28,9 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show full traceback
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [ValueError, FileNotFoundError, NotADirectoryError, PermissionError]
+    # NotImplementedError: an optional task feature (predict, export) the task lacks; ImportError: a missing extra
+    errors: list[type[BaseException]] = [ValueError, FileNotFoundError, NotADirectoryError, PermissionError,
+                                         NotImplementedError, ImportError]
     if "hybridrnn.train.trainer" in sys.modules:
         errors.append(sys.modules["hybridrnn.train.trainer"].NonFiniteLossError)
     return tuple(errors)
@@ -243,6 +245,26 @@ def config_show(
         from hybridrnn.config import config_to_yaml, load_config
 
         typer.echo(config_to_yaml(load_config(config, set_)), nl=False)
+
+    _run(go)
+
+
+@app.command()
+def export(
+    run: Path = typer.Argument(..., help="Run directory."),
+    output: Path = typer.Option(..., "--output", help="The ONNX file to write."),
+    check: bool = typer.Option(True, "--check/--no-check", help="Compare onnxruntime with torch before keeping it."),
+) -> None:
+    """Export a trained run's best model to ONNX (batch dimension dynamic; needs the 'onnx' extra)."""
+
+    def go():
+        from hybridrnn.train.export import export_onnx
+
+        result = export_onnx(run, output, check=check)
+        shapes = ", ".join(f"{k} (batch, {', '.join(map(str, v))})" for k, v in result["inputs"].items())
+        typer.echo(f"wrote {result['output']}: inputs {shapes}; outputs {', '.join(result['outputs'])}")
+        if result["max_abs_difference"] is not None:
+            typer.echo(f"onnxruntime vs torch on a batch of 7: max abs difference {result['max_abs_difference']:.2g}")
 
     _run(go)
 

@@ -359,6 +359,23 @@ class ForecastTask(Task):
         atomic_write_text(output_path, frame.to_csv(index=False))
         return output_path
 
+    # ------------------------------------------------------------ ONNX export
+    def export_inputs(self, split: str = "test", rows: int = 4) -> tuple[dict[str, torch.Tensor], list[str]]:
+        """``past: (batch, lookback, input_size)`` (scaled features) and, with calendar features,
+        ``future: (batch, horizon, future_size)``; the output ``forecast: (batch, horizon, targets)`` is on the
+        scaled data (``forecast_artifacts.json`` holds the scaler)."""
+        origins = next((self.origins[s] for s in (split, "test", "val", "train") if len(self.origins.get(s, ()))), None)
+        if origins is None:
+            raise ValueError("no window to build example inputs from")
+        batch = self._batch(origins[:rows])
+        inputs = {"past": batch["past"]}
+        if "future" in batch:
+            inputs["future"] = batch["future"]
+        return inputs, ["forecast"]
+
+    def export_forward(self, model: nn.Module, past: torch.Tensor, future: torch.Tensor | None = None) -> torch.Tensor:
+        return model(past, future)[0]
+
     # ------------------------------------------------------------ artifacts
     def save_artifacts(self, run_dir: Path) -> None:
         payload = {"format": "hybridrnn.forecast/1", "layout": self.layout, "scaler": self.scaler.to_dict()}

@@ -99,6 +99,15 @@ class Task(ABC):
         """
         raise NotImplementedError(f"task {self.name!r} does not implement predict")
 
+    def export_inputs(self, split: str = "test", rows: int = 4) -> tuple[dict[str, torch.Tensor], list[str]]:
+        """Optional: ``hybridrnn export``. Example model inputs (``{name: tensor}``, the first dimension the batch,
+        in the order ``export_forward`` takes them) from ``split``, and the names of the outputs."""
+        raise NotImplementedError(f"task {self.name!r} does not support ONNX export yet")
+
+    def export_forward(self, model: nn.Module, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """Optional: the model call that ``hybridrnn export`` traces, ``inputs`` as in ``export_inputs``."""
+        raise NotImplementedError(f"task {self.name!r} does not support ONNX export yet")
+
     def shard_batch(self, batch: Any, rank: int, world_size: int) -> Any | None:
         """This process's part of a global batch under torchrun, or None when its part is empty.
 
