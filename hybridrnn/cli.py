@@ -302,6 +302,8 @@ def datasets() -> None:
         from rich.table import Table
 
         rows = list(list_datasets())
+        console = Console()
+        console.width = max(console.width, 140)   # pipes default to 80 columns: keep one line per data set
         table = Table(title="datasets", title_justify="left")
         if rows and isinstance(rows[0], dict):
             columns = list(dict.fromkeys(k for r in rows for k in r))
@@ -313,7 +315,7 @@ def datasets() -> None:
             table.add_column("name")
             for r in rows:
                 table.add_row(str(getattr(r, "name", r)))
-        Console().print(table)
+        console.print(table)
 
     _run(go)
 

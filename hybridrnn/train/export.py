@@ -9,6 +9,7 @@ Requires the ``onnx`` extra: ``pip install 'hybridrnn[onnx]'``.
 """
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import warnings
@@ -57,11 +58,15 @@ def export_onnx(run_dir: str | Path, output: str | Path, *, check: bool = True,
     fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
     os.close(fd)
     try:
+        exporter_log = logging.getLogger("torch.onnx")
+        level = exporter_log.level
+        exporter_log.setLevel(logging.ERROR)   # "torchvision is not installed. Skipping torchvision::nms", ...
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")   # the exporter's own deprecation / axis-naming chatter
             program = torch.onnx.export(wrapped, tuple(inputs.values()), dynamo=True, input_names=list(inputs),
                                         output_names=output_names, verbose=False,
                                         dynamic_shapes={"inputs": tuple({0: batch} for _ in inputs)})
+        exporter_log.setLevel(level)
         program.save(tmp)
         umask = os.umask(0)
         os.umask(umask)
