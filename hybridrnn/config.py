@@ -38,6 +38,8 @@ class ModelConfig(Section):
     attention: Optional[Literal["additive", "dot", "general", "self"]] = None
     attention_heads: int = Field(1, ge=1)
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout between layers and before the head")
+    locked_dropout: bool = Field(False, description="make the dropout between layers variational: one mask per "
+                                                    "sequence for every step (AWD-LSTM)")
     recurrent_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="variational dropout on h (custom path)")
     layer_norm: bool = False
     coupled: bool = Field(False, description="LSTM coupled input-forget gate f = 1 - i")
@@ -191,11 +193,12 @@ def config_class_for(task_name: Any, source: str = "<config>") -> type[RunConfig
 
 
 def build_config(data: dict[str, Any], source: str = "<config>", *, text: str | None = None,
-                 overridden: Iterable[str] = ()) -> RunConfig:
-    """Validate a config mapping into the config class its ``task:`` names; :class:`ConfigError` otherwise."""
+                 overridden: Iterable[str] = (), config_dir: str | Path | None = None) -> RunConfig:
+    """Validate a config mapping into the config class its ``task:`` names; :class:`ConfigError` otherwise.
+    ``config_dir``: the folder of the YAML file, against which relative data paths are tried first."""
     cls = config_class_for(data.get("task"), source)
     try:
-        return cls.model_validate(data)
+        return cls.model_validate(data, context={"config_dir": str(config_dir)} if config_dir else None)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, cls, source, text=text, overridden=overridden)) from None
 
@@ -215,7 +218,8 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> RunConfig:
         data.pop(key, None)
     data = apply_overrides(data, overrides)
     text = path.read_text(encoding="utf-8")
-    return build_config(data, str(path), text=text, overridden=[o.partition("=")[0].strip() for o in overrides])
+    return build_config(data, str(path), text=text, overridden=[o.partition("=")[0].strip() for o in overrides],
+                        config_dir=path.resolve().parent)
 
 
 def coerce_config(config: RunConfig | dict | str | Path, overrides: Iterable[str] = ()) -> RunConfig:

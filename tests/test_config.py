@@ -195,3 +195,19 @@ def test_one_file_serves_train_compare_and_tune(tmp_path, toy_task):
     path.write_text(path.read_text() + "comparee: {}\n")
     with pytest.raises(ConfigError, match="comparee: unknown key"):
         load_config(path)
+
+
+def test_relative_data_paths_are_taken_from_the_config_folder_first(tmp_path, monkeypatch):
+    (tmp_path / "project" / "data").mkdir(parents=True)
+    (tmp_path / "project" / "data" / "prices.csv").write_text("Date,Close\n2020-01-01,1\n")
+    (tmp_path / "project" / "corpus.txt").write_text("to be or not to be\n")
+    forecast = tmp_path / "project" / "forecast.yaml"
+    forecast.write_text("task: forecast\ndata: {path: data/prices.csv, time_column: Date, target: [Close]}\n")
+    lm = tmp_path / "project" / "lm.yaml"
+    lm.write_text("task: language_model\ndata: {train: corpus.txt, level: char}\n")
+    monkeypatch.chdir(tmp_path)                                  # neither path exists from here
+    assert load_config(forecast).data.path == str(tmp_path / "project" / "data" / "prices.csv")
+    assert load_config(lm).data.train == str(tmp_path / "project" / "corpus.txt")
+    (tmp_path / "corpus2.txt").write_text("x")                   # not beside the config: kept, found from the cwd
+    lm.write_text("task: language_model\ndata: {train: corpus2.txt, level: char}\n")
+    assert load_config(lm).data.train == "corpus2.txt"

@@ -55,6 +55,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from hybridrnn.nn.dropout import locked_dropout as _locked_dropout
 from hybridrnn.nn.recurrent import GRU, LSTM
 from hybridrnn.nn.spec import Layer, Parallel, SpecNode, Stack, format_spec, iter_layers, parse_spec
 
@@ -244,11 +245,13 @@ class StackedEncoder(_EncoderBase):
     """Blocks run in sequence: ``x -> block_1 -> dropout -> block_2 -> ... -> outputs``.
 
     ``blocks``: recurrent modules with the common contract, ``blocks[i].input_size ==
-    blocks[i-1].output_size``. ``dropout``: on each block's outputs except the last's, in training.
+    blocks[i-1].output_size``. ``dropout``: on each block's outputs except the last's, in training;
+    ``locked_dropout=True`` makes it variational (one mask per sequence and feature, shared by every step).
     ``output_layout`` is the last block's; state: flat tuple over the recurrent layers (spec order).
     """
 
-    def __init__(self, blocks: Sequence[nn.Module], dropout: float = 0.0, spec: Optional[str] = None):
+    def __init__(self, blocks: Sequence[nn.Module], dropout: float = 0.0, spec: Optional[str] = None,
+                 locked_dropout: bool = False):
         super().__init__()
         if len(blocks) < 2:
             raise ValueError(f"StackedEncoder needs at least 2 blocks, got {len(blocks)}")
@@ -260,12 +263,19 @@ class StackedEncoder(_EncoderBase):
                                  f"block {i - 1} outputs {blocks[i - 1].output_size}")
         self.blocks = nn.ModuleList(blocks)
         self.dropout = float(dropout)
+        self.locked_dropout = bool(locked_dropout)
         self.spec = spec
         self.input_size = blocks[0].input_size
         self.output_size = blocks[-1].output_size
         self.output_layout = merge_layout(blocks[-1].output_layout)
         self.num_blocks = sum(_num_blocks(b) for b in blocks)
         self.bidirectional = any(getattr(b, "bidirectional", False) for b in blocks)
+
+    def extra_repr(self) -> str:
+        text = super().extra_repr()
+        if self.dropout:
+            text += f", dropout={self.dropout}" + (", locked_dropout=True" if self.locked_dropout else "")
+        return text
 
     def forward(self, x: Tensor, state=None, lengths: Optional[Tensor] = None):
         """x ``(B, T, input_size)`` -> ``(outputs (B, T, output_size), state tuple)``."""
@@ -279,12 +289,16 @@ class StackedEncoder(_EncoderBase):
             out, s = block(out, s, lengths)
             new_states.append(s)
             if self.dropout > 0 and self.training and i < len(self.blocks) - 1:
-                out = F.dropout(out, self.dropout, True)
+                out = (_locked_dropout(out, self.dropout, True) if self.locked_dropout
+                       else F.dropout(out, self.dropout, True))
         return out, _join_state(new_states, self.blocks)
 
     def step(self, x_t: Tensor, state=None):
         """One step: x_t ``(B, input_size)`` -> ``(y_t (B, output_size), state tuple)``; unidirectional only."""
         self._check_step(x_t)
+        if self.training and self.locked_dropout and self.dropout > 0:
+            raise ValueError(f"{type(self).__name__}.step: locked_dropout needs one mask per whole sequence; call "
+                             f"forward on the sequence in training, or step() in eval mode")
         states = _split_state(type(self).__name__, state, self.blocks)
         y, new_states = x_t, []
         for i, (block, s) in enumerate(zip(self.blocks, states)):
@@ -441,7 +455,7 @@ def build_encoder(spec: Union[str, SpecNode], input_size: int, *, dropout: float
                   reset_after: bool = True, init: str = "torch", forget_bias: Optional[float] = None,
                   chrono_tmax: Optional[float] = None, fusion: str = "concat",
                   share_input_projection: Union[bool, int] = False, tie_layers: bool = False,
-                  path: str = "auto") -> nn.Module:
+                  path: str = "auto", locked_dropout: bool = False) -> nn.Module:
     """Build the recurrent encoder a spec describes (grammar: :mod:`hybridrnn.nn.spec`).
 
     Args:
@@ -449,6 +463,8 @@ def build_encoder(spec: Union[str, SpecNode], input_size: int, *, dropout: float
         input_size: features of ``x (batch, time, input_size)``.
         dropout: between stacked blocks and between the layers of a multi-layer block (training only); none on
             a one-layer spec (no warning: task models pass the same value for their own dropout before a head).
+        locked_dropout: make that dropout variational, one mask per sequence and feature shared by every time
+            step (AWD-LSTM's ``dropouth``); a multi-layer block then runs on the custom path.
         recurrent_dropout, layer_norm, init, chrono_tmax, path: passed to every LSTM/GRU layer.
         coupled, forget_bias: passed to LSTM layers (coupled input-forget gate; forget-gate bias).
         reset_after: passed to GRU layers (``False``: the paper's form, custom path).
@@ -495,6 +511,9 @@ def build_encoder(spec: Union[str, SpecNode], input_size: int, *, dropout: float
                     f"layers of a multi-layer block ('lstm:64x2'), and spec {spec_text!r} has neither")
     for message in idle:
         warnings.warn(f"build_encoder: {message}; the option has no effect", stacklevel=2)
+    if locked_dropout and not dropout:
+        warnings.warn(f"build_encoder: locked_dropout=True makes dropout variational, and dropout is 0; the option "
+                      f"has no effect", stacklevel=2)
     if tie_layers and path == "fused":
         raise ValueError("build_encoder: tie_layers ties tensors across layers, which needs the custom path; "
                          "got path='fused' (use 'auto' or 'custom')")
@@ -504,6 +523,7 @@ def build_encoder(spec: Union[str, SpecNode], input_size: int, *, dropout: float
         common = dict(bidirectional=node.bidirectional, dropout=dropout if node.layers > 1 else 0.0,
                       layer_norm=layer_norm, recurrent_dropout=recurrent_dropout, init=init,
                       chrono_tmax=chrono_tmax, tie_layers=tie_layers and node.layers > 1,
+                      locked_dropout=locked_dropout and node.layers > 1,
                       path="custom" if id(node) in tied_blocks and path == "auto" else path)
         if node.kind == "lstm":
             return LSTM(width, node.hidden, node.layers, coupled=coupled, forget_bias=forget_bias, **common)
@@ -519,7 +539,7 @@ def build_encoder(spec: Union[str, SpecNode], input_size: int, *, dropout: float
                 width = modules[-1].output_size
             if tie_layers:
                 _tie_stack_blocks(node.items, modules)
-            return StackedEncoder(modules, dropout=dropout, spec=format_spec(node))
+            return StackedEncoder(modules, dropout=dropout, spec=format_spec(node), locked_dropout=locked_dropout)
         projection = None
         if share_input_projection is not False:
             size = share_input_projection if not isinstance(share_input_projection, bool) else \

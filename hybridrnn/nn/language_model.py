@@ -17,26 +17,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from hybridrnn.nn.dropout import LockedDropout  # noqa: F401  (re-exported: it lived here first)
 from hybridrnn.nn.tying import TiedOutput
-
-
-class LockedDropout(nn.Module):
-    """Variational dropout: ``x (batch, time, features)`` times a ``(batch, 1, features)`` mask / (1 - p)."""
-
-    def __init__(self, p: float = 0.0):
-        super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
-        self.p = p
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        mask = x.new_empty(x.shape[0], 1, x.shape[2]).bernoulli_(1.0 - self.p) / (1.0 - self.p)
-        return x * mask
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
 
 
 def embedding_dropout(embedding: nn.Embedding, tokens: Tensor, p: float, training: bool) -> Tensor:

@@ -28,6 +28,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from hybridrnn.nn._scan import gru_scan, lstm_scan
 from hybridrnn.nn.cells import gate_layer_norm, gru_cell_step, lstm_cell_step
+from hybridrnn.nn.dropout import locked_dropout as _locked_dropout
 from hybridrnn.nn.init import SCHEMES, init_recurrent_
 
 PATHS = ("auto", "fused", "custom")
@@ -42,7 +43,7 @@ class _RecurrentBase(nn.Module):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int, *, bias: bool, bidirectional: bool,
                  dropout: float, gates: int, coupled: bool, reset_after: bool, layer_norm: bool,
                  recurrent_dropout: float, forget_bias: Optional[float], init: str,
-                 chrono_tmax: Optional[float], tie_layers: bool, path: str) -> None:
+                 chrono_tmax: Optional[float], tie_layers: bool, path: str, locked_dropout: bool = False) -> None:
         super().__init__()
         name = type(self).__name__
         for label, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
@@ -57,7 +58,8 @@ class _RecurrentBase(nn.Module):
             raise ValueError(f"{name}: init must be one of {SCHEMES}, got {init!r}")
         custom_only = [label for label, on in (
             ("coupled", coupled), ("layer_norm", layer_norm), ("recurrent_dropout", recurrent_dropout > 0),
-            ("reset_after=False", not reset_after), ("tie_layers", tie_layers)) if on]
+            ("reset_after=False", not reset_after), ("tie_layers", tie_layers),
+            ("locked_dropout", locked_dropout and dropout > 0 and num_layers > 1)) if on]
         if path == "fused" and custom_only:
             raise ValueError(f"{name}: path='fused' (torch.nn.{self.mode}) cannot express "
                              f"{', '.join(custom_only)}; use path='custom' or 'auto'")
@@ -71,6 +73,7 @@ class _RecurrentBase(nn.Module):
         self.bias = bias
         self.bidirectional = bidirectional
         self.dropout = float(dropout)
+        self.locked_dropout = bool(locked_dropout)
         self.coupled = coupled
         self.reset_after = reset_after
         self.layer_norm = layer_norm
@@ -303,7 +306,8 @@ class _RecurrentBase(nn.Module):
                 c_n.append(c_last)
             layer_in = outs[0] if len(outs) == 1 else torch.cat(outs, 2)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
-                layer_in = F.dropout(layer_in, self.dropout, True)
+                layer_in = (_locked_dropout(layer_in, self.dropout, True, time_dim=0) if self.locked_dropout
+                            else F.dropout(layer_in, self.dropout, True))
         outputs = layer_in.transpose(0, 1)
         h_n = torch.stack(h_n, 0)
         return outputs, ((h_n, torch.stack(c_n, 0)) if is_lstm else h_n)
@@ -340,11 +344,16 @@ class _RecurrentBase(nn.Module):
             return last
         return torch.cat([last[:, :self.hidden_size], outputs[:, 0, self.hidden_size:]], 1)
 
+    @property
+    def _locked_between_layers(self) -> bool:
+        return self.locked_dropout and self.dropout > 0 and self.num_layers > 1
+
     def _custom_only_options(self) -> list[str]:
         return [label for label, on in (
             ("coupled", self.coupled), ("layer_norm", self.layer_norm),
             ("recurrent_dropout", self.recurrent_dropout > 0), ("reset_after=False", not self.reset_after),
-            ("tie_layers", self.tie_layers)) if on]
+            ("tie_layers", self.tie_layers),
+            ("locked_dropout", self.locked_dropout and self.dropout > 0 and self.num_layers > 1)) if on]
 
     def to_torch(self) -> nn.Module:
         """An equivalent ``torch.nn.LSTM`` / ``torch.nn.GRU`` (``batch_first=True``) with copies of the weights.
@@ -396,6 +405,8 @@ class _RecurrentBase(nn.Module):
             parts.append("bidirectional=True")
         if self.dropout:
             parts.append(f"dropout={self.dropout}")
+        if self.locked_dropout:
+            parts.append("locked_dropout=True")
         parts.extend(self._option_repr())
         if self.recurrent_dropout:
             parts.append(f"recurrent_dropout={self.recurrent_dropout}")
@@ -413,7 +424,8 @@ class _RecurrentBase(nn.Module):
         # step() is called once per token at batch 1, where a microsecond counts: the common valid case is
         # recognised with a few comparisons, and the full checks (with their messages) run only otherwise.
         if (type(x_t) is Tensor or isinstance(x_t, Tensor)) and x_t.dim() == 2 and not self.bidirectional \
-                and x_t.shape[1] == self.input_size and not (self.training and self.recurrent_dropout > 0):
+                and x_t.shape[1] == self.input_size and not (self.training and (self.recurrent_dropout > 0
+                                                                                 or self._locked_between_layers)):
             expected = (self.num_layers, x_t.shape[0], self.hidden_size)
             if state is None:
                 return x_t.shape[0]
@@ -430,6 +442,9 @@ class _RecurrentBase(nn.Module):
                              f"bidirectional=False, got bidirectional=True (use forward)")
         if self.training and self.recurrent_dropout > 0:
             raise ValueError(f"{name}.step: recurrent_dropout needs one mask per whole sequence; call forward on "
+                             f"the sequence in training, or step() in eval mode")
+        if self.training and self._locked_between_layers:
+            raise ValueError(f"{name}.step: locked_dropout needs one mask per whole sequence; call forward on "
                              f"the sequence in training, or step() in eval mode")
         if not isinstance(x_t, Tensor) or x_t.dim() != 2 or x_t.shape[1] != self.input_size:
             got = f"shape {tuple(x_t.shape)}" if isinstance(x_t, Tensor) else type(x_t).__name__
@@ -455,7 +470,8 @@ class LSTM(_RecurrentBase):
     ``state_dict()`` hold each shared tensor once. Directions are never tied to each other.
 
     ``recurrent_dropout``: variational dropout of ``h`` where it enters ``W_hh``, one mask per sequence, layer
-    and direction (the same for every step), only in training. ``forget_bias``: added to the forget gate's
+    and direction (the same for every step), only in training. ``locked_dropout=True`` makes ``dropout`` (between
+    layers) variational too: one mask per sequence and feature for all steps (custom path). ``forget_bias``: added to the forget gate's
     bias after ``init``. ``init``/``chrono_tmax``: see :func:`hybridrnn.nn.init.init_recurrent_`.
     """
 
@@ -464,11 +480,13 @@ class LSTM(_RecurrentBase):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, *, bias: bool = True,
                  bidirectional: bool = False, dropout: float = 0.0, coupled: bool = False, layer_norm: bool = False,
                  recurrent_dropout: float = 0.0, forget_bias: Optional[float] = None, init: str = "torch",
-                 chrono_tmax: Optional[float] = None, tie_layers: bool = False, path: str = "auto") -> None:
+                 chrono_tmax: Optional[float] = None, tie_layers: bool = False, path: str = "auto",
+                 locked_dropout: bool = False) -> None:
         super().__init__(input_size, hidden_size, num_layers, bias=bias, bidirectional=bidirectional,
                          dropout=dropout, gates=3 if coupled else 4, coupled=coupled, reset_after=True,
                          layer_norm=layer_norm, recurrent_dropout=recurrent_dropout, forget_bias=forget_bias,
-                         init=init, chrono_tmax=chrono_tmax, tie_layers=tie_layers, path=path)
+                         init=init, chrono_tmax=chrono_tmax, tie_layers=tie_layers, path=path,
+                         locked_dropout=locked_dropout)
 
     @classmethod
     def from_torch(cls, module: nn.LSTM, path: str = "auto") -> "LSTM":
@@ -550,7 +568,7 @@ class GRU(_RecurrentBase):
     ``bias_hh_l{l}`` ``(3H,)`` (and ``_reverse``), rows ``(r, z, n)``; ``layer_norm`` adds ``ln_ih_weight``,
     ``ln_ih_bias``, ``ln_hh_weight``, ``ln_hh_bias`` ``(3H,)``. ``reset_after=True`` is torch's form
     ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``; ``False`` the paper's ``n = tanh(W_in x + b_in + W_hn (r*h) + b_hn)``
-    (custom path only). ``tie_layers``, ``recurrent_dropout``, ``init`` as in :class:`LSTM`.
+    (custom path only). ``tie_layers``, ``recurrent_dropout``, ``locked_dropout``, ``init`` as in :class:`LSTM`.
     """
 
     mode = "GRU"
@@ -558,11 +576,12 @@ class GRU(_RecurrentBase):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, *, bias: bool = True,
                  bidirectional: bool = False, dropout: float = 0.0, reset_after: bool = True,
                  layer_norm: bool = False, recurrent_dropout: float = 0.0, init: str = "torch",
-                 chrono_tmax: Optional[float] = None, tie_layers: bool = False, path: str = "auto") -> None:
+                 chrono_tmax: Optional[float] = None, tie_layers: bool = False, path: str = "auto",
+                 locked_dropout: bool = False) -> None:
         super().__init__(input_size, hidden_size, num_layers, bias=bias, bidirectional=bidirectional,
                          dropout=dropout, gates=3, coupled=False, reset_after=reset_after, layer_norm=layer_norm,
                          recurrent_dropout=recurrent_dropout, forget_bias=None, init=init, chrono_tmax=chrono_tmax,
-                         tie_layers=tie_layers, path=path)
+                         tie_layers=tie_layers, path=path, locked_dropout=locked_dropout)
 
     @classmethod
     def from_torch(cls, module: nn.GRU, path: str = "auto") -> "GRU":
