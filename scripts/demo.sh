@@ -2,7 +2,7 @@
 # The main job on a fresh machine: installs hybridrnn (CPU torch 2.13.0) into .venv, trains the quick-start
 # forecaster (an LSTM and a GRU side by side, with attention) on the Seattle weather data bundled with the package,
 # evaluates it against the naive, seasonal-naive and linear baselines on the test split, and writes a
-# 7-day forecast with its dates. About a minute on 2 CPU cores after the install.
+# 7-day forecast with its dates. About 20 seconds on 2 CPU cores after the install.
 #   bash scripts/demo.sh [RUN_DIR]      (default: runs/quickstart, or runs/quickstart-<time> if that exists)
 set -euo pipefail
 cd "$(dirname "$0")/.."
