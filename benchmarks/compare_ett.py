@@ -25,6 +25,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
+from _progress import CompareProgress  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = "configs/compare/etth1_ot.yaml"
@@ -66,14 +67,8 @@ def main() -> None:
               "hidden 32, at most 6 epochs (patience 3), Adam lr 2e-3, batch 64, 2 seeds per model, "
               f"1 CPU thread (torch {torch.__version__}).")
     print(budget, flush=True)
-    started = time.perf_counter()
-
-    skipped = []
-
-    def progress(message: str) -> None:
-        if message.endswith("done before, skipped"):
-            skipped.append(message)
-        print(f"[{time.perf_counter() - started:6.0f} s] {message}", flush=True)
+    progress = CompareProgress()
+    started, skipped = progress.started, progress.skipped
 
     run_compare(CONFIG, out_dir=args.out, progress=progress)
     minutes = (time.perf_counter() - started) / 60

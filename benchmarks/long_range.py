@@ -40,6 +40,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+from _progress import CompareProgress  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -131,16 +132,15 @@ def run_digits(args, models: list[str]) -> None:
     print(budget, flush=True)
     overrides = [f"train.epochs={epochs}", "train.batch_size=32", "train.lr=0.002", "train.patience=null",
                  "train.num_threads=1", "train.progress=none"]
-    started = time.perf_counter()
+    progress = CompareProgress()
     out = Path(args.out) / "digits"
-    run_compare("configs/long_range/digits.yaml", models, args.seeds, out, None, overrides,
-                progress=lambda m: print(f"[{time.perf_counter() - started:6.0f} s] {m}", flush=True))
+    run_compare("configs/long_range/digits.yaml", models, args.seeds, out, None, overrides, progress=progress)
     results = pd.read_csv(out / "results.csv")
     results_dir = Path(args.results)
     memory_png = results_dir / "long_range_digits_memory.png"
     results = results.assign(length=64)       # one length: the memory figure reads it
     memory = memory_figure(out, results, 64, memory_png)
-    minutes = (time.perf_counter() - started) / 60
+    minutes = progress.seconds() / 60
     train_minutes = results["train_seconds"].sum() / 60
     lines = ["# Long-range-dependency suite: sequential digits", "",
              f"Produced by `python benchmarks/long_range.py --problem digits` in {minutes:.1f} minutes of wall time "
@@ -209,14 +209,8 @@ def main() -> None:
     overrides = [f"data.n_train={args.n_train}", "data.n_val=500", "data.n_test=500",
                  f"train.epochs={args.epochs}", f"train.batch_size={args.batch_size}", f"train.lr={args.lr}",
                  "train.patience=null", "train.num_threads=1", "train.progress=none"]
-    started = time.perf_counter()
-
-    skipped = []
-
-    def progress(message: str) -> None:
-        if message.endswith("done before, skipped"):
-            skipped.append(message)
-        print(f"[{time.perf_counter() - started:6.0f} s] {message}", flush=True)
+    progress = CompareProgress()
+    started, skipped = progress.started, progress.skipped
 
     out = Path(args.out) / args.problem
     run_compare(f"configs/long_range/{args.problem}.yaml", models, args.seeds, out, lengths, overrides,

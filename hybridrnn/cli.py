@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Iterable, List, Optional
 
 import typer
 
@@ -109,7 +109,7 @@ def evaluate(
         from rich.console import Console
         from rich.table import Table
 
-        from hybridrnn.train.run import metrics_by_forecaster, run_task_class
+        from hybridrnn.train.run import run_task_class
 
         rows, other = metrics_by_forecaster(metrics, run_task_class(run).baselines)
         console = Console()
@@ -280,8 +280,6 @@ def memory(
     forget (LSTM) / update (GRU) gate statistics."""
 
     def go():
-        if split not in ("train", "val", "test"):
-            raise ValueError(f"--split must be train, val or test, got {split!r}")
         from hybridrnn.experiments.memory import memory_diagnostic, print_memory
 
         print_memory(memory_diagnostic(run, split, examples, out), out or run)
@@ -318,6 +316,33 @@ def datasets() -> None:
         console.print(table)
 
     _run(go)
+
+
+def metrics_by_forecaster(metrics: dict[str, float],
+                          baselines: Iterable[str]) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """Split ``evaluate()`` metrics into ``{"model" | baseline: {metric: value}}`` (a baseline's ``naive_mae``
+    becomes ``["naive"]["mae"]``; only metrics the model also has) and the remaining keys."""
+    names = sorted(baselines, key=len, reverse=True)   # 'seasonal_naive_' before 'naive_'
+    rows: dict[str, dict[str, float]] = {"model": {}}
+    claimed = {}
+    for key in metrics:
+        owner = next((b for b in names if key.startswith(b + "_")), None)
+        if owner is not None:
+            claimed[key] = (owner, key[len(owner) + 1:])
+    for key, value in metrics.items():
+        if key not in claimed:
+            rows["model"][key] = value
+    other = {}
+    for key, (owner, metric) in claimed.items():
+        if metric in rows["model"]:
+            rows.setdefault(owner, {})[metric] = metrics[key]
+        else:
+            other[key] = metrics[key]
+    shared = {m for row in list(rows.values())[1:] for m in row}
+    if len(rows) > 1:   # model keys no baseline has (loss, best_baseline_mae, ...) go below the table
+        for key in [k for k in rows["model"] if k not in shared]:
+            other[key] = rows["model"].pop(key)
+    return rows, other
 
 
 def main() -> None:

@@ -192,30 +192,28 @@ def config_class_for(task_name: Any, source: str = "<config>") -> type[RunConfig
     return task_class.config_class
 
 
+#: top-level sections read by ``hybridrnn compare`` / ``hybridrnn tune`` (they describe several runs); one run's
+#: config leaves them out, so the same file serves train, compare and tune
+EXPERIMENT_SECTIONS = ("compare", "tune")
+
+
 def build_config(data: dict[str, Any], source: str = "<config>", *, text: str | None = None,
                  overridden: Iterable[str] = (), config_dir: str | Path | None = None) -> RunConfig:
     """Validate a config mapping into the config class its ``task:`` names; :class:`ConfigError` otherwise.
-    ``config_dir``: the folder of the YAML file, against which relative data paths are tried first."""
+    Its ``compare:`` / ``tune:`` sections are left to those commands. ``config_dir``: the folder of the YAML file, against which relative data paths are tried first."""
     cls = config_class_for(data.get("task"), source)
+    data = {k: v for k, v in data.items() if k not in EXPERIMENT_SECTIONS}
     try:
         return cls.model_validate(data, context={"config_dir": str(config_dir)} if config_dir else None)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, cls, source, text=text, overridden=overridden)) from None
 
 
-#: top-level sections read by ``hybridrnn compare`` / ``hybridrnn tune`` (they describe several runs); one run's
-#: config leaves them out, so the same file serves train, compare and tune
-EXPERIMENT_SECTIONS = ("compare", "tune")
-
-
 def load_config(path: str | Path, overrides: Iterable[str] = ()) -> RunConfig:
-    """Read, override and validate a YAML config file (its ``compare:`` / ``tune:`` sections left to those
-    commands)."""
+    """Read, override and validate a YAML config file."""
     path = Path(path)
     overrides = list(overrides)
     data = read_yaml(path)
-    for key in EXPERIMENT_SECTIONS:
-        data.pop(key, None)
     data = apply_overrides(data, overrides)
     text = path.read_text(encoding="utf-8")
     return build_config(data, str(path), text=text, overridden=[o.partition("=")[0].strip() for o in overrides],

@@ -6,7 +6,8 @@ import textwrap
 import pytest
 import yaml
 
-from hybridrnn.config import ConfigError, TrainConfig, apply_overrides, config_to_yaml, load_config, parse_override
+from hybridrnn.config import (ConfigError, TrainConfig, apply_overrides, coerce_config, config_to_yaml, load_config,
+                              parse_override)
 
 
 def write(tmp_path, text: str):
@@ -188,10 +189,10 @@ def test_one_file_serves_train_compare_and_tune(tmp_path, toy_task):
         """)
     config = load_config(path)
     assert config.model.encoder == "gru:8" and "compare" not in config.model_dump()
-    from hybridrnn.experiments.compare import split_experiment_config
-    sections, train_from = split_experiment_config(path, tmp_path)
-    assert sections == {"compare": {"models": ["gru:8", "lstm:8"], "seeds": 2}, "tune": {"trials": 3}}
-    assert train_from == path
+    from hybridrnn.experiments.compare import experiment_sections
+    assert experiment_sections(path) == {"compare": {"models": ["gru:8", "lstm:8"], "seeds": 2}, "tune": {"trials": 3}}
+    as_dict = yaml.safe_load(path.read_text())                  # the Python API's dicts behave the same
+    assert coerce_config(as_dict).model.encoder == "gru:8"
     path.write_text(path.read_text() + "comparee: {}\n")
     with pytest.raises(ConfigError, match="comparee: unknown key"):
         load_config(path)

@@ -223,7 +223,7 @@ def test_cli_evaluate_json_has_every_forecaster_per_step(tmp_path):
 
 
 def test_metrics_by_forecaster_pivots_baseline_prefixes():
-    from hybridrnn.train.run import metrics_by_forecaster
+    from hybridrnn.cli import metrics_by_forecaster
     rows, other = metrics_by_forecaster(
         {"mae": 1.0, "mse": 2.0, "naive_mae": 3.0, "naive_mse": 4.0, "seasonal_naive_mae": 5.0, "loss": 6.0,
          "naive_extra": 7.0}, ("naive", "seasonal_naive"))

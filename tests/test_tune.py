@@ -75,7 +75,6 @@ def test_two_trials_on_sqlite_and_a_second_worker(tune_config, tmp_path):
 
 def test_a_pruned_trial_stops_after_its_first_epoch(tune_config, tmp_path):
     optuna = pytest.importorskip("optuna")
-    from hybridrnn.experiments.compare import split_experiment_config
     from hybridrnn.experiments.tune import train_trial
 
     torch.set_num_threads(1)
@@ -91,10 +90,9 @@ def test_a_pruned_trial_stops_after_its_first_epoch(tune_config, tmp_path):
         def should_prune(self):
             return True
 
-    _, base = split_experiment_config(tune_config, tmp_path)
     trial = PruneAtOnce()
     with pytest.raises(optuna.TrialPruned):
-        train_trial(base, ["model.encoder=gru:3"], tmp_path / "run", trial, "loss")
+        train_trial(tune_config, ["model.encoder=gru:3"], tmp_path / "run", trial, "loss")
     assert [step for step, _ in trial.reports] == [1]
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 1
 

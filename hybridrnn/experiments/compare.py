@@ -36,8 +36,6 @@ import yaml
 from hybridrnn.config import EXPERIMENT_SECTIONS, read_yaml
 from hybridrnn.train.checkpoint import atomic_write_text
 
-#: top-level config keys that describe an experiment (several runs), not one run
-EXPERIMENT_KEYS = EXPERIMENT_SECTIONS
 ROW_FILE = "row.json"
 #: leading columns of results.csv (metric columns val_* and test_* follow)
 BASE_COLUMNS = ["model", "encoder", "options", "seed", "length", "task", "parameters", "epochs",
@@ -49,20 +47,19 @@ BASE_COLUMNS = ["model", "encoder", "options", "seed", "length", "task", "parame
 # small I/O helpers
 # ---------------------------------------------------------------------------------------------------------
 
-def split_experiment_config(config_path: str | os.PathLike, out_dir: Path) -> tuple[dict[str, dict], Path]:
-    """The experiment sections of ``config_path`` (``compare``, ``tune``; missing ones left out) and the config
-    file every run trains from: ``config_path`` itself (``load_config`` leaves those sections out of a run's
-    config). ``out_dir`` is unused; it is kept for callers."""
+def experiment_sections(config_path: str | os.PathLike) -> dict[str, dict]:
+    """The experiment sections of ``config_path`` (``compare``, ``tune``; missing ones left out). Each run
+    trains from ``config_path`` itself: a run's config leaves these sections out (``build_config``)."""
     raw = read_yaml(config_path)
     sections: dict[str, dict] = {}
-    for key in EXPERIMENT_KEYS:
+    for key in EXPERIMENT_SECTIONS:
         if key in raw:
             value = raw[key]
             if value is not None and not isinstance(value, dict):
                 raise ValueError(f"config file {str(config_path)!r}: section {key!r} must be a mapping, "
                                  f"got {type(value).__name__}")
             sections[key] = value or {}
-    return sections, Path(config_path)
+    return sections
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -314,7 +311,7 @@ def measure_inference(task, model, repeats: int = 7) -> tuple[float, int]:
     return 1000.0 * statistics.median(times[1:]), rows
 
 
-def _run_row(key: RowKey, base_config: Path, run_dir: Path, overrides: Sequence[str], task_name: str) -> dict:
+def _run_row(key: RowKey, config_path: Path, run_dir: Path, overrides: Sequence[str], task_name: str) -> dict:
     """Train (or resume) one row's run, evaluate it and return the row."""
     import torch
 
@@ -327,9 +324,9 @@ def _run_row(key: RowKey, base_config: Path, run_dir: Path, overrides: Sequence[
         shutil.rmtree(run_dir)    # a run killed before its first checkpoint: start it again
     started = time.perf_counter()
     if resume is not None:
-        trained = Path(train(base_config, out=run_dir, overrides=all_overrides, resume=resume))
+        trained = Path(train(config_path, out=run_dir, overrides=all_overrides, resume=resume))
     else:
-        trained = Path(train(base_config, out=run_dir, overrides=all_overrides))
+        trained = Path(train(config_path, out=run_dir, overrides=all_overrides))
     wall = time.perf_counter() - started
 
     config, task, model = load_run(trained)
@@ -384,7 +381,7 @@ def write_results_csv(out_dir: Path, rows: list[dict]) -> Path:
     return path
 
 
-def check_rows(base_config: Path, keys: Sequence[RowKey], overrides: Sequence[str]) -> None:
+def check_rows(config_path: Path, keys: Sequence[RowKey], overrides: Sequence[str]) -> None:
     """Validate the config of every model (and length) before training any: a ValueError listing each model
     whose options the task refuses, rather than a failure after the other models have trained."""
     from hybridrnn.config import coerce_config
@@ -395,7 +392,7 @@ def check_rows(base_config: Path, keys: Sequence[RowKey], overrides: Sequence[st
             continue
         seen.add((key.model, key.length))
         try:
-            coerce_config(base_config, list(overrides) + key.overrides())
+            coerce_config(config_path, list(overrides) + key.overrides())
         except ValueError as error:     # ConfigError and pydantic's ValidationError are ValueErrors
             where = key.model.label + (f" (length {key.length})" if key.length is not None else "")
             errors.append(f"{where}: {error}")
@@ -418,8 +415,7 @@ def run_compare(config_path: str | os.PathLike, models: str | Sequence[str | dic
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    sections, base_config = split_experiment_config(config_path, out_dir)
-    section = sections.get("compare", {})
+    section = experiment_sections(config_path).get("compare", {})
     unknown = set(section) - {"models", "seeds", "lengths", "metrics"}
     if unknown:
         raise ValueError(f"config {str(config_path)!r}: unknown keys in compare: {sorted(unknown)} "
@@ -434,16 +430,16 @@ def run_compare(config_path: str | os.PathLike, models: str | Sequence[str | dic
     if isinstance(seeds, int) and seeds < 1:
         raise ValueError(f"seeds: expected at least 1, got {seeds}")
     length_list = parse_int_list(lengths if lengths is not None else section.get("lengths"), "lengths")
-    task_name = str(read_yaml(base_config).get("task", ""))
+    task_name = str(read_yaml(config_path).get("task", ""))
 
     keys = [RowKey(m, s, length) for length in (length_list or [None]) for m in entries for s in seed_list]
-    plan = {"config": str(config_path), "train_config": str(Path(base_config).resolve()), "task": task_name, "models": [e.label for e in entries],
+    plan = {"config": str(config_path), "train_config": str(Path(config_path).resolve()), "task": task_name, "models": [e.label for e in entries],
             "seeds": seed_list, "lengths": length_list, "overrides": list(overrides), "metrics": metrics,
             "rows": [{"run_id": k.run_id, "model": k.model.label, "seed": k.seed, "length": k.length}
                      for k in keys]}
     atomic_write_text(out_dir / "compare.json", json.dumps(plan, indent=2))
 
-    check_rows(base_config, keys, overrides)
+    check_rows(config_path, keys, overrides)
     for number, key in enumerate(keys, 1):
         run_dir = out_dir / "runs" / key.run_id
         what = f"[{number}/{len(keys)}] {key.model.label} seed {key.seed}" + \
@@ -452,7 +448,7 @@ def run_compare(config_path: str | os.PathLike, models: str | Sequence[str | dic
             progress(f"{what}: done before, skipped")
             continue
         progress(f"{what}: training")
-        row = _run_row(key, base_config, run_dir, overrides, task_name)
+        row = _run_row(key, config_path, run_dir, overrides, task_name)
         atomic_write_text(run_dir / ROW_FILE, json.dumps(row, indent=2))
         write_results_csv(out_dir, collect_rows(out_dir, keys))
     results = write_results_csv(out_dir, collect_rows(out_dir, keys))

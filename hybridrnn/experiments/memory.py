@@ -264,6 +264,8 @@ def memory_diagnostic(run_dir: str | Path, split: str = "test", examples: int = 
     (default the run directory) and returns what memory.json holds."""
     from hybridrnn.train.run import load_run
 
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"split must be train, val or test, got {split!r}")
     run_dir = Path(run_dir)
     config, task, model = load_run(run_dir)
     if getattr(task, "name", None) != "long_range":

@@ -1,7 +1,7 @@
 """Hyper-parameter search with Optuna: ``hybridrnn tune CONFIG --trials N --storage sqlite:///study.db``.
 
 The search space is the ``tune:`` section of the config (read here and removed before the run config is
-validated, see :func:`hybridrnn.experiments.compare.split_experiment_config`)::
+validated, see :func:`hybridrnn.config.build_config`)::
 
     tune:
       metric: loss            # validation metric to optimise (default: the task's monitored metric)
@@ -31,7 +31,7 @@ import string
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from hybridrnn.experiments.compare import atomic_write_text, split_experiment_config
+from hybridrnn.experiments.compare import atomic_write_text, experiment_sections
 
 TUNE_KEYS = {"metric", "direction", "pruner", "space"}
 RANGE_KEYS = {"low", "high", "log", "step", "type"}
@@ -230,7 +230,7 @@ def run_tune(config_path: str | os.PathLike, trials: int, storage: Optional[str]
     study_name = study_name or Path(config_path).stem
     out = Path(out_dir) if out_dir is not None else Path("runs") / f"tune-{study_name}"
     out.mkdir(parents=True, exist_ok=True)
-    sections, base_config = split_experiment_config(config_path, out)
+    sections = experiment_sections(config_path)
     if "tune" not in sections:
         raise ValueError(f"config {str(config_path)!r} has no 'tune:' section declaring the search space "
                          "(see hybridrnn.experiments.tune)")
@@ -242,7 +242,7 @@ def run_tune(config_path: str | os.PathLike, trials: int, storage: Optional[str]
     space = check_space(section.get("space"), "tune.space")
     # the first point of the space must make a valid config: fail now, not in trial 1 of every worker
     first, _ = sample_overrides(space, _FirstChoice())
-    config = coerce_config(base_config, list(overrides) + first)
+    config = coerce_config(config_path, list(overrides) + first)
     task_class = get_task_class(config.task)
     metric = str(section.get("metric", task_class.monitor))
     if "direction" in section:
@@ -271,7 +271,7 @@ def run_tune(config_path: str | os.PathLike, trials: int, storage: Optional[str]
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("overrides", list(overrides) + sampled)
         progress(f"trial {trial.number}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
-        return train_trial(base_config, list(overrides) + sampled, run_dir, trial, metric)
+        return train_trial(config_path, list(overrides) + sampled, run_dir, trial, metric)
 
     study.optimize(objective, n_trials=trials, catch=(NonFiniteLossError,))
     atomic_write_text(out / "trials.csv", study.trials_dataframe().to_csv(index=False))

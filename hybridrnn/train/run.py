@@ -185,32 +185,6 @@ def evaluate_run(run_dir: str | Path, split: str = "test", *, weights: str = "be
         return {k: float(v) for k, v in task.evaluate(model, split).items()}
 
 
-def metrics_by_forecaster(metrics: dict[str, float], baselines: Iterable[str]) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
-    """Split ``evaluate()`` metrics into ``{"model" | baseline: {metric: value}}`` (a baseline's ``naive_mae``
-    becomes ``["naive"]["mae"]``; only metrics the model also has) and the remaining keys."""
-    names = sorted(baselines, key=len, reverse=True)   # 'seasonal_naive_' before 'naive_'
-    rows: dict[str, dict[str, float]] = {"model": {}}
-    claimed = {}
-    for key in metrics:
-        owner = next((b for b in names if key.startswith(b + "_")), None)
-        if owner is not None:
-            claimed[key] = (owner, key[len(owner) + 1:])
-    for key, value in metrics.items():
-        if key not in claimed:
-            rows["model"][key] = value
-    other = {}
-    for key, (owner, metric) in claimed.items():
-        if metric in rows["model"]:
-            rows.setdefault(owner, {})[metric] = metrics[key]
-        else:
-            other[key] = metrics[key]
-    shared = {m for row in list(rows.values())[1:] for m in row}
-    if len(rows) > 1:   # model keys no baseline has (loss, best_baseline_mae, ...) go below the table
-        for key in [k for k in rows["model"] if k not in shared]:
-            other[key] = rows["model"].pop(key)
-    return rows, other
-
-
 def report_run(run_dir: str | Path, split: str = "test", *, weights: str = "best") -> dict:
     """``evaluate_run``'s metrics, plus ``"report"``: the task's detailed JSON report (per horizon step, each
     baseline) when the task has one (the forecast task). What ``hybridrnn evaluate RUN --json`` prints."""
