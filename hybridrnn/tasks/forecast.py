@@ -29,7 +29,7 @@ from hybridrnn.data.scalers import Scaler
 from hybridrnn.data.timeseries import (SeriesTable, TableError, future_times, gather_windows, load_table, one_hot,
                                        season_length, split_bounds, window_origins)
 from hybridrnn.tasks._common import encoder_options
-from hybridrnn.tasks.forecast_config import ForecastConfig
+from hybridrnn.tasks.forecast_config import FORECAST_HEAD_OPTIONS, ForecastConfig
 from hybridrnn.tasks.forecast_metrics import (BASELINES, LinearBaseline, forecast_metrics, mase_scale,
                                               metrics_by_step, naive_forecast, seasonal_naive_forecast)
 from hybridrnn.train.checkpoint import atomic_write_text, read_json
@@ -178,13 +178,11 @@ class ForecastTask(Task):
             raise RuntimeError("build_model needs setup() or load_artifacts() first")
         m = self._cfg.model
         lay = self.layout
-        options = encoder_options(m)
+        head = {k: getattr(m, k) for k in FORECAST_HEAD_OPTIONS}   # the forecasting head's own options
         return Forecaster(lay["input_size"], len(lay["targets"]), lay["horizon"], m.encoder, lookback=lay["lookback"],
-                          future_size=lay["future_size"], strategy=m.strategy, attention=m.attention,
-                          attention_heads=m.attention_heads, dropout=m.dropout, instance_norm=m.instance_norm,
-                          norm_channels=len(lay["targets"]) + len(lay["covariates"]),
-                          channel_independent=m.channel_independent, linear_skip=m.linear_skip, decoder=m.decoder,
-                          encoder_options=options)
+                          future_size=lay["future_size"], attention=m.attention, attention_heads=m.attention_heads,
+                          dropout=m.dropout, norm_channels=len(lay["targets"]) + len(lay["covariates"]),
+                          encoder_options=encoder_options(m), **head)
 
     def train_batches(self, epoch: int, generator: torch.Generator) -> Iterator[Any]:
         origins = self.origins["train"]

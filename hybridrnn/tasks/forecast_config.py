@@ -96,6 +96,12 @@ class ForecastModelConfig(ModelConfig):
     loss: Literal["mse", "mae", "huber"] = "mse"
 
 
+#: ForecastModelConfig fields that are keyword arguments of ``hybridrnn.nn.forecaster.Forecaster`` (the head's
+#: options, besides the encoder options every task shares); a new head option is a field here and an argument there
+FORECAST_HEAD_OPTIONS = tuple(k for k in ForecastModelConfig.model_fields if k not in ModelConfig.model_fields
+                              and k != "loss")
+
+
 class ForecastConfig(RunConfig):
     """``task: forecast``."""
 
