@@ -21,8 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
-class ConfigError(ValueError):
-    """A configuration that cannot be used; the message names the key, its path and the fix."""
+from hybridrnn.errors import ConfigError  # noqa: E402  (re-exported: the config schema's error)
 
 
 class Section(BaseModel):

@@ -21,7 +21,6 @@ or discards a half-done commit, so a process killed at any instant leaves a cons
 from __future__ import annotations
 
 import json
-import math
 import os
 import threading
 from pathlib import Path
@@ -30,6 +29,11 @@ from typing import Any, Callable
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as _st_save
+
+# the writers and readers live in the one low helper (hybridrnn._io); re-exported for the run-directory code
+from hybridrnn._io import (atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_text,  # noqa: F401
+                           json_float, json_text, jsonl_text, read_json, read_jsonl, write_jsonl)
+from hybridrnn.errors import RunDirError  # noqa: F401
 
 CONFIG = "config.yaml"
 BEST_WEIGHTS = "model.safetensors"
@@ -42,93 +46,6 @@ LEARNING_CURVE = "learning_curve.png"
 PENDING = ".next"
 
 
-class RunDirError(ValueError):
-    """A run directory that cannot be read: missing, corrupt or inconsistent files (the message names them)."""
-
-
-# ---------------------------------------------------------------------------------------------------------
-# atomic writes
-
-
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary path in ``path``'s folder, fsync it, then ``os.replace`` it to ``path``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
-def json_text(obj: Any) -> str:
-    """Strict JSON (non-finite floats as strings, see :func:`_json_safe`), indented, with a final newline."""
-    return json.dumps(_json_safe(obj), indent=2, allow_nan=False) + "\n"
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    return atomic_write_text(path, json_text(obj))
-
-
-def _json_safe(obj: Any) -> Any:
-    """Non-finite floats as the strings "nan" / "inf" / "-inf" (strict JSON); tuples as lists."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
-def json_float(value: Any) -> float:
-    """Inverse of the non-finite encoding of :func:`atomic_write_json`."""
-    return float(value)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# reading, with errors that name the file
-
-
-def read_json(path: str | Path) -> Any:
-    path = Path(path)
-    try:
-        return json.loads(path.read_bytes().decode("utf-8"))
-    except FileNotFoundError:
-        raise RunDirError(f"{path} is missing") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunDirError(f"{path} is not a valid JSON file ({type(exc).__name__}: {exc})") from None
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    path = Path(path)
-    if not path.exists():
-        return []
-    try:
-        lines = path.read_bytes().decode("utf-8").splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunDirError(f"{path} is not a valid JSON-lines file ({type(exc).__name__}: {exc})") from None
-
-
-def jsonl_text(records: list[dict]) -> str:
-    return "".join(json.dumps(_json_safe(r), allow_nan=False) + "\n" for r in records)
-
-
-def write_jsonl(path: str | Path, records: list[dict]) -> Path:
-    return atomic_write_text(path, jsonl_text(records))
 
 
 def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
