@@ -18,6 +18,12 @@ Nested stacks are flattened (``(a>b)>c`` is the stack ``a>b>c``: running blocks 
 nested parallels are kept as written (``(a|b)|c`` fuses ``a`` and ``b`` first, which differs from ``a|b|c``
 under a learned gate). A one-item stack or parallel is just that item. :func:`format_spec` writes the
 canonical text of an AST, and ``parse_spec(format_spec(ast)) == ast`` for every AST.
+
+Limits (so that a spec that parses can be built): sizes and layer counts are ASCII digits, at most
+:data:`MAX_UNITS` units per direction and :data:`MAX_LAYERS` layers per block; parentheses nest at most
+:data:`MAX_DEPTH` deep; a spec has at most :data:`MAX_BLOCKS` blocks and at most :data:`MAX_WEIGHTS` recurrent
+weights (the ``hidden x hidden`` matrices alone, a lower bound of the parameter count). Anything beyond is a
+:class:`SpecError` naming the value, raised by :func:`parse_spec` before anything is built.
 """
 from __future__ import annotations
 
@@ -26,13 +32,26 @@ import re
 from dataclasses import dataclass
 from typing import Union
 
+from hybridrnn import errors
+
 __all__ = ["Layer", "Stack", "Parallel", "SpecNode", "SpecError", "parse_spec", "format_spec", "iter_layers",
-           "KINDS"]
+           "KINDS", "MAX_UNITS", "MAX_LAYERS", "MAX_DEPTH", "MAX_BLOCKS", "MAX_WEIGHTS"]
 
 #: spelling in a spec -> (cell kind, bidirectional)
 KINDS: dict[str, tuple[str, bool]] = {
     "lstm": ("lstm", False), "gru": ("gru", False), "bilstm": ("lstm", True), "bigru": ("gru", True),
 }
+
+#: the largest number of units per direction in one layer
+MAX_UNITS = 16384
+#: the largest layer count of one block (``lstm:64x<count>``)
+MAX_LAYERS = 64
+#: the deepest nesting of parentheses
+MAX_DEPTH = 32
+#: the most blocks (``kind:units[xN]`` items) in one spec
+MAX_BLOCKS = 256
+#: the most recurrent weights (gates x hidden x hidden per layer and direction) in one spec: 2**30, 4 GiB in float32
+MAX_WEIGHTS = 2 ** 30
 
 
 @dataclass(frozen=True)
@@ -84,8 +103,9 @@ def _check_children(what: str, children) -> tuple:
     return children
 
 
-class SpecError(ValueError):
-    """A malformed spec. ``str(error)`` shows the reason, the spec, and a caret under the bad token.
+class SpecError(errors.SpecError):
+    """A malformed spec (a :class:`hybridrnn.errors.SpecError`, so a ``HybridRNNError`` and a ``ValueError``).
+    ``str(error)`` shows the reason, the spec, and a caret under the bad token.
 
     Attributes: ``spec`` (the text), ``position`` (0-based index of the bad token; ``len(spec)`` for "at the
     end"), ``reason`` (the message without the picture).
@@ -93,8 +113,11 @@ class SpecError(ValueError):
 
     def __init__(self, spec: str, position: int, reason: str):
         self.spec, self.position, self.reason = spec, position, reason
-        one_line = spec.replace("\n", " ").replace("\t", " ")
+        one_line = spec.replace("\n", " ").replace("\t", " ").replace("\r", " ")
         super().__init__(f"invalid encoder spec: {reason}\n  {one_line}\n  {' ' * position}^")
+
+    def __reduce__(self):  # pickles (e.g. across worker processes) with its three arguments
+        return type(self), (self.spec, self.position, self.reason)
 
 
 _SEPARATORS = set(">|()") | {" ", "\t", "\n", "\r"}
@@ -110,6 +133,9 @@ class _Parser:
     def __init__(self, text: str):
         self.text = text
         self.pos = 0
+        self.depth = 0      # parentheses open around the current position
+        self.blocks = 0     # layers parsed so far
+        self.weights = 0    # recurrent weights of those layers
 
     # -- low level --------------------------------------------------------------------------------------
     def error(self, pos: int, reason: str) -> SpecError:
@@ -164,10 +190,14 @@ class _Parser:
         c = self.peek()
         if c == "(":
             open_pos = self.pos
+            if self.depth >= MAX_DEPTH:
+                raise self.error(open_pos, f"parentheses nested more than {MAX_DEPTH} deep")
             self.pos += 1
             if self.peek() == ")":
                 raise self.error(self.pos, "empty parentheses: expected a layer such as 'lstm:64' inside")
+            self.depth += 1
             node = self.stack()
+            self.depth -= 1
             if self.peek() != ")":
                 if self.pos >= len(self.text):
                     raise self.error(open_pos, "unbalanced parentheses: this '(' is never closed")
@@ -198,12 +228,15 @@ class _Parser:
         if not size_text:
             raise self.error(self.pos, f"missing size after '{name}:': expected a positive integer such as 64, "
                                        f"found {_describe(self.text, self.pos)}")
-        m = re.fullmatch(r"(\d+)(?:[xX](.*))?", size_text)
+        m = re.fullmatch(r"([0-9]+)(?:[xX](.*))?", size_text)
         if m is None:
             raise self.error(size_pos, f"the size of '{name}' must be a positive integer, found '{size_text}'")
         hidden = int(m.group(1))
         if hidden < 1:
             raise self.error(size_pos, f"the size of '{name}' must be at least 1, found {m.group(1)}")
+        if hidden > MAX_UNITS:
+            raise self.error(size_pos, f"the size of '{name}' is {hidden}, more than the largest supported "
+                                       f"{MAX_UNITS} units")
         layers = 1
         count_pos, count = size_pos + m.end(1) + 1, m.group(2)
         if count is None and self.peek() in ("x", "X"):  # "lstm:64 x 2": spaces around the x
@@ -214,12 +247,23 @@ class _Parser:
             if not count:
                 raise self.error(count_pos, f"missing layer count after 'x' in '{name}:{size_text}': expected "
                                             f"e.g. '{key}:{hidden}x2'")
-            if not count.isdigit():
+            if not re.fullmatch(r"[0-9]+", count):
                 raise self.error(count_pos, f"the layer count of '{name}' must be a positive integer, "
                                             f"found '{count}'")
             layers = int(count)
             if layers < 1:
                 raise self.error(count_pos, f"the layer count of '{name}' must be at least 1, found {count}")
+            if layers > MAX_LAYERS:
+                raise self.error(count_pos, f"the layer count of '{name}' is {layers}, more than the largest "
+                                            f"supported {MAX_LAYERS}")
+        self.blocks += 1
+        if self.blocks > MAX_BLOCKS:
+            raise self.error(start, f"more than {MAX_BLOCKS} blocks in one spec")
+        gates = 4 if kind == "lstm" else 3
+        self.weights += gates * hidden * hidden * layers * (2 if bidirectional else 1)
+        if self.weights > MAX_WEIGHTS:
+            raise self.error(start, f"the spec up to '{name}:{size_text}' has {self.weights:,} recurrent weights, "
+                                    f"more than the largest supported {MAX_WEIGHTS:,} (make the layers smaller)")
         return Layer(kind, hidden, layers, bidirectional)
 
 
