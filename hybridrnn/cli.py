@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Iterable, List, Optional
+from typing import List, Optional
 
 import typer
 
@@ -22,40 +22,65 @@ _state = {"debug": False}
 EXIT_USAGE = 2
 
 
+def _version(value: bool) -> None:
+    if value:
+        from hybridrnn import __version__
+
+        typer.echo(f"hybridrnn {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
+def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+          version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
     _state["debug"] = debug
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    # NotImplementedError: an optional task feature (predict, export) the task lacks; ImportError: a missing extra
-    errors: list[type[BaseException]] = [ValueError, FileNotFoundError, NotADirectoryError, PermissionError,
-                                         NotImplementedError, ImportError]
-    if "hybridrnn.train.trainer" in sys.modules:
-        errors.append(sys.modules["hybridrnn.train.trainer"].NonFiniteLossError)
-    return tuple(errors)
 
 
 def _fail(exc: BaseException) -> None:
     if _state["debug"]:
         raise exc
-    message = str(exc) or type(exc).__name__
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {_message(exc)}", err=True)
     raise typer.Exit(EXIT_USAGE)
 
 
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        # a failed read or write: name the path and what went wrong (read-only, disk full, permission denied)
+        return f"cannot access {exc.filename}: {exc.strerror}" + ("" if exc.errno is None else f" (errno {exc.errno})")
+    return str(exc) or type(exc).__name__
+
+
 def _run(fn, *args, **kwargs):
-    """Call ``fn``; user errors become a clean message and exit code 2 (a traceback with --debug)."""
+    """Call ``fn``; the user's errors become one ``error:`` paragraph and exit code 2 (a traceback with --debug).
+
+    The user's errors: a HybridRNNError (bad config, data, run directory, spec; a missing extra), an OSError
+    on a file (missing, read-only, disk full), a task feature the task lacks (NotImplementedError), and for
+    now any ValueError (the validation inside the model layers still raises those)."""
+    from hybridrnn.errors import HybridRNNError
+
     try:
         return fn(*args, **kwargs)
     except typer.Exit:
         raise
     except ImportError as exc:           # a missing optional extra (tensorboard, optuna, ...)
-        if "pip install" in str(exc) or "extra" in str(exc):
+        if isinstance(exc, HybridRNNError) or "pip install" in str(exc):
             _fail(exc)
         raise
-    except _user_errors() as exc:
+    except (HybridRNNError, ValueError, OSError, NotImplementedError) as exc:
         _fail(exc)
+
+
+def _write_table(frame, output: Optional[Path]) -> None:
+    """A prediction table as CSV to ``output`` (tab-separated for .tsv), atomically, or to standard output."""
+    if output is None:
+        sys.stdout.write(frame.to_csv(index=False))
+        return
+    from hybridrnn._io import atomic_write_text
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(output, frame.to_csv(index=False, sep="\t" if output.suffix.lower() == ".tsv" else ","))
+    typer.echo(f"wrote {len(frame)} rows to {output}", err=True)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -83,9 +108,9 @@ def train(
         _fail(ValueError(f"--progress must be auto, bar, plain or none, got {progress!r}"))
 
     def go():
-        from hybridrnn.train.run import train as train_run
+        from hybridrnn.api import train_run
 
-        return train_run(config, out=out, overrides=set_, resume=resume, progress=progress)
+        return train_run(config, out=out, overrides=set_, resume=resume, progress=progress).run_dir
 
     _run(go)
 
@@ -93,62 +118,70 @@ def train(
 @app.command()
 def evaluate(
     run: Path = typer.Argument(..., help="Run directory."),
-    split: str = typer.Option("test", "--split", help="train | val | test"),
+    split: str = typer.Option("test", "--split", help="train | val | test (of the configured data)"),
+    input: Optional[str] = typer.Option(None, "--input", help="Evaluate on every example of this file (or data set name) instead of a split of the configured data."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object of metrics (for scripts)."),
     weights: str = typer.Option("best", "--weights", help="best | last"),
+    set_: List[str] = typer.Option([], "--set", help="Override a config value of the run, e.g. --set data.fill=ffill (repeatable)."),
 ) -> None:
-    """Metrics of a trained run on a split (best weights by default)."""
+    """Metrics of a trained run and of its baselines on a split, or on a new file (best weights by default)."""
 
     def go():
-        from hybridrnn.train.run import evaluate_run, report_run
+        from hybridrnn.api import load
 
+        loaded = load(run, weights=weights, overrides=set_)
         if as_json:  # with the task's per-step report (forecast) under "report"
-            typer.echo(json.dumps(report_run(run, split, weights=weights)))
+            typer.echo(json.dumps(loaded.report(input, split=split)))
             return
-        metrics = evaluate_run(run, split, weights=weights)
-        from rich.console import Console
-        from rich.table import Table
+        from hybridrnn.api import metrics_table
 
-        from hybridrnn.train.run import run_task_class
-
-        rows, other = metrics_by_forecaster(metrics, run_task_class(run).baselines)
-        console = Console()
-        console.width = max(console.width, 110)   # never cut metric names (pipes default to 80 columns)
-        if len(rows) > 1:  # the model and each baseline side by side, one row each
-            columns = list(rows["model"])
-            table = Table(title=f"{run} ({split})", title_justify="left")
-            table.add_column("", no_wrap=True)
-            for c in columns:
-                table.add_column(c, justify="right", no_wrap=True)
-            for name, row in rows.items():
-                table.add_row(name, *(f"{row[c]:.4g}" if c in row else "-" for c in columns),
-                              style="bold" if name == "model" else None)
-            console.print(table)
-        else:
-            other = {**rows["model"], **other}
-        if other:
-            table = Table(title=None if len(rows) > 1 else f"{run} ({split})", title_justify="left")
-            table.add_column("metric")
-            table.add_column("value", justify="right")
-            for key, value in other.items():
-                table.add_row(key, f"{value:.6g}")
-            console.print(table)
+        rows, other = metrics_table(loaded.metrics(input, split=split), loaded.task.baselines)
+        _print_metrics(rows, other, f"{run} ({'input ' + str(input) if input else split})")
 
     _run(go)
+
+
+def _print_metrics(rows: dict[str, dict[str, float]], other: dict[str, float], title: str) -> None:
+    """The model and each baseline side by side (one row each), then the other metrics."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.width = max(console.width, 110)   # never cut metric names (pipes default to 80 columns)
+    if len(rows) > 1:
+        columns = list(rows["model"])
+        table = Table(title=title, title_justify="left")
+        table.add_column("", no_wrap=True)
+        for c in columns:
+            table.add_column(c, justify="right", no_wrap=True)
+        for name, row in rows.items():
+            table.add_row(name, *(f"{row[c]:.4g}" if c in row else "-" for c in columns),
+                          style="bold" if name == "model" else None)
+        console.print(table)
+    else:
+        other = {**rows["model"], **other}
+    if other:
+        table = Table(title=None if len(rows) > 1 else title, title_justify="left")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for key, value in other.items():
+            table.add_row(key, f"{value:.6g}")
+        console.print(table)
 
 
 @app.command()
 def predict(
     run: Path = typer.Argument(..., help="Run directory."),
-    input: Path = typer.Option(..., "--input", help="New inputs: a file (format defined by the task) or a data set name (bundled:NAME, shared:NAME)."),
-    output: Optional[Path] = typer.Option(None, "--output", help="Where to write predictions (default: stdout)."),
+    input: str = typer.Option(..., "--input", help="New inputs: a file (format defined by the task) or a data set name (bundled:NAME, shared:NAME)."),
+    output: Optional[Path] = typer.Option(None, "--output", help="Where to write predictions as CSV (.tsv: tab-separated; default: stdout)."),
+    set_: List[str] = typer.Option([], "--set", help="Override a config value of the run, e.g. --set data.fill=ffill (repeatable)."),
 ) -> None:
-    """Predict on new inputs with a trained run (delegates to the task)."""
+    """Predict on new inputs with a trained run; needs only the run directory, not the training data."""
 
     def go():
-        from hybridrnn.train.run import predict_run
+        from hybridrnn.api import load
 
-        predict_run(run, input, output)
+        _write_table(load(run, overrides=set_).predict(input), output)
 
     _run(go)
 
@@ -158,16 +191,21 @@ def generate(
     run: Path = typer.Argument(..., help="Run directory of a language model."),
     prompt: str = typer.Option("", "--prompt", help="Text to continue."),
     tokens: int = typer.Option(200, "--tokens", min=1, help="How many tokens to generate."),
-    temperature: float = typer.Option(1.0, "--temperature", min=0.0, help="Sampling temperature (0: greedy)."),
-    top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="Sample from the k most likely tokens."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for reproducible sampling."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", min=0.0, help="Sampling temperature (0: greedy; default: the run's lm.temperature)."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="Sample from the k most likely tokens (default: the run's lm.top_k)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for reproducible sampling."),
 ) -> None:
     """Generate text from a trained language model, streaming one token at a time."""
 
     def go():
-        from hybridrnn.tasks.language_model import generate_cli
+        from hybridrnn.api import load
 
-        generate_cli(run, prompt, tokens, temperature, top_k, seed)
+        pieces = load(run).iter_generate(prompt, tokens, temperature=temperature, top_k=top_k, seed=seed)
+        sys.stdout.write(prompt)
+        for piece in pieces:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
 
     _run(go)
 
@@ -242,7 +280,8 @@ def config_show(
     """Print the resolved configuration with every default filled in."""
 
     def go():
-        from hybridrnn.config import config_to_yaml, load_config
+        from hybridrnn.api import load_config
+        from hybridrnn.config import config_to_yaml
 
         typer.echo(config_to_yaml(load_config(config, set_)), nl=False)
 
@@ -258,9 +297,9 @@ def export(
     """Export a trained run's best model to ONNX (batch dimension dynamic; needs the 'onnx' extra)."""
 
     def go():
-        from hybridrnn.train.export import export_onnx
+        from hybridrnn.api import load
 
-        result = export_onnx(run, output, check=check)
+        result = load(run).export(output, check=check)
         shapes = ", ".join(f"{k} (batch, {', '.join(map(str, v))})" for k, v in result["inputs"].items())
         typer.echo(f"wrote {result['output']}: inputs {shapes}; outputs {', '.join(result['outputs'])}")
         if result["max_abs_difference"] is not None:
@@ -316,33 +355,6 @@ def datasets() -> None:
         console.print(table)
 
     _run(go)
-
-
-def metrics_by_forecaster(metrics: dict[str, float],
-                          baselines: Iterable[str]) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
-    """Split ``evaluate()`` metrics into ``{"model" | baseline: {metric: value}}`` (a baseline's ``naive_mae``
-    becomes ``["naive"]["mae"]``; only metrics the model also has) and the remaining keys."""
-    names = sorted(baselines, key=len, reverse=True)   # 'seasonal_naive_' before 'naive_'
-    rows: dict[str, dict[str, float]] = {"model": {}}
-    claimed = {}
-    for key in metrics:
-        owner = next((b for b in names if key.startswith(b + "_")), None)
-        if owner is not None:
-            claimed[key] = (owner, key[len(owner) + 1:])
-    for key, value in metrics.items():
-        if key not in claimed:
-            rows["model"][key] = value
-    other = {}
-    for key, (owner, metric) in claimed.items():
-        if metric in rows["model"]:
-            rows.setdefault(owner, {})[metric] = metrics[key]
-        else:
-            other[key] = metrics[key]
-    shared = {m for row in list(rows.values())[1:] for m in row}
-    if len(rows) > 1:   # model keys no baseline has (loss, best_baseline_mae, ...) go below the table
-        for key in [k for k in rows["model"] if k not in shared]:
-            other[key] = rows["model"].pop(key)
-    return rows, other
 
 
 def main() -> None:

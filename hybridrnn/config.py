@@ -3,6 +3,7 @@
 Every task config subclasses :class:`RunConfig` and adds its own ``data`` (and e.g. ``window``) sections.
 Unknown keys are errors (``extra="forbid"``). Loading, ``--set`` overrides and error messages live here too:
 
+>>> from hybridrnn.api.registry import load_config    # dispatches on ``task:`` to the task's config class
 >>> cfg = load_config("configs/x.yaml", overrides=["train.lr=0.003"])   # a RunConfig subclass
 >>> print(config_to_yaml(cfg))                                          # every default filled in
 
@@ -176,62 +177,9 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
     return data
 
 
-def config_class_for(task_name: Any, source: str = "<config>") -> type[RunConfig]:
-    """The config class of the task named by a config's ``task:`` value."""
-    from hybridrnn.tasks.registry import get_task_class
-
-    if task_name is None:
-        from hybridrnn.tasks.registry import task_names
-
-        raise ConfigError(f"{source}: missing key 'task' (one of: {', '.join(task_names())})")
-    try:
-        task_class = get_task_class(str(task_name))
-    except ValueError as exc:
-        raise ConfigError(f"{source}: task: {exc}") from None
-    return task_class.config_class
-
-
 #: top-level sections read by ``hybridrnn compare`` / ``hybridrnn tune`` (they describe several runs); one run's
 #: config leaves them out, so the same file serves train, compare and tune
 EXPERIMENT_SECTIONS = ("compare", "tune")
-
-
-def build_config(data: dict[str, Any], source: str = "<config>", *, text: str | None = None,
-                 overridden: Iterable[str] = (), config_dir: str | Path | None = None) -> RunConfig:
-    """Validate a config mapping into the config class its ``task:`` names; :class:`ConfigError` otherwise.
-    Its ``compare:`` / ``tune:`` sections are left to those commands. ``config_dir``: the folder of the YAML file, against which relative data paths are tried first."""
-    cls = config_class_for(data.get("task"), source)
-    data = {k: v for k, v in data.items() if k not in EXPERIMENT_SECTIONS}
-    try:
-        return cls.model_validate(data, context={"config_dir": str(config_dir)} if config_dir else None)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, cls, source, text=text, overridden=overridden)) from None
-
-
-def load_config(path: str | Path, overrides: Iterable[str] = ()) -> RunConfig:
-    """Read, override and validate a YAML config file."""
-    path = Path(path)
-    overrides = list(overrides)
-    data = read_yaml(path)
-    data = apply_overrides(data, overrides)
-    text = path.read_text(encoding="utf-8")
-    return build_config(data, str(path), text=text, overridden=[o.partition("=")[0].strip() for o in overrides],
-                        config_dir=path.resolve().parent)
-
-
-def coerce_config(config: RunConfig | dict | str | Path, overrides: Iterable[str] = ()) -> RunConfig:
-    """A validated config from a config object, a mapping or a YAML path, with ``overrides`` applied."""
-    overrides = list(overrides)
-    if isinstance(config, (str, Path)):
-        return load_config(config, overrides)
-    if isinstance(config, RunConfig):
-        if not overrides:
-            return config
-        config = config.model_dump(mode="json")
-    if isinstance(config, dict):
-        data = apply_overrides(config, overrides)
-        return build_config(data, "<config>", overridden=[o.partition("=")[0].strip() for o in overrides])
-    raise TypeError(f"expected a RunConfig, a dict or a YAML path, got {type(config).__name__}")
 
 
 def config_to_yaml(config: RunConfig) -> str:

@@ -22,26 +22,26 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 import shutil
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
+import pandas as pd
+import torch
 import yaml
 
+from hybridrnn._io import atomic_write_text
+from hybridrnn.api import coerce_config, load_run, train_run
 from hybridrnn.config import EXPERIMENT_SECTIONS, read_yaml
-from hybridrnn.train.checkpoint import atomic_write_text
-
-ROW_FILE = "row.json"
-#: leading columns of results.csv (metric columns val_* and test_* follow)
-BASE_COLUMNS = ["model", "encoder", "options", "seed", "length", "task", "parameters", "epochs",
-                "epochs_to_best", "train_seconds", "train_seconds_per_epoch", "infer_ms_per_batch",
-                "infer_ms_per_sequence", "run_dir"]
-
+from hybridrnn.experiments.report import write_report
+from hybridrnn.experiments.results import BASE_COLUMNS, ROW_FILE, summarise_training
+from hybridrnn.nn.spec import parse_spec
+from hybridrnn.nn.tying import count_parameters
 
 # ---------------------------------------------------------------------------------------------------------
 # small I/O helpers
@@ -146,13 +146,8 @@ def parse_models(models: str | Sequence[str | dict]) -> list[ModelEntry]:
     duplicates = sorted({label for label in labels if labels.count(label) > 1})
     if duplicates:
         raise ValueError(f"models listed twice: {duplicates}")
-    try:
-        from hybridrnn.nn.spec import parse_spec
-    except ImportError:   # pragma: no cover - the spec parser is part of the package
-        parse_spec = None
-    if parse_spec is not None:
-        for e in entries:
-            parse_spec(e.encoder)   # a SpecError (ValueError) that points at the fault
+    for e in entries:
+        parse_spec(e.encoder)   # a SpecError that points at the fault
     return entries
 
 
@@ -198,61 +193,6 @@ class RowKey:
         return out
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The lines of ``run_dir/metrics.jsonl`` with nested mappings flattened (``{"val": {"loss": 1}}`` ->
-    ``{"val_loss": 1}``); an empty list when the file is missing."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    records = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(_flatten(json.loads(line)))
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: line {number} is not JSON ({error})") from None
-    return records
-
-
-def _flatten(record: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in record.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{name}_"))
-        else:
-            out[name] = value
-    return out
-
-
-def epoch_records(run_dir: Path) -> list[dict[str, Any]]:
-    """Per-epoch records of a run (lines of metrics.jsonl that carry an ``epoch`` and a validation metric)."""
-    return [r for r in read_metrics(run_dir) if "epoch" in r and any(k.startswith("val_") for k in r)]
-
-
-def _seconds_of(record: dict[str, Any]) -> Optional[float]:
-    for key in ("train_seconds", "epoch_seconds", "seconds", "time", "duration", "elapsed"):
-        if isinstance(record.get(key), (int, float)):
-            return float(record[key])
-    return None
-
-
-def summarise_training(run_dir: Path, monitor: str, mode: str) -> dict[str, Any]:
-    """Epochs run, epoch of the best validation ``monitor`` and mean training seconds per epoch (None where
-    metrics.jsonl does not say)."""
-    records = epoch_records(run_dir)
-    key = f"val_{monitor}"
-    scored = [r for r in records if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
-    best = None
-    if scored:
-        pick = min if mode == "min" else max
-        best = pick(scored, key=lambda r: r[key])["epoch"]
-    seconds = [s for s in (_seconds_of(r) for r in records) if s is not None]
-    return {"epochs": len(records) or None, "epochs_to_best": best,
-            "train_seconds_per_epoch": (sum(seconds) / len(seconds)) if seconds else None}
-
-
 def _has_split(task, split: str) -> bool:
     try:
         return task.num_examples(split) > 0
@@ -262,8 +202,6 @@ def _has_split(task, split: str) -> bool:
 
 def _leading_rows(batch: Any) -> int:
     """Size of the first axis of the first tensor in a batch (a tensor, or nested tuples / lists / dicts)."""
-    import torch
-
     if isinstance(batch, torch.Tensor):
         return int(batch.shape[0])
     items = batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (list, tuple)) else ()
@@ -282,9 +220,6 @@ def measure_inference(task, model, repeats: int = 7) -> tuple[float, int]:
 
     The batch is the task's own (``train.batch_size`` sequences, as the model trains on them), so the figure is
     comparable across models of one task; the per-sequence figure is it divided by the batch's rows."""
-    import statistics
-
-    import torch
 
     generator = torch.Generator().manual_seed(0)
     batch = next(iter(task.train_batches(0, generator)))
@@ -313,23 +248,19 @@ def measure_inference(task, model, repeats: int = 7) -> tuple[float, int]:
 
 def _run_row(key: RowKey, config_path: Path, run_dir: Path, overrides: Sequence[str], task_name: str) -> dict:
     """Train (or resume) one row's run, evaluate it and return the row."""
-    import torch
-
-    from hybridrnn.nn.tying import count_parameters
-    from hybridrnn.train.run import load_run, train
-
     all_overrides = list(overrides) + key.overrides()
     resume = run_dir if (run_dir / "state.json").is_file() else None
     if resume is None and run_dir.exists():
         shutil.rmtree(run_dir)    # a run killed before its first checkpoint: start it again
     started = time.perf_counter()
     if resume is not None:
-        trained = Path(train(config_path, out=run_dir, overrides=all_overrides, resume=resume))
+        trained = train_run(out=run_dir, overrides=all_overrides, resume=resume).run_dir
     else:
-        trained = Path(train(config_path, out=run_dir, overrides=all_overrides))
+        trained = train_run(config_path, out=run_dir, overrides=all_overrides).run_dir
     wall = time.perf_counter() - started
 
     config, task, model = load_run(trained)
+    task.setup()    # the configured data, split as in training (with the fitted state loaded from the run)
     model.eval()
     row: dict[str, Any] = {"model": key.model.label, "encoder": key.model.encoder,
                            "options": json.dumps(dict(key.model.options), sort_keys=True),
@@ -370,8 +301,6 @@ def collect_rows(out_dir: Path, keys: Iterable[RowKey]) -> list[dict]:
 
 def write_results_csv(out_dir: Path, rows: list[dict]) -> Path:
     """``out_dir/results.csv`` from ``rows`` (base columns, then val_*, then test_* metric columns)."""
-    import pandas as pd
-
     frame = pd.DataFrame(rows)
     metric_cols = sorted(c for c in frame.columns if c.startswith("val_")) + \
         sorted(c for c in frame.columns if c.startswith("test_"))
@@ -384,8 +313,6 @@ def write_results_csv(out_dir: Path, rows: list[dict]) -> Path:
 def check_rows(config_path: Path, keys: Sequence[RowKey], overrides: Sequence[str]) -> None:
     """Validate the config of every model (and length) before training any: a ValueError listing each model
     whose options the task refuses, rather than a failure after the other models have trained."""
-    from hybridrnn.config import coerce_config
-
     errors, seen = [], set()
     for key in keys:
         if (key.model, key.length) in seen:
@@ -453,7 +380,5 @@ def run_compare(config_path: str | os.PathLike, models: str | Sequence[str | dic
         write_results_csv(out_dir, collect_rows(out_dir, keys))
     results = write_results_csv(out_dir, collect_rows(out_dir, keys))
     if report:
-        from hybridrnn.experiments.report import write_report
-
         write_report(out_dir)
     return results

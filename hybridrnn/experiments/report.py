@@ -27,7 +27,11 @@ from typing import Any, Callable, Optional
 import numpy as np
 import pandas as pd
 
-from hybridrnn.experiments.compare import (BASE_COLUMNS, atomic_write_text, epoch_records, read_yaml)
+from hybridrnn._io import atomic_write_text
+from hybridrnn.api import get_task_class
+from hybridrnn.errors import ConfigError
+from hybridrnn.config import read_yaml
+from hybridrnn.experiments.results import BASE_COLUMNS, epoch_records
 
 #: metric names (after the val_/test_ prefix) where larger is better; every other metric is minimised
 HIGHER_IS_BETTER = ("accuracy", "acc", "f1", "auc", "r2", "precision", "recall", "solved", "bleu")
@@ -356,11 +360,9 @@ def _task_info(root: Path) -> tuple[str, str, str, dict]:
     task = str(base.get("task", ""))
     monitor, mode = "loss", "min"
     try:
-        from hybridrnn.tasks.registry import get_task_class
-
         cls = get_task_class(task)
         monitor, mode = cls.monitor, cls.monitor_mode
-    except Exception:   # an unknown or unimportable task still gets a report on its loss
+    except (ConfigError, ImportError):   # an unknown or unimportable task still gets a report on its loss
         pass
     return task, monitor, mode, base
 

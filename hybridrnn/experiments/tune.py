@@ -31,7 +31,12 @@ import string
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from hybridrnn.experiments.compare import atomic_write_text, experiment_sections
+from hybridrnn._io import atomic_write_text
+from hybridrnn.api import coerce_config, get_task_class, train_run
+from hybridrnn.errors import ConfigError, MissingExtraError
+from hybridrnn.experiments.compare import experiment_sections
+from hybridrnn.train.callbacks import Callback
+from hybridrnn.train.trainer import NonFiniteLossError
 
 TUNE_KEYS = {"metric", "direction", "pruner", "space"}
 RANGE_KEYS = {"low", "high", "log", "step", "type"}
@@ -40,9 +45,9 @@ RANGE_KEYS = {"low", "high", "log", "step", "type"}
 def import_optuna():
     """``optuna``, or an ImportError that names the ``tune`` extra."""
     try:
-        import optuna
+        import optuna   # optional extra: 'tune'
     except ImportError:
-        raise ImportError("hyper-parameter search needs Optuna, an optional dependency: "
+        raise MissingExtraError("hyper-parameter search needs Optuna, an optional dependency: "
                           "pip install 'hybridrnn[tune]' (or pip install optuna)") from None
     return optuna
 
@@ -141,46 +146,29 @@ class _FirstChoice:
 # one trial
 # ---------------------------------------------------------------------------------------------------------
 
+class PruningCallback(Callback):
+    """Reports ``val_<metric>`` to an Optuna trial after every epoch and stops the trial when the pruner says."""
+
+    def __init__(self, trial, metric: str, optuna):
+        self.trial, self.key, self.optuna = trial, f"val_{metric}", optuna
+
+    def on_epoch_end(self, trainer, record: dict[str, Any]) -> None:
+        if self.key not in record:
+            raise ConfigError(f"tune.metric {self.key[4:]!r}: the task's evaluate() has no such metric; it returned "
+                              f"{sorted(k[4:] for k in record if k.startswith('val_'))}")
+        self.trial.report(float(record[self.key]), int(record["epoch"]))
+        if self.trial.should_prune():
+            raise self.optuna.TrialPruned(f"pruned after epoch {record['epoch']}: {self.key}={record[self.key]:.6g}")
+
+
 def train_trial(config_path: Path, overrides: Sequence[str], run_dir: Path, trial, metric: str) -> float:
-    """Train one trial like ``hybridrnn.train.run.train`` does, reporting ``val_<metric>`` to ``trial`` after every
-    epoch (so the pruner can stop it); returns the best value of that metric over the epochs."""
-    import torch
-
-    from hybridrnn.config import coerce_config, config_to_yaml
-    from hybridrnn.tasks.registry import get_task_class
-    from hybridrnn.train import checkpoint as ckpt
-    from hybridrnn.train.distributed import resolve_device
-    from hybridrnn.train.progress import Progress
-    from hybridrnn.train.seeding import seed_everything
-    from hybridrnn.train.trainer import Trainer
-
+    """Train one trial with the one training pipeline (``hybridrnn.api.train_run``), reporting ``val_<metric>``
+    to ``trial`` after every epoch (so the pruner can stop it); returns the best value of that metric."""
     optuna = import_optuna()
-    config = coerce_config(config_path, overrides)
-    cfg = config.train
-    if cfg.num_threads is not None:
-        torch.set_num_threads(cfg.num_threads)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt.atomic_write_text(run_dir / ckpt.CONFIG, config_to_yaml(config))
-    seed_everything(cfg.seed)
-    task = get_task_class(config.task)(config)
-    task.setup(run_dir)
-    task.save_artifacts(run_dir)
-    seed_everything(cfg.seed)
-    model = task.build_model()
+    trained = train_run(config_path, out=run_dir, overrides=overrides, progress="none",
+                        callbacks=[PruningCallback(trial, metric, optuna)])
     key = f"val_{metric}"
-
-    class Report(Progress):
-        def epoch_end(self, record: dict[str, Any], monitor: str) -> None:
-            if key not in record:
-                raise ValueError(f"tune.metric {metric!r}: the task's evaluate() has no {metric!r}; it returned "
-                                 f"{sorted(k[4:] for k in record if k.startswith('val_'))}")
-            trial.report(float(record[key]), int(record["epoch"]))
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned after epoch {record['epoch']}: {key}={record[key]:.6g}")
-
-    trainer = Trainer(task, model, cfg, run_dir, device=resolve_device(cfg.device), progress=Report())
-    result = trainer.fit()
-    values = [float(r[key]) for r in result.history if key in r]
+    values = [float(r[key]) for r in trained.result.history if key in r]
     return min(values) if trial.study.direction == optuna.study.StudyDirection.MINIMIZE else max(values)
 
 
@@ -221,9 +209,6 @@ def run_tune(config_path: str | os.PathLike, trials: int, storage: Optional[str]
     Writes ``OUT/trials.csv`` (every trial of the study so far) and ``OUT/best.json`` after the trials.
     """
     optuna = import_optuna()
-    from hybridrnn.config import coerce_config
-    from hybridrnn.tasks.registry import get_task_class
-    from hybridrnn.train.trainer import NonFiniteLossError
 
     if not isinstance(trials, int) or trials < 1:
         raise ValueError(f"trials must be a positive integer, got {trials!r}")

@@ -26,16 +26,18 @@ from torch import nn
 from hybridrnn.data.calendar import auto_calendar, calendar_columns, calendar_features
 from hybridrnn.data.registry import resolve_data_path
 from hybridrnn.data.scalers import Scaler
-from hybridrnn.data.timeseries import (SeriesTable, TableError, future_times, gather_windows, load_table, one_hot,
+from hybridrnn.data.timeseries import (SeriesTable, future_times, gather_windows, load_table, one_hot,
                                        season_length, split_bounds, window_origins)
 from hybridrnn.tasks._common import encoder_options
 from hybridrnn.tasks.forecast_config import FORECAST_HEAD_OPTIONS, ForecastConfig
 from hybridrnn.tasks.forecast_metrics import (BASELINES, LinearBaseline, forecast_metrics, mase_scale,
                                               metrics_by_step, naive_forecast, seasonal_naive_forecast)
-from hybridrnn.train.checkpoint import atomic_write_text, read_json
+from hybridrnn._io import atomic_write_text, read_json
+from hybridrnn.errors import ConfigError, DataError, RunDirError
 from hybridrnn.train.task import Task, iterate_minibatches
 
 ARTIFACTS_FILE = "forecast_artifacts.json"
+ARTIFACTS_FORMAT = "hybridrnn.forecast/2"
 SPLITS = ("train", "val", "test")
 
 
@@ -48,20 +50,19 @@ class ForecastTask(Task):
     monitor_mode = "min"
     baselines = BASELINES
 
-    def __init__(self, config: ForecastConfig, frame: pd.DataFrame | None = None):
-        """``frame``: train on this DataFrame instead of the file at ``config.data.path`` (the Python API's
-        DataFrame input; ``data.path`` may then be left out)."""
+    supports_predict = True
+    supports_export = True
+
+    def __init__(self, config: ForecastConfig):
         super().__init__(config)
-        if frame is not None and not isinstance(frame, pd.DataFrame):
-            raise TypeError(f"frame must be a pandas DataFrame, got {type(frame).__name__}")
-        self.frame = frame
-        self.layout: dict[str, Any] | None = None
-        self.scaler: Scaler | None = None
+        self.layout: dict[str, Any] | None = None     # fitted state: columns, categories, calendar, sizes
+        self.scaler: Scaler | None = None             # fitted state: on the training rows
+        self.linear: LinearBaseline | None = None     # fitted state: on the training windows
+        self.mase_scale: np.ndarray | None = None     # fitted state: in-sample seasonal-naive MAE per target
         self.table: SeriesTable | None = None
         self.values: torch.Tensor | None = None
         self.origins: dict[str, np.ndarray] = {}
         self._baseline_cache: dict[str, dict[str, np.ndarray]] = {}
-        self.linear: LinearBaseline | None = None
 
     # ------------------------------------------------------------ data
     @property
@@ -71,69 +72,94 @@ class ForecastTask(Task):
     def _load(self, source, *, validate_frequency: str | None = None, use_where: bool = True,
               time_range: bool = True) -> SeriesTable:
         d = self._cfg.data
-        table_source = source if isinstance(source, pd.DataFrame) else resolve_data_path(source)
+        table_source = source if isinstance(source, pd.DataFrame) else resolve_data_path(str(source))
         return load_table(table_source, time_column=d.time_column, numeric=d.target + d.covariates,
                           categorical=d.categorical, where=d.where if use_where else None,
                           start=d.start if time_range else None, end=d.end if time_range else None,
                           frequency=validate_frequency if validate_frequency is not None else d.frequency,
                           fill=d.fill, header=d.header)
 
-    def setup(self, run_dir: Path | None = None) -> None:
-        """Load, validate and split the data; fit the scaler and categories on the training rows (or take
-        them from ``run_dir``'s artifacts when it has them, so a reloaded run never refits)."""
+    def _has_where_columns(self, source: Any) -> bool:
+        """Whether new input ``source`` has the ``data.where`` columns (a file of one series may lack them)."""
+        where = self._cfg.data.where
+        if not where:
+            return False
+        if isinstance(source, pd.DataFrame):
+            columns = source.columns
+        elif str(source).lower().endswith((".csv", ".gz", ".txt")):
+            columns = pd.read_csv(source, nrows=0).columns
+        else:
+            return True
+        return all(c in columns for c in where)
+
+    def _configured_source(self) -> str:
+        d = self._cfg.data
+        if d.path is None:
+            raise DataError("this forecast has no data.path (it was trained on a DataFrame): pass the data, "
+                            "e.g. run.evaluate(data=df) or `hybridrnn evaluate RUN --input FILE`")
+        return d.path
+
+    def setup(self, data: Any = None, *, whole: bool = False) -> None:
+        """Load and validate the table (``data``: a path, a data set name, a DataFrame, or None for
+        ``data.path``); fit the column layout, scaler, categories and baselines on the training rows unless
+        they were loaded with ``load_artifacts``. ``whole``: every window of ``data`` is the test split."""
         cfg = self._cfg
-        d, w = cfg.data, cfg.window
-        saved = Path(run_dir) / ARTIFACTS_FILE if run_dir is not None else None
-        if saved is not None and saved.exists() and self.layout is None:
-            self.load_artifacts(run_dir)
-        if self.frame is None and d.path is None:
-            raise ValueError("data.path is required (a CSV / Parquet file or a registry name) unless a DataFrame "
-                             "is passed as ForecastTask(config, frame=df)")
-        try:
-            table = self._load(d.path if self.frame is None else self.frame)
-        except FileNotFoundError:
-            # a run moved away from where it was configured: use the absolute path recorded at training time
-            recorded = (self.layout or {}).get("data_file")
-            if not recorded or not Path(recorded).exists():
-                raise
-            table = self._load(recorded)
+        w = cfg.window
+        if whole and self.layout is None:
+            raise RuntimeError("setup(whole=True) evaluates a trained model: load_artifacts first")
+        source = self._configured_source() if data is None else data
+        table = self._load(source, validate_frequency=self.layout["frequency"] if self.layout else None,
+                           use_where=not whole or self._has_where_columns(source), time_range=not whole)
         self.table = table
-        bounds = split_bounds(len(table), d.split, table.times)
-        if self.layout is None:  # fit: columns, categories, scaler (training rows only)
-            train_end = bounds[0]
-            categories = {c: sorted(set(table.categorical[c].iloc[:train_end])) for c in d.categorical}
-            if d.calendar == "auto":
-                calendar = auto_calendar(table.frequency)
-            else:
-                calendar = list(d.calendar)
-                if calendar and table.frequency == "steps":
-                    raise ValueError("calendar covariates need timestamps at a regular frequency; with frequency "
-                                     "'steps' future times are unknown: set data.calendar: []")
-            cal_cols = calendar_columns(calendar, d.calendar_encoding)
-            season = d.season or season_length(table.frequency)
-            self.scaler = Scaler.fit(d.scaler, table.numeric.iloc[:train_end].to_numpy(), list(table.numeric.columns))
-            self.layout = {
-                "targets": list(d.target), "covariates": list(d.covariates), "categories": categories,
-                "calendar": calendar, "calendar_encoding": d.calendar_encoding, "calendar_columns": cal_cols,
-                "frequency": table.frequency, "season": int(season), "lookback": w.lookback, "horizon": w.horizon,
-                "time_column": d.time_column,
-                "input_size": len(d.target) + len(d.covariates) + sum(len(v) for v in categories.values()) + len(cal_cols),
-                "future_size": len(cal_cols), "bounds": list(bounds), "data_file": None if self.frame is not None else str(resolve_data_path(d.path)),
-            }
-        self.values = torch.from_numpy(self._features(table))
         L, H = w.lookback, w.horizon
+        if whole:
+            if len(table) < L + H:
+                raise DataError(f"{table.source}: evaluating needs at least lookback + horizon = {L + H} rows, "
+                                f"got {len(table)}")
+            self.values = torch.from_numpy(self._features(table))
+            self.origins = {"test": window_origins(0, len(table), L, H)}
+            self._baseline_cache = {}
+            return
+        bounds = split_bounds(len(table), cfg.data.split, table.times)
+        if self.layout is None:
+            self._fit_state(table, bounds, None if isinstance(source, pd.DataFrame) else str(resolve_data_path(str(source))))
+        self.values = torch.from_numpy(self._features(table))
         train_end, val_end, test_end = bounds
         self.origins = {"train": window_origins(0, train_end, L, H, w.stride),
                         "val": window_origins(train_end, val_end, L, H),
                         "test": window_origins(val_end, test_end, L, H)}
         if len(self.origins["train"]) == 0:
-            raise ValueError(f"no training window: the training part has {train_end} rows, and a window needs "
-                             f"lookback + horizon = {L + H}")
-        target_rows = self._targets_original(table)[:train_end]
-        self.mase_scale = mase_scale(target_rows, self.layout["season"])
+            raise DataError(f"no training window: the training part has {train_end} rows, and a window needs "
+                            f"lookback + horizon = {L + H}")
         self._baseline_cache = {}
-        past, future = self._target_windows("train")
-        self.linear = LinearBaseline().fit(past, future)
+        if self.linear is None:
+            self.linear = LinearBaseline().fit(*self._target_windows("train"))
+
+    def _fit_state(self, table: SeriesTable, bounds: tuple[int, int, int], data_file: str | None) -> None:
+        """The column layout, categories, calendar, scaler and MASE scale, from the training rows only."""
+        d, w = self._cfg.data, self._cfg.window
+        train_end = bounds[0]
+        categories = {c: sorted(set(table.categorical[c].iloc[:train_end])) for c in d.categorical}
+        if d.calendar == "auto":
+            calendar = auto_calendar(table.frequency)
+        else:
+            calendar = list(d.calendar)
+            if calendar and table.frequency == "steps":
+                raise ConfigError("calendar covariates need timestamps at a regular frequency; with frequency "
+                                  "'steps' future times are unknown: set data.calendar: []")
+        cal_cols = calendar_columns(calendar, d.calendar_encoding)
+        season = d.season or season_length(table.frequency)
+        self.scaler = Scaler.fit(d.scaler, table.numeric.iloc[:train_end].to_numpy(), list(table.numeric.columns))
+        self.layout = {
+            "targets": list(d.target), "covariates": list(d.covariates), "categories": categories,
+            "calendar": calendar, "calendar_encoding": d.calendar_encoding, "calendar_columns": cal_cols,
+            "frequency": table.frequency, "season": int(season), "lookback": w.lookback, "horizon": w.horizon,
+            "time_column": d.time_column,
+            "input_size": len(d.target) + len(d.covariates) + sum(len(v) for v in categories.values()) + len(cal_cols),
+            "future_size": len(cal_cols), "bounds": list(bounds), "data_file": data_file,
+            "last_time": None if table.times is None else str(table.times[train_end - 1]),
+        }
+        self.mase_scale = mase_scale(self._targets_original(table)[:train_end], int(season))
 
     def _features(self, table: SeriesTable, times: pd.DatetimeIndex | None = None) -> np.ndarray:
         """``(rows, input_size)`` float32 model inputs for ``table`` (scaled with the fitted scaler)."""
@@ -308,16 +334,10 @@ class ForecastTask(Task):
         lay = self.layout
         if lay is None:
             raise RuntimeError("forecast needs setup() or load_artifacts() first")
-        d = self._cfg.data
         source = data if isinstance(data, pd.DataFrame) else Path(data)
-        has_where = True
-        if d.where:
-            raw_cols = (data.columns if isinstance(data, pd.DataFrame) else
-                        pd.read_csv(source, nrows=0).columns if str(source).lower().endswith((".csv", ".gz", ".txt")) else [])
-            has_where = all(c in raw_cols for c in d.where)
         freq = lay["frequency"]
-        table = self._load(source if isinstance(source, pd.DataFrame) else str(source),
-                           validate_frequency=freq, use_where=has_where, time_range=False)
+        table = self._load(source, validate_frequency=freq, use_where=self._has_where_columns(source),
+                           time_range=False)
         L, H = lay["lookback"], lay["horizon"]
         if len(table) < L:
             raise ValueError(f"{table.source}: forecasting needs at least lookback = {L} rows, got {len(table)}")
@@ -345,30 +365,21 @@ class ForecastTask(Task):
             out.insert(0, tc if isinstance(tc, str) else "time", times)
         return out
 
-    def predict(self, model: nn.Module, input_path: str | Path, output_path: str | Path | None) -> Path | None:
-        """Write the forecast of the ``horizon`` steps after ``input_path``'s last row to ``output_path`` (CSV;
-        None prints it to standard output)."""
-        frame = self.forecast(model, input_path)
-        if output_path is None:
-            print(frame.to_csv(index=False), end="")
-            return None
-        output_path = Path(output_path)
-        output_path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(output_path, frame.to_csv(index=False))
-        return output_path
+    def predict(self, model: nn.Module, data: Any) -> pd.DataFrame:
+        """The forecast of the ``horizon`` steps after ``data``'s last row (see :meth:`forecast`)."""
+        return self.forecast(model, data)
 
     # ------------------------------------------------------------ ONNX export
-    def export_inputs(self, split: str = "test", rows: int = 4) -> tuple[dict[str, torch.Tensor], list[str]]:
+    def export_inputs(self, rows: int = 4) -> tuple[dict[str, torch.Tensor], list[str]]:
         """``past: (batch, lookback, input_size)`` (scaled features) and, with calendar features,
-        ``future: (batch, horizon, future_size)``; the output ``forecast: (batch, horizon, targets)`` is on the
-        scaled data (``forecast_artifacts.json`` holds the scaler)."""
-        origins = next((self.origins[s] for s in (split, "test", "val", "train") if len(self.origins.get(s, ()))), None)
-        if origins is None:
-            raise ValueError("no window to build example inputs from")
-        batch = self._batch(origins[:rows])
-        inputs = {"past": batch["past"]}
-        if "future" in batch:
-            inputs["future"] = batch["future"]
+        ``future: (batch, horizon, future_size)``, drawn from a fixed-seed normal distribution (only their
+        shapes matter for the export); the output ``forecast: (batch, horizon, targets)`` is on the scaled data
+        (``forecast_artifacts.json`` holds the scaler)."""
+        lay = self.layout
+        generator = torch.Generator().manual_seed(rows)
+        inputs = {"past": torch.randn(rows, lay["lookback"], lay["input_size"], generator=generator)}
+        if lay["future_size"]:
+            inputs["future"] = torch.randn(rows, lay["horizon"], lay["future_size"], generator=generator)
         return inputs, ["forecast"]
 
     def export_forward(self, model: nn.Module, past: torch.Tensor, future: torch.Tensor | None = None) -> torch.Tensor:
@@ -376,23 +387,24 @@ class ForecastTask(Task):
 
     # ------------------------------------------------------------ artifacts
     def save_artifacts(self, run_dir: Path) -> None:
-        payload = {"format": "hybridrnn.forecast/1", "layout": self.layout, "scaler": self.scaler.to_dict()}
+        """``forecast_artifacts.json``: the column layout, the scaler, the MASE scale and the linear baseline's
+        coefficients, everything ``predict`` and ``evaluate --input`` need without the training data."""
+        payload = {"format": ARTIFACTS_FORMAT, "layout": self.layout, "scaler": self.scaler.to_dict(),
+                   "mase_scale": np.asarray(self.mase_scale, np.float64).tolist(), "linear": self.linear.to_dict()}
         atomic_write_text(Path(run_dir) / ARTIFACTS_FILE, json.dumps(payload, indent=1))
 
     def load_artifacts(self, run_dir: Path) -> None:
         path = Path(run_dir) / ARTIFACTS_FILE
         if not path.exists():
-            raise FileNotFoundError(f"{path} not found: the run directory lacks the forecast task's artifacts")
+            raise RunDirError(f"{path} not found: the run directory lacks the forecast task's fitted state")
         payload = read_json(path)
-        if not isinstance(payload, dict) or payload.get("format") != "hybridrnn.forecast/1":
-            raise ValueError(f"{path}: not a hybridrnn forecast artifact (format 'hybridrnn.forecast/1')")
+        if not isinstance(payload, dict) or payload.get("format") != ARTIFACTS_FORMAT:
+            raise RunDirError(f"{path}: not a hybridrnn forecast state (format {ARTIFACTS_FORMAT!r}); runs trained "
+                              "before version 0.2 must be retrained")
         self.layout = payload["layout"]
         self.scaler = Scaler.from_dict(payload["scaler"])
-        if self.table is not None:  # data already loaded: re-derive its features with the saved scaler
-            self.values = torch.from_numpy(self._features(self.table))
-            self._baseline_cache = {}
-            past, future = self._target_windows("train")
-            self.linear = LinearBaseline().fit(past, future)
+        self.mase_scale = np.asarray(payload["mase_scale"], np.float64)
+        self.linear = LinearBaseline.from_dict(payload["linear"])
 
     def plots(self, model: nn.Module, run_dir: Path) -> list[Path]:
         from hybridrnn.tasks.forecast_plots import forecast_plots

@@ -1,23 +1,11 @@
 """Plots of a trained forecaster on the test split: forecast vs actual, error by horizon step, attention map."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-
-def _save(fig, path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+from hybridrnn._io import new_figure, save_figure
 
 
 def _axis(task, rows: np.ndarray):
@@ -27,10 +15,6 @@ def _axis(task, rows: np.ndarray):
 
 def forecast_plots(task, model, run_dir: Path, split: str = "test") -> list[Path]:
     """Write ``forecast_vs_actual.png``, ``error_by_step.png`` and (with attention) ``attention.png``."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     run_dir.mkdir(parents=True, exist_ok=True)
     if task.num_examples(split) == 0:
         return []
@@ -48,7 +32,7 @@ def forecast_plots(task, model, run_dir: Path, split: str = "test") -> list[Path
     n_win = int(max(3, min(20, 400 // H)))
     picks = np.arange(0, len(origins), H)[:n_win]
     shown = targets[:3]
-    fig, axes = plt.subplots(len(shown), 1, figsize=(11, 3.2 * len(shown)), squeeze=False)
+    fig, axes = new_figure(len(shown), 1, figsize=(11, 3.2 * len(shown)), squeeze=False)
     lo, hi = int(origins[picks[0]]) - min(L, 2 * H), int(origins[picks[-1]]) + H
     rows = np.arange(lo, hi)
     for c, ax in enumerate(axes[:, 0]):
@@ -64,12 +48,11 @@ def forecast_plots(task, model, run_dir: Path, split: str = "test") -> list[Path
         ax.set_title(f"{targets[c]}: {H}-step forecasts from {len(picks)} origins ({split} split; green = forecast time)")
         ax.legend(loc="upper left", fontsize=8)
     fig.autofmt_xdate()
-    paths.append(_save(fig, run_dir / "forecast_vs_actual.png"))
-    plt.close(fig)
+    paths.append(save_figure(fig, run_dir / "forecast_vs_actual.png"))
 
     # 2. error by horizon step
     steps = np.arange(1, H + 1)
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = new_figure(figsize=(7, 4))
     for name, p, style in [("model", pred, dict(color="tab:red", lw=2))] + \
             [(k, v, dict(ls="--", lw=1.2)) for k, v in base.items()]:
         ax.plot(steps, np.abs(p - truth).mean(axis=(0, 2)), marker="o" if H <= 24 else None, ms=3, label=name, **style)
@@ -78,14 +61,13 @@ def forecast_plots(task, model, run_dir: Path, split: str = "test") -> list[Path
     ax.set_title(f"error by horizon step, {split} split ({len(origins)} windows)")
     ax.legend()
     ax.grid(alpha=0.3)
-    paths.append(_save(fig, run_dir / "error_by_step.png"))
-    plt.close(fig)
+    paths.append(save_figure(fig, run_dir / "error_by_step.png"))
 
     # 3. attention weights of one window
     if weights is not None:
         i = int(picks[min(1, len(picks) - 1)])
         w = weights[i]  # (queries, lookback)
-        fig, (ax0, ax1) = plt.subplots(2, 1, figsize=(10, 6), gridspec_kw={"height_ratios": [1, 1.3]})
+        fig, (ax0, ax1) = new_figure(2, 1, figsize=(10, 6), gridspec_kw={"height_ratios": [1, 1.3]})
         past_rows = np.arange(origins[i] - L, origins[i])
         ax0.plot(np.arange(-L, 0), actual[past_rows, 0], color="black", lw=1.2, label=f"{targets[0]} (look-back)")
         ax0.plot(np.arange(0, H), truth[i, :, 0], color="gray", lw=1.0, label="actual (horizon)")
@@ -107,6 +89,5 @@ def forecast_plots(task, model, run_dir: Path, split: str = "test") -> list[Path
             ax1.set_ylabel("query (horizon step)")
         fig.colorbar(im, ax=ax1, shrink=0.9, label="weight")
         fig.tight_layout()
-        paths.append(_save(fig, run_dir / "attention.png"))
-        plt.close(fig)
-    return paths
+        paths.append(save_figure(fig, run_dir / "attention.png"))
+        return paths

@@ -1,6 +1,7 @@
-"""Training: the Task interface, the Trainer, checkpoints and run directories.
+"""Training: the Task interface, the Trainer and its callbacks, checkpoints and run-directory files.
 
-``Trainer``, ``FitResult``, ``NonFiniteLossError``, ``train``, ``load_run``, ``evaluate_run`` are imported lazily.
+``Trainer``, ``FitResult``, ``NonFiniteLossError`` are imported lazily. Training a run end to end (config ->
+task -> model -> Trainer -> run directory) is one layer up, in :mod:`hybridrnn.api`.
 """
 from __future__ import annotations
 
@@ -10,14 +11,14 @@ from hybridrnn.train.task import Task
 
 _EXPORTS = {
     "Trainer": "trainer", "FitResult": "trainer", "NonFiniteLossError": "trainer",
-    "train": "run", "load_run": "run", "evaluate_run": "run", "predict_run": "run",
-    "RunDirError": "checkpoint",
+    "Callback": "callbacks", "RunDirError": "checkpoint",
 }
 
 __all__ = ["Task", *sorted(_EXPORTS)]
 
 
 def __getattr__(name: str):
+    # start-up time: torch-heavy modules load on first use
     if name in _EXPORTS:
         value = getattr(importlib.import_module(f"hybridrnn.train.{_EXPORTS[name]}"), name)
         globals()[name] = value

@@ -10,13 +10,14 @@ Requires the ``onnx`` extra: ``pip install 'hybridrnn[onnx]'``.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from hybridrnn._io import atomic_write
+from hybridrnn.errors import MissingExtraError
 
 DEFAULT_TOLERANCE = 1e-4
 
@@ -32,58 +33,54 @@ class _ExportedModel(nn.Module):
 
 
 def _require(module: str):
-    import importlib
+    import importlib   # optional extra: onnx, onnxscript and onnxruntime load only when exporting
 
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise ImportError(f"ONNX export needs {module!r}: pip install 'hybridrnn[onnx]'") from None
+        raise MissingExtraError(f"ONNX export needs {module!r}: pip install 'hybridrnn[onnx]'") from None
 
 
-def export_onnx(run_dir: str | Path, output: str | Path, *, check: bool = True,
+def export_onnx(task, model: nn.Module, output: str | Path, *, check: bool = True,
                 tolerance: float = DEFAULT_TOLERANCE) -> dict:
-    """Write the run's best model to ``output`` (ONNX); returns ``{"output", "inputs", "outputs",
-    "max_abs_difference"}`` (the last is None when ``check`` is False)."""
-    from hybridrnn.train.run import load_run
-
+    """Write ``model`` (the task's network, e.g. a loaded run's) to ``output`` (ONNX); returns ``{"output",
+    "inputs", "outputs", "max_abs_difference"}`` (the last is None when ``check`` is False). The example inputs
+    come from the task's fitted state (``task.export_inputs``), so no data is read."""
     for name in ("onnx", "onnxscript"):
         _require(name)
-    _, task, model = load_run(run_dir)
     model.eval()
-    inputs, output_names = task.export_inputs("test", rows=4)
+    inputs, output_names = task.export_inputs(rows=4)
     wrapped = _ExportedModel(task, model).eval()
     batch = torch.export.Dim("batch", min=1)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
-    os.close(fd)
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)   # "torchvision is not installed. Skipping torchvision::nms", ...
     try:
-        exporter_log = logging.getLogger("torch.onnx")
-        level = exporter_log.level
-        exporter_log.setLevel(logging.ERROR)   # "torchvision is not installed. Skipping torchvision::nms", ...
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")   # the exporter's own deprecation / axis-naming chatter
             program = torch.onnx.export(wrapped, tuple(inputs.values()), dynamo=True, input_names=list(inputs),
                                         output_names=output_names, verbose=False,
                                         dynamic_shapes={"inputs": tuple({0: batch} for _ in inputs)})
-        exporter_log.setLevel(level)
-        program.save(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)    # mkstemp made it private; the output is an ordinary file
-        difference = _check(tmp, task, wrapped, tolerance) if check else None
-        os.replace(tmp, output)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        exporter_log.setLevel(level)
+    difference: list[float | None] = [None]
+
+    def write(tmp: Path) -> None:     # checked before it replaces the output: a bad export is never kept
+        program.save(str(tmp))
+        if check:
+            difference[0] = _check(str(tmp), task, wrapped, tolerance)
+
+    atomic_write(output, write)
     return {"output": str(output), "inputs": {k: list(v.shape[1:]) for k, v in inputs.items()},
-            "outputs": output_names, "max_abs_difference": difference}
+            "outputs": output_names, "max_abs_difference": difference[0]}
 
 
 def _check(path: str, task, wrapped: nn.Module, tolerance: float) -> float:
     """Max |onnxruntime - torch| on a batch of 7 rows (not the traced 4, so the batch really is dynamic)."""
     ort = _require("onnxruntime")
-    inputs, _ = task.export_inputs("test", rows=7)
+    inputs, _ = task.export_inputs(rows=7)
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     got = session.run(None, {k: v.numpy() for k, v in inputs.items()})
     with torch.no_grad():

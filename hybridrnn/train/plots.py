@@ -1,22 +1,18 @@
 """The learning-curve plot of a run (train and validation loss, and the monitored metric when it differs)."""
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
-from hybridrnn.train.checkpoint import atomic_write_bytes
+from matplotlib.ticker import MaxNLocator
+
+from hybridrnn._io import new_figure, save_figure
 
 
 def plot_learning_curve(history: list[dict[str, Any]], path: Path, monitor: str = "loss", title: str = "") -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     epochs = [r["epoch"] for r in history]
     extra = monitor != "loss" and f"val_{monitor}" in history[0]
-    fig, axes = plt.subplots(1, 3 if extra else 2, figsize=(13 if extra else 9, 4.0))
+    fig, axes = new_figure(1, 3 if extra else 2, figsize=(13 if extra else 9, 4.0))
     ax = axes[0]
     ax.plot(epochs, [r["train_loss"] for r in history], marker="o", ms=3, label="train loss")
     if "val_loss" in history[0]:
@@ -44,14 +40,9 @@ def plot_learning_curve(history: list[dict[str, Any]], path: Path, monitor: str 
         axes[2].plot(epochs, [r[f"val_{monitor}"] for r in history], marker="o", ms=3, color="tab:green")
         axes[2].set_xlabel("epoch"), axes[2].set_ylabel(f"validation {monitor}"), axes[2].grid(alpha=0.3)
         axes[2].set_title(f"validation {monitor} (monitored)")
-    from matplotlib.ticker import MaxNLocator
-
     for a in axes:
         a.xaxis.set_major_locator(MaxNLocator(integer=True))      # epochs are whole numbers
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
+    return save_figure(fig, path, tight=False)

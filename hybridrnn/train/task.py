@@ -7,26 +7,31 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator
 
 import torch
 from torch import nn
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 
 class Task(ABC):
-    """One learning problem.
+    """One learning problem: its data, its fitted state, its model, loss and metrics.
 
-    Life cycle when training (``hybridrnn.train.run.train``): ``task = TaskClass(config)``,
-    ``task.setup(run_dir)`` (loads and splits data, fits scalers or a vocabulary on the training split only),
-    ``task.save_artifacts(run_dir)`` (right away, so even a killed run can be loaded), the global RNGs are
-    re-seeded, ``model = task.build_model()``, then each epoch the Trainer loops over ``train_batches``
-    calling ``training_step`` (in train mode) and calls ``evaluate(model, "val")`` (in eval mode). After
-    training the best weights are restored and ``task.plots(model, run_dir)`` is called.
+    **Training** (``hybridrnn.api.pipeline.train_run``): ``task = TaskClass(config)``; ``task.setup(data)``
+    loads the data (``data``: None for the config's own data, a path, or a DataFrame for tasks that read
+    tables), splits it and fits the task's state (scalers, column layout, vocabulary, class labels, ...) on the
+    training split only; ``task.save_artifacts(run_dir)`` writes that state right away, so even a killed run
+    can be loaded; the global RNGs are re-seeded; ``model = task.build_model()``; the Trainer loops over
+    ``train_batches`` calling ``training_step`` (train mode) and calls ``evaluate(model, "val")`` (eval mode).
 
-    Life cycle when loading a finished run (``hybridrnn.train.run.load_run``, used by evaluate / predict /
-    generate / compare): ``task = TaskClass(config)``, ``task.setup(run_dir)``, then
-    ``task.load_artifacts(run_dir)`` (which replaces whatever ``setup`` fitted with the saved state),
-    ``model = task.build_model()`` and the weights of ``model.safetensors`` are loaded into it.
+    **Loading a trained run** (``hybridrnn.load``): ``task = TaskClass(config)``;
+    ``task.load_artifacts(run_dir)`` restores the fitted state, and from then on ``build_model``, ``predict``,
+    ``export_inputs`` / ``export_forward`` and ``generate`` work **without the training data**. To evaluate,
+    ``task.setup(data)`` then reads data and splits it with the loaded state (nothing is refitted);
+    ``task.setup(data, whole=True)`` makes every example of ``data`` the ``"test"`` split
+    (``hybridrnn evaluate RUN --input FILE``).
 
     Batches may be any nesting of tensors, tuples, lists and dicts. Under ``torchrun`` every process gets the
     same global batch from ``train_batches`` and keeps its shard (``shard_batch``); the loss of
@@ -47,15 +52,23 @@ class Task(ABC):
     #: names of the baselines whose metrics evaluate() reports as ``{baseline}_{metric}`` next to the model's
     #: ``{metric}`` (``hybridrnn evaluate`` prints them side by side)
     baselines: ClassVar[tuple[str, ...]] = ()
+    #: what the task supports besides training and evaluation (checked by the API before calling, so a user
+    #: gets "task 'x' does not support predict" rather than an AttributeError)
+    supports_predict: ClassVar[bool] = False
+    supports_generate: ClassVar[bool] = False
+    supports_export: ClassVar[bool] = False
 
     def __init__(self, config: Any):
         self.config = config
 
     @abstractmethod
-    def setup(self, run_dir: Path | None = None) -> None:
-        """Load the data. Fit anything fitted (scalers, vocabulary) on the training split only."""
+    def setup(self, data: Any = None, *, whole: bool = False) -> None:
+        """Load and split the data; fit the task's state on the training split unless it was loaded.
 
-    @abstractmethod
+        data: None (the config's data), a path, or a ``pandas.DataFrame`` (tasks that read tables).
+        whole: every example of ``data`` forms the ``"test"`` split; needs the state from ``load_artifacts``.
+        """
+
     def build_model(self) -> nn.Module:
         """A fresh model for this task's data (sizes known after ``setup``)."""
 
@@ -79,34 +92,42 @@ class Task(ABC):
         """How many examples (windows, sentences, ...) a split holds; the Trainer checks it is not empty."""
         raise NotImplementedError
 
-    # ---- artifacts that a run directory keeps besides the weights (scalers, vocabulary), JSON only ----
+    # ---- the fitted state a run directory keeps besides the weights: JSON / safetensors, never pickle ----
     def save_artifacts(self, run_dir: Path) -> None:
-        """Write what ``load_artifacts`` needs to rebuild the task without refitting (JSON files)."""
+        """Write the fitted state (what ``load_artifacts`` needs to use the model without the data)."""
 
     def load_artifacts(self, run_dir: Path) -> None:
-        """Read what ``save_artifacts`` wrote."""
+        """Read what ``save_artifacts`` wrote; afterwards ``build_model`` / ``predict`` need no data."""
 
     def plots(self, model: nn.Module, run_dir: Path) -> list[Path]:
         """Task plots written after training (forecast overlays, attention maps, ...)."""
         return []
 
-    def predict(self, model: nn.Module, input_path: Path, output_path: Path | None) -> None:
-        """Optional: ``hybridrnn predict RUN --input FILE [--output FILE]``.
+    def predict(self, model: nn.Module, data: Any) -> "pd.DataFrame":
+        """Predictions for new inputs (``supports_predict``): ``data`` is a path or a DataFrame in the task's
+        input format; validate it (a bad input is a ``DataError`` naming the file and what is wrong), run
+        ``model`` (in eval mode, under ``torch.no_grad``) and return one row per prediction."""
+        raise NotImplementedError(f"task {self.name!r} does not support predict")
 
-        Read new inputs from ``input_path`` (validate them; a bad file is a ``ValueError`` naming the file and
-        what is wrong), run ``model`` (already in eval mode, under ``torch.no_grad``) and write the
-        predictions to ``output_path`` (or print them to stdout when it is None).
-        """
-        raise NotImplementedError(f"task {self.name!r} does not implement predict")
+    def generate(self, model: nn.Module, prompt: str, tokens: int, *, temperature: float | None = None,
+                 top_k: int | None = None, generator: torch.Generator | None = None) -> Iterator[str]:
+        """Text pieces continuing ``prompt``, one per generated token (``supports_generate``)."""
+        raise NotImplementedError(f"task {self.name!r} does not support generate")
 
-    def export_inputs(self, split: str = "test", rows: int = 4) -> tuple[dict[str, torch.Tensor], list[str]]:
-        """Optional: ``hybridrnn export``. Example model inputs (``{name: tensor}``, the first dimension the batch,
-        in the order ``export_forward`` takes them) from ``split``, and the names of the outputs."""
+    def export_inputs(self, rows: int = 4) -> tuple[dict[str, torch.Tensor], list[str]]:
+        """Example model inputs for ONNX export (``supports_export``): ``{name: tensor}`` with the batch first,
+        in the order ``export_forward`` takes them, built from the fitted state alone (no data), and the
+        names of the outputs."""
         raise NotImplementedError(f"task {self.name!r} does not support ONNX export yet")
 
     def export_forward(self, model: nn.Module, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        """Optional: the model call that ``hybridrnn export`` traces, ``inputs`` as in ``export_inputs``."""
+        """The model call that ``hybridrnn export`` traces, ``inputs`` as in ``export_inputs``."""
         raise NotImplementedError(f"task {self.name!r} does not support ONNX export yet")
+
+    def report_sections(self, results: "pd.DataFrame") -> list[tuple[str, str]]:
+        """Task-specific parts of a comparison report: ``[(heading, markdown), ...]`` from the comparison's
+        results table (one row per run). Default: none."""
+        return []
 
     def shard_batch(self, batch: Any, rank: int, world_size: int) -> Any | None:
         """This process's part of a global batch under torchrun, or None when its part is empty.

@@ -2,8 +2,10 @@
 
 It only talks to a :class:`~hybridrnn.train.task.Task`: batches, a loss, metrics. It does the optimiser,
 the learning-rate schedule, gradient clipping by global norm (the pre-clip norm is logged), bf16 autocast,
-early stopping on ``task.monitor`` with the best weights kept, the NaN/inf guard, checkpoints and resume,
-and DistributedDataParallel under torchrun (each process takes its shard of every global batch).
+tracking of the best weights by ``task.monitor``, the NaN/inf guard, resuming from a checkpoint, and
+DistributedDataParallel under torchrun (each process takes its shard of every global batch). Everything else
+(progress output, early stopping, checkpoint writing, TensorBoard, Optuna pruning) is a
+:class:`~hybridrnn.train.callbacks.Callback`.
 """
 from __future__ import annotations
 
@@ -19,15 +21,22 @@ from torch import nn
 
 from hybridrnn.config import TrainConfig
 from hybridrnn.train import checkpoint as ckpt
-from hybridrnn.train.distributed import DDPModel, DistContext, all_reduce_sum, barrier, broadcast_flag
-from hybridrnn.train.progress import Progress, TensorBoardLogger
+from hybridrnn.errors import HybridRNNError
+from hybridrnn.train.callbacks import Callback
+from hybridrnn.train.distributed import DDPModel, DistContext, all_reduce_sum, barrier
 from hybridrnn.train.schedule import LRSchedule
 from hybridrnn.train.seeding import epoch_generator, get_rng_states, set_rng_states
 from hybridrnn.train.task import Task
 
 
-class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN or infinite loss (or gradient norm); the message gives the epoch and step."""
+class NonFiniteLossError(HybridRNNError):
+    """Training produced a NaN or infinite loss (or gradient norm); the message gives the epoch and step.
+
+    ``epoch`` is the epoch (1-based) in which it happened; the run pipeline adds which checkpoint is kept."""
+
+    def __init__(self, message: str, epoch: int = 0):
+        super().__init__(message)
+        self.epoch = epoch
 
 
 @dataclass
@@ -87,18 +96,20 @@ def check_bf16(config: TrainConfig, device: torch.device) -> None:
 
 
 class Trainer:
-    """Trains ``model`` on ``task`` with ``config``; writes checkpoints to ``run_dir`` when given (rank 0)."""
+    """Trains ``model`` on ``task`` with ``config``; ``callbacks`` do the rest (see the module docstring).
 
-    def __init__(self, task: Task, model: nn.Module, config: TrainConfig, run_dir: str | Path | None = None, *,
-                 device: torch.device | str = "cpu", dist: DistContext | None = None,
-                 progress: Progress | None = None):
+    Public state that callbacks read: ``epoch`` (finished epochs), ``history`` (one record per epoch),
+    ``best_metric``, ``best_epoch``, ``model``, ``optimizer``, ``config``, ``task``, ``monitor``, ``dist``,
+    ``device``; a callback sets ``should_stop`` to end training after the current epoch.
+    """
+
+    def __init__(self, task: Task, model: nn.Module, config: TrainConfig, *, device: torch.device | str = "cpu",
+                 dist: DistContext | None = None, callbacks: list[Callback] | tuple[Callback, ...] = ()):
         self.task = task
         self.config = config
-        self.run_dir = Path(run_dir) if run_dir is not None else None
         self.device = torch.device(device)
         self.dist = dist or DistContext()
-        self.progress = progress or Progress()
-        self.progress.display = getattr(task, "display_metrics", None)
+        self.callbacks = list(callbacks)
         self.model = model.to(self.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.params, config)
@@ -115,44 +126,49 @@ class Trainer:
         self.epoch = 0                      # finished epochs
         self.best_metric = math.inf if self.mode == "min" else -math.inf
         self.best_epoch = 0
-        self.bad_epochs = 0
-        self.stopped_early = False
+        self.should_stop = False
         self.best_state: dict[str, torch.Tensor] | None = None
         self.history: list[dict[str, Any]] = []
-        self.writes = self.run_dir is not None and self.dist.is_main
         self.autocast_device = "cuda" if self.device.type == "cuda" else "cpu"
-        self.writer = ckpt.BackgroundWriter()
+
+    @property
+    def stopped_early(self) -> bool:
+        return self.should_stop and self.epoch < self.config.epochs
 
     # ------------------------------------------------------------------------------------------------
-    def fit(self, resume: bool = False) -> FitResult:
-        """Train until ``config.epochs`` or early stopping; leaves the best weights in the model."""
+    def fit(self) -> FitResult:
+        """Train until ``config.epochs`` or a callback stops it; leaves the best weights in the model."""
         check_data(self.task, self.config)
         check_bf16(self.config, self.device)
-        if resume:
-            self._resume()
-        tb = TensorBoardLogger(self.run_dir / "tensorboard") if self.writes and self.config.tensorboard else None
-        self.progress.start(self.config.epochs, self.task.num_train_batches(), self.epoch)
         try:
-            while self.epoch < self.config.epochs and not self.stopped_early:
+            self._call("on_fit_start")
+            while self.epoch < self.config.epochs and not self.should_stop:
                 record = self.train_one_epoch(self.epoch)
                 t0 = time.perf_counter()
                 val = self.validate()
                 record.update({f"val_{k}": float(v) for k, v in val.items()})
                 record["seconds"] = round(record["seconds"] + time.perf_counter() - t0, 6)
                 self._end_epoch(record, val)
-                self.progress.epoch_end(record, self.monitor)
-                if tb is not None:
-                    tb.log(record)
         finally:
-            try:
-                self.writer.wait()      # the last checkpoint is on disk when fit returns (or raises)
-            finally:
-                self.progress.close()
-                if tb is not None:
-                    tb.close()
+            self._call_all_then_raise("on_fit_end")
         self.restore_best()
         return FitResult(self.epoch, self.best_epoch, self.best_metric, self.monitor, self.stopped_early,
                          list(self.history))
+
+    def _call(self, hook: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, *args)
+
+    def _call_all_then_raise(self, hook: str) -> None:
+        """Call ``hook`` on every callback even if one raises; re-raise the first error afterwards."""
+        error: BaseException | None = None
+        for callback in self.callbacks:
+            try:
+                getattr(callback, hook)(self)
+            except BaseException as exc:   # noqa: BLE001 - every callback must get its chance to clean up
+                error = error or exc
+        if error is not None:
+            raise error
 
     # ------------------------------------------------------------------------------------------------
     def train_one_epoch(self, epoch: int) -> dict[str, Any]:
@@ -202,7 +218,7 @@ class Trainer:
             norm_sum += norm
             norm_max = max(norm_max, norm)
             steps += 1
-            self.progress.step(epoch, step, loss_value, int(global_n))
+            self._call("on_step_end", epoch, step, loss_value, int(global_n))
         seconds = time.perf_counter() - t0
         if steps == 0:
             raise ValueError(f"task {task.name!r} yielded no training batches in epoch {epoch + 1}")
@@ -224,12 +240,10 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------
     def _non_finite(self, what: str, value: float, epoch: int, step: int) -> None:
-        kept = (f"the last good checkpoint (epoch {self.epoch}) is kept in {self.run_dir}" if self.writes
-                else "no checkpoint was written (no run directory)")
         raise NonFiniteLossError(
             f"training stopped: the {what} is {value} at epoch {epoch + 1}, step {step + 1} "
-            f"(batch {step + 1} of {self.task.num_train_batches()}); {kept}. Lower train.lr, set train.clip_norm, "
-            "or check the data for NaN / inf values.")
+            f"(batch {step + 1} of {self.task.num_train_batches()}). Lower train.lr, set train.clip_norm, "
+            "or check the data for NaN / inf values.", epoch=epoch + 1)
 
     def _improved(self, metric: float) -> bool:
         if math.isnan(metric):
@@ -244,61 +258,53 @@ class Trainer:
         improved = self._improved(metric)
         record["best"] = improved
         if improved:
-            self.best_metric, self.best_epoch, self.bad_epochs = metric, self.epoch, 0
+            self.best_metric, self.best_epoch = metric, self.epoch
             self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        else:
-            self.bad_epochs += 1
         self.schedule.end_epoch(metric)
-        patience = self.config.patience
-        stop = patience is not None and self.bad_epochs >= patience
-        self.stopped_early = broadcast_flag(stop, self.dist, self.device) and self.epoch < self.config.epochs
         self.history.append(record)
-        if self.writes:
-            # snapshot now (bytes), write and fsync in the background while the next epoch trains
-            run_dir, metrics = self.run_dir, ckpt.jsonl_text(self.history)
-            files = ckpt.checkpoint_files(self.model, self.optimizer, self.state_dict())
-
-            def write() -> None:
-                ckpt.atomic_write_text(run_dir / ckpt.METRICS, metrics)
-                ckpt.write_checkpoint(run_dir, files)
-
-            self.writer.submit(write)
+        self._call("on_epoch_end", record)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything besides tensors that a resumed run needs (JSON-serialisable)."""
         return {"epoch": self.epoch, "epochs": self.config.epochs, "monitor": self.monitor, "mode": self.mode,
-                "best_metric": self.best_metric, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
+                "best_metric": self.best_metric, "best_epoch": self.best_epoch,
                 "stopped_early": self.stopped_early, "schedule": self.schedule.state_dict(),
-                "rng": get_rng_states(), "world_size": self.dist.world_size}
+                "rng": get_rng_states(), "world_size": self.dist.world_size,
+                "callbacks": {c.state_key: c.state_dict() for c in self.callbacks if c.state_key}}
 
-    def _resume(self) -> None:
-        assert self.run_dir is not None, "resume needs a run directory"
+    def resume_from(self, run_dir: str | Path) -> None:
+        """Restore weights, optimizer, counters, RNG states and callback states from ``run_dir``'s last
+        checkpoint (finishing or discarding a half-done commit first); rank 0 trims ``metrics.jsonl`` to it."""
+        run_dir = Path(run_dir)
         # only the writer (rank 0) finishes a half-done commit; the other processes read once it has
         if self.dist.is_main:
-            ckpt.recover_checkpoint(self.run_dir)
+            ckpt.recover_checkpoint(run_dir)
         barrier(self.dist)
-        state = ckpt.load_checkpoint(self.run_dir, self.model, self.optimizer, write=False)
+        state = ckpt.load_checkpoint(run_dir, self.model, self.optimizer, write=False)
         try:
             self.epoch = int(state["epoch"])
             self.best_metric = ckpt.json_float(state["best_metric"])
             self.best_epoch = int(state["best_epoch"])
-            self.bad_epochs = int(state["bad_epochs"])
-            self.stopped_early = bool(state["stopped_early"])
+            self.should_stop = bool(state["stopped_early"])
             self.schedule.load_state_dict(state["schedule"])
             set_rng_states(state["rng"])
+            saved = state.get("callbacks", {})
+            for callback in self.callbacks:
+                if callback.state_key and callback.state_key in saved:
+                    callback.load_state_dict(saved[callback.state_key])
         except (KeyError, TypeError, ValueError) as exc:
-            raise ckpt.RunDirError(f"{self.run_dir / ckpt.STATE} is incomplete or malformed "
+            raise ckpt.RunDirError(f"{run_dir / ckpt.STATE} is incomplete or malformed "
                                    f"({type(exc).__name__}: {exc})") from None
-        self.history = [r for r in ckpt.read_jsonl(self.run_dir / ckpt.METRICS) if r.get("epoch", 0) <= self.epoch]
+        self.history = [r for r in ckpt.read_jsonl(run_dir / ckpt.METRICS) if r.get("epoch", 0) <= self.epoch]
         if len(self.history) != self.epoch:
-            raise ckpt.RunDirError(f"{self.run_dir / ckpt.METRICS} has {len(self.history)} epochs, "
+            raise ckpt.RunDirError(f"{run_dir / ckpt.METRICS} has {len(self.history)} epochs, "
                                    f"state.json says {self.epoch}")
         if self.best_epoch > 0:
             best = copy.deepcopy(self.model)
-            ckpt.load_weights(self.run_dir / ckpt.BEST_WEIGHTS, best)
+            ckpt.load_weights(run_dir / ckpt.BEST_WEIGHTS, best)
             self.best_state = {k: v.detach().clone() for k, v in best.state_dict().items()}
-        if self.writes:
-            ckpt.write_jsonl(self.run_dir / ckpt.METRICS, self.history)
+        if self.dist.is_main:
+            ckpt.write_jsonl(run_dir / ckpt.METRICS, self.history)
 
     def restore_best(self) -> None:
         """Put the best weights (by the monitored validation metric) back into the model."""

@@ -1,0 +1,171 @@
+"""The one function that trains: seed -> task -> model -> Trainer(callbacks) -> run directory.
+
+``hybridrnn train``, ``hybridrnn.fit``, ``hybridrnn compare``, ``hybridrnn tune`` and every process under
+``torchrun`` run :func:`train_run`; nothing else builds a Trainer for a run.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+
+from hybridrnn.api.registry import coerce_config, get_task_class
+from hybridrnn.api.rundir import load_task_state, read_run_config
+from hybridrnn.config import RunConfig, config_to_yaml
+from hybridrnn.errors import RunDirError
+from hybridrnn.train import checkpoint as ckpt
+from hybridrnn.train.callbacks import (Callback, CheckpointCallback, EarlyStopping, ProgressCallback,
+                                       TensorBoardCallback)
+from hybridrnn.train.distributed import init_distributed, resolve_device, shutdown_distributed
+from hybridrnn.train.environment import collect_environment
+from hybridrnn.train.plots import plot_learning_curve
+from hybridrnn.train.progress import Progress, make_progress, shown_metrics
+from hybridrnn.train.seeding import seed_everything
+from hybridrnn.train.task import Task
+from hybridrnn.train.trainer import FitResult, NonFiniteLossError, Trainer
+
+
+@dataclass
+class Trained:
+    """What :func:`train_run` returns: the run directory and, in memory, the config, the task (with its data
+    and fitted state), the model (best weights, eval mode) and what the Trainer did."""
+
+    run_dir: Path
+    config: RunConfig
+    task: Task
+    model: torch.nn.Module
+    result: FitResult
+
+
+def default_run_dir(task_name: str, root: str | Path = "runs") -> Path:
+    """``runs/<task>-<YYYYmmdd-HHMMSS>`` (with a numeric suffix if that already exists)."""
+    base = Path(root) / f"{task_name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    path, i = base, 1
+    while path.exists():
+        path, i = base.with_name(f"{base.name}-{i}"), i + 1
+    return path
+
+
+def _config_and_dir(config: Any, out: str | Path | None, overrides: list[str],
+                    resume: str | Path | None) -> tuple[RunConfig, Path]:
+    if resume is not None:
+        run_dir = Path(resume)
+        run_config = read_run_config(run_dir, overrides)
+        if not (run_dir / ckpt.STATE).exists():
+            raise RunDirError(f"{run_dir} has no {ckpt.STATE}: it never finished an epoch, start it again "
+                              f"with `hybridrnn train {run_dir / ckpt.CONFIG} --out {run_dir}-new`")
+        return run_config, run_dir
+    if config is None:
+        raise ValueError("give a config (a YAML path, a dict or a config object), or resume=RUN")
+    run_config = coerce_config(config, overrides)
+    run_dir = Path(out) if out is not None else default_run_dir(run_config.task)
+    if (run_dir / ckpt.STATE).exists():
+        raise RunDirError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
+    return run_config, run_dir
+
+
+def _callbacks(cfg, task: Task, run_dir: Path, writes: bool, reporter: Progress,
+               extra: Sequence[Callback]) -> list[Callback]:
+    callbacks: list[Callback] = [ProgressCallback(reporter, task.display_metrics)]
+    if cfg.patience is not None:
+        callbacks.append(EarlyStopping(cfg.patience))
+    callbacks += list(extra)
+    if writes:
+        callbacks.append(CheckpointCallback(run_dir))
+        if cfg.tensorboard:
+            callbacks.append(TensorBoardCallback(run_dir / "tensorboard"))
+    return callbacks
+
+
+def _kept_checkpoint(run_dir: Path, writes: bool) -> str:
+    """What a stopped run left behind, for the error message."""
+    if not writes:
+        return "No checkpoint is written by this process."
+    if (run_dir / ckpt.STATE).exists():
+        epoch = ckpt.read_json(run_dir / ckpt.STATE).get("epoch")
+        return f"The last good checkpoint (epoch {epoch}) is kept in {run_dir}."
+    return f"No checkpoint was written: the run never finished an epoch ({run_dir} holds its config only)."
+
+
+def train_run(config: RunConfig | dict | str | Path | None = None, *, data: Any = None, out: str | Path | None = None,
+              overrides: Iterable[str] = (), resume: str | Path | None = None, progress: str | None = None,
+              callbacks: Sequence[Callback] = ()) -> Trained:
+    """Train a model into a run directory and return it (see :class:`Trained`).
+
+    config: a config object, a mapping or a YAML path (with ``resume``, the run's own ``config.yaml`` is used
+    and ``config`` must be None). data: None (the config's data), a path, or a DataFrame for tasks that read
+    tables. out: the run directory (default ``runs/<task>-<time>``). overrides: ``"train.lr=0.003"`` strings.
+    resume: a run directory to continue. progress: overrides ``train.progress``. callbacks: extra Trainer
+    callbacks (e.g. Optuna pruning). Under torchrun every process calls this; only rank 0 writes.
+    """
+    overrides = list(overrides)
+    if resume is not None and config is not None:
+        raise ValueError("give either a config or resume=RUN, not both (resume uses RUN/config.yaml; change "
+                         "values with overrides)")
+    run_config, run_dir = _config_and_dir(config, out, overrides, resume)
+    cfg = run_config.train
+    if cfg.num_threads is not None:
+        torch.set_num_threads(cfg.num_threads)
+    device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
+    dist = init_distributed(device)
+    try:
+        writes = dist.is_main
+        task = get_task_class(run_config.task)(run_config)
+        seed_everything(cfg.seed)
+        if resume is not None:
+            load_task_state(task, run_dir)
+        task.setup(data)
+        if writes:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            ckpt.atomic_write_text(run_dir / ckpt.CONFIG, config_to_yaml(run_config))
+            ckpt.atomic_write_json(run_dir / ckpt.ENVIRONMENT, collect_environment(device, dist.world_size))
+            if resume is None:
+                task.save_artifacts(run_dir)
+        seed_everything(cfg.seed)
+        model = task.build_model()
+        reporter = make_progress(progress or cfg.progress, enabled=writes)
+        trainer = Trainer(task, model, cfg, device=device, dist=dist,
+                          callbacks=_callbacks(cfg, task, run_dir, writes, reporter, callbacks))
+        if resume is not None:
+            trainer.resume_from(run_dir)
+        t0 = time.perf_counter()
+        try:
+            result = trainer.fit()
+        except NonFiniteLossError as exc:
+            raise NonFiniteLossError(f"{exc} {_kept_checkpoint(run_dir, writes)}", exc.epoch) from None
+        model.eval()
+        if writes and result.history:
+            if cfg.plots:
+                plot_learning_curve(result.history, run_dir / ckpt.LEARNING_CURVE, result.monitor,
+                                    title=f"{run_config.task}: {run_config.model.encoder}")
+                with torch.no_grad():
+                    task.plots(model, run_dir)
+            reporter.summary(summary_rows(run_dir, run_config, result, model, time.perf_counter() - t0,
+                                          task.display_metrics))
+    finally:
+        shutdown_distributed()
+    return Trained(run_dir, run_config, task, model, result)
+
+
+def summary_rows(run_dir: Path, config: RunConfig, result: FitResult, model: torch.nn.Module, seconds: float,
+                 display: tuple[str, ...] | None = None) -> list[tuple[str, str]]:
+    """The rows of the training summary table printed at the end of a run."""
+    best = next((r for r in result.history if r["epoch"] == result.best_epoch), None)
+    stopped = " (stopped early)" if result.stopped_early else ""
+    rows = [("run directory", str(run_dir)),
+            ("model", f"{config.model.encoder} ({sum(p.numel() for p in model.parameters()):,} parameters)"),
+            ("epochs", f"{result.epochs_run} of {config.train.epochs}{stopped}"),
+            ("best epoch", str(result.best_epoch)),
+            (f"best val_{result.monitor}", f"{result.best_metric:.6g}")]
+    if best is not None:
+        keys, hidden = shown_metrics(best, result.monitor, display)
+        rows += [(k, f"{best[k]:.6g}") for k in keys if k != f"val_{result.monitor}"]
+        if hidden:
+            rows.append(("other metrics", f"{hidden} more in {run_dir / ckpt.METRICS}"))
+    rows.append(("time this session", f"{seconds:.1f}s"))
+    return rows

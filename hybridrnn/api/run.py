@@ -1,0 +1,214 @@
+"""A trained run as a Python object: ``hybridrnn.fit``, ``hybridrnn.load`` and :class:`Run`.
+
+>>> import hybridrnn
+>>> run = hybridrnn.fit("configs/quickstart.yaml", out="runs/x")   # or a dict / config object; data=df
+>>> run.predict(new_df)            # DataFrame: the forecast with its timestamps (or labels + probabilities)
+>>> run.evaluate()                 # DataFrame: the model and each baseline, one row each, on the test split
+>>> run = hybridrnn.load("runs/x") # the same Run again, without the training data
+>>> run.model, run.config          # the torch nn.Module (eval mode, best weights) and the resolved config
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import pandas as pd
+import torch
+
+from hybridrnn.api.pipeline import train_run
+from hybridrnn.api.registry import get_task_class
+from hybridrnn.api.rundir import load_task_state, read_run_config
+from hybridrnn.config import RunConfig
+from hybridrnn.data.registry import resolve_data_path
+from hybridrnn.errors import DataError, RunDirError
+from hybridrnn.train import checkpoint as ckpt
+from hybridrnn.train.export import export_onnx
+from hybridrnn.train.task import Task
+
+SPLITS = ("train", "val", "test")
+
+
+class Run:
+    """A trained model and everything needed to use it: the resolved config, the task's fitted state
+    (scalers, column layout, vocabulary, labels) and the best weights, in a run directory ``path``.
+
+    Built by :func:`fit` or :func:`load`; never needs the training data except for :meth:`evaluate` without
+    ``data`` (which re-reads the configured data set and says which file is missing if it is gone).
+    """
+
+    def __init__(self, path: Path, config: RunConfig, task: Task, model: torch.nn.Module, *, has_data: bool = False):
+        self.path = Path(path)
+        self.config = config
+        self.task = task
+        self.model = model.eval()
+        self._splits = "config" if has_data else None    # which data the task's splits hold: config / input
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r}, task={self.config.task!r}, encoder={self.config.model.encoder!r})"
+
+    # ------------------------------------------------------------------ using the model
+    def predict(self, data: Any) -> pd.DataFrame:
+        """Predictions for new inputs: a path, a data set name (``bundled:NAME``) or a DataFrame in the format
+        the model was trained on. Forecasting: the ``horizon`` rows after the input's last row, with their
+        timestamps; classification: the label and the probability of each class per input."""
+        self._require("supports_predict", "predict")
+        with torch.no_grad():
+            return self.task.predict(self.model, _resolve(data))
+
+    def iter_generate(self, prompt: str = "", tokens: int = 200, *, temperature: float | None = None,
+                      top_k: int | None = None, seed: int = 0) -> Iterator[str]:
+        """The text pieces that continue ``prompt``, one per token, as they are sampled (language models)."""
+        self._require("supports_generate", "generate")
+        device = next(self.model.parameters()).device
+        generator = torch.Generator(device=device).manual_seed(int(seed))
+        with torch.no_grad():
+            yield from self.task.generate(self.model, prompt, tokens, temperature=temperature, top_k=top_k,
+                                          generator=generator)
+
+    def generate(self, prompt: str = "", tokens: int = 200, **options: Any) -> str:
+        """``prompt`` and its continuation of ``tokens`` tokens as one string (see :meth:`iter_generate`)."""
+        return prompt + "".join(self.iter_generate(prompt, tokens, **options))
+
+    # ------------------------------------------------------------------ measuring it
+    def metrics(self, data: Any = None, *, split: str = "test") -> dict[str, float]:
+        """The task's flat metrics (``mae``, ``naive_mae``, ...) on ``split`` of the configured data, or on
+        every example of ``data`` (a path, data set name or DataFrame) when it is given."""
+        self._load_data(data, split)
+        with torch.no_grad():
+            return {k: float(v) for k, v in self.task.evaluate(self.model, "test" if data is not None else split).items()}
+
+    def evaluate(self, data: Any = None, *, split: str = "test") -> pd.DataFrame:
+        """The model and each baseline, one row each, with a column per metric (see :meth:`metrics`); metrics
+        that only the model has (``loss``, ``accuracy`` of a classifier, ...) are columns of the model's row."""
+        rows, other = metrics_table(self.metrics(data, split=split), self.task.baselines)
+        frame = pd.DataFrame.from_dict(rows, orient="index")
+        for key, value in other.items():
+            frame.loc["model", key] = value
+        frame.index.name = "forecaster" if len(rows) > 1 else "model"
+        return frame
+
+    def report(self, data: Any = None, *, split: str = "test") -> dict:
+        """:meth:`metrics` plus ``"report"``: the task's detailed JSON report (per horizon step, each baseline)
+        when the task has one. What ``hybridrnn evaluate RUN --json`` prints."""
+        out: dict = self.metrics(data, split=split)
+        if callable(getattr(self.task, "report", None)):
+            with torch.no_grad():
+                out["report"] = self.task.report(self.model, "test" if data is not None else split)
+        return out
+
+    @property
+    def history(self) -> list[dict]:
+        """One record per trained epoch (``metrics.jsonl``)."""
+        return ckpt.read_jsonl(self.path / ckpt.METRICS)
+
+    # ------------------------------------------------------------------ keeping it
+    def save(self, path: str | Path) -> "Run":
+        """Copy the run directory to ``path`` (which must not exist) and point this Run at it."""
+        path = Path(path)
+        if path.resolve() == self.path.resolve():
+            return self
+        if path.exists():
+            raise RunDirError(f"{path} already exists; choose a new folder to save the run to")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        shutil.copytree(self.path, tmp)
+        os.replace(tmp, path)
+        self.path = path
+        return self
+
+    def export(self, output: str | Path, *, check: bool = True) -> dict:
+        """ONNX export of the model (the ``onnx`` extra); see :func:`hybridrnn.train.export.export_onnx`."""
+        self._require("supports_export", "ONNX export")
+        return export_onnx(self.task, self.model, output, check=check)
+
+    # ------------------------------------------------------------------ internals
+    def _require(self, flag: str, what: str) -> None:
+        if not getattr(self.task, flag, False):
+            raise NotImplementedError(f"task {self.config.task!r} does not support {what}")
+
+    def _load_data(self, data: Any, split: str) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+        if data is not None:
+            self.task.setup(_resolve(data), whole=True)
+            self._splits = "input"
+        elif self._splits != "config":
+            self.task.setup(None)
+            self._splits = "config"
+
+
+def _resolve(data: Any) -> Any:
+    """A DataFrame as it is; a path or a data set name (``bundled:NAME``, ``shared:NAME``) as a Path."""
+    if data is None or isinstance(data, pd.DataFrame):
+        return data
+    try:
+        return resolve_data_path(str(data))
+    except FileNotFoundError as exc:
+        raise DataError(f"input: {exc}") from None
+
+
+def metrics_table(metrics: dict[str, float], baselines: Iterable[str]) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """Split flat metrics into ``{"model" | baseline: {metric: value}}`` (a baseline's ``naive_mae`` becomes
+    ``["naive"]["mae"]``; only metrics the model also has) and the remaining keys (model-only metrics such as
+    ``loss`` when there are baselines, and baseline keys the model lacks)."""
+    names = sorted(baselines, key=len, reverse=True)   # 'seasonal_naive_' before 'naive_'
+    claimed = {}
+    for key in metrics:
+        owner = next((b for b in names if key.startswith(b + "_")), None)
+        if owner is not None:
+            claimed[key] = (owner, key[len(owner) + 1:])
+    rows: dict[str, dict[str, float]] = {"model": {k: v for k, v in metrics.items() if k not in claimed}}
+    other = {}
+    for key, (owner, metric) in claimed.items():
+        if metric in rows["model"]:
+            rows.setdefault(owner, {})[metric] = metrics[key]
+        else:
+            other[key] = metrics[key]
+    shared = {m for row in list(rows.values())[1:] for m in row}
+    if len(rows) > 1:   # model keys no baseline has (loss, best_baseline_mae, ...) go below the table
+        for key in [k for k in rows["model"] if k not in shared]:
+            other[key] = rows["model"].pop(key)
+    return rows, other
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+def load(path: str | Path, *, weights: str = "best", device: str | torch.device = "cpu",
+         overrides: Iterable[str] = ()) -> Run:
+    """The trained run in ``path``, from its files alone (config, fitted state, weights; no training data).
+
+    weights: ``"best"`` (by the monitored validation metric) or ``"last"`` (after the last finished epoch).
+    Loading reads YAML with ``safe_load``, JSON, and safetensors: it never executes code.
+    """
+    if weights not in ("best", "last"):
+        raise ValueError(f"weights must be 'best' or 'last', got {weights!r}")
+    path = Path(path)
+    config = read_run_config(path, overrides)
+    task = get_task_class(config.task)(config)
+    load_task_state(task, path)
+    model = task.build_model()
+    ckpt.load_weights(path / (ckpt.BEST_WEIGHTS if weights == "best" else ckpt.LAST_WEIGHTS), model)
+    return Run(path, config, task, model.to(device))
+
+
+def fit(config: RunConfig | dict | str | Path, data: Any = None, out: str | Path | None = None, *,
+        overrides: Iterable[str] = (), progress: str | None = None) -> Run:
+    """Train a model and return its :class:`Run`.
+
+    config: a YAML path, a mapping or a config object; data: a DataFrame, a path, or None (the config's
+    ``data.path``); out: the run directory, or None for a temporary one that :meth:`Run.save` can keep.
+    """
+    if out is None:
+        out = Path(tempfile.mkdtemp(prefix="hybridrnn-")) / "run"
+    trained = train_run(config, data=_resolve(data), out=out, overrides=overrides, progress=progress)
+    return Run(trained.run_dir, trained.config, trained.task, trained.model, has_data=True)
+
+
+def load_run(path: str | Path, **options: Any) -> tuple[RunConfig, Task, torch.nn.Module]:
+    """``(config, task, model)`` of :func:`load` (for code that wants the parts)."""
+    run = load(path, **options)
+    return run.config, run.task, run.model
