@@ -15,6 +15,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from hybridrnn.errors import DataError
+
+
+class DataFileNotFoundError(DataError, FileNotFoundError):
+    """A data file (or data set name) that does not exist: a user's error (:class:`hybridrnn.errors.DataError`)
+    that is also a ``FileNotFoundError``, so code catching either keeps working. The message names the path."""
+
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "datasets"
 
 
@@ -77,21 +84,21 @@ def list_datasets() -> list[dict]:
 
 
 def resolve_data_path(path: str, config_dir: str | Path | None = None) -> Path:
-    """The file that a config's ``data.path`` names (see the module docstring); FileNotFoundError saying
-    where it looked otherwise."""
+    """The file that a config's ``data.path`` names (see the module docstring); a :class:`DataFileNotFoundError`
+    (a ``DataError`` and a ``FileNotFoundError``) saying where it looked otherwise."""
     text = str(path)
     if text.startswith("bundled:"):
         name = text[len("bundled:"):]
         if name not in BUNDLED:
-            raise FileNotFoundError(f"no bundled data set {name!r}; bundled: {', '.join(sorted(BUNDLED))}")
+            raise DataFileNotFoundError(f"no bundled data set {name!r}; bundled: {', '.join(sorted(BUNDLED))}")
         return BUNDLED_DIR / BUNDLED[name].relpath
     if text.startswith("shared:"):
         name = text[len("shared:"):]
         if name not in SHARED:
-            raise FileNotFoundError(f"no shared data set {name!r}; known: {', '.join(sorted(SHARED))}")
+            raise DataFileNotFoundError(f"no shared data set {name!r}; known: {', '.join(sorted(SHARED))}")
         root = shared_data_dir()
         if root is None or not (root / SHARED[name].relpath).exists():
-            raise FileNotFoundError(f"shared data set {name!r} not found: set HYBRIDRNN_SHARED_DATA to the shared "
+            raise DataFileNotFoundError(f"shared data set {name!r} not found: set HYBRIDRNN_SHARED_DATA to the shared "
                                     f"data folder (looked in ../shared/data)")
         return root / SHARED[name].relpath
     p = Path(text).expanduser()
@@ -110,5 +117,5 @@ def resolve_data_path(path: str, config_dir: str | Path | None = None) -> Path:
             return BUNDLED_DIR / BUNDLED[text].relpath
         if text in SHARED:
             return resolve_data_path(f"shared:{text}")
-    raise FileNotFoundError(f"data file {text!r} not found (looked at {', '.join(str(t) for t in tried)}); "
+    raise DataFileNotFoundError(f"data file {text!r} not found (looked at {', '.join(str(t) for t in tried)}); "
                             f"relative paths are taken from the config file's folder, then the current directory")
