@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from hybridrnn.nn.attention import SelfAttentionPooling, lengths_to_mask
+from hybridrnn.nn.hybrid import build_encoder
 
 POOLINGS = ("last", "mean", "max", "attention")
 
@@ -55,8 +56,6 @@ class SequenceClassifier(nn.Module):
             enc_in = input_size
         self.input_size = enc_in
         if isinstance(encoder, str):
-            from hybridrnn.nn.hybrid import build_encoder
-
             encoder = build_encoder(encoder, enc_in, **(encoder_options or {}))
         elif encoder.input_size != enc_in:
             raise ValueError(f"encoder expects {encoder.input_size} input features, the classifier feeds {enc_in}")

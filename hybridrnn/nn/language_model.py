@@ -18,6 +18,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from hybridrnn.nn.dropout import LockedDropout  # noqa: F401  (re-exported: it lived here first)
+from hybridrnn.nn.hybrid import build_encoder
+from hybridrnn.nn.spec import iter_layers, parse_spec
 from hybridrnn.nn.tying import TiedOutput
 
 
@@ -56,14 +58,10 @@ class LanguageModel(nn.Module):
         if not 0.0 <= embedding_dropout < 1.0:
             raise ValueError(f"embedding_dropout must be in [0, 1), got {embedding_dropout}")
         if isinstance(encoder, str):
-            from hybridrnn.nn.spec import iter_layers, parse_spec
-
             bidirectional = [layer for layer in iter_layers(parse_spec(encoder)) if layer.bidirectional]
             if bidirectional:
                 raise ValueError(f"a language model needs a unidirectional encoder (it predicts the next token "
                                  f"from the past only); {encoder!r} has a bidirectional block")
-            from hybridrnn.nn.hybrid import build_encoder
-
             encoder = build_encoder(encoder, embedding_dim, **(encoder_options or {}))
         elif encoder.input_size != embedding_dim:
             raise ValueError(f"encoder expects {encoder.input_size} input features, embedding_dim is {embedding_dim}")

@@ -1,7 +1,8 @@
-"""Small helpers shared by the classification and language-model tasks."""
+"""Small helpers shared by the classification, language-model and long-range tasks (and ``encoder_options``,
+which every task uses)."""
 from __future__ import annotations
 
-import io
+import inspect
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -9,6 +10,10 @@ import torch
 from pydantic import ValidationInfo
 
 from hybridrnn.config import ModelConfig
+from hybridrnn.data.registry import resolve_data_path
+from hybridrnn.errors import DataError
+from hybridrnn.nn.hybrid import build_encoder
+from hybridrnn.nn.spec import iter_layers, parse_spec
 
 #: ModelConfig fields that are options of ``build_encoder`` (the others are read by the task models)
 _NOT_ENCODER_OPTIONS = {"encoder", "attention", "attention_heads"}
@@ -16,12 +21,6 @@ _NOT_ENCODER_OPTIONS = {"encoder", "attention", "attention_heads"}
 
 def encoder_options(model: ModelConfig) -> dict[str, Any]:
     """The ``model:`` options that ``hybridrnn.nn.hybrid.build_encoder`` accepts (by its signature)."""
-    import inspect
-
-    from hybridrnn.nn.hybrid import build_encoder
-
-    from hybridrnn.nn.spec import iter_layers, parse_spec
-
     wanted = {k: v for k, v in model.model_dump().items() if k not in _NOT_ENCODER_OPTIONS}
     if not any(layer.kind == "lstm" for layer in iter_layers(parse_spec(model.encoder))):
         # model.forget_bias (default 1.0) is an LSTM option; build_encoder rejects it for an LSTM-free spec
@@ -45,10 +44,12 @@ def config_relative(value: Optional[str], info: ValidationInfo) -> Optional[str]
 
 
 def data_path(value: str) -> Path:
-    """The file or folder a data path names (``hybridrnn.data.registry.resolve_data_path``)."""
-    from hybridrnn.data.registry import resolve_data_path
-
-    return resolve_data_path(value)
+    """The file or folder a data path names (``hybridrnn.data.registry.resolve_data_path``); a
+    :class:`~hybridrnn.errors.DataError` saying where it looked when there is none."""
+    try:
+        return resolve_data_path(value)
+    except FileNotFoundError as exc:
+        raise DataError(str(exc)) from None
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -71,16 +72,3 @@ def map_state(fn: Callable[[torch.Tensor], torch.Tensor], state: Any) -> Any:
 def detach_state(state: Any) -> Any:
     """The state with every tensor detached from the graph (truncated back-propagation through time)."""
     return map_state(lambda t: t.detach(), state)
-
-
-def save_figure(fig, path: Path) -> Path:
-    """Write a matplotlib figure as PNG atomically and close it."""
-    import matplotlib.pyplot as plt
-
-    from hybridrnn.train.checkpoint import atomic_write_bytes
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return path

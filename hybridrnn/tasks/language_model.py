@@ -8,46 +8,56 @@ window to the next and detached, so gradients stop at the window boundary. The t
 
 Metrics: ``loss`` (mean negative log-likelihood per token, nats), ``perplexity`` = exp(loss) and
 ``bits_per_token`` = loss / ln 2 (bits per character at character level, also reported as ``bpc``).
-``hybridrnn generate RUN --prompt ... --tokens N`` calls :func:`generate_cli`, which streams text one
-``step()`` per token.
+The tokeniser (``data.tokenizer``, shared with classification) is fitted on the training split and saved with
+the run (``text_encoder.json``, ``language_model.json``); a loaded run generates without the corpus:
+:meth:`LanguageModelTask.generate` yields the text one piece per token (``hybridrnn generate`` prints them as
+they come).
 """
 from __future__ import annotations
 
 import gzip
 import math
-import sys
+import warnings
 from pathlib import Path
-from typing import Iterator, Literal, Optional, TextIO
+from typing import Any, Iterator, Literal, Optional
 
 import torch
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 from torch.nn import functional as F
 
+from hybridrnn._io import atomic_write_json, read_json
 from hybridrnn.config import RunConfig, Section
-from hybridrnn.data.text import EOS, build_text_encoder, load_text_encoder, unigram_perplexity
+from hybridrnn.data.text import EOS, load_text_encoder, unigram_perplexity
+from hybridrnn.errors import ConfigError, DataError, RunDirError
+from hybridrnn.nn.language_model import LanguageModel
 from hybridrnn.tasks._common import config_relative, data_path, detach_state, encoder_options, map_state, model_device
-from hybridrnn.train.checkpoint import atomic_write_json, read_json
+from hybridrnn.tasks.text_config import TokenizerConfig, move_flat_tokenizer_keys
 from hybridrnn.train.task import Task
 
 
 class LMDataConfig(Section):
     """A text corpus. Without ``val``, the last ``val_fraction`` of ``train`` (by characters) is validation."""
 
-    train: str = Field(description="text file (.gz allowed)")
+    train: Optional[str] = Field(None, description="text file (.gz allowed); may be left out when the corpus "
+                                                   "is passed to the task (hybridrnn.fit(config, data=path))")
     val: Optional[str] = None
     test: Optional[str] = None
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
-    level: Literal["word", "char", "subword"] = "word"
-    lower: Optional[bool] = Field(None, description="default False for char/word, True for subword")
-    split_punctuation: bool = Field(False, description="word level: punctuation marks as tokens of their own")
-    min_freq: int = Field(1, ge=1)
-    max_vocab: Optional[int] = Field(None, ge=3)
-    subword_vocab_size: int = Field(4000, ge=100)
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     add_eos: bool = Field(True, description="word/subword level: an <eos> token ends every line")
     encoding: str = "utf-8"
 
     _paths = field_validator("train", "val", "test")(classmethod(lambda cls, v, info: config_relative(v, info)))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_tokenizer_keys(cls, data: Any) -> Any:
+        return move_flat_tokenizer_keys(data, level_key="level")
+
+    @property
+    def level(self) -> str:
+        return self.tokenizer.level
 
 
 class LMConfig(Section):
@@ -86,14 +96,23 @@ ARTIFACT = "language_model.json"
 TEXT_ENCODER = "text_encoder.json"
 
 
-def read_corpus(path: Path, encoding: str = "utf-8") -> str:
-    """The text of ``path`` (gzip when it ends in ``.gz``)."""
+FORMAT = "hybridrnn.language_model/1"
+
+
+def read_corpus(source: str | Path, encoding: str = "utf-8") -> str:
+    """The text of a corpus file (gzip when it ends in ``.gz``); a missing or undecodable file is a DataError."""
+    if not isinstance(source, (str, Path)):
+        raise DataError(f"a language model reads a text file (a path), not a {type(source).__name__}")
+    path = data_path(str(source))
     if not path.is_file():
-        raise FileNotFoundError(f"corpus file not found: {path}")
-    if path.suffix == ".gz":
-        with gzip.open(path, "rt", encoding=encoding) as handle:
-            return handle.read()
-    return path.read_text(encoding=encoding)
+        raise DataError(f"corpus file not found: {path}")
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rt", encoding=encoding) as handle:
+                return handle.read()
+        return path.read_text(encoding=encoding)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not valid {encoding} ({exc.reason} at byte {exc.start}); set data.encoding") from None
 
 
 def stream_rows(ids: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -127,22 +146,37 @@ class LanguageModelTask(Task):
         self._state = None  # carried across training windows
 
     # ---- data --------------------------------------------------------------------------------------
-    def setup(self, run_dir: Path | None = None) -> None:
+    def setup(self, data: Any = None, *, whole: bool = False) -> None:
+        """Read the corpus (``data``: None for ``data.train``, else a text file that replaces it; ``val`` and
+        ``test`` as configured); fit the tokeniser on the training text unless ``load_artifacts`` restored it.
+        ``whole``: all of ``data`` (or of ``data.test``) is the "test" split."""
         d = self.config.data
-        train = read_corpus(data_path(d.train), d.encoding)
-        if d.val:
-            self.texts = {"train": train, "val": read_corpus(data_path(d.val), d.encoding)}
+        if whole:
+            if self.encoder is None:
+                raise RuntimeError("setup(whole=True) evaluates a trained model: call load_artifacts(run_dir) first")
+            self.texts = {"test": read_corpus(self._source(data, d.test, "test"), d.encoding)}
         else:
-            cut = int(round(len(train) * (1 - d.val_fraction)))
-            self.texts = {"train": train[:cut], "val": train[cut:]}
-        if d.test:
-            self.texts["test"] = read_corpus(data_path(d.test), d.encoding)
-        extra = (EOS,) if d.level != "char" and d.add_eos else ()
-        lines = self.texts["train"].splitlines() if d.level != "char" else [self.texts["train"]]
-        self.encoder = build_text_encoder(d.level, lines, lower=d.lower, split_punctuation=d.split_punctuation,
-                                          min_freq=d.min_freq, max_size=d.max_vocab,
-                                          subword_vocab_size=d.subword_vocab_size, extra_specials=extra)
+            train = read_corpus(self._source(data, d.train, "train"), d.encoding)
+            if d.val:
+                self.texts = {"train": train, "val": read_corpus(d.val, d.encoding)}
+            else:
+                cut = int(round(len(train) * (1 - d.val_fraction)))
+                self.texts = {"train": train[:cut], "val": train[cut:]}
+            if d.test:
+                self.texts["test"] = read_corpus(d.test, d.encoding)
+        if self.encoder is None:
+            extra = (EOS,) if d.level != "char" and d.add_eos else ()
+            lines = self.texts["train"].splitlines() if d.level != "char" else [self.texts["train"]]
+            self.encoder = d.tokenizer.fit(lines, extra_specials=extra)
         self._encode_all()
+
+    @staticmethod
+    def _source(data: Any, configured: Optional[str], key: str) -> Any:
+        if data is not None:
+            return data
+        if configured is None:
+            raise ConfigError(f"data.{key} is not set: name a text file in the config or pass one to the task")
+        return configured
 
     def _encode_all(self) -> None:
         self.ids = {split: self.encode_text(text, where=split) for split, text in self.texts.items()}
@@ -156,7 +190,7 @@ class LanguageModelTask(Task):
             eos = [self.eos_id] if d.add_eos else []
             ids = [i for line in text.splitlines() for i in self.encoder.encode(line) + eos]
         if len(ids) < 2:
-            raise ValueError(f"the {where} text has {len(ids)} tokens; a language model needs at least 2")
+            raise DataError(f"the {where} text has {len(ids)} tokens; a language model needs at least 2")
         return torch.tensor(ids, dtype=torch.int64)
 
     @property
@@ -168,27 +202,47 @@ class LanguageModelTask(Task):
         return self.encoder.vocabulary.stoi[EOS]
 
     @property
+    def has_eos(self) -> bool:
+        return self.config.data.level != "char" and self.config.data.add_eos
+
+    @property
     def vocab_size(self) -> int:
         return self.encoder.vocab_size
 
+    # ---- artifacts ------------------------------------------------------------------------------------
     def save_artifacts(self, run_dir: Path) -> None:
-        atomic_write_json(Path(run_dir) / ARTIFACT, {"level": self.config.data.level, "vocab_size": self.vocab_size,
-                                                    "tokens": {s: int(v.numel()) for s, v in self.ids.items()}})
+        atomic_write_json(Path(run_dir) / ARTIFACT, {
+            "format": FORMAT, "level": self.config.data.level, "add_eos": self.config.data.add_eos,
+            "vocab_size": self.vocab_size, "tokens": {s: int(v.numel()) for s, v in self.ids.items()}})
         self.encoder.save(Path(run_dir) / TEXT_ENCODER)
 
     def load_artifacts(self, run_dir: Path) -> None:
-        info = read_json(Path(run_dir) / ARTIFACT)
-        self.encoder = load_text_encoder(Path(run_dir) / TEXT_ENCODER)
+        """The tokeniser and its vocabulary (``text_encoder.json``), checked against ``language_model.json``
+        and the config; text already read is re-encoded with them."""
+        path = Path(run_dir) / ARTIFACT
+        info = read_json(path)
+        if not isinstance(info, dict) or info.get("format", FORMAT) != FORMAT or "vocab_size" not in info:
+            raise RunDirError(f"{path}: not the artifacts of a language-model run (format {FORMAT!r})")
+        level = self.config.data.level
+        if info.get("level", level) != level:
+            raise RunDirError(f"{path}: the run was trained at {info['level']} level, its config says {level}")
+        enc_path = Path(run_dir) / TEXT_ENCODER
+        try:
+            self.encoder = load_text_encoder(enc_path)
+        except FileNotFoundError:
+            raise RunDirError(f"{enc_path} is missing: the run's vocabulary is needed to read and write text") from None
+        except ValueError as exc:
+            raise RunDirError(f"{enc_path}: {exc}") from None
         if self.encoder.vocab_size != info["vocab_size"]:
-            raise ValueError(f"{run_dir}: {TEXT_ENCODER} has {self.encoder.vocab_size} tokens, "
-                             f"{ARTIFACT} says {info['vocab_size']}")
+            raise RunDirError(f"{run_dir}: {TEXT_ENCODER} has {self.encoder.vocab_size} tokens, "
+                              f"{ARTIFACT} says {info['vocab_size']}")
         if self.texts:
             self._encode_all()
 
     # ---- model ---------------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
-        from hybridrnn.nn.language_model import LanguageModel
-
+        if self.encoder is None:
+            raise RuntimeError("build_model needs the vocabulary: call setup() or load_artifacts() first")
         lm = self.config.lm
         return LanguageModel(self.vocab_size, self.config.model.encoder, embedding_dim=lm.embedding_dim,
                              tie_weights=lm.tie_weights, embedding_dropout=lm.embedding_dropout,
@@ -279,69 +333,59 @@ class LanguageModelTask(Task):
     def prompt_ids(self, prompt: str) -> list[int]:
         """Token ids of a prompt; an empty prompt starts from ``<eos>`` (word/subword) or a newline (char)."""
         if prompt == "":
-            return [self.eos_id] if self.config.data.level != "char" else self.encoder.encode("\n")
+            if self.config.data.level == "char":
+                return self.encoder.encode("\n")
+            if not self.has_eos:
+                raise DataError("this model has no <eos> token (data.add_eos is false) to start from: give a prompt")
+            return [self.eos_id]
         ids = self.encoder.encode(prompt)
         unk = [t for t, i in zip(self.encoder.tokens(prompt), ids) if i == self.encoder.unk_id]
         if self.encoder.kind != "subword" and unk:
-            print(f"note: prompt words not in the vocabulary (read as <unk>): {unk[:10]}", file=sys.stderr)
+            warnings.warn(f"prompt words not in the vocabulary (read as <unk>): {unk[:10]}", stacklevel=3)
         if not ids:
-            raise ValueError(f"the prompt {prompt!r} has no tokens")
+            raise DataError(f"the prompt {prompt!r} has no tokens")
         return ids
 
-    def token_text(self, token_id: int) -> str:
-        """How one generated token is printed (word level: a space before it; <eos>: a newline)."""
-        level = self.config.data.level
-        if level == "char":
-            return self.encoder.decode([token_id])
-        if level == "word":
-            if self.config.data.add_eos and token_id == self.eos_id:
-                return "\n"
-            return " " + self.encoder.id_to_token(token_id)
-        raise ValueError("subword text is printed by decoding the whole sequence (see generate_cli)")
+    def generate(self, model: nn.Module, prompt: str, tokens: int, *, temperature: float | None = None,
+                 top_k: int | None = None, generator: torch.Generator | None = None) -> Iterator[str]:
+        """The text after ``prompt``, one piece per generated token (``tokens`` of them), one ``step()`` each.
+
+        Word level: each word after a space (none at the start of a line), ``<eos>`` as a newline; character
+        level: the characters; subword level: what each token adds to the decoded line (no space inside a word).
+        The prompt itself is not yielded. ``temperature`` / ``top_k`` default to the run's ``lm.temperature`` /
+        ``lm.top_k``; ``generator`` (on the model's device) fixes the sampling, else torch's global RNG draws.
+        """
+        lm = self.config.lm
+        temperature = lm.temperature if temperature is None else temperature
+        top_k = lm.top_k if top_k is None else top_k
+        ids = self.prompt_ids(prompt)
+        pieces = self._pieces(line_start=prompt == "" or prompt.endswith("\n"),
+                              context=[] if prompt == "" else list(ids))
+        next(pieces)
+        for token_id in model.iter_generate(ids, tokens, temperature=temperature, top_k=top_k, generator=generator):
+            yield pieces.send(token_id)
+
+    def _pieces(self, line_start: bool, context: list[int]):
+        """Coroutine: sent a generated token id, returns the text it adds (see :meth:`generate`)."""
+        level, eos = self.config.data.level, (self.eos_id if self.has_eos else None)
+        shown = self.encoder.decode(context) if level == "subword" and context else ""
+        piece = None
+        while True:
+            token_id = yield piece
+            if token_id == eos:
+                piece, line_start, context, shown = "\n", True, [], ""
+            elif level == "char":
+                piece = self.encoder.decode([token_id])
+            elif level == "word":
+                piece = ("" if line_start else " ") + self.encoder.id_to_token(token_id)
+                line_start = False
+            else:
+                context.append(token_id)
+                text = self.encoder.decode(context)
+                piece, shown = text[len(shown):], text
 
 
 def _state_batch(state) -> int:
     while isinstance(state, (tuple, list)):
         state = state[0]
     return int(state.shape[1])
-
-
-def generate_cli(run_dir: str | Path, prompt: str = "", tokens: int = 200, temperature: Optional[float] = None,
-                 top_k: Optional[int] = None, seed: int = 0, out: TextIO | None = None) -> str:
-    """Stream ``tokens`` generated tokens after ``prompt`` to ``out`` (stdout), one ``step()`` per token.
-
-    ``temperature`` / ``top_k`` default to the run's ``lm.temperature`` / ``lm.top_k``; ``seed`` fixes the
-    sampling. Returns the whole text (prompt + continuation) as printed.
-    """
-    from hybridrnn.train.run import load_run
-
-    out = out or sys.stdout
-    config, task, model = load_run(run_dir)
-    if not isinstance(task, LanguageModelTask):
-        raise ValueError(f"{run_dir} is a {config.task!r} run; generate needs a language_model run")
-    temperature = config.lm.temperature if temperature is None else temperature
-    top_k = config.lm.top_k if top_k is None else top_k
-    device = model_device(model)
-    generator = torch.Generator(device=device).manual_seed(int(seed))
-    ids = task.prompt_ids(prompt)
-    printed = [prompt]
-    out.write(prompt)
-    out.flush()
-    subword = config.data.level == "subword"
-    produced: list[int] = []
-    shown = ""
-    for token_id in model.iter_generate(ids, tokens, temperature=temperature, top_k=top_k, generator=generator):
-        if subword:
-            produced.append(token_id)
-            text = task.encoder.decode(produced)
-            piece, shown = text[len(shown):], text
-            if token_id == task.eos_id:
-                piece, produced, shown = "\n", [], ""
-        else:
-            piece = task.token_text(token_id)
-        printed.append(piece)
-        out.write(piece)
-        out.flush()
-    out.write("\n")
-    out.flush()
-    return "".join(printed)

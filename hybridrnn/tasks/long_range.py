@@ -18,76 +18,23 @@ sequence (``encoder.final_output``) for adding and digits, on every step's outpu
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field, model_validator
 from torch import nn
 from torch.nn import functional as F
 
-from hybridrnn.config import RunConfig, Section
+from hybridrnn._io import atomic_write_json, read_json
+from hybridrnn.errors import DataError, MissingExtraError, RunDirError
+from hybridrnn.nn.hybrid import build_encoder
 from hybridrnn.tasks._common import encoder_options
+from hybridrnn.tasks.long_range_config import (ADDING_SOLVED_MSE, COPY_CLASSES, COPY_INPUTS, COPY_RECALL,
+                                               COPY_SOLVED_FRACTION, COPY_SYMBOLS, DIGITS_STEPS, LongRangeConfig)
+from hybridrnn.tasks.long_range_plots import plot_long_range
 from hybridrnn.train.task import Task, iterate_minibatches
-
-PROBLEMS = ("adding", "copy", "digits")
-COPY_SYMBOLS = 8          # symbols 1..8; 0 is blank, 9 the delimiter
-COPY_RECALL = 10          # how many symbols are shown and recalled
-COPY_INPUTS = COPY_SYMBOLS + 2
-COPY_CLASSES = COPY_SYMBOLS + 1   # outputs: blank or one of the 8 symbols
-DIGITS_STEPS = 64
-ADDING_SOLVED_MSE = 0.01
-COPY_SOLVED_FRACTION = 0.1
-#: defaults for the split sizes when a config leaves them out
-SYNTHETIC_SIZES = {"n_train": 10000, "n_val": 1000, "n_test": 1000}
-DIGITS_SIZES = {"n_train": 1197, "n_val": 300, "n_test": 300}   # 1797 images in all
-
-
-class LongRangeData(Section):
-    """Which problem, how long, how many examples; everything is generated from ``seed``."""
-
-    problem: Literal["adding", "copy", "digits"] = "adding"
-    length: Optional[int] = Field(
-        None, ge=2, description="adding: sequence length T; copy: the blank delay T (sequences are T+20 long); "
-                                "digits: must be 64 or left out. Default 100 (adding, copy).")
-    n_train: Optional[int] = Field(None, ge=1, description="default 10000 (adding, copy) or 1197 (digits)")
-    n_val: Optional[int] = Field(None, ge=1, description="default 1000 (adding, copy) or 300 (digits)")
-    n_test: Optional[int] = Field(None, ge=1, description="default 1000 (adding, copy) or 300 (digits)")
-    seed: int = Field(0, description="seed of the data generator (independent of train.seed)")
-
-    @model_validator(mode="after")
-    def _check_problem_sizes(self):
-        if self.problem == "digits":
-            if self.length is not None and self.length != DIGITS_STEPS:
-                raise ValueError(f"data.length: digits are read pixel by pixel in {DIGITS_STEPS} steps; "
-                                 f"got length={self.length} (leave it out or set {DIGITS_STEPS})")
-            sizes = self.sizes()
-            total = sum(sizes.values())
-            if total > 1797:
-                raise ValueError(f"data.n_train + n_val + n_test = {total} but load_digits has 1797 images "
-                                 f"(got {sizes})")
-        return self
-
-    def resolved_length(self) -> int:
-        """The length actually used (``length`` or the problem's default)."""
-        if self.problem == "digits":
-            return DIGITS_STEPS
-        return 100 if self.length is None else self.length
-
-    def sizes(self) -> dict[str, int]:
-        defaults = DIGITS_SIZES if self.problem == "digits" else SYNTHETIC_SIZES
-        return {k: (getattr(self, k) if getattr(self, k) is not None else v) for k, v in defaults.items()}
-
-
-class LongRangeConfig(RunConfig):
-    """A config for ``task: long_range``."""
-
-    task: Literal["long_range"] = "long_range"
-    data: LongRangeData = Field(default_factory=LongRangeData)
-
 
 # ---------------------------------------------------------------------------------------------------------
 # generators (numpy, seeded; pure functions so that tests can check their properties)
@@ -141,9 +88,9 @@ def sequential_digits(seed: int, sizes: dict[str, int]) -> dict[str, tuple[np.nd
     """load_digits as ``x: (n, 64, 1)`` float32 in [0, 1] and ``y: (n,)`` int64, split at random (``seed``)
     into ``train``/``val``/``test`` of the given sizes."""
     try:
-        from sklearn.datasets import load_digits
+        from sklearn.datasets import load_digits   # optional extra: hybridrnn[digits]
     except ImportError:
-        raise ImportError("the long_range 'digits' problem reads scikit-learn's bundled 8x8 digits: "
+        raise MissingExtraError("the long_range 'digits' problem reads scikit-learn's bundled 8x8 digits: "
                           "pip install 'hybridrnn[digits]' (or scikit-learn)") from None
 
     digits = load_digits()
@@ -190,14 +137,14 @@ class LongRangeModel(nn.Module):
 # the task
 # ---------------------------------------------------------------------------------------------------------
 
-def _has_lstm(spec: str) -> bool:
-    from hybridrnn.nn.spec import iter_layers, parse_spec
-
-    return any(layer.kind == "lstm" for layer in iter_layers(parse_spec(spec)))
+ARTIFACT = "long_range.json"
 
 
 class LongRangeTask(Task):
-    """Adding / copy memory / sequential digits (see the module docstring). Monitors validation ``loss``."""
+    """Adding / copy memory / sequential digits (see the module docstring). Monitors validation ``loss``.
+
+    The data is generated from ``data.seed`` (``setup`` reads no file and takes no ``data``); ``long_range.json``
+    records the problem, length and the model's input and output sizes."""
 
     name = "long_range"
     config_class = LongRangeConfig
@@ -219,21 +166,29 @@ class LongRangeTask(Task):
     def output_size(self) -> int:
         return {"adding": 1, "copy": COPY_CLASSES, "digits": 10}[self.problem]
 
-    def setup(self, run_dir: Path | None = None) -> None:
-        data = self.config.data
-        sizes = data.sizes()
+    def setup(self, data: Any = None, *, whole: bool = False) -> None:
+        """Generate the train / val / test splits from ``data.seed`` (``whole``: the test split alone)."""
+        if data is not None:
+            raise DataError("the long_range task generates its data from data.seed; it reads no data "
+                            f"(got a {type(data).__name__})")
+        cfg = self.config.data
+        sizes = cfg.sizes()
         if self.problem == "digits":
-            arrays = sequential_digits(data.seed, sizes)
+            arrays = sequential_digits(cfg.seed, sizes)
         else:
             # one independent stream per split: the test set does not change when n_train does
-            streams = np.random.SeedSequence(data.seed).spawn(3)
+            streams = np.random.SeedSequence(cfg.seed).spawn(3)
             arrays = {}
             for (split, key), stream in zip((("train", "n_train"), ("val", "n_val"), ("test", "n_test")), streams):
+                if whole and split != "test":
+                    continue
                 rng = np.random.default_rng(stream)
                 if self.problem == "adding":
                     arrays[split] = adding_problem(sizes[key], self.length, rng)
                 else:
                     arrays[split] = copy_memory(sizes[key], self.length, rng)
+        if whole:
+            arrays = {"test": arrays["test"]}
         self.splits = {k: (torch.from_numpy(x), torch.from_numpy(y)) for k, (x, y) in arrays.items()}
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
@@ -243,7 +198,7 @@ class LongRangeTask(Task):
         return x
 
     def num_examples(self, split: str) -> int:
-        return len(self.examples(split)[0])
+        return len(self.splits[split][0]) if split in self.splits else 0
 
     def examples(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The stored inputs (codes for copy; see ``inputs``) and targets of ``split``."""
@@ -255,18 +210,11 @@ class LongRangeTask(Task):
 
     # ---- model ----
     def build_model(self) -> nn.Module:
-        from hybridrnn.nn.hybrid import build_encoder
-
         mc = self.config.model
         if mc.attention is not None:
             raise ValueError(f"model.attention={mc.attention!r}: the long_range task reads the encoder's final "
                              "output (adding, digits) or every step (copy); attention pooling is not supported here")
-        options = encoder_options(mc)
-        # forget_bias is an LSTM option (default 1.0) and build_encoder refuses it for a spec without LSTM
-        # blocks; a comparison runs LSTM and GRU specs from one config, where it applies to LSTM blocks only
-        if options.get("forget_bias") is not None and not _has_lstm(mc.encoder):
-            options["forget_bias"] = None
-        encoder = build_encoder(mc.encoder, self.input_size, **options)
+        encoder = build_encoder(mc.encoder, self.input_size, **encoder_options(mc))
         return LongRangeModel(encoder, self.output_size, per_step=self.problem == "copy", dropout=mc.dropout)
 
     # ---- training ----
@@ -291,7 +239,7 @@ class LongRangeTask(Task):
         return self.loss(model(x), y), len(x)
 
     # ---- evaluation ----
-    def predict(self, model: nn.Module, split: str, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict_split(self, model: nn.Module, split: str, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
         """Model outputs on a whole split (CPU tensors) and the targets."""
         x, y = self.examples(split)
         device = next(model.parameters()).device
@@ -305,7 +253,7 @@ class LongRangeTask(Task):
         return torch.cat(outs), y
 
     def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
-        pred, y = self.predict(model, split)
+        pred, y = self.predict_split(model, split)
         loss = float(self.loss(pred, y))
         if self.problem == "adding":
             p = pred.squeeze(-1)
@@ -323,53 +271,21 @@ class LongRangeTask(Task):
 
     # ---- artifacts and plots ----
     def save_artifacts(self, run_dir: Path) -> None:
-        info = {"problem": self.problem, "length": self.length, "input_size": self.input_size,
-                "output_size": self.output_size}
-        path = Path(run_dir) / "long_range.json"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(info, indent=2))
-        tmp.replace(path)
+        atomic_write_json(Path(run_dir) / ARTIFACT, {"problem": self.problem, "length": self.length,
+                                                     "input_size": self.input_size,
+                                                     "output_size": self.output_size})
+
+    def load_artifacts(self, run_dir: Path) -> None:
+        """Check ``long_range.json`` against the config (the sizes follow from the problem)."""
+        path = Path(run_dir) / ARTIFACT
+        info = read_json(path)
+        saved = {k: info.get(k) for k in ("problem", "length", "input_size", "output_size")} \
+            if isinstance(info, dict) else {}
+        expected = {"problem": self.problem, "length": self.length, "input_size": self.input_size,
+                    "output_size": self.output_size}
+        if saved != expected:
+            raise RunDirError(f"{path} says {saved}, the run's config gives {expected}")
 
     def plots(self, model: nn.Module, run_dir: Path) -> list[Path]:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        pred, y = self.predict(model, "test")
-        run_dir = Path(run_dir)
-        fig, ax = plt.subplots(figsize=(5.5, 4.5))
-        if self.problem == "adding":
-            n = min(1000, len(y))
-            ax.scatter(y[:n].numpy(), pred[:n, 0].numpy(), s=4, alpha=0.5)
-            ax.plot([0, 2], [0, 2], color="black", lw=1, label="perfect")
-            ax.axhline(1.0, color="grey", ls="--", lw=1, label="always 1 (MSE 0.167)")
-            ax.set(xlabel="target (sum of the marked values)", ylabel="prediction",
-                   title=f"adding problem, T={self.length}: test predictions")
-            ax.legend(loc="upper left")
-        elif self.problem == "copy":
-            k = min(8, len(y))
-            shown = pred[:k, -COPY_RECALL:].argmax(-1)
-            image = np.concatenate([y[:k, -COPY_RECALL:].numpy(), np.full((k, 1), np.nan), shown.numpy()], axis=1)
-            im = ax.imshow(image, cmap="tab10", vmin=0, vmax=9, aspect="auto")
-            ax.set(title=f"copy memory, T={self.length}: target (left) | predicted (right)",
-                   xlabel="recall step", ylabel="test sequence")
-            ax.set_xticks([])
-            fig.colorbar(im, ax=ax, label="symbol")
-        else:
-            counts = np.zeros((10, 10), dtype=np.int64)   # rows: true digit, columns: predicted
-            np.add.at(counts, (y.numpy(), pred.argmax(-1).numpy()), 1)
-            ax.imshow(counts, cmap="Blues")
-            for (i, j), c in np.ndenumerate(counts):
-                if c:
-                    ax.text(j, i, str(c), ha="center", va="center", fontsize=7,
-                            color="white" if c > counts.max() / 2 else "black")
-            ax.set(xlabel="predicted label", ylabel="true label", xticks=range(10), yticks=range(10))
-            ax.set_title("sequential digits (64 steps): test confusion matrix")
-        fig.tight_layout()
-        path = run_dir / f"long_range_{self.problem}.png"
-        tmp = path.with_name(path.stem + ".tmp.png")
-        fig.savefig(tmp, dpi=110)
-        plt.close(fig)
-        tmp.replace(path)
-        return [path]
+        pred, y = self.predict_split(model, "test")
+        return [plot_long_range(self.problem, self.length, pred, y, Path(run_dir) / f"long_range_{self.problem}.png")]
