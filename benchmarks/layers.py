@@ -46,6 +46,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hybridrnn.nn._scan import gru_scan, lstm_scan  # noqa: E402
+from hybridrnn.nn.cells import GRUParams, LSTMParams  # noqa: E402
 from hybridrnn.train.checkpoint import atomic_write_text  # noqa: E402
 from hybridrnn.train.environment import cpu_model  # noqa: E402
 
@@ -75,7 +76,7 @@ def _scan_lstm(lstm: nn.LSTM):
     def run(x):
         xg = F.linear(x.transpose(0, 1), lstm.weight_ih_l0, lstm.bias_ih_l0 + lstm.bias_hh_l0)
         h0 = x.new_zeros(x.shape[0], lstm.hidden_size)
-        return lstm_scan(xg, h0, h0, lstm.weight_hh_l0)[0].transpose(0, 1)
+        return lstm_scan(xg, h0, h0, LSTMParams(lstm.weight_hh_l0))[0].transpose(0, 1)
     return run
 
 
@@ -83,7 +84,7 @@ def _scan_gru(gru: nn.GRU):
     def run(x):
         xg = F.linear(x.transpose(0, 1), gru.weight_ih_l0, gru.bias_ih_l0)
         h0 = x.new_zeros(x.shape[0], gru.hidden_size)
-        return gru_scan(xg, h0, gru.weight_hh_l0, gru.bias_hh_l0)[0].transpose(0, 1)
+        return gru_scan(xg, h0, GRUParams(gru.weight_hh_l0, gru.bias_hh_l0))[0].transpose(0, 1)
     return run
 
 

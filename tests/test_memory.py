@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from hybridrnn.experiments.memory import (gate_statistics, memory_diagnostic, recurrent_layers,
@@ -105,14 +106,68 @@ def test_gate_statistics_reproduce_every_layer(spec, options, entries):
         assert s["values"].shape == (5 * 9 * hidden,)
 
 
-def test_layer_norm_is_refused():
-    encoder = build_encoder("lstm:3", 2, layer_norm=True)
-    with pytest.raises(ValueError, match="layer-normalised"):
-        gate_statistics(encoder, torch.randn(2, 4, 2))
+@pytest.mark.parametrize("spec,options", [
+    ("lstm:4x2", {"layer_norm": True}), ("bigru:3", {"layer_norm": True, "reset_after": False}),
+    ("gru:4", {"layer_norm": True}), ("lstm:4", {"layer_norm": True, "coupled": True}),
+    ("lstm:4>gru:3", {"recurrent_dropout": 0.5, "dropout": 0.3}),
+])
+def test_every_cell_option_is_supported(spec, options):
+    """Layer norm, coupled and paper-form cells: the recomputed gates reproduce the layer (checked inside), and
+    recurrent dropout is off (the statistics do not change between calls of a module left in training mode)."""
+    torch.manual_seed(2)
+    encoder = build_encoder(spec, 3, **options).train()
+    x = torch.randn(4, 6, 3)
+    first, second = gate_statistics(encoder, x), gate_statistics(encoder, x)
+    assert encoder.training
+    for a, b in zip(first, second):
+        assert a["mean"] == b["mean"] and a["memory_gate"] in a["mean"]
+
+
+def _ln_blocks(a, gain, bias, blocks):
+    parts = zip(a.chunk(blocks, -1), gain.chunk(blocks), bias.chunk(blocks))
+    return torch.cat([F.layer_norm(p, (p.shape[-1],), g, b, 1e-5) for p, g, b in parts], -1)
+
+
+def _ln_lstm_forget_gates(layer, x, sfx):
+    """Forget gates of a layer-norm LSTM written out from the equations, (batch, time, hidden)."""
+    p = {name: getattr(layer, name + sfx) for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "ln_ih_weight",
+                                                        "ln_ih_bias", "ln_hh_weight", "ln_hh_bias", "ln_c_weight",
+                                                        "ln_c_bias")}
+    hidden = layer.hidden_size
+    h = c = x.new_zeros(x.shape[0], hidden)
+    forget = []
+    for t in range(x.shape[1]):
+        a = (_ln_blocks(x[:, t] @ p["weight_ih"].t() + p["bias_ih"], p["ln_ih_weight"], p["ln_ih_bias"], 4)
+             + _ln_blocks(h @ p["weight_hh"].t() + p["bias_hh"], p["ln_hh_weight"], p["ln_hh_bias"], 4))
+        i, f, g, o = torch.sigmoid(a[:, :hidden]), torch.sigmoid(a[:, hidden:2 * hidden]), \
+            torch.tanh(a[:, 2 * hidden:3 * hidden]), torch.sigmoid(a[:, 3 * hidden:])
+        c = f * c + i * g
+        h = o * torch.tanh(F.layer_norm(c, (hidden,), p["ln_c_weight"], p["ln_c_bias"], 1e-5))
+        forget.append(f)
+    return torch.stack(forget, 1)
+
+
+def test_layer_norm_gates_are_the_equations():
+    """The forget gates reported for a bidirectional layer-norm LSTM, against the equations written out (the
+    backward direction reads the sequence reversed and is reported in the sequence's own time order)."""
+    torch.manual_seed(3)
+    layer = build_encoder("bilstm:4", 3, layer_norm=True).double()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x = torch.randn(2, 5, 3, dtype=torch.float64)
+    forward, backward = gate_statistics(layer, x)
+    with torch.no_grad():
+        expected = _ln_lstm_forget_gates(layer, x, "_l0")
+        expected_back = _ln_lstm_forget_gates(layer, x.flip(1), "_l0_reverse").flip(1)
+    assert forward["direction"] == "forward"
+    np.testing.assert_allclose(forward["values"], expected.flatten().numpy(), rtol=0, atol=1e-12)
+    assert backward["direction"] == "backward"
+    np.testing.assert_allclose(backward["values"], expected_back.flatten().numpy(), rtol=0, atol=1e-12)
 
 
 def test_memory_diagnostic_of_a_run(tmp_path):
-    from hybridrnn.train.run import train
+    from conftest import train
 
     torch.set_num_threads(1)
     run = train({"task": "long_range", "data": {"problem": "adding", "length": 9, "n_train": 32, "n_val": 16,

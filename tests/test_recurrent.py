@@ -709,3 +709,24 @@ def test_bf16_autocast_runs_every_path(cls, options):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y, _ = uni.step(x[:, 0])
     assert _close(y.float(), uni.step(x[:, 0])[0], 0.05)
+
+
+# --------------------------------------------------------------------------- gate_trace
+@pytest.mark.parametrize("cls,options", OPTION_CASES + [(LSTM, {}), (GRU, {})], ids=str)
+def test_gate_trace_reproduces_the_layer(cls, options):
+    """gate_trace (the general loop over the cell functions) gives the layer's own outputs and one entry of
+    gates per layer and direction, each (B, T, H) and in (0, 1) for the sigmoid gates."""
+    torch.manual_seed(19)
+    m = cls(I, H, 2, bidirectional=True, **options).double().eval()
+    _randomise(m)
+    x = torch.randn(B, T, I, dtype=DT)
+    out, trace = m.gate_trace(x)
+    assert _close(out, m(x)[0])
+    assert [(e["layer"], e["direction"]) for e in trace] == [(0, "forward"), (0, "backward"), (1, "forward"),
+                                                             (1, "backward")]
+    names = ("i", "f", "g", "o") if cls is LSTM else ("r", "z", "n")
+    for entry in trace:
+        assert tuple(entry["gates"]) == names
+        assert all(v.shape == (B, T, H) for v in entry["gates"].values())
+        sig = entry["gates"]["f" if cls is LSTM else "z"]
+        assert sig.min() >= 0 and sig.max() <= 1

@@ -1,4 +1,5 @@
-"""The fast whole-sequence loops in hybridrnn.nn._scan against the reference loops and torch.
+"""The fused whole-sequence kernels in hybridrnn.nn._scan against the general loops over the cell functions of
+hybridrnn.nn.cells (the one source of the equations), and against torch.
 
 Tolerances: float64 results and gradients within 1e-10 of the reference (differences are float rounding,
 about 1e-15); float32 within 1e-5 (relative to values of order 1).
@@ -10,7 +11,25 @@ import itertools
 import pytest
 import torch
 
-from hybridrnn.nn._scan import _gru_scan_reference, _lstm_scan_reference, gru_scan, lstm_scan
+from hybridrnn.nn._scan import gru_loop, gru_scan, lstm_loop, lstm_scan
+from hybridrnn.nn.cells import GRUParams, LSTMParams
+
+
+def lstm_fast(xg, h0, c0, w, coupled=False, b=None, ln_hh=None, ln_c=None, **kw):
+    return lstm_scan(xg, h0, c0, LSTMParams(w, b, ln_hh, ln_c, coupled), **kw)
+
+
+def lstm_ref(xg, h0, c0, w, coupled=False, b=None, ln_hh=None, ln_c=None, **kw):
+    return lstm_loop(xg, h0, c0, LSTMParams(w, b, ln_hh, ln_c, coupled), **kw)
+
+
+def gru_fast(xg, h0, w, b, reset_after=True, ln_hh=None, **kw):
+    return gru_scan(xg, h0, GRUParams(w, b, ln_hh, reset_after), **kw)
+
+
+def gru_ref(xg, h0, w, b, reset_after=True, ln_hh=None, **kw):
+    return gru_loop(xg, h0, GRUParams(w, b, ln_hh, reset_after), **kw)
+
 
 T, B, H = 6, 3, 4
 TOL64 = 1e-10
@@ -67,7 +86,7 @@ def test_lstm_scan_matches_reference_float64(coupled, masked, dropped):
     mask = _mask(torch.float64) if masked else None
     h_mask = _h_mask(torch.float64, gen) if dropped else None
     kw = dict(coupled=coupled, mask=mask, h_mask=h_mask)
-    _compare(lambda: lstm_scan(xg, h0, c0, w, **kw), lambda: _lstm_scan_reference(xg, h0, c0, w, **kw),
+    _compare(lambda: lstm_fast(xg, h0, c0, w, **kw), lambda: lstm_ref(xg, h0, c0, w, **kw),
              [xg, h0, c0, w], TOL64)
 
 
@@ -79,7 +98,7 @@ def test_gru_scan_matches_reference_float64(reset_after, masked, dropped, bias):
     h_mask = _h_mask(torch.float64, gen) if dropped else None
     kw = dict(reset_after=reset_after, mask=mask, h_mask=h_mask)
     inputs = [xg, h0, w] + ([b] if bias else [])
-    _compare(lambda: gru_scan(xg, h0, w, b, **kw), lambda: _gru_scan_reference(xg, h0, w, b, **kw),
+    _compare(lambda: gru_fast(xg, h0, w, b, **kw), lambda: gru_ref(xg, h0, w, b, **kw),
              inputs, TOL64)
 
 
@@ -87,7 +106,7 @@ def test_gru_scan_matches_reference_float64(reset_after, masked, dropped, bias):
 def test_lstm_scan_float32(coupled):
     xg, h0, c0, w, gen = _lstm_inputs(coupled, torch.float32)
     kw = dict(coupled=coupled, mask=_mask(torch.float32), h_mask=_h_mask(torch.float32, gen))
-    _compare(lambda: lstm_scan(xg, h0, c0, w, **kw), lambda: _lstm_scan_reference(xg, h0, c0, w, **kw),
+    _compare(lambda: lstm_fast(xg, h0, c0, w, **kw), lambda: lstm_ref(xg, h0, c0, w, **kw),
              [xg, h0, c0, w], TOL32)
 
 
@@ -95,7 +114,7 @@ def test_lstm_scan_float32(coupled):
 def test_gru_scan_float32(reset_after):
     xg, h0, w, b, gen = _gru_inputs(torch.float32)
     kw = dict(reset_after=reset_after, mask=_mask(torch.float32), h_mask=_h_mask(torch.float32, gen))
-    _compare(lambda: gru_scan(xg, h0, w, b, **kw), lambda: _gru_scan_reference(xg, h0, w, b, **kw),
+    _compare(lambda: gru_fast(xg, h0, w, b, **kw), lambda: gru_ref(xg, h0, w, b, **kw),
              [xg, h0, w, b], TOL32)
 
 
@@ -106,15 +125,15 @@ def test_inference_path_matches_reference(masked):
     xg, h0, c0, w, gen = _lstm_inputs(False, torch.float64)
     h_mask = _h_mask(torch.float64, gen)
     with torch.no_grad():
-        fast = lstm_scan(xg, h0, c0, w, mask=mask, h_mask=h_mask)
-        ref = _lstm_scan_reference(xg, h0, c0, w, mask=mask, h_mask=h_mask)
+        fast = lstm_fast(xg, h0, c0, w, mask=mask, h_mask=h_mask)
+        ref = lstm_ref(xg, h0, c0, w, mask=mask, h_mask=h_mask)
         for a, b in zip(fast, ref):
             assert not a.requires_grad
             assert (a - b).abs().max().item() < TOL64
         for reset_after in (True, False):
             xg, h0, w, b, _ = _gru_inputs(torch.float64)
-            fast = gru_scan(xg, h0, w, b, reset_after=reset_after, mask=mask, h_mask=h_mask)
-            ref = _gru_scan_reference(xg, h0, w, b, reset_after=reset_after, mask=mask, h_mask=h_mask)
+            fast = gru_fast(xg, h0, w, b, reset_after=reset_after, mask=mask, h_mask=h_mask)
+            ref = gru_ref(xg, h0, w, b, reset_after=reset_after, mask=mask, h_mask=h_mask)
             for a, b_ in zip(fast, ref):
                 assert (a - b_).abs().max().item() < TOL64
 
@@ -123,8 +142,8 @@ def test_inference_does_not_modify_inputs_and_outputs_do_not_alias():
     xg, h0, c0, w, _ = _lstm_inputs(False, torch.float64)
     saved = [t.detach().clone() for t in (xg, h0, c0, w)]
     with torch.no_grad():
-        out, h_t, c_t = lstm_scan(xg, h0, c0, w)
-        out_g, h_g = gru_scan(xg[..., :3 * H], h0, w[:3 * H], None)
+        out, h_t, c_t = lstm_fast(xg, h0, c0, w)
+        out_g, h_g = gru_fast(xg[..., :3 * H], h0, w[:3 * H], None)
     for before, after in zip(saved, (xg, h0, c0, w)):
         assert torch.equal(before, after)
     h_t.add_(1.0)
@@ -141,7 +160,7 @@ def test_lstm_scan_matches_torch_lstm_float64():
     out_t, (h_t, c_t) = lstm(x)
     xg = torch.nn.functional.linear(x, lstm.weight_ih_l0, lstm.bias_ih_l0 + lstm.bias_hh_l0)
     zeros = x.new_zeros(B, H)
-    out, h, c = lstm_scan(xg, zeros, zeros, lstm.weight_hh_l0)
+    out, h, c = lstm_fast(xg, zeros, zeros, lstm.weight_hh_l0)
     assert (out - out_t).abs().max().item() < TOL64
     assert (h - h_t[0]).abs().max().item() < TOL64 and (c - c_t[0]).abs().max().item() < TOL64
     g_t = torch.autograd.grad(out_t.sum(), [lstm.weight_hh_l0, lstm.weight_ih_l0])
@@ -156,7 +175,7 @@ def test_gru_scan_matches_torch_gru_float64():
     x = torch.randn(T, B, 5, dtype=torch.float64)
     out_t, h_t = gru(x)
     xg = torch.nn.functional.linear(x, gru.weight_ih_l0, gru.bias_ih_l0)
-    out, h = gru_scan(xg, x.new_zeros(B, H), gru.weight_hh_l0, gru.bias_hh_l0)
+    out, h = gru_fast(xg, x.new_zeros(B, H), gru.weight_hh_l0, gru.bias_hh_l0)
     assert (out - out_t).abs().max().item() < TOL64 and (h - h_t[0]).abs().max().item() < TOL64
     params = [gru.weight_hh_l0, gru.bias_hh_l0, gru.weight_ih_l0]
     for a, b in zip(torch.autograd.grad(out.sum(), params), torch.autograd.grad(out_t.sum(), params)):
@@ -171,8 +190,8 @@ def test_lstm_scan_gradcheck(coupled):
     xg, h0, c0, w, gen = _lstm_inputs(coupled, torch.float64, **SMALL)
     mask, h_mask = _mask(torch.float64, T=3, lengths=(3, 2)), _h_mask(torch.float64, gen, B=2, H=2)
     assert torch.autograd.gradcheck(
-        lambda a, b, c, d: lstm_scan(a, b, c, d, coupled=coupled, mask=mask, h_mask=h_mask), (xg, h0, c0, w))
-    assert torch.autograd.gradcheck(lambda a, b, c, d: lstm_scan(a, b, c, d, coupled=coupled), (xg, h0, c0, w))
+        lambda a, b, c, d: lstm_fast(a, b, c, d, coupled=coupled, mask=mask, h_mask=h_mask), (xg, h0, c0, w))
+    assert torch.autograd.gradcheck(lambda a, b, c, d: lstm_fast(a, b, c, d, coupled=coupled), (xg, h0, c0, w))
 
 
 @pytest.mark.parametrize("reset_after", [True, False])
@@ -180,9 +199,9 @@ def test_gru_scan_gradcheck(reset_after):
     xg, h0, w, b, gen = _gru_inputs(torch.float64, **SMALL)
     mask, h_mask = _mask(torch.float64, T=3, lengths=(3, 2)), _h_mask(torch.float64, gen, B=2, H=2)
     assert torch.autograd.gradcheck(
-        lambda a, c, d, e: gru_scan(a, c, d, e, reset_after=reset_after, mask=mask, h_mask=h_mask),
+        lambda a, c, d, e: gru_fast(a, c, d, e, reset_after=reset_after, mask=mask, h_mask=h_mask),
         (xg, h0, w, b))
-    assert torch.autograd.gradcheck(lambda a, c, d, e: gru_scan(a, c, d, e, reset_after=reset_after),
+    assert torch.autograd.gradcheck(lambda a, c, d, e: gru_fast(a, c, d, e, reset_after=reset_after),
                                     (xg, h0, w, b))
 
 
@@ -190,12 +209,12 @@ def test_only_some_inputs_need_grad():
     """Gradients are right when only the weights (or only the inputs) require grad."""
     xg, h0, c0, w, _ = _lstm_inputs(False, torch.float64)
     xg_c, h0_c, c0_c = xg.detach(), h0.detach(), c0.detach()
-    (gw,) = torch.autograd.grad(lstm_scan(xg_c, h0_c, c0_c, w)[0].sum(), [w])
-    (gw_ref,) = torch.autograd.grad(_lstm_scan_reference(xg_c, h0_c, c0_c, w)[0].sum(), [w])
+    (gw,) = torch.autograd.grad(lstm_fast(xg_c, h0_c, c0_c, w)[0].sum(), [w])
+    (gw_ref,) = torch.autograd.grad(lstm_ref(xg_c, h0_c, c0_c, w)[0].sum(), [w])
     assert (gw - gw_ref).abs().max().item() < TOL64
     w_c = w.detach()
-    (gx,) = torch.autograd.grad(lstm_scan(xg, h0_c, c0_c, w_c)[1].sum(), [xg])
-    (gx_ref,) = torch.autograd.grad(_lstm_scan_reference(xg, h0_c, c0_c, w_c)[1].sum(), [xg])
+    (gx,) = torch.autograd.grad(lstm_fast(xg, h0_c, c0_c, w_c)[1].sum(), [xg])
+    (gx_ref,) = torch.autograd.grad(lstm_ref(xg, h0_c, c0_c, w_c)[1].sum(), [xg])
     assert (gx - gx_ref).abs().max().item() < TOL64
 
 
@@ -203,7 +222,7 @@ def test_double_backward_falls_back_to_reference():
     """create_graph=True differentiates the reference loop: second derivatives match the reference."""
     xg, h0, c0, w, _ = _lstm_inputs(True, torch.float64)
     results = []
-    for scan in (lstm_scan, _lstm_scan_reference):
+    for scan in (lstm_fast, lstm_ref):
         out = scan(xg, h0, c0, w, coupled=True)[0]
         (gx,) = torch.autograd.grad((out ** 2).sum(), [xg], create_graph=True)
         results.append(torch.autograd.grad(gx.pow(2).sum(), [w, h0]))
@@ -211,7 +230,7 @@ def test_double_backward_falls_back_to_reference():
         assert (a - b).abs().max().item() < TOL64
     xg, h0, w, b, _ = _gru_inputs(torch.float64)
     results = []
-    for scan in (gru_scan, _gru_scan_reference):
+    for scan in (gru_fast, gru_ref):
         out = scan(xg, h0, w, b, reset_after=False)[0]
         (gw,) = torch.autograd.grad((out ** 2).sum(), [w], create_graph=True)
         results.append(torch.autograd.grad(gw.pow(2).sum(), [xg, b]))
@@ -221,7 +240,7 @@ def test_double_backward_falls_back_to_reference():
 
 def test_in_place_change_of_output_is_caught():
     xg, h0, c0, w, _ = _lstm_inputs(False, torch.float64)
-    out, _, _ = lstm_scan(xg, h0, c0, w)
+    out, _, _ = lstm_fast(xg, h0, c0, w)
     loss = out.sum()
     out.mul_(2.0)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
@@ -231,8 +250,8 @@ def test_in_place_change_of_output_is_caught():
 def test_bad_shapes_raise_value_error():
     xg, h0, c0, w, _ = _lstm_inputs(False, torch.float64)
     with pytest.raises(ValueError, match="w_hh"):
-        lstm_scan(xg, h0, c0, w[:3 * H])
+        lstm_fast(xg, h0, c0, w[:3 * H])
     with pytest.raises(ValueError, match="xg must be"):
-        lstm_scan(xg[0], h0, c0, w)
+        lstm_fast(xg[0], h0, c0, w)
     with pytest.raises(ValueError, match="b_hh"):
-        gru_scan(xg[..., :3 * H], h0, w[:3 * H], torch.zeros(H, dtype=torch.float64))
+        gru_fast(xg[..., :3 * H], h0, w[:3 * H], torch.zeros(H, dtype=torch.float64))

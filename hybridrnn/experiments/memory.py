@@ -9,8 +9,9 @@ Two measurements on a batch of inputs:
    ``c``, of every layer and block); ``hidden`` norms use the ``h`` tensors only. A curve that falls by orders of
    magnitude towards early steps is the vanishing gradient.
 2. **Gate activations.** For every LSTM/GRU layer in the encoder, the gates are recomputed from the layer's own
-   weights (torch naming and gate order: LSTM ``(i, f, g, o)``, coupled ``(i, g, o)`` with ``f = 1 - i``; GRU
-   ``(r, z, n)``) on its actual inputs, with a step-by-step reference loop; the loop's outputs are checked
+   weights on its actual inputs (eval mode, zero state) by the layer's ``gate_trace``: the general time loop over
+   the cell equations of ``hybridrnn.nn.cells``, so every cell option is covered (LSTM ``(i, f, g, o)``, coupled
+   ``(i, g, o)`` with ``f = 1 - i``, layer norm; GRU ``(r, z, n)`` in both forms); the loop's outputs are checked
    against the layer's (a mismatch is an error, not a silent wrong answer). We report the mean of every gate,
    and for the forget gate ``f`` (LSTM) and the update gate ``z`` (GRU, torch's parameterisation:
    ``h' = (1 - z) * n + z * h``, so ``z`` near 1 keeps the memory; the textbook update gate is ``1 - z``) the
@@ -30,6 +31,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from hybridrnn.nn.recurrent import GRU, LSTM
+
 SATURATION = 0.1      # a gate value below SATURATION or above 1 - SATURATION counts as saturated
 CHECK_TOLERANCE = 1e-4  # max |reference loop output - layer output| accepted (float32)
 
@@ -44,9 +47,9 @@ def recurrent_layers(encoder: nn.Module) -> list[nn.Module]:
 
 
 def _kind(module: nn.Module) -> Optional[str]:
-    if isinstance(module, nn.LSTM) or (type(module).__name__ == "LSTM" and hasattr(module, "weight_ih_l0")):
+    if isinstance(module, (nn.LSTM, LSTM)):
         return "lstm"
-    if isinstance(module, nn.GRU) or (type(module).__name__ == "GRU" and hasattr(module, "weight_ih_l0")):
+    if isinstance(module, (nn.GRU, GRU)):
         return "gru"
     return None
 
@@ -130,76 +133,26 @@ def state_gradient_norms(encoder: nn.Module, x: Tensor,
 # gates
 # ---------------------------------------------------------------------------------------------------------
 
-def _param(layer: nn.Module, index: int, direction: int, role: str) -> Optional[Tensor]:
-    """Parameter ``role`` (``weight_ih``...) of layer ``index``, direction ``direction``; hybridrnn layers resolve
-    tied names (tie_layers), torch layers use torch's names."""
-    if hasattr(layer, "_p"):
-        return layer._p(index, direction, role)
-    return getattr(layer, f"{role}_l{index}" + ("_reverse" if direction else ""), None)
+# display names of the reported gates, keyed by the field names of hybridrnn.nn.cells.LSTMGates / GRUGates
+GATE_NAMES = {"lstm": {"i": "input i", "f": "forget f", "o": "output o"},
+              "gru": {"r": "reset r", "z": "update z"}}
 
 
 def _reference_layer(layer: nn.Module, x: Tensor) -> tuple[Tensor, list[dict[str, Tensor]]]:
-    """Run ``layer`` on ``x (batch, time, features)`` step by step from its weights (eval mode, zero state).
+    """Recompute ``layer`` on ``x (batch, time, features)`` from a zero state with the cell equations of
+    :mod:`hybridrnn.nn.cells` (the layer's ``gate_trace``; a ``torch.nn.LSTM``/``GRU`` is converted first), so
+    every option of the layers is covered (coupled, layer norm, paper-form GRU, tied layers...).
 
     Returns its outputs ``(batch, time, output_size)`` and, per (layer, direction), the gate activations
-    ``{name: (batch, time, hidden)}``.
+    ``{name: (batch, time, hidden)}`` under the names of :data:`GATE_NAMES`. Call it in eval mode.
     """
     kind = _kind(layer)
-    if getattr(layer, "layer_norm", False):
-        raise ValueError("gate statistics of layer-normalised cells are not implemented")
-    coupled = bool(getattr(layer, "coupled", False))
-    reset_after = bool(getattr(layer, "reset_after", True))
-    hidden = layer.hidden_size
-    directions = 2 if layer.bidirectional else 1
-    inp = x
-    gates_out = []
-    for index in range(layer.num_layers):
-        outs = []
-        for d in range(directions):
-            w_ih, w_hh = _param(layer, index, d, "weight_ih"), _param(layer, index, d, "weight_hh")
-            b_ih, b_hh = _param(layer, index, d, "bias_ih"), _param(layer, index, d, "bias_hh")
-            seq = inp.flip(1) if d == 1 else inp
-            xg = seq @ w_ih.t() + (b_ih if b_ih is not None else 0)
-            h = x.new_zeros(x.shape[0], hidden)
-            c = x.new_zeros(x.shape[0], hidden)
-            hs, record = [], {}
-            for t in range(seq.shape[1]):
-                hg = h @ w_hh.t() + (b_hh if b_hh is not None else 0)
-                if kind == "lstm":
-                    if coupled:
-                        i, g, o = (xg[:, t] + hg).chunk(3, -1)
-                        i = torch.sigmoid(i)
-                        f = 1.0 - i
-                    else:
-                        i, f, g, o = (xg[:, t] + hg).chunk(4, -1)
-                        i, f = torch.sigmoid(i), torch.sigmoid(f)
-                    g, o = torch.tanh(g), torch.sigmoid(o)
-                    c = f * c + i * g
-                    h = o * torch.tanh(c)
-                    values = {"input i": i, "forget f": f, "output o": o}
-                else:
-                    xr, xz, xn = xg[:, t].chunk(3, -1)
-                    hr, hz, hn = hg.chunk(3, -1)
-                    r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
-                    if reset_after:
-                        n = torch.tanh(xn + r * hn)
-                    else:
-                        w_hn = w_hh[2 * hidden:]
-                        b_hn = b_hh[2 * hidden:] if b_hh is not None else 0
-                        n = torch.tanh(xn + (r * h) @ w_hn.t() + b_hn)
-                    h = (1.0 - z) * n + z * h
-                    values = {"reset r": r, "update z": z}
-                for name, v in values.items():
-                    record.setdefault(name, []).append(v)
-                hs.append(h)
-            out = torch.stack(hs, 1)
-            outs.append(out.flip(1) if d == 1 else out)
-            stacked = {name: torch.stack(v, 1) for name, v in record.items()}
-            if d == 1:
-                stacked = {name: v.flip(1) for name, v in stacked.items()}
-            gates_out.append({"layer": index, "direction": "backward" if d else "forward", "gates": stacked})
-        inp = torch.cat(outs, -1) if directions == 2 else outs[0]
-    return inp, gates_out
+    if not isinstance(layer, (LSTM, GRU)):
+        layer = (LSTM if kind == "lstm" else GRU).from_torch(layer, path="custom")
+    outputs, trace = layer.gate_trace(x)
+    names = GATE_NAMES[kind]
+    return outputs, [{"layer": item["layer"], "direction": item["direction"],
+                      "gates": {label: item["gates"][field] for field, label in names.items()}} for item in trace]
 
 
 def gate_statistics(encoder: nn.Module, x: Tensor, saturation: float = SATURATION) -> list[dict[str, Any]]:
@@ -222,10 +175,16 @@ def gate_statistics(encoder: nn.Module, x: Tensor, saturation: float = SATURATIO
 
     handles = [m.register_forward_hook(lambda mod, a, r, i=i: hook(mod, a, r, i)) for i, m in enumerate(layers)]
     was_training = encoder.training
-    encoder.eval()
+    encoder.eval()                      # no dropout of any kind: the gates the trained model uses
+    references = {}
     try:
         with torch.no_grad():
             encoder(x)
+            for block, layer in enumerate(layers):
+                if block not in inputs:
+                    raise ValueError(f"recurrent block {block} ({type(layer).__name__}) was not called by the "
+                                     "encoder")
+                references[block] = _reference_layer(layer, inputs[block])
     finally:
         for h in handles:
             h.remove()
@@ -233,10 +192,8 @@ def gate_statistics(encoder: nn.Module, x: Tensor, saturation: float = SATURATIO
     stats = []
     with torch.no_grad():
         for block, layer in enumerate(layers):
-            if block not in inputs:
-                raise ValueError(f"recurrent block {block} ({type(layer).__name__}) was not called by the encoder")
-            reference, per_layer = _reference_layer(layer, inputs[block].float())
-            error = float((reference - outputs[block].float()).abs().max())
+            reference, per_layer = references[block]
+            error = float((reference.float() - outputs[block].float()).abs().max())
             if error > CHECK_TOLERANCE:
                 raise ValueError(f"gate recomputation of block {block} ({layer!r}) does not reproduce the layer's "
                                  f"outputs (max difference {error:.2e} > {CHECK_TOLERANCE}); its options are not "

@@ -1,9 +1,18 @@
 """Whole-sequence time loops for the custom path (the hot loop of the library).
 
-The input projection is hoisted out: callers pass ``xg = x @ W_ih^T + biases`` for every step at once, and
-these functions run only the recurrence. Time-major layout, one sequence direction.
+The input projection is hoisted out: callers pass ``xg = LN_ih(x @ W_ih^T + b_ih)`` for every step at once
+(:func:`hybridrnn.nn.cells.input_projection`), and these functions run only the recurrence. Time-major
+layout, one sequence direction.
 
-How the fast versions work (figures in ``benchmarks/results/layers.md``):
+Two kinds of loop:
+
+- ``lstm_loop`` / ``gru_loop``: the general loops, the cell functions of :mod:`hybridrnn.nn.cells` (the one
+  source of the equations) at every step with autograd through Python. Every option; the ground truth.
+- ``lstm_scan`` / ``gru_scan``: the fused kernels, the same equations derived by hand, forward and backward,
+  for speed. They are tested against the general loops (float64, 1e-10, values and gradients:
+  ``tests/test_scan.py``); an option they do not implement falls back to the general loop.
+
+How the fused kernels work (figures in ``benchmarks/results/layers.md``):
 
 - Inference (grad mode off, or no input needs a gradient) runs the time loop under ``no_grad`` with every
   op writing into preallocated buffers (``out=``), about 6-7 small ops per step and no autograd graph.
@@ -12,11 +21,8 @@ How the fast versions work (figures in ``benchmarks/results/layers.md``):
   step, because every factor that does not depend on the incoming gradient (``s(1-s)``, ``1-tanh^2``, ...)
   is computed for all steps at once before the loop. ``dW_hh`` (and ``db_hh``) is ONE matmul over all
   steps after the loop, and ``dxg`` is the stacked gate gradients.
-- Double backward (``create_graph=True``) is supported by recomputing the sequence with the reference loop
-  (slow, but exact); ``mask``/``h_mask`` that require gradients also go to the reference loop.
-
-``_lstm_scan_reference`` / ``_gru_scan_reference`` are the plain autograd loops the fast versions are
-tested against (float64, 1e-10).
+- Double backward (``create_graph=True``) is supported by recomputing the sequence with the general loop
+  (slow, but exact); ``mask``/``h_mask`` that require gradients also go to the general loop.
 """
 from __future__ import annotations
 
@@ -25,92 +31,78 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from hybridrnn.nn.cells import GRUGates, GRUParams, LSTMGates, LSTMParams, gru_step, lstm_step
+
 
 # ----------------------------------------------------------------------------------------------------------
-# reference loops (autograd through Python): the ground truth for the fast versions
+# general loops (autograd through Python over the cell functions): every option, and the ground truth
 # ----------------------------------------------------------------------------------------------------------
 
-def _lstm_scan_reference(xg: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, *, coupled: bool = False,
-                         mask: Optional[Tensor] = None,
-                         h_mask: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
-    """Reference LSTM loop, same contract as :func:`lstm_scan`."""
-    h, c = h0, c0
-    outs = []
-    w_t = w_hh.t()
-    for t, xg_t in enumerate(xg.unbind(0)):
-        h_in = h if h_mask is None else h * h_mask
-        gates = torch.addmm(xg_t, h_in, w_t)
-        if coupled:
-            i, g, o = gates.chunk(3, 1)
-            i = torch.sigmoid(i)
-            f = 1.0 - i
-        else:
-            i, f, g, o = gates.chunk(4, 1)
-            i, f = torch.sigmoid(i), torch.sigmoid(f)
-        g, o = torch.tanh(g), torch.sigmoid(o)
-        c_new = f * c + i * g
-        h_new = o * torch.tanh(c_new)
-        if mask is not None:
-            m = mask[t]
-            c_new = torch.lerp(c, c_new, m)
-            h_next = torch.lerp(h, h_new, m)
-            outs.append(h_new * m)
-            h, c = h_next, c_new
-        else:
-            outs.append(h_new)
-            h, c = h_new, c_new
-    return torch.stack(outs, 0), h, c
+def lstm_loop(xg: Tensor, h0: Tensor, c0: Tensor, p: LSTMParams, *, mask: Optional[Tensor] = None,
+              h_mask: Optional[Tensor] = None,
+              gates: Optional[list[LSTMGates]] = None) -> tuple[Tensor, Tensor, Tensor]:
+    """The general LSTM time loop: :func:`hybridrnn.nn.cells.lstm_step` at every step, autograd through it.
+
+    Same contract as :func:`lstm_scan`; if ``gates`` is a list, every step's :class:`LSTMGates` is appended.
+    """
+    def step(xg_t, state):
+        h, c, step_gates = lstm_step(xg_t, state[0], state[1], p, h_mask)
+        return (h, c), step_gates
+
+    out, (h, c) = _time_loop(step, xg, (h0, c0), mask, gates)
+    return out, h, c
 
 
-def _gru_scan_reference(xg: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], *,
-                        reset_after: bool = True, mask: Optional[Tensor] = None,
-                        h_mask: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-    """Reference GRU loop, same contract as :func:`gru_scan`."""
-    H = h0.shape[1]
-    h = h0
+def gru_loop(xg: Tensor, h0: Tensor, p: GRUParams, *, mask: Optional[Tensor] = None,
+             h_mask: Optional[Tensor] = None, gates: Optional[list[GRUGates]] = None) -> tuple[Tensor, Tensor]:
+    """The general GRU time loop: :func:`hybridrnn.nn.cells.gru_step` at every step, autograd through it.
+
+    Same contract as :func:`gru_scan`; if ``gates`` is a list, every step's :class:`GRUGates` is appended.
+    """
+    def step(xg_t, state):
+        h, step_gates = gru_step(xg_t, state[0], p, h_mask)
+        return (h,), step_gates
+
+    out, (h,) = _time_loop(step, xg, (h0,), mask, gates)
+    return out, h
+
+
+def _time_loop(step, xg: Tensor, state: tuple, mask: Optional[Tensor], gates: Optional[list]):
+    """Run ``step(xg_t, state) -> (new_state, gates_t)`` over ``xg (T, B, G*H)``; ``state[0]`` is ``h``.
+
+    With ``mask (T, B, 1)`` a padded step (0) keeps the old state and outputs 0:
+    ``state_t = lerp(state_{t-1}, new_state, m_t)``, ``out_t = h_new * m_t``. Returns ``out (T, B, H)`` and
+    the final state tuple.
+    """
     outs = []
-    w_t = w_hh.t()
     for t, xg_t in enumerate(xg.unbind(0)):
-        h_in = h if h_mask is None else h * h_mask
-        xr, xz, xn = xg_t.split(H, 1)
-        if reset_after:
-            hg = h_in @ w_t if b_hh is None else torch.addmm(b_hh, h_in, w_t)
-            hr, hz, hn = hg.split(H, 1)
-            r = torch.sigmoid(xr + hr)
-            z = torch.sigmoid(xz + hz)
-            n = torch.tanh(xn + r * hn)
+        new, step_gates = step(xg_t, state)
+        if gates is not None:
+            gates.append(step_gates)
+        if mask is None:
+            state = new
+            outs.append(new[0])
         else:
-            w_rz, w_n = w_t[:, :2 * H], w_t[:, 2 * H:]
-            hrz = h_in @ w_rz if b_hh is None else torch.addmm(b_hh[:2 * H], h_in, w_rz)
-            hr, hz = hrz.split(H, 1)
-            r = torch.sigmoid(xr + hr)
-            z = torch.sigmoid(xz + hz)
-            rh = (r * h_in) @ w_n
-            n = torch.tanh(xn + (rh if b_hh is None else rh + b_hh[2 * H:]))
-        h_new = n + z * (h - n)
-        if mask is not None:
             m = mask[t]
-            h = torch.lerp(h, h_new, m)
-            outs.append(h_new * m)
-        else:
-            outs.append(h_new)
-            h = h_new
-    return torch.stack(outs, 0), h
+            state = tuple(torch.lerp(old, value, m) for old, value in zip(state, new))
+            outs.append(new[0] * m)
+    return torch.stack(outs, 0), state
 
 
 # ----------------------------------------------------------------------------------------------------------
 # public entry points
 # ----------------------------------------------------------------------------------------------------------
 
-def lstm_scan(xg: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, *, coupled: bool = False,
-              mask: Optional[Tensor] = None, h_mask: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
+def lstm_scan(xg: Tensor, h0: Tensor, c0: Tensor, p: LSTMParams, *, mask: Optional[Tensor] = None,
+              h_mask: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
     """Run an LSTM recurrence over a whole sequence.
 
     Args:
-        xg: ``(T, B, G*H)`` input projection with all gate biases added (``b_ih + b_hh``); gate order
-            torch's ``(i, f, g, o)`` (G=4), or ``(i, g, o)`` when ``coupled`` (G=3, forget = 1 - i).
+        xg: ``(T, B, G*H)`` input projection (:func:`hybridrnn.nn.cells.input_projection`); gate order
+            torch's ``(i, f, g, o)`` (G=4), or ``(i, g, o)`` when ``p.coupled`` (G=3, forget = 1 - i). Without
+            layer norm ``b_hh`` may be folded into it (then ``p.b_hh`` is None).
         h0, c0: ``(B, H)`` initial state.
-        w_hh: ``(G*H, H)`` recurrent weights.
+        p: the recurrent tensors and options (:class:`hybridrnn.nn.cells.LSTMParams`).
         mask: ``(T, B, 1)`` float, 1 at real steps and 0 at padding: a padded step keeps the previous state
             and outputs 0.
         h_mask: ``(B, H)`` variational dropout mask applied to ``h`` before it enters the recurrence (the same
@@ -118,13 +110,18 @@ def lstm_scan(xg: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, *, coupled: bool
     Returns:
         ``out (T, B, H)``, ``h_T (B, H)``, ``c_T (B, H)``.
 
-    Gradients flow to ``xg``, ``h0``, ``c0`` and ``w_hh`` through a hand-written whole-sequence backward
-    (exact up to float rounding). ``mask`` and ``h_mask`` are constants; if either requires grad, or a
-    double backward is asked for (``create_graph=True``), the slow reference loop is used instead.
+    Gradients flow to ``xg``, ``h0``, ``c0`` and the tensors of ``p`` through a hand-written whole-sequence
+    backward (exact up to float rounding). ``mask`` and ``h_mask`` are constants; if either requires grad, or a
+    double backward is asked for (``create_graph=True``), or an option has no fused kernel (layer norm), the
+    general loop :func:`lstm_loop` is used instead.
     """
-    _check_lstm_args(xg, h0, c0, w_hh, coupled)
-    if (mask is not None and mask.requires_grad) or (h_mask is not None and h_mask.requires_grad):
-        return _lstm_scan_reference(xg, h0, c0, w_hh, coupled=coupled, mask=mask, h_mask=h_mask)
+    _check_lstm_args(xg, h0, c0, p)
+    if (p.ln_hh is not None or p.ln_c is not None or (mask is not None and mask.requires_grad)
+            or (h_mask is not None and h_mask.requires_grad)):
+        return lstm_loop(xg, h0, c0, p, mask=mask, h_mask=h_mask)
+    if p.b_hh is not None:
+        xg = xg + p.b_hh
+    w_hh, coupled = p.w_hh, p.coupled
     if torch.is_grad_enabled() and (xg.requires_grad or h0.requires_grad or c0.requires_grad
                                     or w_hh.requires_grad):
         return _LSTMScan.apply(xg, h0, c0, w_hh, coupled, mask, h_mask)
@@ -133,28 +130,30 @@ def lstm_scan(xg: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, *, coupled: bool
     return out, h_t, c_t
 
 
-def gru_scan(xg: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], *, reset_after: bool = True,
-             mask: Optional[Tensor] = None, h_mask: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+def gru_scan(xg: Tensor, h0: Tensor, p: GRUParams, *, mask: Optional[Tensor] = None,
+             h_mask: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
     """Run a GRU recurrence over a whole sequence.
 
     Args:
-        xg: ``(T, B, 3H)`` input projection ``x @ W_ih^T + b_ih``, gate order ``(r, z, n)``.
+        xg: ``(T, B, 3H)`` input projection ``LN_ih(x @ W_ih^T + b_ih)``, gate order ``(r, z, n)``.
         h0: ``(B, H)``.
-        w_hh: ``(3H, H)``; b_hh: ``(3H,)`` or None.
-        reset_after: ``True`` for torch/cuDNN's ``n = tanh(x_n + r * (W_hn h + b_hn))``; ``False`` for the
-            original paper's ``n = tanh(x_n + W_hn (r * h) + b_hn)``.
+        p: the recurrent tensors and options (:class:`hybridrnn.nn.cells.GRUParams`): ``p.reset_after`` True
+            for torch/cuDNN's ``n = tanh(x_n + r * (W_hn h + b_hn))``, False for the original paper's
+            ``n = tanh(x_n + W_hn (r * h) + b_hn)``.
         mask, h_mask: as in :func:`lstm_scan`.
     Returns:
         ``out (T, B, H)``, ``h_T (B, H)``. With torch's weight layout the gate ``z`` computed here is torch's,
         which keeps the old state: ``h_t = (1 - z) * n + z * h_{t-1}``. The textbook update gate is
         ``1 - z``, giving the textbook ``h_t = (1 - z_u) * h_{t-1} + z_u * n``.
 
-    Gradients flow to ``xg``, ``h0``, ``w_hh`` and ``b_hh`` as in :func:`lstm_scan` (hand-written backward;
-    reference loop for double backward or masks that require grad).
+    Gradients flow to ``xg``, ``h0`` and the tensors of ``p`` as in :func:`lstm_scan` (hand-written backward;
+    the general loop :func:`gru_loop` for double backward, masks that require grad, or layer norm).
     """
-    _check_gru_args(xg, h0, w_hh, b_hh)
-    if (mask is not None and mask.requires_grad) or (h_mask is not None and h_mask.requires_grad):
-        return _gru_scan_reference(xg, h0, w_hh, b_hh, reset_after=reset_after, mask=mask, h_mask=h_mask)
+    _check_gru_args(xg, h0, p)
+    if p.ln_hh is not None or (mask is not None and mask.requires_grad) or (
+            h_mask is not None and h_mask.requires_grad):
+        return gru_loop(xg, h0, p, mask=mask, h_mask=h_mask)
+    w_hh, b_hh, reset_after = p.w_hh, p.b_hh, p.reset_after
     if torch.is_grad_enabled() and (xg.requires_grad or h0.requires_grad or w_hh.requires_grad
                                     or (b_hh is not None and b_hh.requires_grad)):
         return _GRUScan.apply(xg, h0, w_hh, b_hh, reset_after, mask, h_mask)
@@ -163,23 +162,26 @@ def gru_scan(xg: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], *, re
     return out, h_t
 
 
-def _check_lstm_args(xg: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, coupled: bool) -> None:
+def _check_lstm_args(xg: Tensor, h0: Tensor, c0: Tensor, p: LSTMParams) -> None:
     if xg.dim() != 3 or xg.shape[0] == 0:
         raise ValueError(f"lstm_scan: xg must be (T>=1, B, G*H), got shape {tuple(xg.shape)}")
     T, B, GH = xg.shape
     H = h0.shape[-1]
-    G = 3 if coupled else 4
-    if GH != G * H or tuple(h0.shape) != (B, H) or tuple(c0.shape) != (B, H) or tuple(w_hh.shape) != (GH, H):
-        raise ValueError(f"lstm_scan: expected xg (T, B, {G}*H), h0/c0 (B, H), w_hh ({G}*H, H); got xg "
-                         f"{tuple(xg.shape)}, h0 {tuple(h0.shape)}, c0 {tuple(c0.shape)}, "
-                         f"w_hh {tuple(w_hh.shape)}")
+    G = 3 if p.coupled else 4
+    w_hh = p.w_hh
+    if GH != G * H or tuple(h0.shape) != (B, H) or tuple(c0.shape) != (B, H) or tuple(w_hh.shape) != (GH, H) \
+            or (p.b_hh is not None and tuple(p.b_hh.shape) != (GH,)):
+        raise ValueError(f"lstm_scan: expected xg (T, B, {G}*H), h0/c0 (B, H), w_hh ({G}*H, H), b_hh ({G}*H,); "
+                         f"got xg {tuple(xg.shape)}, h0 {tuple(h0.shape)}, c0 {tuple(c0.shape)}, "
+                         f"w_hh {tuple(w_hh.shape)}, b_hh {None if p.b_hh is None else tuple(p.b_hh.shape)}")
 
 
-def _check_gru_args(xg: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor]) -> None:
+def _check_gru_args(xg: Tensor, h0: Tensor, p: GRUParams) -> None:
     if xg.dim() != 3 or xg.shape[0] == 0:
         raise ValueError(f"gru_scan: xg must be (T>=1, B, 3*H), got shape {tuple(xg.shape)}")
     T, B, GH = xg.shape
     H = h0.shape[-1]
+    w_hh, b_hh = p.w_hh, p.b_hh
     if (GH != 3 * H or tuple(h0.shape) != (B, H) or tuple(w_hh.shape) != (GH, H)
             or (b_hh is not None and tuple(b_hh.shape) != (GH,))):
         raise ValueError(f"gru_scan: expected xg (T, B, 3*H), h0 (B, H), w_hh (3*H, H), b_hh (3*H,); got xg "
@@ -305,8 +307,8 @@ class _LSTMScan(torch.autograd.Function):
         h_mask = h_mask if ctx.has_h_mask else None
         if torch.is_grad_enabled():                  # create_graph=True: differentiate the reference loop
             return _double_backward(
-                lambda a, b, c, d: _lstm_scan_reference(a, b, c, d, coupled=ctx.coupled, mask=mask,
-                                                        h_mask=h_mask),
+                lambda a, b, c, d: lstm_loop(a, b, c, LSTMParams(d, coupled=ctx.coupled), mask=mask,
+                                             h_mask=h_mask),
                 (xg, h0, c0, w_hh), (d_out, d_hT, d_cT), ctx.needs_input_grad[:4]) + (None, None, None)
         T, B, H = out.shape
         G = A.shape[2]
@@ -512,8 +514,8 @@ class _GRUScan(torch.autograd.Function):
         reset_after = ctx.reset_after
         if torch.is_grad_enabled():                  # create_graph=True: differentiate the reference loop
             grads = _double_backward(
-                lambda a, b, c, d: _gru_scan_reference(a, b, c, d, reset_after=reset_after, mask=mask,
-                                                       h_mask=h_mask),
+                lambda a, b, c, d: gru_loop(a, b, GRUParams(c, d, reset_after=reset_after), mask=mask,
+                                            h_mask=h_mask),
                 (xg, h0, w_hh, b_hh), (d_out, d_hT), ctx.needs_input_grad[:4])
             return grads + (None, None, None)
         T, B, H = out.shape

@@ -1,4 +1,4 @@
-"""LSTM and GRU cells: one time step, written from the textbook equations.
+"""LSTM and GRU cells: one time step, written from the textbook equations. The one source of the equations.
 
 Weights are named and shaped as in ``torch.nn.LSTMCell`` / ``torch.nn.GRUCell`` and the gate rows are in
 torch's order, so weights copy across unchanged:
@@ -32,19 +32,72 @@ and, for the LSTM, the cell state before the output ``tanh``::
 
   In the paper-form GRU the recurrent ``n`` part is ``LN_hh,n(W_hn (r * h) + b_hn)``.
 
-The functional ``lstm_cell_step`` / ``gru_cell_step`` take the input projection already computed (so a layer
-can compute it for all steps at once) and are shared by the cells and the layers' general time loop.
+Recurrent dropout (``h_mask``): ``h`` is multiplied by a fixed mask where it enters ``W_hh`` (the GRU's carried
+``z * h`` uses the unmasked state).
+
+The functions below are the single source of these equations. A step is split into the input projection
+(:func:`input_projection`, hoisted out of the time loop by the layers) and the recurrence
+(:func:`lstm_step` / :func:`gru_step`), which take the layer's recurrent tensors and options as one
+:class:`LSTMParams` / :class:`GRUParams` and also return the gate activations. Their users: the cells below,
+the layers' ``step()`` (``hybridrnn.nn.recurrent``), the general time loops ``lstm_loop`` / ``gru_loop`` of
+``hybridrnn.nn._scan`` (the layers' path for options the fused scan kernels lack, the scan kernels' test
+reference, and the layers' ``gate_trace`` that the memory diagnostic reads). The fused scan kernels in
+``_scan.py`` re-derive the same arithmetic by hand for speed and are tested against these functions.
+A new cell option goes into the params tuple and the step function here, and into the layers that own the
+parameters; the fused kernels may leave it to the general loop.
 """
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 LN_EPS = 1e-5
+LNParams = tuple[Tensor, Tensor]               # (gain, bias) of a layer norm
+
+
+class LSTMParams(NamedTuple):
+    """The recurrent tensors of one LSTM layer and direction, and its options.
+
+    w_hh ``(G*H, H)``; b_hh ``(G*H,)`` or None (no bias, or already folded into the input projection, which
+    is only exact without layer norm); ln_hh (gain, bias) each ``(G*H,)``; ln_c (gain, bias) each ``(H,)``.
+    """
+    w_hh: Tensor
+    b_hh: Optional[Tensor] = None
+    ln_hh: Optional[LNParams] = None
+    ln_c: Optional[LNParams] = None
+    coupled: bool = False
+
+
+class GRUParams(NamedTuple):
+    """The recurrent tensors of one GRU layer and direction, and its options.
+
+    w_hh ``(3H, H)``; b_hh ``(3H,)`` or None; ln_hh (gain, bias) each ``(3H,)``.
+    """
+    w_hh: Tensor
+    b_hh: Optional[Tensor] = None
+    ln_hh: Optional[LNParams] = None
+    reset_after: bool = True
+
+
+class LSTMGates(NamedTuple):
+    """Gate activations of one LSTM step, each ``(B, H)``: input, forget (``1 - i`` when coupled), candidate,
+    output."""
+    i: Tensor
+    f: Tensor
+    g: Tensor
+    o: Tensor
+
+
+class GRUGates(NamedTuple):
+    """Gate activations of one GRU step, each ``(B, H)``: reset, torch's update ``z`` (share of the old state
+    kept), candidate."""
+    r: Tensor
+    z: Tensor
+    n: Tensor
 
 
 def gate_layer_norm(a: Tensor, weight: Tensor, bias: Tensor, gates: int) -> Tensor:
@@ -58,53 +111,57 @@ def gate_layer_norm(a: Tensor, weight: Tensor, bias: Tensor, gates: int) -> Tens
     return torch.addcmul(bias, normed.reshape(shape), weight)
 
 
-def lstm_cell_step(xg: Tensor, h: Tensor, c: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], *,
-                   coupled: bool = False, ln_hh: Optional[tuple[Tensor, Tensor]] = None,
-                   ln_c: Optional[tuple[Tensor, Tensor]] = None,
-                   h_mask: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-    """One LSTM step from a precomputed input projection.
+def input_projection(x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], ln_ih: Optional[LNParams],
+                     gates: int) -> Tensor:
+    """The input part of the gate pre-activations, ``LN_ih(W_ih x + b_ih)`` (no LN when ``ln_ih`` is None).
 
-    xg: ``(B, G*H)`` = ``W_ih x + b_ih`` (already layer-normalised when layer norm is on);
-    h, c: ``(B, H)``; w_hh: ``(G*H, H)``; b_hh: ``(G*H,)`` or None; ln_hh: (gain, bias) each ``(G*H,)``;
-    ln_c: (gain, bias) each ``(H,)``; h_mask: ``(B, H)`` multiplied into ``h`` before ``W_hh``.
-    Returns ``(h', c')``, each ``(B, H)``.
+    x: ``(..., I)`` (one step ``(B, I)`` or a whole sequence ``(T, B, I)``); w_ih ``(G*H, I)``; b_ih, and
+    the gain and bias of ln_ih, ``(G*H,)``. Returns ``(..., G*H)``.
+    """
+    xg = F.linear(x, w_ih, b_ih)
+    return xg if ln_ih is None else gate_layer_norm(xg, ln_ih[0], ln_ih[1], gates)
+
+
+def lstm_step(xg: Tensor, h: Tensor, c: Tensor, p: LSTMParams,
+              h_mask: Optional[Tensor] = None) -> tuple[Tensor, Tensor, LSTMGates]:
+    """One LSTM step from a precomputed input projection (see the module docstring for the equations).
+
+    xg: ``(B, G*H)`` from :func:`input_projection`; h, c: ``(B, H)``; h_mask: ``(B, H)`` multiplied into ``h``
+    before ``W_hh``. Returns ``(h', c', gates)``, ``h'`` and ``c'`` ``(B, H)``.
     """
     h_in = h if h_mask is None else h * h_mask
-    gates_count = 3 if coupled else 4
-    if ln_hh is None:
-        hg = torch.mm(h_in, w_hh.t()) if b_hh is None else torch.addmm(b_hh, h_in, w_hh.t())
-        gates = xg + hg
+    if p.ln_hh is None:
+        hg = torch.mm(h_in, p.w_hh.t()) if p.b_hh is None else torch.addmm(p.b_hh, h_in, p.w_hh.t())
+        pre = xg + hg
     else:
-        hg = F.linear(h_in, w_hh, b_hh)
-        gates = xg + gate_layer_norm(hg, ln_hh[0], ln_hh[1], gates_count)
-    if coupled:
-        i, g, o = gates.chunk(3, 1)
+        hg = F.linear(h_in, p.w_hh, p.b_hh)
+        pre = xg + gate_layer_norm(hg, p.ln_hh[0], p.ln_hh[1], 3 if p.coupled else 4)
+    if p.coupled:
+        i, g, o = pre.chunk(3, 1)
         i = torch.sigmoid(i)
         f = 1.0 - i
     else:
-        i, f, g, o = gates.chunk(4, 1)
+        i, f, g, o = pre.chunk(4, 1)
         i = torch.sigmoid(i)
         f = torch.sigmoid(f)
     g = torch.tanh(g)
     o = torch.sigmoid(o)
     c_new = f * c + i * g
-    c_out = c_new if ln_c is None else F.layer_norm(c_new, (c_new.shape[-1],), ln_c[0], ln_c[1], LN_EPS)
-    return o * torch.tanh(c_out), c_new
+    c_out = c_new if p.ln_c is None else F.layer_norm(c_new, (c_new.shape[-1],), p.ln_c[0], p.ln_c[1], LN_EPS)
+    return o * torch.tanh(c_out), c_new, LSTMGates(i, f, g, o)
 
 
-def gru_cell_step(xg: Tensor, h: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], *, reset_after: bool = True,
-                  ln_hh: Optional[tuple[Tensor, Tensor]] = None, h_mask: Optional[Tensor] = None) -> Tensor:
-    """One GRU step from a precomputed input projection.
+def gru_step(xg: Tensor, h: Tensor, p: GRUParams, h_mask: Optional[Tensor] = None) -> tuple[Tensor, GRUGates]:
+    """One GRU step from a precomputed input projection (see the module docstring for the equations).
 
-    xg: ``(B, 3H)`` = ``W_ih x + b_ih`` (already layer-normalised when layer norm is on), gate order
-    ``(r, z, n)``; h: ``(B, H)``; w_hh: ``(3H, H)``; b_hh: ``(3H,)`` or None; ln_hh: (gain, bias) each
-    ``(3H,)``; h_mask: ``(B, H)`` multiplied into ``h`` where it enters a recurrent matmul (the carried
-    ``z * h`` uses the unmasked state). Returns ``h'``: ``(B, H)``.
+    xg: ``(B, 3H)`` from :func:`input_projection`, gate order ``(r, z, n)``; h: ``(B, H)``; h_mask: ``(B, H)``
+    multiplied into ``h`` where it enters a recurrent matmul. Returns ``(h', gates)``, ``h'`` ``(B, H)``.
     """
     hidden = h.shape[-1]
     h_in = h if h_mask is None else h * h_mask
+    w_hh, b_hh, ln_hh = p.w_hh, p.b_hh, p.ln_hh
     xr, xz, xn = xg.split(hidden, -1)
-    if reset_after:
+    if p.reset_after:
         hg = F.linear(h_in, w_hh, b_hh)
         if ln_hh is not None:
             hg = gate_layer_norm(hg, ln_hh[0], ln_hh[1], 3)
@@ -124,7 +181,7 @@ def gru_cell_step(xg: Tensor, h: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], *
         if ln_hh is not None:
             hn = gate_layer_norm(hn, ln_hh[0][two:], ln_hh[1][two:], 1)
         n = torch.tanh(xn + hn)
-    return n + z * (h - n)
+    return n + z * (h - n), GRUGates(r, z, n)
 
 
 class _CellBase(nn.Module):
@@ -175,12 +232,10 @@ class _CellBase(nn.Module):
                              f"got {tuple(state.shape)}")
 
     def _input_projection(self, x: Tensor) -> Tensor:
-        xg = F.linear(x, self.weight_ih, self.bias_ih)
-        if self.layer_norm:
-            xg = gate_layer_norm(xg, self.ln_ih_weight, self.ln_ih_bias, self.gates)
-        return xg
+        ln_ih = (self.ln_ih_weight, self.ln_ih_bias) if self.layer_norm else None
+        return input_projection(x, self.weight_ih, self.bias_ih, ln_ih, self.gates)
 
-    def _ln_hh(self) -> Optional[tuple[Tensor, Tensor]]:
+    def _ln_hh(self) -> Optional[LNParams]:
         return (self.ln_hh_weight, self.ln_hh_bias) if self.layer_norm else None
 
 
@@ -214,9 +269,10 @@ class LSTMCell(_CellBase):
             h, c = state
             self._check(x, h, "h")
             self._check(x, c, "c")
-        return lstm_cell_step(self._input_projection(x), h, c, self.weight_hh, self.bias_hh,
-                              coupled=self.coupled, ln_hh=self._ln_hh(),
-                              ln_c=(self.ln_c_weight, self.ln_c_bias) if self.layer_norm else None)
+        params = LSTMParams(self.weight_hh, self.bias_hh, self._ln_hh(),
+                            (self.ln_c_weight, self.ln_c_bias) if self.layer_norm else None, self.coupled)
+        h_new, c_new, _ = lstm_step(self._input_projection(x), h, c, params)
+        return h_new, c_new
 
     def extra_repr(self) -> str:
         return (f"{self.input_size}, {self.hidden_size}, bias={self.bias}, coupled={self.coupled}, "
@@ -245,8 +301,8 @@ class GRUCell(_CellBase):
         self._check(x, h, "h")
         if h is None:
             h = x.new_zeros(x.shape[0], self.hidden_size)
-        return gru_cell_step(self._input_projection(x), h, self.weight_hh, self.bias_hh,
-                             reset_after=self.reset_after, ln_hh=self._ln_hh())
+        params = GRUParams(self.weight_hh, self.bias_hh, self._ln_hh(), self.reset_after)
+        return gru_step(self._input_projection(x), h, params)[0]
 
     def extra_repr(self) -> str:
         return (f"{self.input_size}, {self.hidden_size}, bias={self.bias}, reset_after={self.reset_after}, "

@@ -12,8 +12,13 @@ Two paths:
 - ``"fused"`` calls ``torch._VF.lstm`` / ``torch._VF.gru`` (oneDNN on CPU, cuDNN on GPU) with the module's own
   parameters (packing with ``pack_padded_sequence`` when lengths are given), exactly as ``torch.nn.LSTM`` does.
 - ``"custom"`` hoists the input projection out of the time loop (one matmul per layer and direction, biases
-  folded in) and runs the recurrence with ``hybridrnn.nn._scan``; with ``layer_norm`` it runs a general
-  per-step loop over the cell functions of ``hybridrnn.nn.cells``. Every option is available here.
+  folded in) and runs the recurrence with ``hybridrnn.nn._scan`` (fused hand-written kernels, or the general
+  loop over the cell functions for options the kernels lack). Every option is available here.
+
+The equations live in one place, :mod:`hybridrnn.nn.cells`: a layer gathers its tensors for one layer and
+direction into ``LSTMParams`` / ``GRUParams`` (:meth:`_cell_params`) and its input projection with
+:func:`~hybridrnn.nn.cells.input_projection`; ``step()`` (non-plain options) calls ``lstm_step`` / ``gru_step``
+and :meth:`gate_trace` runs the general loops to expose the gate activations (the memory diagnostic reads it).
 Both paths use the same parameters (torch's names and shapes), so a model trained on one runs on the other.
 """
 from __future__ import annotations
@@ -26,8 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor, _VF, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from hybridrnn.nn._scan import gru_scan, lstm_scan
-from hybridrnn.nn.cells import gate_layer_norm, gru_cell_step, lstm_cell_step
+from hybridrnn.nn._scan import gru_loop, gru_scan, lstm_loop, lstm_scan
+from hybridrnn.nn.cells import GRUParams, LSTMParams, gru_step, input_projection, lstm_step
 from hybridrnn.nn.dropout import locked_dropout as _locked_dropout
 from hybridrnn.nn.init import SCHEMES, init_recurrent_
 
@@ -256,7 +261,9 @@ class _RecurrentBase(nn.Module):
             return outputs, (result[1].index_select(1, unsorted_idx), result[2].index_select(1, unsorted_idx))
         return outputs, result[1].index_select(1, unsorted_idx)
 
-    def _forward_custom(self, x: Tensor, state, lengths: Optional[Tensor]):
+    def _forward_custom(self, x: Tensor, state, lengths: Optional[Tensor], recurrence=None):
+        """The custom path; ``recurrence`` replaces :meth:`_recurrence` (same signature) when given."""
+        recurrence = recurrence or self._recurrence
         batch, time = x.shape[0], x.shape[1]
         is_lstm = self.mode == "LSTM"
         if state is None:
@@ -293,12 +300,11 @@ class _RecurrentBase(nn.Module):
                     h_mask = torch.bernoulli(x.new_full((batch, self.hidden_size), keep)).div_(keep)
                 if autocast_on:
                     with torch.autocast(device_type, enabled=False):
-                        out, h_last, c_last = self._recurrence(xg.to(h0.dtype), h0[row],
-                                                               None if c0 is None else c0[row], layer, d, mask,
-                                                               h_mask)
+                        out, h_last, c_last = recurrence(xg.to(h0.dtype), h0[row],
+                                                         None if c0 is None else c0[row], layer, d, mask, h_mask)
                 else:
-                    out, h_last, c_last = self._recurrence(xg, h0[row], None if c0 is None else c0[row],
-                                                           layer, d, mask, h_mask)
+                    out, h_last, c_last = recurrence(xg, h0[row], None if c0 is None else c0[row],
+                                                     layer, d, mask, h_mask)
                 if d == 1:
                     out = out.flip(0) if rev_index is None else out[rev_index, batch_index]
                 outs.append(out)
@@ -312,20 +318,60 @@ class _RecurrentBase(nn.Module):
         h_n = torch.stack(h_n, 0)
         return outputs, ((h_n, torch.stack(c_n, 0)) if is_lstm else h_n)
 
-    def _input_projection(self, layer_in: Tensor, layer: int, d: int) -> Tensor:
-        """``(T, B, F) -> (T, B, G*H)``: ``W_ih x + b_ih`` (LSTM without layer norm: ``+ b_hh`` folded in)."""
-        w_ih, b_ih, b_hh = self._p(layer, d, "weight_ih"), self._p(layer, d, "bias_ih"), self._p(layer, d, "bias_hh")
-        if self.layer_norm:
-            xg = F.linear(layer_in, w_ih, b_ih)
-            return gate_layer_norm(xg, self._p(layer, d, "ln_ih_weight"), self._p(layer, d, "ln_ih_bias"),
-                                   self._gates)
-        if self.mode == "LSTM" and b_ih is not None:
-            return F.linear(layer_in, w_ih, b_ih + b_hh)
-        return F.linear(layer_in, w_ih, b_ih)
+    @property
+    def _folds_b_hh(self) -> bool:
+        """Whether the whole-sequence path adds ``b_hh`` to the input projection instead of the recurrence (exact
+        for an LSTM without layer norm, where both biases are added to the same pre-activation: it saves an add
+        per step). ``step()`` does not fold: there it would cost an add per call."""
+        return self.mode == "LSTM" and self.bias and not self.layer_norm
+
+    def _input_projection(self, layer_in: Tensor, layer: int, d: int, fold: bool = True) -> Tensor:
+        """``(..., F) -> (..., G*H)``: ``LN_ih(W_ih x + b_ih)`` (:func:`~hybridrnn.nn.cells.input_projection`),
+        with ``b_hh`` folded in when ``fold`` and :attr:`_folds_b_hh`."""
+        w_ih, b_ih = self._p(layer, d, "weight_ih"), self._p(layer, d, "bias_ih")
+        if fold and self._folds_b_hh:
+            b_ih = b_ih + self._p(layer, d, "bias_hh")
+        ln_ih = (self._p(layer, d, "ln_ih_weight"), self._p(layer, d, "ln_ih_bias")) if self.layer_norm else None
+        return input_projection(layer_in, w_ih, b_ih, ln_ih, self._gates)
+
+    def _cell_params(self, layer: int, d: int, fold: bool = True):
+        """The recurrent tensors and options of layer ``layer``, direction ``d``: an
+        :class:`~hybridrnn.nn.cells.LSTMParams` or :class:`~hybridrnn.nn.cells.GRUParams` (without ``b_hh`` when
+        ``fold`` and :attr:`_folds_b_hh`: the input projection holds it)."""
+        raise NotImplementedError
 
     def _recurrence(self, xg: Tensor, h0: Tensor, c0: Optional[Tensor], layer: int, d: int,
                     mask: Optional[Tensor], h_mask: Optional[Tensor]):
+        """One layer and direction over the sequence: ``xg (T, B, G*H)``, ``h0``/``c0 (B, H)`` (c0 None for a
+        GRU), ``mask (T, B, 1)`` or None, ``h_mask (B, H)`` or None -> ``(out (T, B, H), h_T, c_T or None)``."""
         raise NotImplementedError
+
+    def gate_trace(self, x: Tensor) -> tuple[Tensor, list[dict]]:
+        """Gate activations of every layer and direction on ``x (B, T, input_size)`` from a zero state.
+
+        Runs the custom path with the general loop (:func:`~hybridrnn.nn._scan.lstm_loop` /
+        :func:`~hybridrnn.nn._scan.gru_loop`, i.e. the equations of :mod:`hybridrnn.nn.cells`) in the module's
+        current mode (call it in eval mode for dropout-free gates). Returns the outputs ``(B, T, output_size)``
+        and one dict per layer and direction, in order: ``{"layer": l, "direction": "forward" | "backward",
+        "gates": {name: (B, T, H)}}`` with the names of :class:`~hybridrnn.nn.cells.LSTMGates` (``i, f, g, o``)
+        or :class:`~hybridrnn.nn.cells.GRUGates` (``r, z, n``), in the sequence's own time order.
+        """
+        self._check_x(x)
+        trace = []
+        loop = lstm_loop if self.mode == "LSTM" else gru_loop
+
+        def recurrence(xg, h0, c0, layer, d, mask, h_mask):
+            steps = []
+            state = (h0,) if c0 is None else (h0, c0)
+            out, *final = loop(xg, *state, self._cell_params(layer, d), mask=mask, h_mask=h_mask, gates=steps)
+            gates = {name: torch.stack(values, 1) for name, values in zip(steps[0]._fields, zip(*steps))}
+            if d == 1:
+                gates = {name: v.flip(1) for name, v in gates.items()}
+            trace.append({"layer": layer, "direction": "backward" if d else "forward", "gates": gates})
+            return out, final[0], (final[1] if len(final) > 1 else None)
+
+        outputs, _ = self._forward_custom(x, None, None, recurrence)
+        return outputs, trace
 
     # ----------------------------------------------------------------------------------------- helpers
     def final_output(self, outputs: Tensor, lengths: Optional[Tensor] = None) -> Tensor:
@@ -503,26 +549,16 @@ class LSTM(_RecurrentBase):
             parts.append(f"forget_bias={self.forget_bias}")
         return parts
 
+    def _cell_params(self, layer: int, d: int, fold: bool = True) -> LSTMParams:
+        ln = self.layer_norm
+        b_hh = None if (fold and self._folds_b_hh) else self._p(layer, d, "bias_hh")
+        return LSTMParams(self._p(layer, d, "weight_hh"), b_hh,
+                          (self._p(layer, d, "ln_hh_weight"), self._p(layer, d, "ln_hh_bias")) if ln else None,
+                          (self._p(layer, d, "ln_c_weight"), self._p(layer, d, "ln_c_bias")) if ln else None,
+                          self.coupled)
+
     def _recurrence(self, xg, h0, c0, layer, d, mask, h_mask):
-        w_hh = self._p(layer, d, "weight_hh")
-        if not self.layer_norm:
-            return lstm_scan(xg, h0, c0, w_hh, coupled=self.coupled, mask=mask, h_mask=h_mask)
-        b_hh = self._p(layer, d, "bias_hh")
-        ln_hh = (self._p(layer, d, "ln_hh_weight"), self._p(layer, d, "ln_hh_bias"))
-        ln_c = (self._p(layer, d, "ln_c_weight"), self._p(layer, d, "ln_c_bias"))
-        h, c = h0, c0
-        outs = []
-        for t, xg_t in enumerate(xg.unbind(0)):
-            h_new, c_new = lstm_cell_step(xg_t, h, c, w_hh, b_hh, coupled=self.coupled, ln_hh=ln_hh, ln_c=ln_c,
-                                          h_mask=h_mask)
-            if mask is None:
-                h, c = h_new, c_new
-                outs.append(h_new)
-            else:
-                m = mask[t]
-                h, c = torch.lerp(h, h_new, m), torch.lerp(c, c_new, m)
-                outs.append(h_new * m)
-        return torch.stack(outs, 0), h, c
+        return lstm_scan(xg, h0, c0, self._cell_params(layer, d), mask=mask, h_mask=h_mask)
 
     def step(self, x_t: Tensor, state: Optional[LSTMState] = None) -> tuple[Tensor, LSTMState]:
         """One time step of a unidirectional LSTM: x_t ``(B, input_size)``, state ``(h, c)`` each
@@ -544,13 +580,8 @@ class LSTM(_RecurrentBase):
             if plain:
                 h, c = torch.lstm_cell(inp, (h, c), w_ih, w_hh, b_ih, b_hh)  # torch.* skips _VF's lookup (2 us)
             else:
-                xg = F.linear(inp, w_ih, b_ih)
-                ln_hh = ln_c = None
-                if self.layer_norm:
-                    xg = gate_layer_norm(xg, params[names["ln_ih_weight"]], params[names["ln_ih_bias"]], self._gates)
-                    ln_hh = (params[names["ln_hh_weight"]], params[names["ln_hh_bias"]])
-                    ln_c = (params[names["ln_c_weight"]], params[names["ln_c_bias"]])
-                h, c = lstm_cell_step(xg, h, c, w_hh, b_hh, coupled=self.coupled, ln_hh=ln_hh, ln_c=ln_c)
+                h, c, _ = lstm_step(self._input_projection(inp, layer, 0, fold=False), h, c,
+                                    self._cell_params(layer, 0, fold=False))
             hs.append(h)
             cs.append(c)
             inp = h
@@ -596,24 +627,13 @@ class GRU(_RecurrentBase):
             parts.append("layer_norm=True")
         return parts
 
+    def _cell_params(self, layer: int, d: int, fold: bool = True) -> GRUParams:
+        ln_hh = (self._p(layer, d, "ln_hh_weight"), self._p(layer, d, "ln_hh_bias")) if self.layer_norm else None
+        return GRUParams(self._p(layer, d, "weight_hh"), self._p(layer, d, "bias_hh"), ln_hh, self.reset_after)
+
     def _recurrence(self, xg, h0, c0, layer, d, mask, h_mask):
-        w_hh, b_hh = self._p(layer, d, "weight_hh"), self._p(layer, d, "bias_hh")
-        if not self.layer_norm:
-            out, h = gru_scan(xg, h0, w_hh, b_hh, reset_after=self.reset_after, mask=mask, h_mask=h_mask)
-            return out, h, None
-        ln_hh = (self._p(layer, d, "ln_hh_weight"), self._p(layer, d, "ln_hh_bias"))
-        h = h0
-        outs = []
-        for t, xg_t in enumerate(xg.unbind(0)):
-            h_new = gru_cell_step(xg_t, h, w_hh, b_hh, reset_after=self.reset_after, ln_hh=ln_hh, h_mask=h_mask)
-            if mask is None:
-                h = h_new
-                outs.append(h_new)
-            else:
-                m = mask[t]
-                h = torch.lerp(h, h_new, m)
-                outs.append(h_new * m)
-        return torch.stack(outs, 0), h, None
+        out, h = gru_scan(xg, h0, self._cell_params(layer, d), mask=mask, h_mask=h_mask)
+        return out, h, None
 
     def step(self, x_t: Tensor, state: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         """One time step of a unidirectional GRU: x_t ``(B, input_size)``, state h ``(num_layers, B, H)`` or None.
@@ -634,12 +654,7 @@ class GRU(_RecurrentBase):
             if plain:
                 h = torch.gru_cell(inp, h, w_ih, w_hh, b_ih, b_hh)  # torch.* skips _VF's lookup (2 us)
             else:
-                xg = F.linear(inp, w_ih, b_ih)
-                ln_hh = None
-                if self.layer_norm:
-                    xg = gate_layer_norm(xg, params[names["ln_ih_weight"]], params[names["ln_ih_bias"]], 3)
-                    ln_hh = (params[names["ln_hh_weight"]], params[names["ln_hh_bias"]])
-                h = gru_cell_step(xg, h, w_hh, b_hh, reset_after=self.reset_after, ln_hh=ln_hh)
+                h = gru_step(self._input_projection(inp, layer, 0), h, self._cell_params(layer, 0))[0]
             hs.append(h)
             inp = h
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
