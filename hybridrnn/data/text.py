@@ -31,6 +31,9 @@ from typing import Iterable, Iterator, Protocol, Sequence
 import numpy as np
 import torch
 
+from hybridrnn.data.registry import DataFileNotFoundError
+from hybridrnn.errors import ConfigError, DataError, RunDirError
+
 PAD = "<pad>"
 UNK = "<unk>"
 EOS = "<eos>"
@@ -118,7 +121,7 @@ class Vocabulary:
               extra_specials: Sequence[str] = ()) -> "Vocabulary":
         """Count tokens, keep those seen at least ``min_freq`` times (at most ``max_size`` in all, specials included)."""
         if min_freq < 1:
-            raise ValueError(f"min_freq must be >= 1, got {min_freq}")
+            raise ConfigError(f"min_freq must be >= 1, got {min_freq}")
         counts: Counter = Counter()
         for tokens in token_lists:
             counts.update(tokens)
@@ -127,7 +130,7 @@ class Vocabulary:
                       key=lambda t: (-counts[t], t))
         if max_size is not None:
             if max_size < len(specials):
-                raise ValueError(f"max_size {max_size} is smaller than the {len(specials)} special tokens")
+                raise ConfigError(f"max_size {max_size} is smaller than the {len(specials)} special tokens")
             kept = kept[:max_size - len(specials)]
         return cls(specials + kept)
 
@@ -277,34 +280,59 @@ def build_text_encoder(kind: str, texts: Sequence[str], *, lower: bool | None = 
         return SubwordTokenizer.train(texts, vocab_size=subword_vocab_size, lower=True if lower is None else lower,
                                       min_frequency=min_freq, extra_specials=extra_specials)
     else:
-        raise ValueError(f"unknown tokenizer kind {kind!r}; expected 'char', 'word' or 'subword'")
+        raise ConfigError(f"unknown tokenizer kind {kind!r}; expected 'char', 'word' or 'subword'")
     vocab = Vocabulary.build((tokenizer.tokenize(t) for t in texts), min_freq=min_freq, max_size=max_size,
                              extra_specials=extra_specials)
     return VocabEncoder(tokenizer, vocab, min_freq=min_freq)
 
 
 def load_text_encoder(path: str | Path) -> VocabEncoder | SubwordTokenizer:
-    """Read what ``encoder.save(path)`` wrote (our vocabulary JSON, or a ``tokenizers`` JSON)."""
+    """Read what ``encoder.save(path)`` wrote (our vocabulary JSON, or a ``tokenizers`` JSON).
+
+    A file that is not UTF-8, not JSON, or not an encoder's JSON is a :class:`RunDirError` naming it (the file
+    belongs to a run directory); a missing file a ``FileNotFoundError``.
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
         data = json.loads(text)
     except FileNotFoundError:
         raise FileNotFoundError(f"text encoder file not found: {path}") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    except UnicodeDecodeError as err:
+        raise RunDirError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); is it a text encoder "
+                          f"file written by hybridrnn?") from None
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise RunDirError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise RunDirError(f"{path}: expected a JSON object (a text encoder), got a {type(data).__name__}")
     kind = data.get("kind")
-    if kind == "char":
-        return VocabEncoder(CharTokenizer(lower=bool(data.get("lower", False))), Vocabulary.from_dict(data),
-                            min_freq=int(data.get("min_freq", 1)))
-    if kind == "word":
-        tok = WordTokenizer(lower=bool(data.get("lower", True)), split_punctuation=bool(data.get("split_punctuation", True)))
-        return VocabEncoder(tok, Vocabulary.from_dict(data), min_freq=int(data.get("min_freq", 1)))
-    if "model" in data:  # a tokenizers JSON
-        from tokenizers import Tokenizer
+    try:
+        if kind in ("char", "word"):
+            tokens = data.get("tokens")
+            if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+                raise RunDirError(f"{path}: a vocabulary JSON needs a 'tokens' list of strings")
+            min_freq = data.get("min_freq", 1)
+            if isinstance(min_freq, bool) or not isinstance(min_freq, int):
+                raise RunDirError(f"{path}: 'min_freq' must be a whole number, got {min_freq!r}")
+            if kind == "char":
+                tok: CharTokenizer | WordTokenizer = CharTokenizer(lower=bool(data.get("lower", False)))
+            else:
+                tok = WordTokenizer(lower=bool(data.get("lower", True)),
+                                    split_punctuation=bool(data.get("split_punctuation", True)))
+            return VocabEncoder(tok, Vocabulary.from_dict(data), min_freq=min_freq)
+        if "model" in data:  # a tokenizers JSON
+            from tokenizers import Tokenizer
 
-        return SubwordTokenizer(Tokenizer.from_str(text))
-    raise ValueError(f"{path}: neither a vocabulary JSON (kind 'char' / 'word') nor a tokenizers JSON")
+            try:
+                tokenizer = Tokenizer.from_str(text)
+            except Exception as err:  # the tokenizers library raises a bare Exception for a malformed file
+                raise RunDirError(f"{path}: not a valid tokenizers JSON ({str(err)[:200]})") from None
+            return SubwordTokenizer(tokenizer)
+    except RunDirError:
+        raise
+    except ValueError as err:  # Vocabulary / SubwordTokenizer checks: duplicates, specials
+        raise RunDirError(f"{path}: {err}") from None
+    raise RunDirError(f"{path}: neither a vocabulary JSON (kind 'char' / 'word') nor a tokenizers JSON")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -390,11 +418,12 @@ def load_glove(path: str | Path, vocabulary: Vocabulary, init: torch.Tensor | No
 
     Words missing from the file keep ``init`` (or a ``N(0, 0.1^2)`` draw); ``<pad>`` is zero. A word not found
     as written is looked up lower-cased. Returns ``weights (len(vocabulary), d)`` and the :class:`Coverage`.
-    Lines with a different number of values than the first raise ``ValueError`` naming the line.
+    Lines with a different number of values than the first, non-numeric or non-finite values and text that is
+    not UTF-8 raise :class:`DataError` (a ``ValueError``) naming the line.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"word vector file not found: {path}")
+        raise DataFileNotFoundError(f"word vector file not found: {path}")
     wanted = set(vocabulary.itos[2:])
     lower_wanted: dict[str, list[str]] = {}
     for w in wanted:
@@ -402,32 +431,41 @@ def load_glove(path: str | Path, vocabulary: Vocabulary, init: torch.Tensor | No
     exact: dict[str, np.ndarray] = {}
     lowered: dict[str, np.ndarray] = {}
     dim = None
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, 1):
-            parts = line.rstrip("\n").rstrip(" ").split(" ")
-            if len(parts) < 2:
-                if line.strip() == "":
-                    continue
-                raise ValueError(f"{path}:{lineno}: expected 'word v1 ... vd', got {line[:60]!r}")
-            if dim is None:
-                dim = len(parts) - 1
-            elif len(parts) - 1 != dim:
-                raise ValueError(f"{path}:{lineno}: {len(parts) - 1} values, but the first line has {dim}")
-            word = parts[0]
-            if word in wanted or word in lower_wanted:
-                try:
-                    vec = np.asarray(parts[1:], dtype=np.float32)
-                except ValueError:
-                    raise ValueError(f"{path}:{lineno}: non-numeric value in the vector of {word!r}") from None
-                if word in wanted:
-                    exact[word] = vec
-                if word in lower_wanted:
-                    lowered.setdefault(word, vec)
+    lineno = 0
+    try:
+        with path.open(encoding="utf-8", newline="") as handle:
+            for lineno, line in enumerate(handle, 1):
+                parts = line.rstrip("\n").rstrip("\r").rstrip(" ").split(" ")
+                if len(parts) < 2:
+                    if line.strip() == "":
+                        continue
+                    raise DataError(f"{path}:{lineno}: expected 'word v1 ... vd', got {line[:60]!r}")
+                if dim is None:
+                    dim = len(parts) - 1
+                elif len(parts) - 1 != dim:
+                    raise DataError(f"{path}:{lineno}: {len(parts) - 1} values, but the first line has {dim}")
+                word = parts[0]
+                if word in wanted or word in lower_wanted:
+                    try:
+                        with np.errstate(over="ignore"):
+                            vec = np.asarray(parts[1:], dtype=np.float64).astype(np.float32)
+                    except ValueError:
+                        raise DataError(f"{path}:{lineno}: non-numeric value in the vector of {word!r}") from None
+                    if not np.isfinite(vec).all():
+                        raise DataError(f"{path}:{lineno}: non-finite value (nan, inf, or beyond float32) in the "
+                                        f"vector of {word!r}")
+                    if word in wanted:
+                        exact[word] = vec
+                    if word in lower_wanted:
+                        lowered.setdefault(word, vec)
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}:{lineno + 1}: not valid UTF-8 ({err.reason}); GloVe files are UTF-8 text") from None
     if dim is None:
-        raise ValueError(f"{path}: no vectors in the file")
+        raise DataError(f"{path}: no vectors in the file")
     if init is not None:
         if tuple(init.shape) != (len(vocabulary), dim):
-            raise ValueError(f"init has shape {tuple(init.shape)}, expected ({len(vocabulary)}, {dim})")
+            raise DataError(f"{path}: vectors of size {dim} do not fit init of shape {tuple(init.shape)}; expected "
+                            f"({len(vocabulary)}, {dim})")
         weights = init.detach().clone().float()
     else:
         weights = torch.randn(len(vocabulary), dim, generator=generator) * 0.1
@@ -452,18 +490,12 @@ def load_glove(path: str | Path, vocabulary: Vocabulary, init: torch.Tensor | No
 def read_labelled_lines(path: str | Path, encoding: str = "utf-8") -> tuple[list[str], list[str]]:
     """Read ``<label> <text>`` lines (the SST / TREC / MR format). Returns ``(texts, labels)``.
 
-    Blank lines are an error (``ValueError`` naming the line), as is a line with a label and no text.
+    Blank lines are an error (:class:`DataError` naming the line), as is a line with a label and no text, and
+    text that does not decode with ``encoding`` (an unknown encoding is a :class:`ConfigError`).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"text file not found: {path}")
+    raw = read_text_file(path, encoding)
     texts, labels = [], []
-    try:
-        raw = path.read_bytes().decode(encoding)
-    except UnicodeDecodeError as err:
-        lineno = path.read_bytes()[:err.start].count(b"\n") + 1
-        raise ValueError(f"{path}:{lineno}: not valid {encoding} ({err.reason} at byte {err.start}); "
-                         f"set the data's encoding (e.g. encoding: latin-1)") from None
     lines = raw.split("\n")   # not splitlines(): it also breaks at \x85, \u2028, ... inside a text
     if lines[-1] == "":
         lines.pop()
@@ -471,12 +503,105 @@ def read_labelled_lines(path: str | Path, encoding: str = "utf-8") -> tuple[list
         line = line.rstrip("\r")
         parts = line.split(maxsplit=1)
         if len(parts) != 2 or not parts[1].strip():
-            raise ValueError(f"{path}:{lineno}: expected '<label> <text>', got {line[:60]!r}")
+            raise DataError(f"{path}:{lineno}: expected '<label> <text>', got {line[:60]!r}")
         labels.append(parts[0])
         texts.append(parts[1].strip())
     if not texts:
-        raise ValueError(f"{path}: no lines")
+        raise DataError(f"{path}: no lines")
     return texts, labels
+
+
+def read_text_file(path: str | Path, encoding: str = "utf-8") -> str:
+    """The whole text of ``path`` (gzip-compressed when its name ends in ``.gz``), decoded with ``encoding``.
+
+    For corpora (the language model's ``data.train``) and ``predict`` inputs. Errors: a missing file is a
+    :class:`DataFileNotFoundError`; a folder, a broken ``.gz`` and text that does not decode are a
+    :class:`DataError` naming the file, the line and the byte (and suggesting ``data.encoding``); an encoding
+    Python does not know is a :class:`ConfigError`. Nothing is replaced or dropped.
+    """
+    import codecs
+    import gzip
+    import zlib
+
+    path = Path(path)
+    if not path.exists():
+        raise DataFileNotFoundError(f"text file not found: {path}")
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not a text file")
+    try:
+        if not getattr(codecs.lookup(encoding), "_is_text_encoding", True):   # e.g. 'rot13', 'base64'
+            raise LookupError(encoding)
+    except (LookupError, TypeError):
+        raise ConfigError(f"unknown text encoding {encoding!r} (data.encoding); use e.g. 'utf-8' or "
+                          f"'latin-1'") from None
+    data = path.read_bytes()
+    if path.suffix == ".gz":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise DataError(f"{path}: not a valid gzip file ({exc})") from None
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as err:
+        lineno = data[:err.start].count(b"\n") + 1
+        raise DataError(f"{path}:{lineno}: not valid {encoding} ({err.reason} at byte {err.start}); "
+                        f"set the data's encoding (e.g. encoding: latin-1)") from None
+
+
+def read_text_lines(path: str | Path, encoding: str = "utf-8") -> list[str]:
+    """One text per line of ``path`` (``predict`` inputs): lines split at ``\n`` only (``\r\n`` accepted),
+    each stripped; an empty line, or a file with no lines, is a :class:`DataError` naming the line. Decoding
+    as :func:`read_text_file`."""
+    path = Path(path)
+    lines = read_text_file(path, encoding).split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    texts = [line.rstrip("\r").strip() for line in lines]
+    if not texts:
+        raise DataError(f"{path}: no lines; give one text per line")
+    empty = [i + 1 for i, t in enumerate(texts) if not t]
+    if empty:
+        raise DataError(f"{path}: line {empty[0]} is empty ({len(empty)} empty line(s)); give one text per line")
+    return texts
+
+
+def read_text_table(path: str | Path, text_column: str, label_column: str,
+                    encoding: str = "utf-8") -> tuple[list[str], list[str]]:
+    """``(texts, labels)`` from a CSV with a text column and a label column (the classifier's ``format: csv``).
+
+    Every error is a :class:`DataError` naming the file: not CSV, not ``encoding``, a missing column, an empty
+    text or label (naming the CSV line), no data rows. Values are read as text (a label ``01`` stays ``01``).
+    """
+    import warnings
+
+    import pandas as pd
+
+    path = Path(path)
+    if not path.exists():
+        raise DataFileNotFoundError(f"text file not found: {path}")
+    raw = read_text_file(path, encoding)
+    if not raw.strip():
+        raise DataError(f"{path}: the file is empty (expected a header with {text_column!r} and {label_column!r})")
+    import io
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            frame = pd.read_csv(io.StringIO(raw), dtype=str, keep_default_na=False, index_col=False)
+    except (pd.errors.ParserError, pd.errors.ParserWarning, pd.errors.EmptyDataError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{path}: cannot be read as CSV: {first}") from None
+    for col in (text_column, label_column):
+        if col not in frame.columns:
+            raise DataError(f"{path}: column {col!r} not found; columns are {list(frame.columns)}")
+    if len(frame) == 0:
+        raise DataError(f"{path}: has a header but no data rows")
+    for col, what in ((text_column, "texts"), (label_column, "labels")):
+        empty = np.flatnonzero(frame[col].str.strip().eq("").to_numpy())
+        if empty.size:
+            raise DataError(f"{path}: column {col!r} has {empty.size} empty {what}; first at data row "
+                            f"{int(empty[0]) + 1}")
+    return frame[text_column].tolist(), frame[label_column].tolist()
 
 
 def unigram_log_probs(train_ids: torch.Tensor, vocab_size: int, smoothing: float = 1.0) -> torch.Tensor:
