@@ -121,15 +121,70 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a folder, not a YAML file") from None
     except UnicodeDecodeError:
         raise ConfigError(f"config file {path} is not UTF-8 text (is it a YAML file?)") from None
     return parse_yaml(text, source=str(path))
 
 
+#: the deepest nesting a config may have (the schema needs 3-4 levels)
+YAML_MAX_DEPTH = 50
+#: the most values (mappings, lists and scalars, counted through every alias) a config may expand to
+YAML_MAX_VALUES = 100_000
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key written twice in one mapping (YAML would keep the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                if isinstance(key_node, yaml.ScalarNode):
+                    key = (key_node.tag, key_node.value)
+                    if key in seen:
+                        raise yaml.constructor.ConstructorError(
+                            "while constructing a mapping", node.start_mark,
+                            f"found the key {key_node.value!r} twice (first on line {seen[key] + 1})",
+                            key_node.start_mark)
+                    seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_shape(data: Any, source: str) -> None:
+    """ConfigError when ``data`` nests deeper than YAML_MAX_DEPTH, refers to itself (a recursive alias) or
+    expands (through aliases) to more than YAML_MAX_VALUES values. Iterative: no recursion of its own."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    count = 0
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > YAML_MAX_VALUES:
+            raise ConfigError(f"{source}: the config expands to more than {YAML_MAX_VALUES:,} values (through "
+                              f"YAML aliases?); a config is a few sections of keys")
+        if isinstance(node, (dict, list, tuple, set, frozenset)):
+            if depth > YAML_MAX_DEPTH:
+                raise ConfigError(f"{source}: the config nests more than {YAML_MAX_DEPTH} levels deep (or an "
+                                  f"alias refers to itself); a config is a few sections of keys")
+            children = list(node.keys()) + list(node.values()) if isinstance(node, dict) else list(node)
+            stack.extend((child, depth + 1) for child in children)
+
+
 def parse_yaml(text: str, source: str = "<config>") -> dict[str, Any]:
-    """``yaml.safe_load`` of ``text``, which must be a mapping; errors name ``source`` and the line."""
+    """``yaml.safe_load`` of ``text``, which must be a mapping; errors name ``source`` and the line.
+
+    Every problem is a :class:`ConfigError`: YAML syntax, a key written twice in one mapping, a value its tag
+    cannot build (``!!int 0x``, the date ``2020-13-45``), Python object tags (never loaded), nesting deeper than
+    :data:`YAML_MAX_DEPTH` (also when the parser itself runs out of stack), a self-referencing alias and aliases
+    that expand to more than :data:`YAML_MAX_VALUES` values.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"parse_yaml expects the YAML text as a str, got {type(text).__name__}")
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -137,10 +192,16 @@ def parse_yaml(text: str, source: str = "<config>") -> dict[str, Any]:
         if "python/" in str(exc):
             problem = f"{problem} (Python object tags are never loaded: configs are plain YAML data)"
         raise ConfigError(f"{source}{where}: not valid YAML: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: the config nests too deeply to read (more than {YAML_MAX_DEPTH} levels "
+                          f"are never needed)") from None
+    except (ValueError, TypeError, OverflowError, AttributeError) as exc:  # a tag's constructor on a bad value
+        raise ConfigError(f"{source}: not valid YAML: a value cannot be read ({exc})") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a config must be a YAML mapping (key: value lines), got {type(data).__name__}")
+    _check_shape(data, source)
     return data
 
 
