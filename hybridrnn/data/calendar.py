@@ -17,6 +17,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from hybridrnn.errors import ConfigError
+
 #: feature -> (period, function giving integer values in [0, period))
 CALENDAR_FEATURES: dict[str, tuple[int, callable]] = {
     "minute": (60, lambda t: t.minute),
@@ -87,6 +89,6 @@ def calendar_features(times: pd.DatetimeIndex, features: Sequence[str], encoding
 def _check(features: Sequence[str], encoding: str) -> None:
     unknown = [f for f in features if f not in CALENDAR_FEATURES]
     if unknown:
-        raise ValueError(f"unknown calendar feature(s) {unknown}; expected some of {', '.join(CALENDAR_FEATURES)}")
+        raise ConfigError(f"unknown calendar feature(s) {unknown}; expected some of {', '.join(CALENDAR_FEATURES)}")
     if encoding not in ENCODINGS:
-        raise ValueError(f"unknown calendar encoding {encoding!r}; expected one of {', '.join(ENCODINGS)}")
+        raise ConfigError(f"unknown calendar encoding {encoding!r}; expected one of {', '.join(ENCODINGS)}")

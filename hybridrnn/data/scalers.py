@@ -16,6 +16,8 @@ from typing import Sequence
 
 import numpy as np
 
+from hybridrnn.errors import ConfigError, DataError, RunDirError
+
 SCALERS = ("standard", "minmax", "robust", "none")
 
 
@@ -32,12 +34,12 @@ class Scaler:
     def fit(cls, kind: str, values: np.ndarray, columns: Sequence[str]) -> "Scaler":
         """Fit on ``values: (rows, columns)`` (the training rows, and only those)."""
         if kind not in SCALERS:
-            raise ValueError(f"unknown scaler {kind!r}; expected one of {', '.join(SCALERS)}")
+            raise ConfigError(f"unknown scaler {kind!r}; expected one of {', '.join(SCALERS)}")
         values = np.asarray(values, dtype=np.float64)
         if values.ndim != 2 or values.shape[1] != len(columns):
-            raise ValueError(f"scaler fit expects values of shape (rows, {len(columns)}), got {values.shape}")
+            raise DataError(f"scaler fit expects values of shape (rows, {len(columns)}), got {values.shape}")
         if values.shape[0] == 0:
-            raise ValueError("scaler fit got no rows (the training split is empty)")
+            raise DataError("scaler fit got no rows (the training split is empty)")
         if kind == "standard":
             center, scale = values.mean(axis=0), values.std(axis=0)
         elif kind == "minmax":
@@ -53,7 +55,7 @@ class Scaler:
     def _check(self, values: np.ndarray, index: Sequence[int] | None) -> tuple[np.ndarray, np.ndarray]:
         center, scale = (self.center, self.scale) if index is None else (self.center[list(index)], self.scale[list(index)])
         if values.shape[-1] != center.shape[0]:
-            raise ValueError(f"scaler expects {center.shape[0]} columns in the last axis, got shape {values.shape}")
+            raise DataError(f"scaler expects {center.shape[0]} columns in the last axis, got shape {values.shape}")
         return center, scale
 
     def transform(self, values: np.ndarray, index: Sequence[int] | None = None) -> np.ndarray:
@@ -74,11 +76,23 @@ class Scaler:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Scaler":
+        """The scaler :meth:`to_dict` wrote; a malformed dict (a damaged run file) is a :class:`RunDirError`."""
+        if not isinstance(d, dict):
+            raise RunDirError(f"scaler JSON must be an object, got {type(d).__name__}")
         for key in ("kind", "columns", "center", "scale"):
             if key not in d:
-                raise ValueError(f"scaler JSON lacks the key {key!r} (has {sorted(d)})")
-        center, scale = np.asarray(d["center"], np.float64), np.asarray(d["scale"], np.float64)
-        if not (len(d["columns"]) == center.shape[0] == scale.shape[0]):
-            raise ValueError(f"scaler JSON has {len(d['columns'])} columns but {center.shape[0]} centers "
-                             f"and {scale.shape[0]} scales")
+                raise RunDirError(f"scaler JSON lacks the key {key!r} (has {sorted(map(str, d))})")
+        if d["kind"] not in SCALERS:
+            raise RunDirError(f"scaler JSON has an unknown kind {d['kind']!r}")
+        if not isinstance(d["columns"], list) or not all(isinstance(c, str) for c in d["columns"]):
+            raise RunDirError("scaler JSON 'columns' must be a list of column names")
+        try:
+            center, scale = np.asarray(d["center"], np.float64), np.asarray(d["scale"], np.float64)
+        except (TypeError, ValueError):
+            raise RunDirError("scaler JSON 'center' and 'scale' must be lists of numbers") from None
+        if center.ndim != 1 or scale.ndim != 1 or not (len(d["columns"]) == center.shape[0] == scale.shape[0]):
+            raise RunDirError(f"scaler JSON has {len(d['columns'])} columns but {center.size} centers "
+                              f"and {scale.size} scales")
+        if not (np.isfinite(center).all() and np.isfinite(scale).all() and (scale != 0).all()):
+            raise RunDirError("scaler JSON has a non-finite center or scale, or a zero scale")
         return cls(d["kind"], list(d["columns"]), center, scale)
