@@ -5,23 +5,21 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
+import hybridrnn
+from conftest import SHARED, needs_shared, train
+from hybridrnn.api import coerce_config
+from hybridrnn.errors import DataError, RunDirError
 from hybridrnn.nn.classifier import SequenceClassifier
-from hybridrnn.tasks.classify import ClassifyTask, confusion_matrix, macro_f1
+from hybridrnn.tasks.classify import ClassifyTask
+from hybridrnn.tasks.classify_config import ClassifyConfig
+from hybridrnn.tasks.classify_metrics import classification_metrics, confusion_matrix, macro_f1
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="shared data folder not present")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread is many times faster than two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# tiny models on a shared 2-core machine: one intra-op thread is many times faster than two
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SPECS = ["lstm:12", "gru:12", "bilstm:6", "lstm:12>gru:8", "(lstm:8|gru:8)"]
 
@@ -83,6 +81,13 @@ def test_metrics_match_sklearn():
     cm = confusion_matrix(y, p, 4)
     assert (cm == sk_cm(y, p, labels=range(4))).all()
     assert macro_f1(cm) == pytest.approx(f1_score(y, p, average="macro"), abs=1e-12)
+    from sklearn.metrics import accuracy_score, log_loss
+
+    probs = rng.dirichlet(np.ones(4), size=200)
+    got = classification_metrics(probs, y)
+    assert got["loss"] == pytest.approx(log_loss(y, probs, labels=range(4)), rel=1e-12)
+    assert got["accuracy"] == accuracy_score(y, probs.argmax(1))
+    assert got["macro_f1"] == pytest.approx(f1_score(y, probs.argmax(1), average="macro"), abs=1e-12)
 
 
 # ---- the task ------------------------------------------------------------------------------------------------
@@ -90,58 +95,132 @@ def _write_lines(path: Path, rows):
     path.write_text("".join(f"{label} {text}\n" for label, text in rows), encoding="utf-8")
 
 
-def _toy_text_config(tmp_path: Path, **classifier) -> dict:
-    rng = np.random.default_rng(0)
+def _toy_rows(n: int, rng: np.random.Generator) -> list[tuple[int, str]]:
+    """Sentences whose label is decided by one keyword among filler words."""
     pos, neg = ["good", "great", "fine", "superb"], ["bad", "awful", "poor", "dull"]
     filler = ["the", "film", "a", "was", "plot", "and", "it"]
+    rows = []
+    for _ in range(n):
+        label = int(rng.integers(0, 2))
+        words = list(rng.choice(filler, size=int(rng.integers(2, 9))))
+        words.insert(int(rng.integers(0, len(words))), str(rng.choice(pos if label else neg)))
+        rows.append((label, " ".join(words)))
+    return rows
 
-    def make(n):
-        rows = []
-        for _ in range(n):
-            label = int(rng.integers(0, 2))
-            words = list(rng.choice(filler, size=int(rng.integers(2, 9))))
-            words.insert(int(rng.integers(0, len(words))), str(rng.choice(pos if label else neg)))
-            rows.append((label, " ".join(words)))
-        return rows
 
+def _toy_text_config(folder: Path, tokenizer="word", **classifier) -> dict:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
     for name, n in (("train", 300), ("dev", 60), ("test", 60)):
-        _write_lines(tmp_path / f"{name}.txt", make(n))
+        _write_lines(folder / f"{name}.txt", _toy_rows(n, rng))
     return {"task": "classify",
-            "data": {"kind": "text", "train": str(tmp_path / "train.txt"), "val": str(tmp_path / "dev.txt"),
-                     "test": str(tmp_path / "test.txt"), "tokenizer": "word"},
+            "data": {"kind": "text", "train": str(folder / "train.txt"), "val": str(folder / "dev.txt"),
+                     "test": str(folder / "test.txt"), "tokenizer": tokenizer},
             "model": {"encoder": "gru:16", "attention": "self", "attention_heads": 2},
             "classifier": {"embedding_dim": 16, "attention_examples": 3, **classifier},
             "train": {"epochs": 6, "batch_size": 16, "lr": 0.01, "seed": 0, "progress": "none"}}
 
 
-def test_text_task_end_to_end(tmp_path, capsys):
-    from hybridrnn.train.run import evaluate_run, predict_run
-
-    from hybridrnn.train.run import train
-
-    run = train(_toy_text_config(tmp_path), out=tmp_path / "run")
-    metrics = evaluate_run(run, "test")
+def test_text_task_end_to_end(tmp_path):
+    run_dir = train(_toy_text_config(tmp_path), out=tmp_path / "run")
+    run = hybridrnn.load(run_dir)
+    metrics = run.metrics(split="test")
     assert metrics["accuracy"] > 0.9, metrics          # the keyword decides the label
     assert {"loss", "accuracy", "macro_f1"} <= set(metrics)
-    cm = json.loads((run / "confusion_matrix.json").read_text())
+    cm = json.loads((run_dir / "confusion_matrix.json").read_text())
     assert np.asarray(cm["matrix"]).sum() == 60 and cm["classes"] == ["0", "1"]
     for png in ("confusion_matrix.png", "attention.png"):
-        assert (run / png).stat().st_size > 1000
-    assert json.loads((run / "text_encoder.json").read_text())["kind"] == "word"
+        assert (run_dir / png).stat().st_size > 1000
+    assert json.loads((run_dir / "text_encoder.json").read_text())["kind"] == "word"
     (tmp_path / "texts.txt").write_text("the film was great\nan awful plot\n", encoding="utf-8")
-    capsys.readouterr()
-    predict_run(run, tmp_path / "texts.txt")
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0] == "label\tp(0)\tp(1)"
-    rows = [line.split("\t") for line in lines[1:]]
-    assert [r[0] for r in rows] == ["1", "0"]
-    for r in rows:
-        assert sum(float(v) for v in r[1:]) == pytest.approx(1.0, abs=1e-3)
+    frame = run.predict(tmp_path / "texts.txt")
+    assert list(frame.columns) == ["label", "p(0)", "p(1)"]
+    assert frame["label"].tolist() == ["1", "0"]
+    np.testing.assert_allclose(frame[["p(0)", "p(1)"]].sum(axis=1), 1.0, rtol=0, atol=1e-12)
+    # the same texts as a list and as a DataFrame column give the same rows
+    as_list = run.task.predict(run.model, ["the film was great", "an awful plot"])
+    pd.testing.assert_frame_equal(as_list, frame)
+    pd.testing.assert_frame_equal(run.task.predict(run.model, pd.DataFrame({"text": ["the film was great",
+                                                                                    "an awful plot"]})), frame)
+
+
+def test_text_run_predicts_without_its_data(tmp_path):
+    """Train from files, move the files away: the loaded run predicts the same probabilities (its vocabulary
+    and classes are saved), and evaluates a labelled file given as input; evaluating on the configured data
+    says which file is missing."""
+    data = tmp_path / "data"
+    run_dir = train(_toy_text_config(data), out=tmp_path / "run")
+    texts = tmp_path / "texts.txt"
+    texts.write_text("the film was great\nan awful plot\nthe plot was fine and dull\nsuperb\n", encoding="utf-8")
+    before = hybridrnn.load(run_dir).predict(texts)
+    test_rows = (data / "test.txt").read_text(encoding="utf-8")
+    data.rename(tmp_path / "moved")
+    run = hybridrnn.load(run_dir)
+    after = run.predict(texts)
+    pd.testing.assert_frame_equal(after, before, check_exact=True)
+    assert after["label"].tolist()[:2] == ["1", "0"]
+    (tmp_path / "labelled.txt").write_text(test_rows, encoding="utf-8")
+    assert run.metrics(tmp_path / "labelled.txt")["accuracy"] > 0.9
+    with pytest.raises(DataError, match="train.txt"):
+        hybridrnn.load(run_dir).metrics(split="test")
+
+
+def test_loaded_state_is_used_not_refitted(tmp_path):
+    """After load_artifacts, setup reads new data with the saved vocabulary and classes (new words are <unk>,
+    an unknown label is an error) and build_model needs no data at all."""
+    cfg = ClassifyConfig.model_validate(_toy_text_config(tmp_path / "data", tokenizer={"level": "word", "min_freq": 2}))
+    task = ClassifyTask(cfg)
+    task.setup()
+    task.save_artifacts(tmp_path)
+    vocab = task.encoder.vocabulary.itos
+    loaded = ClassifyTask(cfg)
+    loaded.load_artifacts(tmp_path)
+    assert loaded.encoder.vocabulary.itos == vocab and loaded.class_names == ["0", "1"]
+    model = loaded.build_model()
+    assert model.embedding.num_embeddings == len(vocab)
+    _write_lines(tmp_path / "other.txt", [(1, "zebra crossing good"), (0, "zebra bad")] * 5)
+    loaded.setup(tmp_path / "other.txt", whole=True)
+    assert sorted(loaded.splits) == ["test"]
+    ids = loaded.splits["test"][0][0]
+    assert ids[:2] == [loaded.encoder.unk_id] * 2 and loaded.encoder.vocabulary.itos == vocab
+    _write_lines(tmp_path / "other.txt", [(7, "a good film")])
+    with pytest.raises(DataError, match=r"other.txt.*labels \['7'\]"):
+        loaded.setup(tmp_path / "other.txt", whole=True)
+
+
+@pytest.mark.parametrize("level", ["char", "subword"])
+def test_saved_tokenizer_encodes_like_the_fitted_one(tmp_path, level):
+    cfg = ClassifyConfig.model_validate(_toy_text_config(tmp_path / "data", tokenizer={"level": level,
+                                                                                         "subword_vocab_size": 100}))
+    task = ClassifyTask(cfg)
+    task.setup()
+    task.save_artifacts(tmp_path)
+    loaded = ClassifyTask(cfg)
+    loaded.load_artifacts(tmp_path)
+    for text in ("the film was superb", "an unseen Zebra!"):
+        assert loaded.encoder.encode(text) == task.encoder.encode(text)
+    assert loaded.build_model().embedding.num_embeddings == task.encoder.vocab_size
+
+
+def test_bad_run_dir_and_bad_inputs_are_clear_errors(tmp_path):
+    cfg = ClassifyConfig.model_validate(_toy_text_config(tmp_path / "data"))
+    task = ClassifyTask(cfg)
+    task.setup()
+    task.save_artifacts(tmp_path)
+    model = task.build_model()
+    with pytest.raises(DataError, match=r"texts.txt: text 2 is empty"):
+        (tmp_path / "texts.txt").write_text("good\n\nbad\n", encoding="utf-8")
+        task.predict(model, tmp_path / "texts.txt")
+    with pytest.raises(DataError, match=r"not found"):
+        task.predict(model, tmp_path / "missing.txt")
+    (tmp_path / "text_encoder.json").unlink()
+    with pytest.raises(RunDirError, match="text_encoder.json is missing"):
+        ClassifyTask(cfg).load_artifacts(tmp_path)
+    with pytest.raises(RunDirError, match="classes.json is missing"):
+        ClassifyTask(cfg).load_artifacts(tmp_path / "nowhere")
 
 
 def test_class_weights_option_weights_the_loss(tmp_path):
-    from hybridrnn.config import coerce_config
-
     cfg = coerce_config(_toy_text_config(tmp_path, class_weights=True))
     task = ClassifyTask(cfg)
     task.setup()
@@ -159,8 +238,6 @@ def test_class_weights_option_weights_the_loss(tmp_path):
 def test_glove_vectors_reach_the_model_with_coverage(tmp_path):
     """Pretrained vectors (GloVe text format) initialise the embedding rows of the words they cover; the coverage
     is reported and saved; a width that disagrees with classifier.embedding_dim is an error naming the file."""
-    from hybridrnn.config import coerce_config
-
     cfg = _toy_text_config(tmp_path)
     vectors = {"good": [1.0, 2.0, 3.0, 4.0], "awful": [-1.0, 0.5, 0.0, 2.0], "zebra": [9.0, 9.0, 9.0, 9.0]}
     (tmp_path / "glove.txt").write_text("".join(f"{w} {' '.join(map(str, v))}\n" for w, v in vectors.items()),
@@ -184,20 +261,62 @@ def test_glove_vectors_reach_the_model_with_coverage(tmp_path):
 
 
 def test_unknown_label_in_test_split_is_an_error(tmp_path):
-    from hybridrnn.config import coerce_config
-
     cfg = _toy_text_config(tmp_path)
     _write_lines(tmp_path / "test.txt", [(7, "a good film")])
     task = ClassifyTask(coerce_config(cfg))
-    with pytest.raises(ValueError, match=r"test.txt.*labels \['7'\]"):
+    with pytest.raises(DataError, match=r"test.txt.*labels \['7'\]"):
         task.setup()
 
 
-def test_timeseries_task_files_and_groups(tmp_path):
-    """Variable-length multichannel sequences from a zip, split by group; predict reads the same format."""
-    import zipfile
+# ---- time series ------------------------------------------------------------------------------------------------
+def _write_ts(path: Path, n: int, rng: np.random.Generator) -> None:
+    """A 2-channel .ts file of variable-length series; the label is the sign of channel 0's mean (offset 5 on
+    channel 1, so per-channel normalisation statistics matter)."""
+    lines = ["@problemName toy", "@univariate false", "@dimensions 2", "@equalLength false",
+             "@classLabel true down up", "@data"]
+    for _ in range(n):
+        label = int(rng.integers(0, 2))
+        t = int(rng.integers(6, 16))
+        c0 = rng.normal(size=t) + (1.0 if label else -1.0)
+        c1 = 5.0 + rng.normal(size=t)
+        lines.append(":".join(",".join(f"{v:.4f}" for v in c) for c in (c0, c1)) + f":{'up' if label else 'down'}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
-    from hybridrnn.train.run import load_run, train
+
+def test_series_run_predicts_without_its_data(tmp_path):
+    """A time-series classifier trained from .ts files predicts the same after the files are moved away
+    (classes, channels and per-channel statistics saved); a series with the wrong channel count is an error."""
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    data.mkdir()
+    _write_ts(data / "train.ts", 80, rng)
+    _write_ts(data / "test.ts", 30, rng)
+    _write_ts(tmp_path / "new.ts", 12, rng)
+    cfg = {"task": "classify",
+           "data": {"kind": "timeseries", "format": "ts", "train": str(data / "train.ts"),
+                    "test": str(data / "test.ts"), "normalize": "channel"},
+           "model": {"encoder": "gru:8"}, "classifier": {"pooling": "mean"},
+           "train": {"epochs": 5, "batch_size": 8, "lr": 0.02, "progress": "none"}}
+    run_dir = train(cfg, out=tmp_path / "run")
+    before = hybridrnn.load(run_dir).predict(tmp_path / "new.ts")
+    data.rename(tmp_path / "moved")
+    run = hybridrnn.load(run_dir)
+    after = run.predict(tmp_path / "new.ts")
+    pd.testing.assert_frame_equal(after, before, check_exact=True)
+    assert list(after.columns) == ["label", "p(down)", "p(up)"] and len(after) == 12
+    assert run.metrics(tmp_path / "moved" / "test.ts")["accuracy"] > 0.8
+    # a list of (time, channels) arrays is an input too; the statistics come from classes.json
+    series = [np.asarray(rng.normal(size=(9, 2)) + [2.0, 5.0], dtype=np.float32)]
+    stats = json.loads((run_dir / "classes.json").read_text())["normalize"]
+    assert stats["mean"][1] == pytest.approx(5.0, abs=0.1)
+    assert run.task.predict(run.model, series)["label"].tolist() == ["up"]
+    with pytest.raises(DataError, match="3 channels, the model was trained on 2"):
+        run.task.predict(run.model, [np.zeros((5, 3), dtype=np.float32)])
+
+
+def test_timeseries_task_files_and_groups(tmp_path):
+    """Variable-length multichannel sequences from a zip, split by group."""
+    import zipfile
 
     rng = np.random.default_rng(0)
     z = tmp_path / "seq.zip"
@@ -218,34 +337,25 @@ def test_timeseries_task_files_and_groups(tmp_path):
                     "val_groups": ["2"], "test_groups": ["3"]},
            "model": {"encoder": "lstm:8"}, "classifier": {"pooling": "mean"},
            "train": {"epochs": 8, "batch_size": 8, "lr": 0.02, "progress": "none"}}
-    run = train(cfg, out=tmp_path / "run")
-    config, task, model = load_run(run)
-    assert {s: task.num_examples(s) for s in ("train", "val", "test")} == {"train": 20, "val": 20, "test": 20}
-    with torch.no_grad():
-        assert task.evaluate(model, "test")["accuracy"] >= 0.9
+    run = hybridrnn.load(train(cfg, out=tmp_path / "run"))
+    assert run.metrics(split="test")["accuracy"] >= 0.9
+    assert {s: run.task.num_examples(s) for s in ("train", "val", "test")} == {"train": 20, "val": 20, "test": 20}
 
 
 @needs_shared
 def test_small_model_beats_majority_on_sst2(tmp_path):
     """A small GRU with mean pooling, a few seconds of training on a slice of SST-2, beats the majority class
     on the (whole) dev set by a clear margin."""
-    from hybridrnn.train.run import train
-
-    torch.set_num_threads(1)
     lines = (SHARED / "sst" / "stsa.binary.train").read_text(encoding="utf-8").splitlines()[:3000]
     (tmp_path / "train.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     cfg = {"task": "classify",
            "data": {"kind": "text", "train": str(tmp_path / "train.txt"), "val": str(SHARED / "sst" / "stsa.binary.dev"),
-                    "tokenizer": "word", "split_punctuation": False, "min_freq": 2},
+                    "tokenizer": {"level": "word", "split_punctuation": False, "min_freq": 2}},
            "model": {"encoder": "gru:32", "dropout": 0.3},
            "classifier": {"pooling": "mean", "embedding_dim": 32},
            "train": {"epochs": 3, "batch_size": 32, "lr": 0.005, "seed": 0, "progress": "none"}}
-    from hybridrnn.train.run import load_run
-
-    run = train(cfg, out=tmp_path / "run")
-    _, task, model = load_run(run)
-    with torch.no_grad():
-        acc = task.evaluate(model, "val")["accuracy"]
-    majority = task.majority_accuracy("val")
+    run = hybridrnn.load(train(cfg, out=tmp_path / "run"))
+    acc = run.metrics(split="val")["accuracy"]
+    majority = run.task.majority_accuracy("val")
     assert majority == pytest.approx(444 / 872, abs=0.01)   # dev: 444 positive, 428 negative
     assert acc > majority + 0.1, (acc, majority)

@@ -1,7 +1,6 @@
 """Language model: tied parameter count, truncated BPTT, step() vs full forward, seeded generation, learning."""
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 
@@ -9,23 +8,18 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+import hybridrnn
+from conftest import SHARED, needs_shared, train
+from hybridrnn.api import coerce_config
+from hybridrnn.errors import DataError, RunDirError
 from hybridrnn.nn.language_model import LanguageModel, LockedDropout, sample_next
 from hybridrnn.nn.tying import count_parameters
-from hybridrnn.tasks.language_model import LanguageModelTask, stream_rows
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="shared data folder not present")
+from hybridrnn.tasks.language_model import LanguageModelConfig, LanguageModelTask, stream_rows
 
 SPECS = ["lstm:12", "gru:12", "lstm:12>gru:8", "(lstm:8|gru:8)", "lstm:8x2"]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread is many times faster than two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# tiny models on a shared 2-core machine: one intra-op thread is many times faster than two
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---- parameters ------------------------------------------------------------------------------------------
@@ -107,10 +101,8 @@ def test_locked_dropout_shares_the_mask_over_time():
 
 # ---- the task -------------------------------------------------------------------------------------------------
 def _char_task(tmp_path: Path, text: str, encoder: str = "lstm:16", **lm) -> LanguageModelTask:
-    from hybridrnn.config import coerce_config
-
     (tmp_path / "corpus.txt").write_text(text, encoding="utf-8")
-    cfg = {"task": "language_model", "data": {"train": str(tmp_path / "corpus.txt"), "level": "char"},
+    cfg = {"task": "language_model", "data": {"train": str(tmp_path / "corpus.txt"), "tokenizer": "char"},
            "model": {"encoder": encoder}, "lm": {"bptt": 5, "embedding_dim": 8, **lm},
            "train": {"batch_size": 4, "seed": 0}}
     task = LanguageModelTask(coerce_config(cfg))
@@ -192,12 +184,11 @@ def test_evaluation_scores_every_token_exactly(tmp_path):
 
 
 def test_word_level_eos_and_unknown(tmp_path):
-    from hybridrnn.config import coerce_config
-
     (tmp_path / "train.txt").write_text(" the cat sat \n the <unk> ran \n", encoding="utf-8")
     (tmp_path / "val.txt").write_text(" the dog sat \n", encoding="utf-8")
     cfg = {"task": "language_model", "data": {"train": str(tmp_path / "train.txt"), "val": str(tmp_path / "val.txt"),
-                                              "level": "word"}, "model": {"encoder": "gru:8"}}
+                                              "tokenizer": {"level": "word", "split_punctuation": False}},
+           "model": {"encoder": "gru:8"}}
     task = LanguageModelTask(coerce_config(cfg))
     task.setup()
     eos = task.eos_id
@@ -206,22 +197,87 @@ def test_word_level_eos_and_unknown(tmp_path):
     assert task.ids["val"].tolist()[1] == task.encoder.unk_id == 1 and task.ids["val"].tolist()[-1] == eos
 
 
-def test_generate_cli_streams_reproducibly(tmp_path):
-    from hybridrnn.tasks.language_model import generate_cli
-    from hybridrnn.train.run import train
+def _lm_config(folder: Path, tokenizer, text: str, **data) -> dict:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "corpus.txt").write_text(text, encoding="utf-8")
+    return {"task": "language_model", "data": {"train": str(folder / "corpus.txt"), "tokenizer": tokenizer, **data},
+            "model": {"encoder": "gru:16"}, "lm": {"bptt": 20, "embedding_dim": 16, "temperature": 1.0, "top_k": 5},
+            "train": {"epochs": 2, "batch_size": 4, "lr": 0.01, "progress": "none"}}
 
-    (tmp_path / "corpus.txt").write_text("to be or not to be, that is the question.\n" * 30, encoding="utf-8")
-    cfg = {"task": "language_model", "data": {"train": str(tmp_path / "corpus.txt"), "level": "char"},
-           "model": {"encoder": "gru:16"}, "lm": {"bptt": 20, "embedding_dim": 16},
-           "train": {"epochs": 2, "batch_size": 4, "lr": 0.01, "progress": "none"}}
-    run = train(cfg, out=tmp_path / "run")
-    outs = []
-    for seed in (3, 3, 4):
-        buf = io.StringIO()
-        text = generate_cli(run, prompt="To be", tokens=40, temperature=1.0, top_k=5, seed=seed, out=buf)
-        assert buf.getvalue() == text + "\n" and text.startswith("To be") and len(text) == 5 + 40
-        outs.append(text)
-    assert outs[0] == outs[1] and outs[0] != outs[2]
+
+def test_generation_streams_reproducibly_without_the_corpus(tmp_path):
+    """A char-level run generates the same text for the same seed before and after its corpus is moved away
+    (the vocabulary is saved); another seed gives other text; pieces stream one per token."""
+    cfg = _lm_config(tmp_path / "data", "char", "to be or not to be, that is the question.\n" * 30)
+    run_dir = train(cfg, out=tmp_path / "run")
+    run = hybridrnn.load(run_dir)
+    pieces = list(run.iter_generate("to be", 40, seed=3))
+    assert len(pieces) == 40 and all(len(p) == 1 for p in pieces)
+    before = [run.generate("to be", 40, seed=s) for s in (3, 4)]
+    assert before[0] == "to be" + "".join(pieces) and before[0] != before[1]
+    (tmp_path / "data").rename(tmp_path / "moved")
+    after = hybridrnn.load(run_dir)
+    assert [after.generate("to be", 40, seed=s) for s in (3, 4)] == before
+    # lm.temperature / lm.top_k are the defaults; explicit values override them
+    greedy = after.generate("to be", 30, temperature=0.0)
+    assert greedy == after.generate("to be", 30, temperature=0.0, seed=99) != after.generate("to be", 30, seed=99)
+    with pytest.raises(DataError, match="corpus.txt"):
+        after.metrics(split="val")
+    assert after.metrics(tmp_path / "moved" / "corpus.txt")["loss"] < math.log(after.task.vocab_size)
+
+
+class _FixedIds:
+    """Stands in for a LanguageModel: 'generates' the ids it was given."""
+
+    def __init__(self, ids):
+        self.ids = ids
+
+    def iter_generate(self, prompt_ids, n, temperature=1.0, top_k=None, generator=None):
+        yield from self.ids[:n]
+
+
+def test_generated_pieces_join_into_the_decoded_text(tmp_path):
+    """Word level: words separated by spaces, <eos> as a newline and no space at a line start; subword level:
+    each piece is what its token adds to the decoded line (no space inside a word)."""
+    text = "the cat sat on the mat\nthe dog ran to the cat\n" * 20
+    word = LanguageModelTask(LanguageModelConfig.model_validate(_lm_config(tmp_path / "w", "word", text)))
+    word.setup()
+    stoi, eos = word.encoder.vocabulary.stoi, word.eos_id
+    ids = [stoi["sat"], stoi["on"], eos, stoi["the"], stoi["dog"]]
+    assert "".join(word.generate(_FixedIds(ids), "the cat", 5)) == " sat on\nthe dog"
+    assert list(word.generate(_FixedIds(ids[3:]), "", 2)) == ["the", " dog"]
+
+    sub = LanguageModelTask(LanguageModelConfig.model_validate(
+        _lm_config(tmp_path / "s", {"level": "subword", "subword_vocab_size": 100}, text)))
+    sub.setup()
+    ids = sub.encoder.encode("the dog sat on the mat")
+    pieces = list(sub.generate(_FixedIds(ids + [sub.eos_id] + ids[:2]), "the cat", len(ids) + 3))
+    assert "".join(pieces[:len(ids)]) == " the dog sat on the mat" and pieces[len(ids)] == "\n"
+    assert "".join(pieces[len(ids) + 1:]) == sub.encoder.decode(ids[:2])
+
+
+def test_loaded_vocabulary_is_used_not_refitted(tmp_path):
+    """load_artifacts alone builds the model; setup afterwards reads new text with the saved vocabulary (new
+    characters are <unk>); a missing or inconsistent text_encoder.json is a RunDirError naming it."""
+    cfg = LanguageModelConfig.model_validate(_lm_config(tmp_path / "data", "char", "abcabcabd\n" * 10))
+    task = LanguageModelTask(cfg)
+    task.setup()
+    task.save_artifacts(tmp_path)
+    loaded = LanguageModelTask(cfg)
+    loaded.load_artifacts(tmp_path)
+    assert loaded.encoder.vocabulary.itos == task.encoder.vocabulary.itos
+    assert loaded.build_model().embedding.num_embeddings == task.vocab_size
+    (tmp_path / "other.txt").write_text("xyzab", encoding="utf-8")
+    loaded.setup(tmp_path / "other.txt", whole=True)
+    assert sorted(loaded.ids) == ["test"]
+    assert loaded.ids["test"].tolist()[:3] == [loaded.encoder.unk_id] * 3
+    assert loaded.encoder.vocabulary.itos == task.encoder.vocabulary.itos
+    wrong = LanguageModelConfig.model_validate(_lm_config(tmp_path / "data", "word", "abc\n"))
+    with pytest.raises(RunDirError, match="char level, its config says word"):
+        LanguageModelTask(wrong).load_artifacts(tmp_path)
+    (tmp_path / "text_encoder.json").unlink()
+    with pytest.raises(RunDirError, match="text_encoder.json is missing"):
+        LanguageModelTask(cfg).load_artifacts(tmp_path)
 
 
 # ---- learning ---------------------------------------------------------------------------------------------------

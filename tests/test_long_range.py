@@ -1,6 +1,7 @@
 """The long-range suite: generators' known properties, the task's metrics, and one learning check."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -8,6 +9,9 @@ import pytest
 import torch
 from torch import nn
 
+import hybridrnn
+from conftest import train
+from hybridrnn.errors import DataError, RunDirError
 from hybridrnn.tasks.long_range import (COPY_CLASSES, LongRangeConfig, LongRangeTask, adding_problem,
                                         copy_baseline_loss, copy_memory, sequential_digits)
 
@@ -140,10 +144,33 @@ def test_gru_spec_with_default_forget_bias_builds():
     assert task.build_model() is not None
 
 
+def test_run_loads_from_its_artifacts_and_regenerates_its_data(tmp_path):
+    """A loaded run builds its model from long_range.json and the config alone; evaluating regenerates the
+    data from data.seed (the same test split, so the same metrics); a run directory whose long_range.json
+    disagrees with its config is a RunDirError; the task takes no data."""
+    cfg = {"task": "long_range", "data": {"problem": "copy", "length": 4, "n_train": 32, "n_val": 16, "n_test": 16},
+           "model": {"encoder": "gru:6"}, "train": {"epochs": 1, "batch_size": 16, "progress": "none"}}
+    run_dir = train(cfg, out=tmp_path / "run")
+    saved = json.loads((run_dir / "long_range.json").read_text())
+    assert saved == {"problem": "copy", "length": 4, "input_size": 10, "output_size": COPY_CLASSES}
+    run = hybridrnn.load(run_dir)
+    assert run.task.splits == {}                         # loading generated nothing
+    first = run.metrics(split="test")
+    assert hybridrnn.load(run_dir).metrics(split="test") == first
+    run.task.setup(whole=True)
+    assert sorted(run.task.splits) == ["test"] and run.task.num_examples("test") == 16
+    with pytest.raises(DataError, match="generates its data"):
+        run.task.setup(tmp_path / "x.csv")
+    saved["length"] = 5
+    (run_dir / "long_range.json").write_text(json.dumps(saved))
+    with pytest.raises(RunDirError, match="long_range.json"):
+        hybridrnn.load(run_dir)
+
+
 @pytest.mark.slow
 def test_gru_learns_short_adding_problem(tmp_path):
     """A GRU beats the always-1 baseline (MSE 0.167) by a wide margin on T=10 in a few epochs."""
-    from hybridrnn.train.run import evaluate_run, train
+    from conftest import evaluate_run
 
     torch.set_num_threads(1)
     run = train({"task": "long_range",

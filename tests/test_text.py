@@ -227,3 +227,40 @@ def test_shared_files_parse():
     assert len(s) == 314 and sum(x.shape[0] for x in s.series) == 13197     # the README's counts
     texts, labels = read_labelled_lines(SHARED / "sst" / "stsa.binary.dev")
     assert len(texts) == 872 and set(labels) == {"0", "1"}
+
+
+# ---- the tokenizer section of text configs ----------------------------------------------------------------------
+def test_tokenizer_config_is_one_section_for_classification_and_language_models():
+    """Both text tasks read data.tokenizer with the same keys and defaults; a string names the level alone."""
+    from hybridrnn.tasks.classify_config import TextDataConfig
+    from hybridrnn.tasks.language_model import LMDataConfig
+    from hybridrnn.tasks.text_config import TokenizerConfig
+
+    clf, lm = TextDataConfig(train="t.txt"), LMDataConfig(train="c.txt")
+    assert clf.tokenizer == lm.tokenizer == TokenizerConfig()
+    assert TokenizerConfig().model_dump() == {"level": "word", "lower": None, "split_punctuation": True, "min_freq": 1,
+                                              "max_vocab": None, "subword_vocab_size": 4000}
+    assert LMDataConfig(train="c.txt", tokenizer="char").tokenizer == TokenizerConfig(level="char")
+    enc = TokenizerConfig(level="word", min_freq=2).fit(TEXTS)
+    assert enc.encode("good film zebra") == build_text_encoder("word", TEXTS, min_freq=2).encode("good film zebra")
+
+
+def test_flat_tokenizer_keys_of_older_configs_move_into_the_section():
+    """Run directories trained before data.tokenizer existed keep loading: data.level (language model),
+    data.tokenizer: word (classification) and the flat lower / split_punctuation / min_freq / max_vocab /
+    subword_vocab_size keys move into data.tokenizer; a key given both ways is an error."""
+    from pydantic import ValidationError
+
+    from hybridrnn.tasks.classify_config import TextDataConfig
+    from hybridrnn.tasks.language_model import LMDataConfig
+
+    lm = LMDataConfig.model_validate({"train": "c.txt", "level": "word", "lower": None, "split_punctuation": False,
+                                      "min_freq": 2, "max_vocab": 50, "subword_vocab_size": 4000})
+    assert lm.tokenizer.model_dump() == {"level": "word", "lower": None, "split_punctuation": False, "min_freq": 2,
+                                         "max_vocab": 50, "subword_vocab_size": 4000}
+    clf = TextDataConfig.model_validate({"train": "t.txt", "tokenizer": "char", "lower": True, "min_freq": 3})
+    assert (clf.tokenizer.level, clf.tokenizer.lower, clf.tokenizer.min_freq) == ("char", True, 3)
+    with pytest.raises(ValidationError, match="data.min_freq and data.tokenizer.min_freq"):
+        TextDataConfig.model_validate({"train": "t.txt", "tokenizer": {"min_freq": 2}, "min_freq": 3})
+    with pytest.raises(ValidationError, match="data.level and data.tokenizer.level"):
+        LMDataConfig.model_validate({"train": "c.txt", "tokenizer": "char", "level": "word"})

@@ -94,20 +94,26 @@ class ClassifyTask(Task):
             raise ConfigError(f"data.{key} is not set: name a file in the config or pass the data to the task")
         return configured
 
-    def _read_text_splits(self, data: Any, whole: bool) -> dict[str, tuple[list[str], list[str]]]:
+    def _read_text_splits(self, data: Any, whole: bool) -> dict[str, tuple[list[str], list[str], str]]:
+        """split -> ``(texts, labels, where they came from)``."""
         d = self.config.data
+
+        def read(source: Any) -> tuple[list[str], list[str], str]:
+            where = "the DataFrame" if isinstance(source, pd.DataFrame) else str(source)
+            return (*read_texts(source, d), where)
+
         if whole:
-            return {"test": read_texts(self._source(data, d.test, "test"), d)}
-        texts, labels = read_texts(self._source(data, d.train, "train"), d)
-        raw = {"train": (texts, labels)}
+            return {"test": read(self._source(data, d.test, "test"))}
+        texts, labels, where = read(self._source(data, d.train, "train"))
+        raw = {"train": (texts, labels, where)}
         if d.val:
-            raw["val"] = read_texts(d.val, d)
+            raw["val"] = read(d.val)
         else:
             tr, va = val_split(len(texts), d.val_fraction, self.config.train.seed)
-            raw["val"] = ([texts[i] for i in va], [labels[i] for i in va])
-            raw["train"] = ([texts[i] for i in tr], [labels[i] for i in tr])
+            raw["val"] = ([texts[i] for i in va], [labels[i] for i in va], f"{where} (validation part)")
+            raw["train"] = ([texts[i] for i in tr], [labels[i] for i in tr], f"{where} (training part)")
         if d.test:
-            raw["test"] = read_texts(d.test, d)
+            raw["test"] = read(d.test)
         return raw
 
     def _read_series_splits(self, data: Any, whole: bool) -> dict[str, SeriesSet]:
@@ -128,7 +134,7 @@ class ClassifyTask(Task):
 
     def _fit_text(self) -> None:
         d = self.config.data
-        texts, labels = self.raw["train"]
+        texts, labels, _ = self.raw["train"]
         self.class_names = sorted(set(labels), key=natural_key)
         self.encoder = d.tokenizer.fit(texts)
         if d.embeddings:
@@ -158,8 +164,7 @@ class ClassifyTask(Task):
         self.splits = {}
         for split, raw in self.raw.items():
             if self.is_text:
-                texts, labels = raw
-                where = getattr(self.config.data, split, None) or f"the {split} split"
+                texts, labels, where = raw
                 self.splits[split] = (self._encode_texts(texts, where), self._label_ids(labels, where))
             else:
                 where = f"the {split} split ({raw.meta.get('source')})"

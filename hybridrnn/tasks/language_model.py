@@ -137,6 +137,7 @@ class LanguageModelTask(Task):
     monitor = "loss"
     monitor_mode = "min"
     display_metrics = ("perplexity", "bpc")   # bpc at character level only
+    supports_generate = True
 
     def __init__(self, config: LanguageModelConfig):
         super().__init__(config)
@@ -341,7 +342,7 @@ class LanguageModelTask(Task):
         ids = self.encoder.encode(prompt)
         unk = [t for t, i in zip(self.encoder.tokens(prompt), ids) if i == self.encoder.unk_id]
         if self.encoder.kind != "subword" and unk:
-            warnings.warn(f"prompt words not in the vocabulary (read as <unk>): {unk[:10]}", stacklevel=3)
+            warnings.warn(f"prompt tokens not in the vocabulary (read as <unk>): {unk[:10]}", stacklevel=3)
         if not ids:
             raise DataError(f"the prompt {prompt!r} has no tokens")
         return ids
