@@ -86,20 +86,82 @@ class WindowConfig(Section):
 
 
 class ForecastModelConfig(ModelConfig):
-    """The network: an encoder spec plus the forecasting head."""
+    """The network: an encoder spec plus the forecasting head.
 
-    strategy: Literal["direct", "recursive", "seq2seq"] = "direct"
-    decoder: Literal["gru", "lstm"] = Field("gru", description="seq2seq decoder cell")
-    instance_norm: bool = Field(False, description="normalise each window by its own mean/std (RevIN-style)")
-    channel_independent: bool = Field(False, description="one shared model per target variable")
+    Defaults that depend on the data and the window (``strategy``, ``segment``, ``instance_norm``,
+    ``channel_independent``) are chosen by :class:`ForecastConfig` when the config leaves them out (see
+    :data:`DEFAULT_RECIPE`); the chosen fields are listed in ``chosen_by_default`` (``hybridrnn config show``)."""
+
+    strategy: Literal["direct", "recursive", "seq2seq", "parallel", "rmf"] = Field(
+        "direct", description="direct | recursive | seq2seq | parallel (SegRNN's PMF: all output segments in one "
+                              "recurrent step) | rmf (recursive over segments); left out: parallel when the window "
+                              "allows segments, else direct")
+    decoder: Optional[Literal["shared", "gru", "lstm"]] = Field(
+        None, description="seq2seq decoder cell (None: gru); parallel: None/shared = the encoder's own step (its "
+                          "weights, per-block final states), gru/lstm = a separate cell from the encoder summary")
+    instance_norm: Union[bool, Literal["standard", "last"]] = Field(
+        False, description="per-window normalisation: true/standard = own mean/std (RevIN-style), last = subtract "
+                           "the window's last value (SegRNN), false = none; left out: " + "last")
+    channel_independent: bool = Field(False, description="one shared model per target variable; left out: true "
+                                                         "for more than one target")
     linear_skip: bool = Field(False, description="add a linear map of the look-back to the output")
+    segment: Optional[int] = Field(None, ge=1, description="segment recurrence (SegRNN): the encoder reads "
+                                   "segments of this many steps; lookback and horizon must be multiples of it; "
+                                   "left out with the strategy left out (or parallel / rmf): chosen from the window")
+    segment_embed: Optional[int] = Field(None, ge=0, description="segment embedding size (None: the first block's "
+                                         "hidden size; 0: no embedding, the flattened segment)")
     loss: Literal["mse", "mae", "huber"] = "mse"
+    chosen_by_default: list[str] = Field(default_factory=list, description="informational: the fields above whose "
+                                         "value the defaults rule chose from the data and the window")
 
 
 #: ForecastModelConfig fields that are keyword arguments of ``hybridrnn.nn.forecaster.Forecaster`` (the head's
 #: options, besides the encoder options every task shares); a new head option is a field here and an argument there
 FORECAST_HEAD_OPTIONS = tuple(k for k in ForecastModelConfig.model_fields if k not in ModelConfig.model_fields
-                              and k != "loss")
+                              and k not in ("loss", "chosen_by_default"))
+
+#: The recipe a forecast config gets for the fields it leaves out (measured: benchmarks/results/forecast_ltsf.md)
+DEFAULT_RECIPE = {"instance_norm": "last", "channel_independent": "more than one target",
+                  "strategy": "parallel when the window allows segments, else direct",
+                  "segment": "auto_segment(lookback, horizon)"}
+
+
+def auto_segment(lookback: int, horizon: int, *, min_segments: int = 4, max_segment: int = 24) -> Optional[int]:
+    """The default segment length for a window: the largest divisor ``W <= max_segment`` of both ``lookback`` and
+    ``horizon`` that leaves at least ``min_segments`` look-back segments, or None when that is below 2 (the
+    look-back does not allow segments: point-wise recurrence). ``(96, 96|192|336|720) -> 24``, ``(28, 7) -> 7``."""
+    import math
+    g = math.gcd(lookback, horizon)
+    best = None
+    for w in range(2, min(g, max_segment) + 1):
+        if g % w == 0 and lookback // w >= min_segments:
+            best = w
+    return best
+
+
+def apply_default_recipe(model: ForecastModelConfig, window: "WindowConfig", num_targets: int) -> None:
+    """Fill the data- and window-dependent fields ``model`` leaves out (in place); see :data:`DEFAULT_RECIPE`."""
+    given = set(model.model_fields_set)
+    chosen = []
+    if "chosen_by_default" in given:        # a resolved config (a run's config.yaml): nothing left to choose
+        return
+    if "instance_norm" not in given:
+        model.instance_norm = "last"
+        chosen.append("instance_norm")
+    if "channel_independent" not in given:
+        model.channel_independent = num_targets > 1
+        chosen.append("channel_independent")
+    if "strategy" not in given:
+        seg = model.segment if "segment" in given else auto_segment(window.lookback, window.horizon)
+        model.strategy = "parallel" if seg else "direct"
+        chosen.append("strategy")
+        if "segment" not in given:
+            model.segment = seg
+            chosen.append("segment")
+    elif model.strategy in ("parallel", "rmf") and "segment" not in given:
+        model.segment = auto_segment(window.lookback, window.horizon)
+        chosen.append("segment")
+    model.chosen_by_default = chosen
 
 
 class ForecastConfig(RunConfig):
@@ -109,3 +171,8 @@ class ForecastConfig(RunConfig):
     data: ForecastDataConfig
     window: WindowConfig = Field(default_factory=WindowConfig)
     model: ForecastModelConfig = Field(default_factory=ForecastModelConfig)
+
+    @model_validator(mode="after")
+    def _default_recipe(self):
+        apply_default_recipe(self.model, self.window, len(self.data.target))
+        return self
