@@ -21,6 +21,7 @@ how loaded the machine was: the absolute microsecond targets of issue 3 were set
     python benchmarks/layers.py              # full run (11 rounds, 1 thread; about 3-6 minutes)
     python benchmarks/layers.py --quick      # smoke test (2 rounds, short; writes layers_quick.*)
     python benchmarks/layers.py --rounds 15 --threads 2 --clock wall
+    python benchmarks/layers.py --auto-grid --rounds 9   # path="auto"'s rule: writes auto_path.md / .json
 """
 from __future__ import annotations
 
@@ -55,6 +56,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 # a shared machine, which wall time counts), or wall time (--clock wall).
 CLOCK = time.process_time
 SIZES = ((32, 128, 200), (1, 64, 200))              # (batch, hidden, steps)
+AUTO_GRID = ((1, 64, 200), (1, 128, 200), (32, 64, 200), (32, 128, 200))   # --auto-grid: path="auto"'s rule
 
 
 @dataclass
@@ -141,6 +143,22 @@ def build_cases(hidden: int, notes: list[str]) -> list[Case]:
     return cases
 
 
+def build_path_cases(hidden: int, notes: list[str]) -> list[Case]:
+    """``--auto-grid``: each of LSTM and GRU on the fused, custom and auto paths, against torch's module."""
+    from hybridrnn.nn.recurrent import GRU, LSTM
+
+    torch.manual_seed(0)
+    cases = []
+    for kind, cls, torch_cls in (("LSTM", LSTM, nn.LSTM), ("GRU", GRU, nn.GRU)):
+        ref = torch_cls(hidden, hidden, batch_first=True)
+        cases.append(Case(f"torch.nn.{kind}", lambda x, m=ref: m(x)[0], [ref], None))
+        for path in ("fused", "custom", "auto"):
+            module = cls(hidden, hidden, path=path)
+            note = f"runs {module.path}" if path == "auto" else ""
+            cases.append(Case(f"{kind} {path}", lambda x, m=module: m(x)[0], [module], f"torch.nn.{kind}", note))
+    return cases
+
+
 def _time_once(case: Case, x: torch.Tensor, mode: str, reps: int) -> float:
     """Seconds per call (mean of ``reps`` back-to-back calls)."""
     for m in case.modules:
@@ -162,8 +180,9 @@ def _reps(case: Case, x: torch.Tensor, mode: str, target_s: float) -> int:
     return max(1, min(50, round(target_s / max(once, 1e-6))))
 
 
-def bench_size(batch: int, hidden: int, steps: int, rounds: int, target_s: float, notes: list[str]) -> list[dict]:
-    cases = build_cases(hidden, notes)
+def bench_size(batch: int, hidden: int, steps: int, rounds: int, target_s: float, notes: list[str],
+               builder: Callable[[int, list[str]], list[Case]] = build_cases) -> list[dict]:
+    cases = builder(hidden, notes)
     x = torch.randn(batch, steps, hidden)
     reps = {(c.name, m): _reps(c, x, m, target_s) for c in cases for m in ("infer", "train")}
     for r in range(rounds):
@@ -177,7 +196,8 @@ def bench_size(batch: int, hidden: int, steps: int, rounds: int, target_s: float
     by_name = {c.name: c for c in cases}
     rows = []
     for c in cases:
-        row = {"case": c.name, "batch": batch, "hidden": hidden, "steps": steps, "baseline": c.baseline}
+        row = {"case": c.name, "batch": batch, "hidden": hidden, "steps": steps, "baseline": c.baseline,
+               "note": c.note}
         for m in ("infer", "train"):
             med = medians[c.name][m]
             row[f"{m}_ms"] = med * 1e3
@@ -317,6 +337,70 @@ def render_markdown(meta: dict, rows: list[dict], step_rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def auto_rows(rows: list[dict]) -> list[dict]:
+    """Per kind, size and mode: the fused, custom and auto ratios to torch, and auto against the faster path."""
+    by = {(r["case"], r["batch"], r["hidden"]): r for r in rows}
+    out = []
+    for kind in ("LSTM", "GRU"):
+        for (b, h, t) in AUTO_GRID:
+            for mode in ("train", "infer"):
+                fused, custom, auto = (by[(f"{kind} {p}", b, h)] for p in ("fused", "custom", "auto"))
+                ratios = {p: r[f"{mode}_ratio"] for p, r in (("fused", fused), ("custom", custom), ("auto", auto))}
+                faster = min(("fused", "custom"), key=lambda p: ratios[p])
+                runs = auto["note"].removeprefix("runs ")
+                out.append({"kind": kind, "batch": b, "hidden": h, "steps": t, "mode": mode, **ratios,
+                            "faster": faster, "auto_runs": runs, "choice_vs_faster": ratios[runs] / ratios[faster],
+                            "auto_vs_faster": ratios["auto"] / ratios[faster]})
+    return out
+
+
+def render_auto(meta: dict, table: list[dict]) -> str:
+    worst = max(table, key=lambda r: r["choice_vs_faster"])
+    lines = ["# path=\"auto\": the rule and its measurements", "",
+             "Rule (`hybridrnn.nn.recurrent.auto_path`, used when the options allow both paths): **on CPU a GRU runs "
+             "the custom scan, an LSTM runs fused (oneDNN); on a GPU both run fused (cuDNN).** A layer re-decides "
+             "when it moves to another device; `repr` shows `path='custom' (auto)`.", "",
+             f"Command: `{meta['command']}`  ", f"Date: {meta['date']}  ",
+             f"torch {meta['torch']}, {meta['threads']} thread(s), CPU: {meta['cpu']}, clock: {meta['clock']}  ",
+             f"Load average before / after: {meta['load_before']} / {meta['load_after']}  ",
+             f"Rounds: {meta['rounds']} interleaved; figures are medians over rounds of (time / torch.nn.LSTM or GRU "
+             "time in the same round). `choice / faster`: the ratio of the path auto chose over the faster path's "
+             "(what the rule costs); `auto / faster`: the auto case itself timed, over the faster path (the same "
+             "kernel as its choice: the difference from `choice / faster` is measurement noise).", "",
+             "| cell | batch | hidden | T | mode | fused | custom | auto (runs) | faster | choice / faster | "
+             "auto / faster |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in table:
+        lines.append(f"| {r['kind']} | {r['batch']} | {r['hidden']} | {r['steps']} | {r['mode']} | {r['fused']:.2f} | "
+                     f"{r['custom']:.2f} | {r['auto']:.2f} ({r['auto_runs']}) | {r['faster']} | "
+                     f"{r['choice_vs_faster']:.2f} | {r['auto_vs_faster']:.2f} |")
+    lines += ["", f"Worst `choice / faster`: {worst['choice_vs_faster']:.2f} ({worst['kind']} B{worst['batch']} "
+              f"H{worst['hidden']} {worst['mode']}; the target is at most 1.05).", ""]
+    return "\n".join(lines)
+
+
+def main_auto_grid(args, rounds: int, target_s: float) -> int:
+    """``--auto-grid``: fused / custom / auto for LSTM and GRU on AUTO_GRID; writes auto_path.md and .json."""
+    notes: list[str] = []
+    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
+    rows = []
+    for b, h, t in AUTO_GRID:
+        rows += bench_size(b, h, t, rounds, target_s, notes, builder=build_path_cases)
+    load_after = os.getloadavg() if hasattr(os, "getloadavg") else None
+    meta = {"command": "python benchmarks/layers.py " + " ".join(sys.argv[1:]),
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "cpu": cpu_model() or "unknown", "rounds": rounds,
+            "clock": args.clock, "load_before": [round(v, 2) for v in load_before] if load_before else None,
+            "load_after": [round(v, 2) for v in load_after] if load_after else None, "notes": notes}
+    table = auto_rows(rows)
+    md = render_auto(meta, table)
+    print(md)
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out / "auto_path.md", md)
+    atomic_write_text(args.out / "auto_path.json", json.dumps({"meta": meta, "table": table, "rows": rows}, indent=1))
+    print(f"wrote {args.out / 'auto_path'}.md and .json")
+    return 0
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 rounds, short repetitions (smoke test)")
@@ -326,6 +410,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
                         help="cpu: process CPU time (default; use with --threads 1), wall: wall-clock time")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for layers.md / layers.json")
+    parser.add_argument("--auto-grid", action="store_true",
+                        help="only fused / custom / auto on batch 1/32 x hidden 64/128 (writes auto_path.md)")
     args = parser.parse_args(argv)
     rounds = args.rounds or (2 if args.quick else 11)
     if rounds < 1:
@@ -337,6 +423,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.clock == "cpu" and torch.get_num_threads() != 1:
         parser.error("--clock cpu sums the CPU time of every thread: use it with --threads 1, or --clock wall")
     target_s = 0.005 if args.quick else 0.03          # each timed call repeated until about this long
+    if args.auto_grid:
+        return main_auto_grid(args, rounds, target_s)
     notes: list[str] = []
     wall_start = time.perf_counter()
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None

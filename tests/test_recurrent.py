@@ -532,7 +532,8 @@ def test_converted_modules_compute_exactly_what_the_original_computes(cls, batch
     x = torch.randn(B, T, I, dtype=DT)
     out_ref, st_ref = ref(x if batch_first else x.transpose(0, 1))
     out_ref = out_ref if batch_first else out_ref.transpose(0, 1)
-    ours = cls.from_torch(ref)
+    assert cls.from_torch(ref).path == ("custom" if cls is GRU else "fused")   # auto: the CPU rule
+    ours = cls.from_torch(ref, path="fused")
     assert ours.path == "fused" and not ours.training and ours.weight_ih_l0.dtype == DT
     out, st = ours(x)
     assert torch.equal(out, out_ref)
@@ -564,14 +565,29 @@ def test_conversion_errors():
     (LSTM, dict(recurrent_dropout=0.1), "recurrent_dropout"), (LSTM, dict(tie_layers=True), "tie_layers"),
     (GRU, dict(reset_after=False), "reset_after=False"), (GRU, dict(layer_norm=True), "layer_norm")])
 def test_path_selection(cls, option, label):
-    assert cls(I, H).path == "fused" and "path='fused'" in repr(cls(I, H))
-    assert cls(I, H, path="custom").path == "custom"
+    rule = "custom" if cls is GRU else "fused"          # auto on CPU: benchmarks/results/auto_path.md
+    assert cls(I, H).path == rule and f"path='{rule}' (auto)" in repr(cls(I, H))
+    assert cls(I, H, path="custom").path == "custom" and "(auto)" not in repr(cls(I, H, path="custom"))
+    assert cls(I, H, path="fused").path == "fused"
     auto = cls(I, H, **option)
     assert auto.path == "custom" and "path='custom'" in repr(auto)
     with pytest.raises(ValueError, match=f"path='fused'.*cannot express {label}"):
         cls(I, H, path="fused", **option)
     with pytest.raises(ValueError, match="path must be one of"):
         cls(I, H, path="cudnn")
+
+
+def test_auto_rule_follows_the_device(monkeypatch):
+    """auto_path decides by cell kind and device; a module re-decides when it moves (here: a faked device)."""
+    from hybridrnn.nn import recurrent
+
+    assert recurrent.auto_path("GRU", "cpu") == "custom" and recurrent.auto_path("LSTM", "cpu") == "fused"
+    assert recurrent.auto_path("GRU", "cuda") == "fused" and recurrent.auto_path("LSTM", "cuda") == "fused"
+    m = GRU(I, H)
+    monkeypatch.setattr(recurrent, "auto_path", lambda mode, device_type: "fused")
+    m.double()
+    assert m.path == "fused"
+    assert GRU(I, H, path="custom").double().path == "custom"
 
 
 def test_to_and_parameter_swap_reach_the_fused_path():

@@ -40,6 +40,18 @@ PATHS = ("auto", "fused", "custom")
 LSTMState = tuple[Tensor, Tensor]
 
 
+def auto_path(mode: str, device_type: str) -> str:
+    """The path ``path="auto"`` runs when the options allow both: ``"fused"`` or ``"custom"``.
+
+    The rule was measured (``benchmarks/results/auto_path.md``, ``python benchmarks/layers.py --auto-grid``: one
+    thread, batch 1 and 32, hidden 64 and 128, 200 steps, training and inference): on CPU a GRU runs the custom
+    scan, which is as fast as oneDNN's GRU in inference and faster in training at every point of the grid; an
+    LSTM runs oneDNN, several times faster than the custom scan at batch 1 and in inference. On a GPU both run
+    cuDNN (``"fused"``).
+    """
+    return "custom" if (mode == "GRU" and device_type == "cpu") else "fused"
+
+
 class _RecurrentBase(nn.Module):
     """Shared machinery of :class:`LSTM` and :class:`GRU` (parameters, paths, validation, conversion)."""
 
@@ -87,7 +99,8 @@ class _RecurrentBase(nn.Module):
         self.init = init
         self.chrono_tmax = chrono_tmax
         self.tie_layers = tie_layers
-        self.path = "custom" if (path == "custom" or custom_only) else "fused"
+        self._path_request = path
+        self.path = self._choose_path("cpu")
         self.num_directions = 2 if bidirectional else 1
         self.output_size = self.num_directions * hidden_size
         self.output_layout = ((hidden_size, False), (hidden_size, True)) if bidirectional else ((hidden_size, False),)
@@ -133,8 +146,18 @@ class _RecurrentBase(nn.Module):
         """Re-initialise with the module's ``init`` scheme and ``forget_bias`` (see :mod:`hybridrnn.nn.init`)."""
         init_recurrent_(self, self.init, forget_bias=self.forget_bias, chrono_tmax=self.chrono_tmax)
 
+    def _choose_path(self, device_type: str) -> str:
+        """The path to run on ``device_type``: the one asked for, custom when an option needs it, else
+        :func:`auto_path`."""
+        if self._path_request == "custom" or self._custom_only_options():
+            return "custom"
+        if self._path_request == "fused":
+            return "fused"
+        return auto_path(self.mode, device_type)
+
     def _apply(self, fn, recurse=True):
         out = super()._apply(fn, recurse)
+        self.path = self._choose_path(self._flat_weights()[0].device.type)  # "auto" follows the device
         self._flatten_for_cudnn()
         return out
 
@@ -460,7 +483,7 @@ class _RecurrentBase(nn.Module):
             parts.append(f"init={self.init!r}")
         if self.tie_layers:
             parts.append("tie_layers=True")
-        parts.append(f"path={self.path!r}")
+        parts.append(f"path={self.path!r}" + (" (auto)" if self._path_request == "auto" else ""))
         return ", ".join(parts)
 
     def _option_repr(self) -> list[str]:
