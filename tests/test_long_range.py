@@ -167,6 +167,25 @@ def test_run_loads_from_its_artifacts_and_regenerates_its_data(tmp_path):
         hybridrnn.load(run_dir)
 
 
+def test_report_section_longest_length_solved():
+    """The comparison report's long-range section: per model, seeds solving each length (adding: test MSE below
+    0.01) and the longest length solved by at least half of the seeds; none for problems without a threshold."""
+    import pandas as pd
+
+    results = pd.DataFrame({"model": ["a"] * 4 + ["b"] * 4, "length": [10, 10, 20, 20] * 2, "seed": [0, 1] * 4,
+                            "test_mse": [0.001, 0.02, 0.5, 0.4, 0.002, 0.003, 0.009, 0.2]})
+    [(heading, md)] = make_task(problem="adding", length=5, n_train=4, n_val=4, n_test=4).report_sections(results)
+    assert heading == "Longest length solved"
+    lines = md.splitlines()
+    assert lines[0] == "| model | T=10 | T=20 | longest solved |"
+    assert lines[2] == "| a | 1/2 | 0/2 | **10** |" and lines[3] == "| b | 2/2 | 1/2 | **20** |"
+    assert "test MSE < 0.01" in md
+    digits = LongRangeTask(LongRangeConfig(data={"problem": "digits"}))
+    assert digits.report_sections(results) == []
+    assert make_task(problem="adding", length=5, n_train=4, n_val=4, n_test=4).report_sections(
+        results.assign(length=float("nan"))) == []
+
+
 @pytest.mark.slow
 def test_gru_learns_short_adding_problem(tmp_path):
     """A GRU beats the always-1 baseline (MSE 0.167) by a wide margin on T=10 in a few epochs."""

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -34,6 +35,7 @@ from hybridrnn.tasks._common import encoder_options
 from hybridrnn.tasks.long_range_config import (ADDING_SOLVED_MSE, COPY_CLASSES, COPY_INPUTS, COPY_RECALL,
                                                COPY_SOLVED_FRACTION, COPY_SYMBOLS, DIGITS_STEPS, LongRangeConfig)
 from hybridrnn.tasks.long_range_plots import plot_long_range
+from hybridrnn.tasks.long_range_report import solved_sections
 from hybridrnn.train.task import Task, iterate_minibatches
 
 # ---------------------------------------------------------------------------------------------------------
@@ -289,3 +291,8 @@ class LongRangeTask(Task):
     def plots(self, model: nn.Module, run_dir: Path) -> list[Path]:
         pred, y = self.predict_split(model, "test")
         return [plot_long_range(self.problem, self.length, pred, y, Path(run_dir) / f"long_range_{self.problem}.png")]
+
+    def report_sections(self, results: pd.DataFrame) -> list[tuple[str, str]]:
+        """The comparison report's "Longest length solved" table (adding and copy compared over lengths);
+        the thresholds are ``long_range_config.SOLVED_CRITERIA``."""
+        return solved_sections(self.problem, results)

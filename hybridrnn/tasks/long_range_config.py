@@ -15,6 +15,13 @@ COPY_CLASSES = COPY_SYMBOLS + 1   # outputs: blank or one of the 8 symbols
 DIGITS_STEPS = 64
 ADDING_SOLVED_MSE = 0.01
 COPY_SOLVED_FRACTION = 0.1
+#: what "solved" means, per problem, in a comparison over lengths: (results column, threshold: a run with a
+#: value below it solved its length, description); the same thresholds as the ``solved`` metric of evaluate()
+SOLVED_CRITERIA = {
+    "adding": ("test_mse", ADDING_SOLVED_MSE, "test MSE < 0.01 (always predicting 1 gives 0.167)"),
+    "copy": ("test_baseline_ratio", COPY_SOLVED_FRACTION,
+             "test loss < 10% of the memoryless baseline 10·log(8)/(T+20)"),
+}
 #: defaults for the split sizes when a config leaves them out
 SYNTHETIC_SIZES = {"n_train": 10000, "n_val": 1000, "n_test": 1000}
 DIGITS_SIZES = {"n_train": 1197, "n_val": 300, "n_test": 300}   # 1797 images in all
