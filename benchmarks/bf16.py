@@ -6,7 +6,7 @@ both alike), medians:
 1. Layers: forward + backward of ``hybridrnn.nn.LSTM`` (fused and custom path) / ``GRU`` (hidden 128,
    batch 32, 100 steps, input 32) plus a linear head, fp32 against ``torch.autocast("cpu", dtype=torch.bfloat16)``,
    9 rounds. A case that cannot run in bf16 is reported with its error.
-2. A real forecasting task through ``hybridrnn.train.run.train``: ``configs/quickstart.yaml`` (Seattle daily
+2. A real forecasting task through ``hybridrnn.api.train_run``: ``configs/quickstart.yaml`` (Seattle daily
    maximum temperature, 7-day horizon, bundled data, chronological 70/10/20 split) with ``lstm:64`` (custom
    path for both: the fused oneDNN LSTM has no bf16 kernel without AVX512-BF16 / AMX) and ``gru:64``, 10 epochs, no
    early stopping, seeds 0-2, ``train.bf16`` false / true. Reported: median seconds per epoch (training +
@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from hybridrnn.nn import GRU, LSTM  # noqa: E402
 from hybridrnn.train import checkpoint as ckpt  # noqa: E402
-from hybridrnn.train.run import evaluate_run, train  # noqa: E402
+from hybridrnn.api import load, train_run  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROUNDS = 9
@@ -100,13 +100,13 @@ def task_part(tmp: Path) -> list[dict]:
         for encoder in TASK["encoders"]:
             for bf16 in (False, True):
                 out = tmp / f"{encoder.replace(':', '')}-{seed}-{'bf16' if bf16 else 'fp32'}"
-                train(TASK["config"], out=out, progress="none",
+                train_run(TASK["config"], out=out, progress="none",
                       overrides=[f"model.encoder={encoder}", f"train.bf16={str(bf16).lower()}", "model.path=custom",
                                  f"train.epochs={TASK['epochs']}", "train.patience=null", f"train.seed={seed}",
                                  "train.num_threads=1", "train.plots=false", "train.device=cpu"])
                 history = ckpt.read_jsonl(out / ckpt.METRICS)
-                test = evaluate_run(out, "test")
-                last = evaluate_run(out, "test", weights="last")
+                test = load(out).metrics(split="test")
+                last = load(out, weights="last").metrics(split="test")
                 best = ckpt.read_json(out / ckpt.STATE)
                 results.setdefault((encoder, bf16), []).append({
                     "epoch_s": statistics.median(r["seconds"] for r in history),

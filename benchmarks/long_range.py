@@ -84,7 +84,7 @@ def memory_figure(out: Path, results: pd.DataFrame, length: int, path: Path, exa
     import matplotlib.pyplot as plt
 
     from hybridrnn.experiments.memory import gate_statistics, state_gradient_norms
-    from hybridrnn.train.run import load_run
+    from hybridrnn.api import load_run
 
     rows = results[(results["length"] == length) & (results["seed"] == results["seed"].min())]
     fig, ax = plt.subplots(figsize=(7, 4.2))

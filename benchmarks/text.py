@@ -1,6 +1,6 @@
 """Sequence classification and language modelling next to published anchors, on a 2-core CPU budget.
 
-Every run is an ordinary ``hybridrnn.train.run.train`` of a config like those in ``configs/classify`` and
+Every run is an ordinary ``hybridrnn.api.train_run`` of a config like those in ``configs/classify`` and
 ``configs/language_model`` (data from ``../shared/data``), then the test split (Tiny Shakespeare: the whole
 validation split, its standard report) is scored with the best weights. One intra-op thread; the budget of each
 run (epochs, windows, sizes) is fixed here and written into the table; the whole script measured 17.4 CPU-minutes
@@ -139,12 +139,12 @@ def lm_config(run: dict) -> dict:
 # ---------------------------------------------------------------------------------------------------------
 def run_one(run: dict, out_root: Path) -> dict:
     from hybridrnn.nn.tying import count_parameters
-    from hybridrnn.train.run import load_run, train
+    from hybridrnn.api import load_run, train_run
 
     cfg = classify_config(run) if run["kind"] == "classify" else lm_config(run)
     name = f"{run['dataset']}-{len(list(out_root.glob(run['dataset'] + '-*')))}"
     t0, c0 = time.perf_counter(), time.process_time()
-    run_dir = train(cfg, out=out_root / name)
+    run_dir = train_run(cfg, out=out_root / name).run_dir
     seconds = time.perf_counter() - t0
     config, task, model = load_run(run_dir)
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]

@@ -47,8 +47,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from rich.console import Console  # noqa: E402
 
-from hybridrnn.config import coerce_config  # noqa: E402
-from hybridrnn.tasks import registry  # noqa: E402
+from hybridrnn.api import coerce_config  # noqa: E402
+from hybridrnn.api import registry  # noqa: E402
 from hybridrnn.train.progress import BarProgress, PlainProgress  # noqa: E402
 from hybridrnn.train.seeding import epoch_generator, seed_everything  # noqa: E402
 from hybridrnn.train.task import iterate_minibatches  # noqa: E402

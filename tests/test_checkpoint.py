@@ -15,7 +15,8 @@ import yaml
 
 from hybridrnn.config import ConfigError
 from hybridrnn.train import checkpoint as ckpt
-from hybridrnn.train.run import load_run, train
+from conftest import train
+from hybridrnn.api import load_run
 
 EPOCHS = 5
 
@@ -40,7 +41,7 @@ def assert_same_weights(a, b):
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory):
     """The toy config trained for EPOCHS epochs in one go."""
-    from hybridrnn.tasks import registry
+    from hybridrnn.api import registry
 
     registry.TASKS["toy"] = "toy_task:ToyTask"
     try:
@@ -129,11 +130,11 @@ def test_crash_at_every_write_of_a_checkpoint_leaves_a_loadable_resumable_run(tm
 # ("rename"). No finally block, no atexit: the run directory is left exactly as a real kill would leave it.
 DIE_DURING_SAVE = """
 import json, os, signal, sys
-from hybridrnn.train import checkpoint as ckpt
-from hybridrnn.train.run import train
+from hybridrnn import _io
+from conftest import train
 mode, target, out = sys.argv[1], sys.argv[2], sys.argv[3]
 seen = {"n": 0}
-real_write, real_replace = ckpt.atomic_write, os.replace
+real_write, real_replace = _io.atomic_write, os.replace
 
 def third(name):
     if os.path.basename(os.fspath(name)) == target:
@@ -154,9 +155,9 @@ def rename(src, dst):
     return real_replace(src, dst)
 
 if mode == "partial":
-    ckpt.atomic_write = partial
+    _io.atomic_write = partial
 else:
-    ckpt.os.replace = rename
+    _io.os.replace = rename
 train(json.loads(sys.argv[4]), out=out)
 """
 

@@ -44,19 +44,19 @@ def test_parse_models_with_options():
 
 def test_compare_writes_results_report_and_resumes(tiny_config, tmp_path, monkeypatch):
     torch.set_num_threads(1)
-    from hybridrnn.train import run as run_module
+    from hybridrnn.experiments import compare as compare_module
 
-    real_train = run_module.train
+    real_train = compare_module.train_run
     calls = []
 
-    def crashing_train(config, out=None, overrides=(), resume=None, **kw):
+    def crashing_train(config=None, out=None, overrides=(), resume=None, **kw):
         calls.append((str(out), resume))
         if len(calls) == 3:
             raise KeyboardInterrupt("killed")        # the comparison dies while the third row trains
         return real_train(config, out=out, overrides=overrides, resume=resume, **kw)
 
     out = tmp_path / "cmp"
-    monkeypatch.setattr(run_module, "train", crashing_train)
+    monkeypatch.setattr(compare_module, "train_run", crashing_train)
     with pytest.raises(KeyboardInterrupt):
         run_compare(tiny_config, MODELS, 2, out, progress=lambda *_: None)
     done_first = sorted(p.parent.name for p in out.glob("runs/*/row.json"))
@@ -64,12 +64,12 @@ def test_compare_writes_results_report_and_resumes(tiny_config, tmp_path, monkey
     assert len(pd.read_csv(out / "results.csv")) == 2              # finished rows are on disk
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/row.json")}
 
-    def counting_train(config, out=None, overrides=(), resume=None, **kw):
+    def counting_train(config=None, out=None, overrides=(), resume=None, **kw):
         calls.append((str(out), resume))
         return real_train(config, out=out, overrides=overrides, resume=resume, **kw)
 
     calls.clear()
-    monkeypatch.setattr(run_module, "train", counting_train)
+    monkeypatch.setattr(compare_module, "train_run", counting_train)
     run_compare(tiny_config, MODELS, 2, out, progress=lambda *_: None)
     retrained = sorted(c[0].rsplit("/", 1)[-1] for c in calls)
     assert len(retrained) == 2 and not set(retrained) & set(done_first)      # only the unfinished rows trained

@@ -6,8 +6,8 @@ import textwrap
 import pytest
 import yaml
 
-from hybridrnn.config import (ConfigError, TrainConfig, apply_overrides, coerce_config, config_to_yaml, load_config,
-                              parse_override)
+from hybridrnn.config import ConfigError, TrainConfig, apply_overrides, config_to_yaml, parse_override
+from hybridrnn.api import coerce_config, load_config
 
 
 def write(tmp_path, text: str):

@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from hybridrnn.train import checkpoint as ckpt
-from hybridrnn.train.run import train
+from conftest import train
 
 # 50 training examples, global batch 15: batches of 15, 15, 15, 5, so the shards are 8/7 and then 3/2 (unequal)
 CONFIG = {"task": "toy", "model": {"encoder": "gru:8"}, "data": {"n_train": 50},

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from hybridrnn.config import build_config, parse_yaml
+from hybridrnn.config import parse_yaml
+from hybridrnn.api import build_config
 from hybridrnn.nn.forecaster import Forecaster
 from hybridrnn.nn.recurrent import GRU, LSTM
 from hybridrnn.tasks.forecast import ForecastTask
@@ -163,7 +164,7 @@ def stock_frame(n=260, seed=0) -> pd.DataFrame:
 
 
 def test_issue_config_verbatim_trains_evaluates_and_predicts_business_days(tmp_path, monkeypatch):
-    from hybridrnn.train.run import evaluate_run, predict_run, train
+    from conftest import evaluate_run, predict_run, train
     monkeypatch.chdir(tmp_path)
     stock_frame().to_csv("prices.csv", index=False)
     cfg = build_config(parse_yaml(ISSUE_CONFIG))
@@ -197,7 +198,7 @@ def test_cli_evaluate_json_has_every_forecaster_per_step(tmp_path):
     and per horizon step, on the original and the scaled data."""
     from typer.testing import CliRunner
     from hybridrnn.cli import app
-    from hybridrnn.train.run import train
+    from conftest import train
     path = tmp_path / "h.csv"
     hourly_frame(160).to_csv(path, index=False)
     cfg = make_config(path, window={"lookback": 24, "horizon": 3}, train={"epochs": 1, "batch_size": 32, "plots": False})
@@ -223,7 +224,7 @@ def test_cli_evaluate_json_has_every_forecaster_per_step(tmp_path):
 
 
 def test_metrics_by_forecaster_pivots_baseline_prefixes():
-    from hybridrnn.cli import metrics_by_forecaster
+    from hybridrnn.api import metrics_table as metrics_by_forecaster
     rows, other = metrics_by_forecaster(
         {"mae": 1.0, "mse": 2.0, "naive_mae": 3.0, "naive_mse": 4.0, "seasonal_naive_mae": 5.0, "loss": 6.0,
          "naive_extra": 7.0}, ("naive", "seasonal_naive"))
@@ -244,8 +245,7 @@ def test_hourly_predict_round_trip_and_artifacts_only_reload(tmp_path):
     assert task.layout["calendar"] == ["hour", "dayofweek", "month"] and task.layout["future_size"] == 6
     torch.manual_seed(0)
     model = task.build_model()
-    out = task.predict(model, path, tmp_path / "f.csv")
-    got = pd.read_csv(out, parse_dates=["time"])
+    got = task.predict(model, path)
     assert list(got["time"]) == list(pd.date_range("2021-03-07 06:00", periods=4, freq="h"))  # after row 149
     task.save_artifacts(tmp_path)
     fresh = ForecastTask(cfg)  # no setup, no data: only the JSON artifacts
@@ -261,11 +261,11 @@ def test_dataframe_input_trains_like_the_same_csv(tmp_path):
     from_csv = ForecastTask(make_config(tmp_path / "h.csv", covariates=["x"]))
     cfg = make_config(tmp_path / "h.csv", covariates=["x"]).model_copy(deep=True)
     cfg.data.path = None
-    with pytest.raises(ValueError, match="data.path is required .* unless a DataFrame"):
+    with pytest.raises(ValueError, match="no data.path .* pass the data"):
         ForecastTask(cfg).setup()
-    from_df = ForecastTask(cfg, frame=df.assign(time=pd.to_datetime(df["time"])))
+    from_df = ForecastTask(cfg)
     from_csv.setup()
-    from_df.setup()
+    from_df.setup(df.assign(time=pd.to_datetime(df["time"])))
     assert from_df.layout["data_file"] is None and from_df.layout["frequency"] == "h"
     np.testing.assert_array_equal(from_csv.scaler.center, from_df.scaler.center)
     torch.manual_seed(0)
@@ -362,7 +362,7 @@ EXAMPLE_CONFIGS = sorted((REPO / "configs" / "forecast").rglob("*.yaml")) + [REP
 def test_example_configs_validate_and_load_their_data(path):
     """Every example config is a valid forecast config; its data loads and splits wherever the data is present
     (the quickstart's bundled data always is)."""
-    from hybridrnn.config import load_config
+    from hybridrnn.api import load_config
     from hybridrnn.data.registry import resolve_data_path
     cfg = load_config(path)
     assert isinstance(cfg, ForecastConfig)
@@ -381,7 +381,7 @@ def test_quickstart_trains_and_predicts_from_a_data_set_name(tmp_path):
     """The README's main job in miniature: train the quickstart config (1 epoch, tiny encoder) and forecast from
     ``bundled:seattle_weather`` by name, the same as from the file; a missing input is an error naming it."""
     from hybridrnn.data.registry import BUNDLED_DIR
-    from hybridrnn.train.run import predict_run, train
+    from conftest import predict_run, train
     run = train(REPO / "configs" / "quickstart.yaml", out=tmp_path / "run", progress="none",
                 overrides=["train.epochs=1", "model.encoder=gru:4", "train.plots=false"])
     predict_run(run, "bundled:seattle_weather", tmp_path / "by_name.csv")

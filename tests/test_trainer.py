@@ -8,7 +8,8 @@ import torch
 
 from hybridrnn.config import ConfigError, TrainConfig
 from hybridrnn.train import checkpoint as ckpt
-from hybridrnn.train.run import load_run, train
+from conftest import train
+from hybridrnn.api import load_run
 from hybridrnn.train.schedule import LRSchedule
 from hybridrnn.train.trainer import NonFiniteLossError, Trainer
 
@@ -82,7 +83,7 @@ def test_early_stopping_restores_best_weights(tmp_path, toy_task, monkeypatch):
 def test_logged_grad_norm_is_the_pre_clip_global_norm(tmp_path, toy_task):
     """One full batch per epoch: the logged norm equals a hand computation on the seeded initial model."""
     from hybridrnn.train.seeding import seed_everything
-    from hybridrnn.config import coerce_config
+    from hybridrnn.api import coerce_config
 
     cfg = toy_config(epochs=1, batch_size=96, clip_norm=1e-3)
     run = train(cfg, out=tmp_path / "run")
@@ -133,7 +134,7 @@ def test_other_optimizers_and_bf16_train(tmp_path, toy_task, optimizer, monkeypa
 
 
 def test_trainer_without_run_dir_keeps_best_in_memory(toy_task):
-    from hybridrnn.config import coerce_config
+    from hybridrnn.api import coerce_config
 
     config = coerce_config(toy_config(epochs=3))
     task = toy_task(config)
@@ -195,7 +196,8 @@ def write_config(tmp_path, cfg):
 def test_cli_train_with_set_then_evaluate_json(tmp_path, toy_task):
     import json
 
-    from hybridrnn.train.run import evaluate_run, read_run_config
+    from conftest import evaluate_run
+    from hybridrnn.api import read_run_config
 
     path = write_config(tmp_path, toy_config(epochs=2))
     run = tmp_path / "run"
@@ -253,17 +255,18 @@ def test_progress_bar_shows_loss_speed_and_eta_then_the_epoch_line(tmp_path, toy
 
     from rich.console import Console
 
+    from hybridrnn.train.callbacks import ProgressCallback
     from hybridrnn.train.progress import BarProgress
 
     buf = io.StringIO()
     bar = BarProgress(Console(file=buf, force_terminal=True, width=150))
     bar.REFRESH_SECONDS = 0.0                                   # draw every step
-    from hybridrnn.config import coerce_config
+    from hybridrnn.api import coerce_config
 
     config = coerce_config(toy_config(epochs=2))
     task = toy_task(config)
     task.setup()
-    Trainer(task, task.build_model(), config.train, progress=bar).fit()
+    Trainer(task, task.build_model(), config.train, callbacks=[ProgressCallback(bar)]).fit()
     text = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", buf.getvalue())
     assert re.search(r"epoch 2/2 \S+ +6/6 loss [0-9.]+ [0-9,]+ items/s ETA 0:00:00", text)
     assert "epoch 1/2 \u2501" in text and text.count("epoch 1/2  train_loss") == 1

@@ -4,7 +4,7 @@
 the time-mean of ``x`` plus noise, standardised with statistics fitted on the training split (saved as an
 artifact, ``toy_scaler.json``). The model is ``torch.nn.GRU`` / ``torch.nn.LSTM`` + a linear head.
 
-Register it with ``hybridrnn.tasks.registry.register_task("toy", "toy_task:ToyTask")`` (tests do this through
+Register it with ``hybridrnn.api.registry.register_task("toy", "toy_task:ToyTask")`` (tests do this through
 the ``toy_task`` fixture) or, in a subprocess, ``HYBRIDRNN_EXTRA_TASKS=toy=toy_task:ToyTask`` with this folder on
 ``PYTHONPATH``.
 """
@@ -20,6 +20,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from hybridrnn._io import read_json
 from hybridrnn.config import RunConfig, Section
 from hybridrnn.train.checkpoint import atomic_write_json
 from hybridrnn.train.task import Task, iterate_minibatches
@@ -65,7 +66,9 @@ class ToyTask(Task):
     monitor = "loss"
     monitor_mode = "min"
 
-    def setup(self, run_dir: Path | None = None) -> None:
+    supports_predict = True
+
+    def setup(self, data=None, *, whole: bool = False) -> None:
         d = self.config.data
         rng = np.random.default_rng(d.seed)
         n = d.n_train + d.n_val + d.n_test
@@ -74,7 +77,8 @@ class ToyTask(Task):
         y = x.mean(axis=1) @ w * 3 + d.noise * rng.standard_normal(n).astype(np.float32)
         fit = y[: d.n_train]
         # an empty training split is reported by the Trainer's guard; do not fail (or warn) before it
-        self.mean, self.std = (float(fit.mean()), float(fit.std() + 1e-6)) if len(fit) else (0.0, 1.0)
+        if not hasattr(self, "mean"):    # fitted state: from load_artifacts when the run was loaded
+            self.mean, self.std = (float(fit.mean()), float(fit.std() + 1e-6)) if len(fit) else (0.0, 1.0)
         y = (y - self.mean) / self.std
         cuts = np.cumsum([d.n_train, d.n_val])
         self.splits = {name: (torch.from_numpy(xs), torch.from_numpy(ys.astype(np.float32)))
@@ -118,19 +122,14 @@ class ToyTask(Task):
         atomic_write_json(Path(run_dir) / "toy_scaler.json", {"mean": self.mean, "std": self.std})
 
     def load_artifacts(self, run_dir: Path) -> None:
-        from hybridrnn.train.checkpoint import read_json
-
         saved = read_json(Path(run_dir) / "toy_scaler.json")
         self.mean, self.std = float(saved["mean"]), float(saved["std"])
 
-    def predict(self, model: nn.Module, input_path: Path, output_path: Path | None) -> None:
-        x = torch.tensor(json.loads(input_path.read_text())["x"], dtype=torch.float32)
+    def predict(self, model: nn.Module, data):
+        import pandas as pd
+
+        x = torch.tensor(json.loads(Path(data).read_text())["x"], dtype=torch.float32)
         if x.ndim != 3 or x.shape[-1] != self.config.data.features:
-            raise ValueError(f"{input_path}: expected x of shape (n, time, {self.config.data.features}), "
+            raise ValueError(f"{data}: expected x of shape (n, time, {self.config.data.features}), "
                              f"got {tuple(x.shape)}")
-        pred = (model(x) * self.std + self.mean).tolist()
-        text = json.dumps({"prediction": pred})
-        if output_path is None:
-            print(text)
-        else:
-            output_path.write_text(text)
+        return pd.DataFrame({"prediction": (model(x) * self.std + self.mean).tolist()})

@@ -71,25 +71,26 @@ def _config_and_dir(config: Any, out: str | Path | None, overrides: list[str],
 
 def _callbacks(cfg, task: Task, run_dir: Path, writes: bool, reporter: Progress,
                extra: Sequence[Callback]) -> list[Callback]:
+    # order matters: early stopping updates its counter before the checkpoint saves it; the checkpoint is on
+    # its way to disk before an extra callback (Optuna pruning) may end the run
     callbacks: list[Callback] = [ProgressCallback(reporter, task.display_metrics)]
     if cfg.patience is not None:
         callbacks.append(EarlyStopping(cfg.patience))
-    callbacks += list(extra)
     if writes:
         callbacks.append(CheckpointCallback(run_dir))
         if cfg.tensorboard:
             callbacks.append(TensorBoardCallback(run_dir / "tensorboard"))
-    return callbacks
+    return callbacks + list(extra)
 
 
 def _kept_checkpoint(run_dir: Path, writes: bool) -> str:
     """What a stopped run left behind, for the error message."""
     if not writes:
-        return "No checkpoint is written by this process."
+        return "no checkpoint is written by this process"
     if (run_dir / ckpt.STATE).exists():
         epoch = ckpt.read_json(run_dir / ckpt.STATE).get("epoch")
-        return f"The last good checkpoint (epoch {epoch}) is kept in {run_dir}."
-    return f"No checkpoint was written: the run never finished an epoch ({run_dir} holds its config only)."
+        return f"the last good checkpoint (epoch {epoch}) is kept in {run_dir}"
+    return f"no checkpoint was written: the run never finished an epoch ({run_dir} holds its config only)"
 
 
 def train_run(config: RunConfig | dict | str | Path | None = None, *, data: Any = None, out: str | Path | None = None,
@@ -137,7 +138,7 @@ def train_run(config: RunConfig | dict | str | Path | None = None, *, data: Any 
         try:
             result = trainer.fit()
         except NonFiniteLossError as exc:
-            raise NonFiniteLossError(f"{exc} {_kept_checkpoint(run_dir, writes)}", exc.epoch) from None
+            raise NonFiniteLossError(exc.where, exc.epoch, _kept_checkpoint(run_dir, writes)) from None
         model.eval()
         if writes and result.history:
             if cfg.plots:

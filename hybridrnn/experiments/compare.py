@@ -3,7 +3,7 @@
 Layout of the output folder ``DIR``::
 
     DIR/compare.json          the plan (config, models, seeds, lengths, overrides)
-    DIR/runs/<row id>/        one run directory per row (hybridrnn.train.run.train), plus row.json when done
+    DIR/runs/<row id>/        one run directory per row (hybridrnn.api.train_run), plus row.json when done
     DIR/results.csv           one row per model x seed (x length), rebuilt after every finished row
     DIR/report.md, report.html (hybridrnn.experiments.report)
 

@@ -30,13 +30,19 @@ from hybridrnn.train.task import Task
 
 
 class NonFiniteLossError(HybridRNNError):
-    """Training produced a NaN or infinite loss (or gradient norm); the message gives the epoch and step.
+    """Training produced a NaN or infinite loss (or gradient norm).
 
-    ``epoch`` is the epoch (1-based) in which it happened; the run pipeline adds which checkpoint is kept."""
+    ``where``: what and where (epoch, step); ``epoch``: the epoch (1-based) it happened in; ``kept``: what the
+    run directory still holds (the run pipeline fills it in, since only it knows about checkpoints)."""
 
-    def __init__(self, message: str, epoch: int = 0):
-        super().__init__(message)
-        self.epoch = epoch
+    HINT = "Lower train.lr, set train.clip_norm, or check the data for NaN / inf values."
+
+    def __init__(self, where: str, epoch: int = 0, kept: str | None = None):
+        self.where, self.epoch, self.kept = where, epoch, kept
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"{self.where}; {self.kept or 'no checkpoint was written'}. {self.HINT}"
 
 
 @dataclass
@@ -240,10 +246,8 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------
     def _non_finite(self, what: str, value: float, epoch: int, step: int) -> None:
-        raise NonFiniteLossError(
-            f"training stopped: the {what} is {value} at epoch {epoch + 1}, step {step + 1} "
-            f"(batch {step + 1} of {self.task.num_train_batches()}). Lower train.lr, set train.clip_norm, "
-            "or check the data for NaN / inf values.", epoch=epoch + 1)
+        raise NonFiniteLossError(f"training stopped: the {what} is {value} at epoch {epoch + 1}, step {step + 1} "
+                                 f"(batch {step + 1} of {self.task.num_train_batches()})", epoch=epoch + 1)
 
     def _improved(self, metric: float) -> bool:
         if math.isnan(metric):
