@@ -5,7 +5,9 @@
 >>> run.predict(new_df); run.evaluate()
 >>> run = hybridrnn.load("runs/x")
 """
-__version__ = "0.2.0"
+from hybridrnn._version import __version__
+
+__all__ = ["__version__", "fit", "load", "Run", "load_config"]
 
 _API = ("fit", "load", "Run", "load_config")
 

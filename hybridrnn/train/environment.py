@@ -11,6 +11,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from hybridrnn._version import __version__
+from hybridrnn.train.trainer import bf16_supported
+
 
 def git_commit(path: Path | None = None) -> str | None:
     """The git commit of the hybridrnn source tree (with ``-dirty`` if it has changes), or None."""
@@ -37,12 +40,9 @@ def cpu_model() -> str | None:
 
 
 def collect_environment(device: torch.device | str, world_size: int = 1) -> dict[str, Any]:
-    import hybridrnn
-    from hybridrnn.train.trainer import bf16_supported
-
     device = torch.device(device)
     env: dict[str, Any] = {
-        "hybridrnn": hybridrnn.__version__,
+        "hybridrnn": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": np.__version__,
