@@ -120,3 +120,68 @@ def test_double_greater_caret_is_under_the_second_greater():
 def test_non_string_spec_is_a_type_error():
     with pytest.raises(TypeError):
         parse_spec(64)
+
+
+# ---------------------------------------------------------------- user errors raised by parse_spec itself
+
+def test_spec_error_is_the_user_error_class():
+    from hybridrnn.errors import HybridRNNError
+    from hybridrnn.errors import SpecError as BaseSpecError
+
+    with pytest.raises(BaseSpecError) as info:
+        parse_spec("(lstm:8|>gru:8")
+    assert isinstance(info.value, HybridRNNError) and isinstance(info.value, ValueError)
+    assert info.value.position == 8 and "after '|'" in info.value.reason
+
+
+@pytest.mark.parametrize("text,pos,reason", [
+    ("lstm:99999999999", 5, "the size of 'lstm' is 99999999999, more than the largest supported 16384 units"),
+    ("gru:16385", 4, "more than the largest supported 16384"),
+    ("lstm:8x99999999999", 7, "the layer count of 'lstm' is 99999999999, more than the largest supported 64"),
+    ("bilstm:16384x2", 0, "recurrent weights, more than the largest supported 1,073,741,824"),
+    ("lstm:\u0663", 5, "must be a positive integer, found '\u0663'"),    # an Arabic-Indic digit: ASCII only
+    ("lstm:8x\u00b2", 7, "layer count of 'lstm' must be a positive integer, found '\u00b2'"),
+    ("(" * 33 + "lstm:8" + ")" * 33, 32, "parentheses nested more than 32 deep"),
+    ("(" * 5000 + "lstm:8", 32, "nested more than 32 deep"),          # no RecursionError
+    (">".join(["gru:2"] * 257), 256 * 6, "more than 256 blocks"),
+    ("lstm:8|", 7, "after '|'"),
+    ("lstm:8|()", 8, "empty parentheses"),
+    ("((lstm:8)", 0, "never closed"),
+    ("lstm:8 > rnn:4", 9, "unknown layer kind 'rnn'"),
+])
+def test_out_of_range_and_malformed_specs_are_spec_errors(text, pos, reason):
+    with pytest.raises(SpecError) as info:
+        parse_spec(text)
+    assert info.value.position == pos and reason in info.value.reason
+
+
+def test_limits_are_inclusive_and_deep_but_legal_nesting_parses():
+    from hybridrnn.nn.spec import MAX_DEPTH, MAX_LAYERS, MAX_UNITS
+
+    assert parse_spec(f"lstm:{MAX_UNITS}") == L(MAX_UNITS)
+    assert parse_spec(f"gru:8x{MAX_LAYERS}") == G(8, MAX_LAYERS)
+    assert parse_spec("(" * MAX_DEPTH + "lstm:8" + ")" * MAX_DEPTH) == L(8)
+    assert parse_spec(">".join(["gru:2"] * 256)) == Stack(tuple([G(2)] * 256))
+
+
+def test_spec_error_pickles_with_its_fields():
+    import pickle
+
+    with pytest.raises(SpecError) as info:
+        parse_spec("lstm:64>>gru:32")
+    again = pickle.loads(pickle.dumps(info.value))
+    assert (again.spec, again.position, again.reason, str(again)) == (
+        info.value.spec, info.value.position, info.value.reason, str(info.value))
+
+
+@pytest.mark.parametrize("text", ["lstm:3", "bigru:2x2", "lstm:2>gru:3", "(lstm:2|gru:2)>bilstm:1",
+                                  "(lstm:2>gru:2)|gru:2", "(lstm:1|gru:1)|bigru:1x2"])
+def test_specs_that_parse_build_and_run(text):
+    import torch
+
+    from hybridrnn.nn.hybrid import build_encoder
+
+    enc = build_encoder(parse_spec(text), 3)
+    out = enc(torch.randn(2, 5, 3))
+    out = out[0] if isinstance(out, tuple) else out
+    assert out.shape[:2] == (2, 5) and torch.isfinite(out).all()

@@ -264,3 +264,150 @@ def test_flat_tokenizer_keys_of_older_configs_move_into_the_section():
         TextDataConfig.model_validate({"train": "t.txt", "tokenizer": {"min_freq": 2}, "min_freq": 3})
     with pytest.raises(ValidationError, match="data.level and data.tokenizer.level"):
         LMDataConfig.model_validate({"train": "c.txt", "tokenizer": "char", "level": "word"})
+
+
+# ---- user errors: every reader raises a HybridRNNError naming the file and line ------------------------------
+
+def test_text_reader_errors_are_data_and_config_errors(tmp_path):
+    from hybridrnn.errors import ConfigError, DataError
+
+    p = tmp_path / "data.txt"
+    p.write_bytes(b"1 fine\n0 \xff bad\n")
+    with pytest.raises(DataError, match=r"data.txt:2: not valid utf-8 \(invalid start byte at byte 9\)"):
+        read_labelled_lines(p)
+    for bad in ("nope", "rot13"):   # unknown, or not a text encoding
+        with pytest.raises(ConfigError, match=f"unknown text encoding '{bad}'"):
+            read_labelled_lines(p, encoding=bad)
+    with pytest.raises(DataError, match="not found") as info:
+        read_labelled_lines(tmp_path / "missing.txt")
+    assert isinstance(info.value, FileNotFoundError)
+    p.write_text("")
+    with pytest.raises(DataError, match="data.txt: no lines"):
+        read_labelled_lines(p)
+
+
+def test_read_text_file_lines_and_table(tmp_path):
+    import gzip
+
+    from hybridrnn.data.text import read_text_file, read_text_lines, read_text_table
+    from hybridrnn.errors import DataError
+
+    gz = tmp_path / "corpus.txt.gz"
+    gz.write_bytes(gzip.compress("ä line\r\nnext\n".encode("utf-8")))
+    assert read_text_file(gz) == "ä line\r\nnext\n"
+    gz.write_bytes(gzip.compress(b"abc")[:8])
+    with pytest.raises(DataError, match="corpus.txt.gz: not a valid gzip file"):
+        read_text_file(gz)
+    with pytest.raises(DataError, match="is a folder"):
+        read_text_file(tmp_path)
+    lines = tmp_path / "in.txt"
+    lines.write_text("first text\r\nsecond\n")
+    assert read_text_lines(lines) == ["first text", "second"]
+    lines.write_text("first\n  \nthird\n\n")
+    with pytest.raises(DataError, match=r"in.txt: line 2 is empty \(2 empty line\(s\)\)"):
+        read_text_lines(lines)
+    table = tmp_path / "t.csv"
+    table.write_text('text,label\n"a, b",01\nNA,pos\n"two\nlines",neg\n')
+    assert read_text_table(table, "text", "label") == (["a, b", "NA", "two\nlines"], ["01", "pos", "neg"])
+    table.write_text("text,label\nfine,pos\n,neg\n")
+    with pytest.raises(DataError, match=r"t.csv: column 'text' has 1 empty texts; first at data row 2"):
+        read_text_table(table, "text", "label")
+    table.write_text("text,label\n")
+    with pytest.raises(DataError, match="has a header but no data rows"):
+        read_text_table(table, "text", "label")
+    table.write_text("body,label\nx,y\n")
+    with pytest.raises(DataError, match=r"column 'text' not found; columns are \['body', 'label'\]"):
+        read_text_table(table, "text", "label")
+
+
+def test_load_glove_refuses_non_finite_and_non_utf8(tmp_path):
+    from hybridrnn.errors import DataError
+
+    vocab = Vocabulary.build([["good", "film"]])
+    path = tmp_path / "glove.txt"
+    path.write_text("good 1 2 3\nfilm 4 inf 6\n")
+    with pytest.raises(DataError, match=r"glove.txt:2: non-finite value .* of 'film'"):
+        load_glove(path, vocab)
+    path.write_text("good 1 2 3\nfilm 4 1e39 6\n")        # beyond float32
+    with pytest.raises(DataError, match=r"glove.txt:2: non-finite"):
+        load_glove(path, vocab)
+    path.write_bytes(b"good 1 2 3\nfi\xfflm 4 5 6\n")
+    with pytest.raises(DataError, match=r"glove.txt:2: not valid UTF-8"):
+        load_glove(path, vocab)
+
+
+@pytest.mark.parametrize("content,reason", [
+    (b"[1, 2]", "expected a JSON object"),
+    (b"{not json", "not valid JSON"),
+    (b"\xff\xfe", "not UTF-8"),
+    (b'{"kind": "char", "tokens": ["<pad>", "<unk>", "a", "a"]}', "duplicate tokens"),
+    (b'{"kind": "word", "tokens": ["<pad>", "<unk>", 3]}', "'tokens' list of strings"),
+    (b'{"kind": "char", "tokens": ["<pad>", "<unk>"], "min_freq": "x"}', "'min_freq' must be a whole number"),
+    (b'{"model": {"type": "nothing"}}', "not a valid tokenizers JSON"),
+    (b'{"kind": "bytes"}', "neither a vocabulary JSON"),
+])
+def test_load_text_encoder_refuses_malformed_files(tmp_path, content, reason):
+    from hybridrnn.errors import RunDirError
+
+    path = tmp_path / "text_encoder.json"
+    path.write_bytes(content)
+    with pytest.raises(RunDirError, match=reason):
+        load_text_encoder(path)
+
+
+@pytest.mark.parametrize("replace,reason", [
+    (("7,8:9,10", "7,inf:9,10"), r"toy.ts:9: channel 0 has 1 non-finite value\(s\).*position 1: 'inf'"),
+    (("7,8:9,10", "7,8:9,1e39"), r"toy.ts:9: channel 1 has 1 non-finite value\(s\) \(inf, or beyond float32\)"),
+    (("7,8:9,10:down", "7,8:9,10:"), r"toy.ts:9: the case has no class label"),
+    (("7,8:9,10", "7,x8:9,10"), r"toy.ts:9: channel 0 has a non-numeric value 'x8'"),
+    (("@dimensions 2", "@dimensions two"), r"@dimensions 'two' is not a whole number"),
+    (("@classLabel true up down", "@classLabel true up up"), "lists a class twice"),
+    (("@classLabel true up down", "@classLabel true up"), r"toy.ts: labels \['down'\] are not among"),
+    (("@data\n", ""), r"toy.ts:7: expected a '@' header"),
+    (("1,2,3:4,5,6:up\n7,8:9,10:down\n", ""), "no cases after '@data'"),
+])
+def test_read_ts_refuses_bad_cases_with_data_errors(tmp_path, replace, reason):
+    from hybridrnn.errors import DataError
+
+    p = tmp_path / "toy.ts"
+    p.write_text(TS.replace(*replace))
+    with pytest.raises(DataError, match=reason):
+        read_ts(p)
+
+
+def test_read_ts_names_the_line_of_a_non_utf8_byte_and_keeps_crlf(tmp_path):
+    from hybridrnn.errors import DataError
+
+    p = tmp_path / "toy.ts"
+    p.write_bytes(TS.replace("\n", "\r\n").encode())
+    assert read_ts(p).labels == ["up", "down"]
+    p.write_bytes(TS.encode().replace(b"7,8:9", b"7,\xe98:9"))
+    with pytest.raises(DataError, match=r"toy.ts:9: not valid UTF-8"):
+        read_ts(p)
+
+
+def test_series_table_and_sequence_files_drop_nothing(tmp_path):
+    from hybridrnn.errors import DataError
+
+    p = tmp_path / "long.csv"
+    p.write_text("series,a,label\ns1,1.0,x\n,2.0,x\n")          # a row without a series id
+    with pytest.raises(DataError, match=r"column 'series' has 1 missing values \(first at data row 2\)"):
+        read_series_table(p, "series", "label")
+    p.write_text("series,a,label\ns1,1.0,x\ns1,inf,x\n")
+    with pytest.raises(DataError, match=r"column 'a' has 1 non-finite values"):
+        read_series_table(p, "series", "label")
+    z = tmp_path / "seq.zip"
+    with zipfile.ZipFile(z, "w") as f:
+        f.writestr("seq_1.csv", "1,2\n3,4\n")
+        f.writestr("seq_2.csv", "5,inf\n")
+        f.writestr("target.csv", "1,a\n2,b\n1,b\n")
+    with pytest.raises(DataError, match=r"target.csv: id '1' appears twice with different values \('a', 'b'\)"):
+        read_sequence_files(z, "seq_{id}.csv", "target.csv")
+    with zipfile.ZipFile(z, "a") as f:
+        f.writestr("target2.csv", "1,a\n2,b\n")
+    with pytest.raises(DataError, match=r"seq_2.csv: 1 non-finite values .* row 1, column 2"):
+        read_sequence_files(z, "seq_{id}.csv", "target2.csv")
+    broken = tmp_path / "broken.zip"
+    broken.write_bytes(z.read_bytes()[:-30])
+    with pytest.raises(DataError):
+        read_sequence_files(broken, "seq_{id}.csv", "target2.csv")

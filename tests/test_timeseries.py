@@ -297,3 +297,136 @@ def test_shared_stock_is_business_daily_and_pm25_reports_missing():
     with pytest.raises(TableError, match=r"irregular timestamps at frequency 'D': 2 step\(s\) off the grid; first at "
                                          r"row 1460 \(line 1462\): 1985-01-01"):
         load_table(melb, time_column="Date", numeric=["Temp"])
+
+
+# ---------------------------------------------------------------- user errors: classes, empty files, inf, row ranges, grid
+
+def test_table_errors_are_data_errors_and_config_values_are_config_errors(tmp_path):
+    from hybridrnn.errors import ConfigError, DataError, HybridRNNError
+
+    assert issubclass(TableError, DataError) and issubclass(TableError, HybridRNNError)
+    path = hourly_csv(tmp_path, good_rows())
+    with pytest.raises(ConfigError, match="unknown fill 'zero'"):
+        load_table(path, time_column="time", numeric=["y"], fill="zero")
+    with pytest.raises(ConfigError, match="unknown frequency 'XYZ'"):
+        load_table(path, time_column="time", numeric=["y"], frequency="XYZ")
+    with pytest.raises(ConfigError, match=r"data.start: 'not a date' is not a date"):
+        load_table(path, time_column="time", numeric=["y"], start="not a date")
+    with pytest.raises(ConfigError, match="data.split"):
+        split_bounds(100, [0.5, "x", 0.2], None)
+    with pytest.raises(DataError, match="needs 120 rows; the table has 100"):
+        split_bounds(100, [100, 10, 10], None)
+
+
+def test_missing_file_is_a_data_error_and_a_file_not_found_error(tmp_path):
+    from hybridrnn.errors import DataError
+
+    with pytest.raises(DataError, match="data file not found") as info:
+        load_table(tmp_path / "nope.csv", time_column="time", numeric=["y"])
+    assert isinstance(info.value, FileNotFoundError)
+
+
+def test_empty_and_header_only_csv_name_the_file(tmp_path):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(TableError, match=r"empty.csv: the file is empty \(no header, no rows\)"):
+        load_table(empty, time_column="time", numeric=["y"])
+    blank = tmp_path / "blank.csv"
+    blank.write_text("\n\n")
+    with pytest.raises(TableError, match=r"blank.csv: the file has no columns"):
+        load_table(blank, time_column="time", numeric=["y"])
+    header_only = tmp_path / "header.csv"
+    header_only.write_text("time,y,x\n")
+    with pytest.raises(TableError) as info:
+        load_table(header_only, time_column="time", numeric=["y"])
+    assert str(info.value) == "header.csv".join([str(tmp_path) + "/", ": has a header but no data rows "
+                                                                       "(columns: ['time', 'y', 'x'])"])
+    assert "start=None" not in str(info.value)
+
+
+@pytest.mark.parametrize("cell", ["inf", "-inf", "1e999", "Infinity"])
+def test_non_finite_values_are_refused_at_load_time(tmp_path, cell):
+    rows = good_rows()
+    rows[2] = f"2020-01-01 02:00,{cell},20"
+    rows[4] = "2020-01-01 04:00,-inf,40"
+    with pytest.raises(TableError) as info:
+        load_table(hourly_csv(tmp_path, rows), time_column="time", numeric=["y", "x"])
+    msg = str(info.value)
+    assert "column 'y' has 2 non-finite value(s)" in msg
+    assert "first at row 2 (line 4), time 2020-01-01 02:00:00" in msg
+    # a DataFrame source too (e.g. the API), and fill does not touch them
+    frame = pd.DataFrame({"time": pd.date_range("2020-01-01", periods=4, freq="h"), "y": [1.0, np.inf, 2.0, 3.0]})
+    with pytest.raises(TableError, match=r"DataFrame: column 'y' has 1 non-finite value\(s\).*first at row 1"):
+        load_table(frame, time_column="time", numeric=["y"], fill="ffill")
+
+
+def test_nothing_is_guessed_from_a_malformed_header_or_long_rows(tmp_path):
+    dup = tmp_path / "dup.csv"
+    dup.write_text("time,y,y\n2020-01-01 00:00,1,2\n")
+    with pytest.raises(TableError, match=r"dup.csv: the header names column 'y' twice \(columns 2 and 3\)"):
+        load_table(dup, time_column="time", numeric=["y"])
+    # every data row one field longer than the header: pandas would take the first column as the index
+    longer = tmp_path / "longer.csv"
+    longer.write_text("time,y\n2020-01-01 00:00,1,5\n2020-01-01 01:00,2,6\n2020-01-01 02:00,3,7\n")
+    with pytest.raises(TableError, match="some rows have more fields than the header"):
+        load_table(longer, time_column="time", numeric=["y"])
+
+
+def test_mixed_utc_offsets_convert_and_offsets_mixed_with_naive_times_are_refused(tmp_path):
+    dst = tmp_path / "dst.csv"
+    dst.write_text("time,y\n2020-03-29 00:00+01:00,1\n2020-03-29 01:00+01:00,2\n2020-03-29 03:00+02:00,3\n")
+    table = load_table(dst, time_column="time", numeric=["y"], frequency="h")
+    assert list(table.times) == list(pd.date_range("2020-03-28 23:00", periods=3, freq="h"))
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_text("time,y\n2020-01-01 00:00+01:00,1\n2020-01-01 01:00,2\n")
+    with pytest.raises(TableError, match=r"mixes times with a UTC offset .*row 0.* and without one .*row 1"):
+        load_table(mixed, time_column="time", numeric=["y"])
+
+
+def test_rows_validates_only_the_given_range(tmp_path):
+    rows = good_rows(10)
+    rows[1] = "2020-01-01 01:00,,10"          # a missing value far outside the look-back
+    rows[2] = "2020-01-01 02:00,inf,20"       # and a non-finite one
+    path = hourly_csv(tmp_path, rows)
+    with pytest.raises(TableError):
+        load_table(path, time_column="time", numeric=["y", "x"])
+    table = load_table(path, time_column="time", numeric=["y", "x"], frequency="h", rows=slice(-4, None))
+    assert list(table.rows) == [6, 7, 8, 9] and len(table) == 4
+    assert table.times[0] == pd.Timestamp("2020-01-01 06:00") and np.isfinite(table.numeric.to_numpy()).all()
+    rows[8] = "2020-01-01 08:00,,80"
+    with pytest.raises(TableError) as info:
+        load_table(hourly_csv(tmp_path, rows), time_column="time", numeric=["y"], frequency="h", rows=slice(-4, None))
+    assert "first at row 8 (line 10)" in str(info.value)
+    assert str(info.value).endswith("(only rows 6-9, the 4 rows read, were checked)")
+    with pytest.raises(TableError, match=r"no rows in the range 20: \(the table has 10 rows\)"):
+        load_table(path, time_column="time", numeric=["y"], rows=slice(20, None))
+
+
+def test_check_time_grid_refuses_times_off_the_training_grid():
+    from hybridrnn.data.timeseries import check_time_grid, time_grid_mask
+
+    last = pd.Timestamp("2015-12-31")
+    # continuing, overlapping or starting later on the same grid: accepted
+    check_time_grid(pd.date_range("2016-01-01", periods=5, freq="D"), last, "D")
+    check_time_grid(pd.date_range("2015-11-01", periods=90, freq="D"), last, "D")
+    check_time_grid(pd.bdate_range("2016-01-01", periods=10), last, "B")
+    check_time_grid(pd.date_range("2014-01-01", periods=40, freq="MS"), pd.Timestamp("2015-12-01"), "MS")
+    check_time_grid(pd.date_range("2020-01-01 00:30", periods=3, freq="h"), "2020-01-01 00:30", "h")
+    check_time_grid(pd.date_range("2020-01-01 00:30", periods=3, freq="h"), "2020-01-01", "steps")
+    # every timestamp shifted by one hour: off the daily grid, named with its row and the grid around it
+    shifted = pd.date_range("2016-01-01 01:00", periods=5, freq="D")
+    with pytest.raises(TableError) as info:
+        check_time_grid(shifted, last, "D", source="in.csv", rows=np.arange(3, 8))
+    assert str(info.value).startswith("in.csv: 5 timestamp(s) are off the training data's 'D' grid, which runs "
+                                      "through its last time 2015-12-31 00:00:00; first at row 3 (line 5): "
+                                      "2016-01-01 01:00:00 (the grid has 2016-01-01 00:00:00 and "
+                                      "2016-01-02 00:00:00 on either side)")
+    with pytest.raises(TableError, match=r"1 timestamp\(s\) are off .*'B' grid.*2016-01-02 00:00:00"):
+        check_time_grid(pd.DatetimeIndex(["2016-01-01", "2016-01-02", "2016-01-04"]), last, "B")
+    with pytest.raises(TableError, match=r"'2D' grid.*2015-12-02 00:00:00 \(the grid has 2015-12-01 00:00:00 and "
+                                         r"2015-12-03 00:00:00"):
+        check_time_grid(pd.date_range("2015-12-01", periods=4, freq="D"), last, "2D")
+    with pytest.raises(TableError, match="'MS' grid"):
+        check_time_grid(pd.DatetimeIndex(["2016-01-01", "2016-02-02"]), last + pd.Timedelta(days=1), "MS")
+    assert time_grid_mask(pd.date_range("2020-01-01 00:05", periods=3, freq="15min"), "2020-01-01",
+                          "15min").tolist() == [False, False, False]

@@ -431,35 +431,36 @@ def load_glove(path: str | Path, vocabulary: Vocabulary, init: torch.Tensor | No
     exact: dict[str, np.ndarray] = {}
     lowered: dict[str, np.ndarray] = {}
     dim = None
-    lineno = 0
-    try:
-        with path.open(encoding="utf-8", newline="") as handle:
-            for lineno, line in enumerate(handle, 1):
-                parts = line.rstrip("\n").rstrip("\r").rstrip(" ").split(" ")
-                if len(parts) < 2:
-                    if line.strip() == "":
-                        continue
-                    raise DataError(f"{path}:{lineno}: expected 'word v1 ... vd', got {line[:60]!r}")
-                if dim is None:
-                    dim = len(parts) - 1
-                elif len(parts) - 1 != dim:
-                    raise DataError(f"{path}:{lineno}: {len(parts) - 1} values, but the first line has {dim}")
-                word = parts[0]
-                if word in wanted or word in lower_wanted:
-                    try:
-                        with np.errstate(over="ignore"):
-                            vec = np.asarray(parts[1:], dtype=np.float64).astype(np.float32)
-                    except ValueError:
-                        raise DataError(f"{path}:{lineno}: non-numeric value in the vector of {word!r}") from None
-                    if not np.isfinite(vec).all():
-                        raise DataError(f"{path}:{lineno}: non-finite value (nan, inf, or beyond float32) in the "
-                                        f"vector of {word!r}")
-                    if word in wanted:
-                        exact[word] = vec
-                    if word in lower_wanted:
-                        lowered.setdefault(word, vec)
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}:{lineno + 1}: not valid UTF-8 ({err.reason}); GloVe files are UTF-8 text") from None
+    with path.open("rb") as handle:   # bytes, decoded line by line: a bad byte is named with its own line
+        for lineno, raw_line in enumerate(handle, 1):
+            try:
+                line = raw_line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(f"{path}:{lineno}: not valid UTF-8 ({err.reason} at byte {err.start} of the "
+                                f"line); GloVe files are UTF-8 text") from None
+            parts = line.rstrip("\n").rstrip("\r").rstrip(" ").split(" ")
+            if len(parts) < 2:
+                if line.strip() == "":
+                    continue
+                raise DataError(f"{path}:{lineno}: expected 'word v1 ... vd', got {line[:60]!r}")
+            if dim is None:
+                dim = len(parts) - 1
+            elif len(parts) - 1 != dim:
+                raise DataError(f"{path}:{lineno}: {len(parts) - 1} values, but the first line has {dim}")
+            word = parts[0]
+            if word in wanted or word in lower_wanted:
+                try:
+                    with np.errstate(over="ignore"):
+                        vec = np.asarray(parts[1:], dtype=np.float64).astype(np.float32)
+                except ValueError:
+                    raise DataError(f"{path}:{lineno}: non-numeric value in the vector of {word!r}") from None
+                if not np.isfinite(vec).all():
+                    raise DataError(f"{path}:{lineno}: non-finite value (nan, inf, or beyond float32) in the "
+                                    f"vector of {word!r}")
+                if word in wanted:
+                    exact[word] = vec
+                if word in lower_wanted:
+                    lowered.setdefault(word, vec)
     if dim is None:
         raise DataError(f"{path}: no vectors in the file")
     if init is not None:
