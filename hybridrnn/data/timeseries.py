@@ -348,7 +348,7 @@ def _to_datetime(col: pd.Series, name: str, label: str, rows: np.ndarray, csv: b
         return pd.Series(pd.NaT, index=col.index, dtype="datetime64[ns]")
     if pd.api.types.is_numeric_dtype(col):
         # numbers are read as text (2012 -> 2012-01-01, 20200101 -> 2020-01-01), never as nanoseconds since 1970
-        col = col.map(lambda v: str(int(v)) if np.isfinite(v) and float(v).is_integer() else str(v)).astype(object)
+        col = col.map(_number_text).astype(object)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -368,6 +368,17 @@ def _to_datetime(col: pd.Series, name: str, label: str, rows: np.ndarray, csv: b
             return pd.to_datetime(col, errors="coerce", format="mixed", utc=True)
     except (ValueError, TypeError, OverflowError) as exc:
         raise TableError(f"{name}: time column {label} cannot be read as dates: {_first_line(exc)}") from None
+
+
+def _number_text(value: Any) -> str:
+    """A number as the text a date parser reads: ``2012`` (not ``2012.0``), anything else as ``str``."""
+    try:
+        number = float(value)
+        if np.isfinite(number) and number.is_integer():
+            return str(int(number))
+    except (TypeError, ValueError, OverflowError):
+        pass
+    return str(value)
 
 
 def _has_offset(value: Any, naive: bool = False) -> bool:
