@@ -258,6 +258,9 @@ def test_flat_tokenizer_keys_of_older_configs_move_into_the_section():
                                       "min_freq": 2, "max_vocab": 50, "subword_vocab_size": 4000})
     assert lm.tokenizer.model_dump() == {"level": "word", "lower": None, "split_punctuation": False, "min_freq": 2,
                                          "max_vocab": 50, "subword_vocab_size": 4000}
+    # an old-style language-model config keeps the old schema's split_punctuation default (false)
+    assert LMDataConfig.model_validate({"train": "c.txt", "level": "word"}).tokenizer.split_punctuation is False
+    assert LMDataConfig.model_validate({"train": "c.txt", "tokenizer": "word"}).tokenizer.split_punctuation is True
     clf = TextDataConfig.model_validate({"train": "t.txt", "tokenizer": "char", "lower": True, "min_freq": 3})
     assert (clf.tokenizer.level, clf.tokenizer.lower, clf.tokenizer.min_freq) == ("char", True, 3)
     with pytest.raises(ValidationError, match="data.min_freq and data.tokenizer.min_freq"):

@@ -53,7 +53,8 @@ class LMDataConfig(Section):
     @model_validator(mode="before")
     @classmethod
     def _flat_tokenizer_keys(cls, data: Any) -> Any:
-        return move_flat_tokenizer_keys(data, level_key="level")
+        # the old flat language-model keys defaulted to split_punctuation: false (TokenizerConfig: true)
+        return move_flat_tokenizer_keys(data, level_key="level", old_defaults={"split_punctuation": False})
 
     @property
     def level(self) -> str:

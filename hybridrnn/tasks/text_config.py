@@ -13,7 +13,8 @@ and subword level (not at character level), punctuation split off at word level,
 Configs written before this section existed (flat ``data.tokenizer: word`` / ``data.level: char``,
 ``data.lower``, ``data.split_punctuation``, ``data.min_freq``, ``data.max_vocab``, ``data.subword_vocab_size``)
 still load: :func:`move_flat_tokenizer_keys` moves those keys into ``data.tokenizer``, so run directories
-trained earlier keep working.
+trained earlier keep working. The language model's old flat schema split punctuation off only when asked
+(``split_punctuation: false`` by default); an old-style language-model config keeps that meaning.
 """
 from __future__ import annotations
 
@@ -56,10 +57,12 @@ class TokenizerConfig(Section):
                                   subword_vocab_size=self.subword_vocab_size, extra_specials=extra_specials)
 
 
-def move_flat_tokenizer_keys(data: Any, level_key: str) -> Any:
+def move_flat_tokenizer_keys(data: Any, level_key: str, old_defaults: dict[str, Any] | None = None) -> Any:
     """Pydantic ``mode="before"`` body for a text data section: the tokenizer keys older configs wrote directly
     under ``data`` move into ``data.tokenizer`` (``level_key``: where the level was, ``"tokenizer"`` for
-    classification, ``"level"`` for language models). A key given both ways is an error naming both places."""
+    classification, ``"level"`` for language models). ``old_defaults``: values the old flat schema defaulted
+    to where they differ from :class:`TokenizerConfig`'s, filled in so an old config keeps its meaning. A key
+    given both ways is an error naming both places."""
     if not isinstance(data, dict):
         return data
     moved = {k: data[k] for k in FLAT_KEYS if k in data}
@@ -67,6 +70,7 @@ def move_flat_tokenizer_keys(data: Any, level_key: str) -> Any:
         moved["level"] = data[level_key]
     if not moved:
         return data
+    moved = {**(old_defaults or {}), **moved}
     nested = data.get("tokenizer")
     nested = {"level": nested} if isinstance(nested, str) else dict(nested or {})
     both = sorted(set(moved) & set(nested))
