@@ -6,5 +6,4 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 . .venv/bin/activate
-python -m pip install -q torch==2.13.0
-python -m pip install -q -e ".[test,tune,parquet,tensorboard,onnx]"
+python -m pip install -q torch==2.13.0 -e ".[test,tune,parquet,tensorboard,onnx]"

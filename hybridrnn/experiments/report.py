@@ -26,6 +26,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 import pandas as pd
+from scipy.stats import ttest_ind
 
 from hybridrnn._io import atomic_write_text
 from hybridrnn.api import get_task_class
@@ -58,8 +59,6 @@ def welch_p_value(a: np.ndarray, b: np.ndarray) -> Optional[float]:
         return None
     if np.std(a) == 0 and np.std(b) == 0:
         return 1.0 if np.mean(a) == np.mean(b) else 0.0
-    from scipy.stats import ttest_ind
-
     return float(ttest_ind(a, b, equal_var=False).pvalue)
 
 
