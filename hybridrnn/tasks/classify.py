@@ -299,7 +299,8 @@ class ClassifyTask(Task):
     def predict_split(self, model: nn.Module, split: str, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
         """``(probabilities (n, K), true label ids (n,))`` of a split, in the split's order."""
         if split not in self.splits:
-            raise ValueError(f"no {split!r} split in this task (have {sorted(self.splits)})")
+            raise DataError(f"no {split!r} split: the data read has {sorted(self.splits)} (set data.{split} in the "
+                            "config, or evaluate another split)")
         return self.probabilities(model, self.splits[split][0], batch_size), self.splits[split][1]
 
     def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:

@@ -123,7 +123,8 @@ def stream_rows(ids: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tenso
     (``< rows`` tokens) that continues row ``rows - 1``.
     """
     if ids.numel() < rows + 1:
-        raise ValueError(f"a stream of {ids.numel()} tokens cannot fill {rows} rows (need at least {rows + 1})")
+        raise DataError(f"a stream of {ids.numel()} tokens cannot fill {rows} rows (need at least {rows + 1}): "
+                        "use a longer text or a smaller batch_size")
     n = (ids.numel() - 1) // rows
     x = ids[:rows * n].view(rows, n)
     y = ids[1:rows * n + 1].view(rows, n)
@@ -314,7 +315,8 @@ class LanguageModelTask(Task):
 
     def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
         if split not in self.ids:
-            raise ValueError(f"no {split!r} split in this task (have {sorted(self.ids)})")
+            raise DataError(f"no {split!r} split: the data read has {sorted(self.ids)} (set data.{split} in the "
+                            "config, or evaluate another split)")
         ids = self.ids[split]
         limit = self.config.lm.max_val_tokens
         if split == "val" and limit is not None:

@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from hybridrnn._io import atomic_write_json, read_json
-from hybridrnn.errors import DataError, MissingExtraError, RunDirError
+from hybridrnn.errors import ConfigError, DataError, MissingExtraError, RunDirError
 from hybridrnn.nn.hybrid import build_encoder
 from hybridrnn.tasks._common import encoder_options
 from hybridrnn.tasks.long_range_config import (ADDING_SOLVED_MSE, COPY_CLASSES, COPY_INPUTS, COPY_RECALL,
@@ -207,14 +207,14 @@ class LongRangeTask(Task):
         if not self.splits:
             raise RuntimeError("LongRangeTask.setup() has not been called")
         if split not in self.splits:
-            raise ValueError(f"unknown split {split!r}; expected one of {sorted(self.splits)}")
+            raise DataError(f"unknown split {split!r}; expected one of {sorted(self.splits)}")
         return self.splits[split]
 
     # ---- model ----
     def build_model(self) -> nn.Module:
         mc = self.config.model
         if mc.attention is not None:
-            raise ValueError(f"model.attention={mc.attention!r}: the long_range task reads the encoder's final "
+            raise ConfigError(f"model.attention={mc.attention!r}: the long_range task reads the encoder's final "
                              "output (adding, digits) or every step (copy); attention pooling is not supported here")
         encoder = build_encoder(mc.encoder, self.input_size, **encoder_options(mc))
         return LongRangeModel(encoder, self.output_size, per_step=self.problem == "copy", dropout=mc.dropout)

@@ -75,8 +75,7 @@ def move_flat_tokenizer_keys(data: Any, level_key: str, old_defaults: dict[str, 
     nested = {"level": nested} if isinstance(nested, str) else dict(nested or {})
     both = sorted(set(moved) & set(nested))
     if both:
-        raise ValueError(f"data.{'level' if both[0] == 'level' else both[0]} and data.tokenizer.{both[0]} are "
-                         f"both given; keep data.tokenizer.{both[0]}")
+        raise ValueError(f"data.{both[0]} and data.tokenizer.{both[0]} are both given; keep data.tokenizer.{both[0]}")
     out = {k: v for k, v in data.items() if k not in FLAT_KEYS and k != level_key}
     out["tokenizer"] = {**nested, **moved}
     return out
