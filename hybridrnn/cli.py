@@ -1,4 +1,5 @@
-"""The ``hybridrnn`` command line (typer). Heavy modules (torch, tasks) are imported inside the commands.
+"""The ``hybridrnn`` command line (typer). Heavy modules (torch, tasks) are imported inside the commands, so that
+``hybridrnn --help`` answers at once (each such import is marked "start-up time").
 
 Errors caused by the user's input (a bad config, a missing file, a corrupt run directory, a NaN loss) print
 one clean paragraph and exit with code 2; ``hybridrnn --debug ...`` shows the traceback instead.
@@ -12,6 +13,10 @@ from typing import List, Optional
 
 import typer
 
+from hybridrnn._io import atomic_write_text
+from hybridrnn._version import __version__
+from hybridrnn.errors import HybridRNNError
+
 app = typer.Typer(name="hybridrnn", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="LSTM, GRU and hybrid LSTM-GRU networks: train, evaluate, predict, generate, compare, tune.")
 config_app = typer.Typer(no_args_is_help=True, help="Inspect configuration files.")
@@ -24,8 +29,6 @@ EXIT_USAGE = 2
 
 def _version(value: bool) -> None:
     if value:
-        from hybridrnn import __version__
-
         typer.echo(f"hybridrnn {__version__}")
         raise typer.Exit()
 
@@ -57,8 +60,6 @@ def _run(fn, *args, **kwargs):
     The user's errors: a HybridRNNError (bad config, data, run directory, spec; a missing extra), an OSError
     on a file (missing, read-only, disk full), a task feature the task lacks (NotImplementedError), and for
     now any ValueError (the validation inside the model layers still raises those)."""
-    from hybridrnn.errors import HybridRNNError
-
     try:
         return fn(*args, **kwargs)
     except typer.Exit:
@@ -76,8 +77,6 @@ def _write_table(frame, output: Optional[Path]) -> None:
     if output is None:
         sys.stdout.write(frame.to_csv(index=False))
         return
-    from hybridrnn._io import atomic_write_text
-
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output, frame.to_csv(index=False, sep="\t" if output.suffix.lower() == ".tsv" else ","))
     typer.echo(f"wrote {len(frame)} rows to {output}", err=True)
@@ -108,7 +107,7 @@ def train(
         _fail(ValueError(f"--progress must be auto, bar, plain or none, got {progress!r}"))
 
     def go():
-        from hybridrnn.api import train_run
+        from hybridrnn.api import train_run  # start-up time
 
         return train_run(config, out=out, overrides=set_, resume=resume, progress=progress).run_dir
 
@@ -127,13 +126,13 @@ def evaluate(
     """Metrics of a trained run and of its baselines on a split, or on a new file (best weights by default)."""
 
     def go():
-        from hybridrnn.api import load
+        from hybridrnn.api import load  # start-up time
 
         loaded = load(run, weights=weights, overrides=set_)
         if as_json:  # with the task's per-step report (forecast) under "report"
             typer.echo(json.dumps(loaded.report(input, split=split)))
             return
-        from hybridrnn.api import metrics_table
+        from hybridrnn.api import metrics_table  # start-up time
 
         rows, other = metrics_table(loaded.metrics(input, split=split), loaded.task.baselines)
         _print_metrics(rows, other, f"{run} ({'input ' + str(input) if input else split})")
@@ -179,7 +178,7 @@ def predict(
     """Predict on new inputs with a trained run; needs only the run directory, not the training data."""
 
     def go():
-        from hybridrnn.api import load
+        from hybridrnn.api import load  # start-up time
 
         _write_table(load(run, overrides=set_).predict(input), output)
 
@@ -198,7 +197,7 @@ def generate(
     """Generate text from a trained language model, streaming one token at a time."""
 
     def go():
-        from hybridrnn.api import load
+        from hybridrnn.api import load  # start-up time
 
         pieces = load(run).iter_generate(prompt, tokens, temperature=temperature, top_k=top_k, seed=seed)
         sys.stdout.write(prompt)
@@ -247,7 +246,7 @@ def compare(
     """Train every model with every seed on one task and write a comparison report."""
 
     def go():
-        from hybridrnn.experiments.compare import run_compare
+        from hybridrnn.experiments.compare import run_compare  # start-up time
 
         run_compare(config, _split_list(models, "--models"), seeds, out, _split_list(lengths, "--lengths", int), set_)
 
@@ -265,7 +264,7 @@ def tune(
     """Hyper-parameter search with Optuna (the 'tune' extra)."""
 
     def go():
-        from hybridrnn.experiments.tune import run_tune
+        from hybridrnn.experiments.tune import run_tune  # start-up time
 
         run_tune(config, trials, storage, study_name, set_)
 
@@ -280,8 +279,8 @@ def config_show(
     """Print the resolved configuration with every default filled in."""
 
     def go():
-        from hybridrnn.api import load_config
-        from hybridrnn.config import config_to_yaml
+        from hybridrnn.api import load_config  # start-up time
+        from hybridrnn.config import config_to_yaml  # start-up time
 
         typer.echo(config_to_yaml(load_config(config, set_)), nl=False)
 
@@ -297,7 +296,7 @@ def export(
     """Export a trained run's best model to ONNX (batch dimension dynamic; needs the 'onnx' extra)."""
 
     def go():
-        from hybridrnn.api import load
+        from hybridrnn.api import load  # start-up time
 
         result = load(run).export(output, check=check)
         shapes = ", ".join(f"{k} (batch, {', '.join(map(str, v))})" for k, v in result["inputs"].items())
@@ -319,7 +318,10 @@ def memory(
     forget (LSTM) / update (GRU) gate statistics."""
 
     def go():
-        from hybridrnn.experiments.memory import memory_diagnostic, print_memory
+        from hybridrnn.experiments.memory import (  # start-up time
+            memory_diagnostic,
+            print_memory,
+        )
 
         print_memory(memory_diagnostic(run, split, examples, out), out or run)
 

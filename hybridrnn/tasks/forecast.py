@@ -23,17 +23,34 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hybridrnn._io import atomic_write_text, read_json
 from hybridrnn.data.calendar import auto_calendar, calendar_columns, calendar_features
 from hybridrnn.data.registry import resolve_data_path
 from hybridrnn.data.scalers import Scaler
-from hybridrnn.data.timeseries import (SeriesTable, future_times, gather_windows, load_table, one_hot,
-                                       season_length, split_bounds, window_origins)
+from hybridrnn.data.timeseries import (
+    SeriesTable,
+    future_times,
+    gather_windows,
+    load_table,
+    one_hot,
+    season_length,
+    split_bounds,
+    window_origins,
+)
+from hybridrnn.errors import ConfigError, DataError, RunDirError
+from hybridrnn.nn.forecaster import Forecaster
 from hybridrnn.tasks._common import encoder_options
 from hybridrnn.tasks.forecast_config import FORECAST_HEAD_OPTIONS, ForecastConfig
-from hybridrnn.tasks.forecast_metrics import (BASELINES, LinearBaseline, forecast_metrics, mase_scale,
-                                              metrics_by_step, naive_forecast, seasonal_naive_forecast)
-from hybridrnn._io import atomic_write_text, read_json
-from hybridrnn.errors import ConfigError, DataError, RunDirError
+from hybridrnn.tasks.forecast_metrics import (
+    BASELINES,
+    LinearBaseline,
+    forecast_metrics,
+    mase_scale,
+    metrics_by_step,
+    naive_forecast,
+    seasonal_naive_forecast,
+)
+from hybridrnn.tasks.forecast_plots import forecast_plots
 from hybridrnn.train.task import Task, iterate_minibatches
 
 ARTIFACTS_FILE = "forecast_artifacts.json"
@@ -199,7 +216,6 @@ class ForecastTask(Task):
 
     # ------------------------------------------------------------ model and training
     def build_model(self) -> nn.Module:
-        from hybridrnn.nn.forecaster import Forecaster
         if self.layout is None:
             raise RuntimeError("build_model needs setup() or load_artifacts() first")
         m = self._cfg.model
@@ -407,5 +423,4 @@ class ForecastTask(Task):
         self.linear = LinearBaseline.from_dict(payload["linear"])
 
     def plots(self, model: nn.Module, run_dir: Path) -> list[Path]:
-        from hybridrnn.tasks.forecast_plots import forecast_plots
         return forecast_plots(self, model, Path(run_dir))
