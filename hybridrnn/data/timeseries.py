@@ -3,11 +3,17 @@
 Everything here is pandas/numpy (plus torch for the window gather); no models.
 
 A table is read from CSV (``.csv``, ``.csv.gz``, ``.txt``), Parquet or a DataFrame and validated before anything
-is computed: a time column that does not parse, duplicated or decreasing timestamps, gaps at a regular
-frequency, non-numeric values in numeric columns and missing values are each a :class:`TableError` naming
-the file, the column, how many values are at fault and the first offending row. Rows are counted from 0
-over the data rows of the file (``line`` = row + 2 in a CSV with a header). Missing values are filled only when
-asked (``fill="ffill"`` or ``"interpolate"``), and a value that cannot be filled (a leading gap) is an error.
+is computed: an empty file, a header without data rows, a time column that does not parse, duplicated or
+decreasing timestamps, gaps at a regular frequency, non-numeric values in numeric columns, non-finite values
+(``inf``, ``-inf``, numbers beyond float64) and missing values are each a :class:`TableError` (a
+:class:`hybridrnn.errors.DataError`) naming the file, the column, how many values are at fault and the first
+offending row; a bad option (``fill``, ``frequency``, ``start``...) is a :class:`hybridrnn.errors.ConfigError`.
+Rows are counted from 0 over the data rows of the file (``line`` = row + 2 in a CSV with a header and no blank
+lines). Missing values are filled only when asked (``fill="ffill"`` or ``"interpolate"``), and a value that
+cannot be filled (a leading gap) is an error. Nothing is dropped, filled or cut silently.
+
+For ``predict``: ``load_table(..., rows=slice(-lookback, None))`` reads and validates only the look-back, and
+:func:`check_time_grid` refuses input timestamps that do not continue the training data's frequency grid.
 
 Frequencies: a pandas offset alias (``"h"``, ``"D"``, ``"B"``, ``"15min"``, ``"MS"``...), inferred when not
 given, or ``"steps"`` (no time grid: rows are consecutive steps, forecasts are numbered ``+1 .. +H``).
