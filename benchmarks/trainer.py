@@ -49,6 +49,7 @@ from rich.console import Console  # noqa: E402
 
 from hybridrnn.api import coerce_config  # noqa: E402
 from hybridrnn.api import registry  # noqa: E402
+from hybridrnn.train.callbacks import CheckpointCallback, ProgressCallback  # noqa: E402
 from hybridrnn.train.progress import BarProgress, PlainProgress  # noqa: E402
 from hybridrnn.train.seeding import epoch_generator, seed_everything  # noqa: E402
 from hybridrnn.train.task import iterate_minibatches  # noqa: E402
@@ -160,8 +161,9 @@ def main() -> None:
                         progress = BarProgress(Console(file=io.StringIO(), force_terminal=True, width=120))
                     else:
                         progress = PlainProgress(Console(file=io.StringIO(), highlight=False, soft_wrap=True))
-                    trainer = Trainer(task, model, config.train, run_dir=run_dir, progress=progress)
                     run_dir.mkdir()
+                    trainer = Trainer(task, model, config.train,      # what train_run attaches to every run
+                                      callbacks=[ProgressCallback(progress), CheckpointCallback(run_dir)])
 
                     def more_epochs(tr=trainer, n=size[7]):
                         tr.config.epochs = tr.epoch + n

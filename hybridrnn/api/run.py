@@ -141,8 +141,9 @@ class Run:
 
 
 def _resolve(data: Any) -> Any:
-    """A DataFrame as it is; a path or a data set name (``bundled:NAME``, ``shared:NAME``) as a Path."""
-    if data is None or isinstance(data, pd.DataFrame):
+    """A path or a data set name (``bundled:NAME``, ``shared:NAME``) as a Path; anything else (a DataFrame, a
+    list of texts, an array of series) as it is, for the task to read."""
+    if not isinstance(data, (str, os.PathLike)):
         return data
     try:
         return resolve_data_path(str(data))
