@@ -255,3 +255,87 @@ def test_bad_shapes_raise_value_error():
         lstm_fast(xg[0], h0, c0, w)
     with pytest.raises(ValueError, match="b_hh"):
         gru_fast(xg[..., :3 * H], h0, w[:3 * H], torch.zeros(H, dtype=torch.float64))
+
+
+# --------------------------------------------------------------------------- layer norm in the fused kernels
+def _ln_params(gen, dtype, rows, hidden=H, with_c=True, bias=True):
+    """(b_hh, ln_hh, ln_c) with gains near 1 and random biases, all requiring grad."""
+    def leaf(*shape, centre=0.0):
+        return (centre + 0.5 * torch.randn(*shape, generator=gen, dtype=dtype)).requires_grad_()
+    b = leaf(rows) if bias else None
+    ln_hh = (leaf(rows, centre=1.0), leaf(rows))
+    ln_c = (leaf(hidden, centre=1.0), leaf(hidden)) if with_c else None
+    return b, ln_hh, ln_c
+
+
+def _leaves(*items):
+    return [t for item in items for t in (item if isinstance(item, tuple) else (item,)) if t is not None]
+
+
+@pytest.mark.parametrize("coupled,masked,dropped,bias", list(itertools.product([False, True], repeat=4)))
+def test_lstm_layer_norm_scan_matches_reference_float64(coupled, masked, dropped, bias):
+    xg, h0, c0, w, gen = _lstm_inputs(coupled, torch.float64)
+    b, ln_hh, ln_c = _ln_params(gen, torch.float64, w.shape[0], bias=bias)
+    mask = _mask(torch.float64) if masked else None
+    h_mask = _h_mask(torch.float64, gen) if dropped else None
+    kw = dict(coupled=coupled, b=b, ln_hh=ln_hh, ln_c=ln_c, mask=mask, h_mask=h_mask)
+    assert "LSTMScan" in type(lstm_fast(xg, h0, c0, w, **kw)[0].grad_fn).__name__   # the fused kernel, not the loop
+    _compare(lambda: lstm_fast(xg, h0, c0, w, **kw), lambda: lstm_ref(xg, h0, c0, w, **kw),
+             _leaves(xg, h0, c0, w, b, ln_hh, ln_c), TOL64)
+    with torch.no_grad():                            # the inference loop (no saved buffers)
+        for a, r in zip(lstm_fast(xg, h0, c0, w, **kw), lstm_ref(xg, h0, c0, w, **kw)):
+            assert (a - r).abs().max().item() < TOL64
+
+
+def test_lstm_layer_norm_scan_gradcheck():
+    xg, h0, c0, w, gen = _lstm_inputs(False, torch.float64, **SMALL)
+    b, ln_hh, ln_c = _ln_params(gen, torch.float64, w.shape[0], hidden=2)
+    mask = _mask(torch.float64, T=3, lengths=(3, 2))
+
+    def fn(xg, h0, c0, w, b, g_hh, b_ln, g_c, b_c):
+        return lstm_fast(xg, h0, c0, w, b=b, ln_hh=(g_hh, b_ln), ln_c=(g_c, b_c), mask=mask)
+
+    assert torch.autograd.gradcheck(fn, (xg, h0, c0, w, b, *ln_hh, *ln_c))
+
+
+def test_lstm_layer_norm_double_backward_falls_back_to_reference():
+    xg, h0, c0, w, gen = _lstm_inputs(False, torch.float64)
+    b, ln_hh, ln_c = _ln_params(gen, torch.float64, w.shape[0])
+    results = []
+    for scan in (lstm_fast, lstm_ref):
+        out = scan(xg, h0, c0, w, b=b, ln_hh=ln_hh, ln_c=ln_c)[0]
+        (gx,) = torch.autograd.grad((out ** 2).sum(), [xg], create_graph=True)
+        results.append(torch.autograd.grad(gx.pow(2).sum(), [w, ln_hh[0], ln_c[0]]))
+    for a, b_ in zip(*results):
+        assert (a - b_).abs().max().item() < TOL64
+
+
+@pytest.mark.parametrize("masked,dropped,bias", list(itertools.product([False, True], repeat=3)))
+def test_gru_layer_norm_scan_matches_reference_float64(masked, dropped, bias):
+    xg, h0, w, _, gen = _gru_inputs(torch.float64)
+    b, ln_hh, _ = _ln_params(gen, torch.float64, w.shape[0], with_c=False, bias=bias)
+    mask = _mask(torch.float64) if masked else None
+    h_mask = _h_mask(torch.float64, gen) if dropped else None
+    kw = dict(ln_hh=ln_hh, mask=mask, h_mask=h_mask)
+    assert "GRUScan" in type(gru_fast(xg, h0, w, b, **kw)[0].grad_fn).__name__   # the fused kernel, not the loop
+    _compare(lambda: gru_fast(xg, h0, w, b, **kw), lambda: gru_ref(xg, h0, w, b, **kw),
+             _leaves(xg, h0, w, b, ln_hh), TOL64)
+    with torch.no_grad():
+        for a, r in zip(gru_fast(xg, h0, w, b, **kw), gru_ref(xg, h0, w, b, **kw)):
+            assert (a - r).abs().max().item() < TOL64
+
+
+def test_gru_layer_norm_scan_gradcheck_and_paper_form_fallback():
+    xg, h0, w, _, gen = _gru_inputs(torch.float64, **SMALL)
+    b, ln_hh, _ = _ln_params(gen, torch.float64, w.shape[0], hidden=2, with_c=False)
+    mask = _mask(torch.float64, T=3, lengths=(3, 2))
+    assert torch.autograd.gradcheck(lambda *a: gru_fast(*a[:4], ln_hh=a[4:], mask=mask), (xg, h0, w, b, *ln_hh))
+    out = gru_fast(xg, h0, w, b, reset_after=False, ln_hh=ln_hh)[0]  # no fused kernel: the general loop
+    assert "GRUScan" not in type(out.grad_fn).__name__
+    results = []
+    for scan in (gru_fast, gru_ref):
+        out = scan(xg, h0, w, b, ln_hh=ln_hh)[0]
+        (gw,) = torch.autograd.grad((out ** 2).sum(), [w], create_graph=True)
+        results.append(torch.autograd.grad(gw.pow(2).sum(), [xg, ln_hh[0]]))
+    for a, b_ in zip(*results):
+        assert (a - b_).abs().max().item() < TOL64

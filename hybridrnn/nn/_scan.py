@@ -21,6 +21,10 @@ How the fused kernels work (figures in ``benchmarks/results/layers.md``):
   step, because every factor that does not depend on the incoming gradient (``s(1-s)``, ``1-tanh^2``, ...)
   is computed for all steps at once before the loop. ``dW_hh`` (and ``db_hh``) is ONE matmul over all
   steps after the loop, and ``dxg`` is the stacked gate gradients.
+- Layer norm (``LSTMParams.ln_hh``/``ln_c``, ``GRUParams.ln_hh``) runs inside the same loops: per step one
+  ``native_layer_norm`` of ``W_hh h + b_hh`` (per gate block) and, for the LSTM, one of the cell; backward one
+  ``native_layer_norm_backward`` call per norm and step, gains and biases as whole-sequence reductions after
+  the loop. The paper-form GRU with layer norm has no fused kernel (general loop).
 - Double backward (``create_graph=True``) is supported by recomputing the sequence with the general loop
   (slow, but exact); ``mask``/``h_mask`` that require gradients also go to the general loop.
 """
@@ -31,7 +35,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from hybridrnn.nn.cells import GRUGates, GRUParams, LSTMGates, LSTMParams, gru_step, lstm_step
+from hybridrnn.nn.cells import LN_EPS, GRUGates, GRUParams, LSTMGates, LSTMParams, gru_step, lstm_step
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -112,21 +116,26 @@ def lstm_scan(xg: Tensor, h0: Tensor, c0: Tensor, p: LSTMParams, *, mask: Option
 
     Gradients flow to ``xg``, ``h0``, ``c0`` and the tensors of ``p`` through a hand-written whole-sequence
     backward (exact up to float rounding). ``mask`` and ``h_mask`` are constants; if either requires grad, or a
-    double backward is asked for (``create_graph=True``), or an option has no fused kernel (layer norm), the
-    general loop :func:`lstm_loop` is used instead.
+    double backward is asked for (``create_graph=True``), the general loop :func:`lstm_loop` is used instead.
     """
     _check_lstm_args(xg, h0, c0, p)
-    if (p.ln_hh is not None or p.ln_c is not None or (mask is not None and mask.requires_grad)
+    if ((p.ln_hh is None) != (p.ln_c is None) or (mask is not None and mask.requires_grad)
             or (h_mask is not None and h_mask.requires_grad)):
         return lstm_loop(xg, h0, c0, p, mask=mask, h_mask=h_mask)
-    if p.b_hh is not None:
-        xg = xg + p.b_hh
     w_hh, coupled = p.w_hh, p.coupled
-    if torch.is_grad_enabled() and (xg.requires_grad or h0.requires_grad or c0.requires_grad
-                                    or w_hh.requires_grad):
-        return _LSTMScan.apply(xg, h0, c0, w_hh, coupled, mask, h_mask)
+    if p.ln_hh is None:
+        b_hh = gain_hh = gain_c = bias_c = None
+        if p.b_hh is not None:
+            xg = xg + p.b_hh
+    else:                                            # the recurrent LN's bias adds to the pre-activation
+        b_hh, (gain_hh, bias_hh), (gain_c, bias_c) = p.b_hh, p.ln_hh, p.ln_c
+        xg = xg + bias_hh
+    tensors = (xg, h0, c0, w_hh, b_hh, gain_hh, gain_c, bias_c)
+    if torch.is_grad_enabled() and any(v is not None and v.requires_grad for v in tensors):
+        return _LSTMScan.apply(xg, h0, c0, w_hh, coupled, mask, h_mask, b_hh, gain_hh, gain_c, bias_c)
+    ln = None if gain_hh is None else (b_hh, gain_hh, gain_c, bias_c)
     with torch.no_grad():
-        out, h_t, c_t, _ = _lstm_forward(xg, h0, c0, w_hh, coupled, mask, h_mask, save=False)
+        out, h_t, c_t, _ = _lstm_forward(xg, h0, c0, w_hh, coupled, mask, h_mask, save=False, ln=ln)
     return out, h_t, c_t
 
 
@@ -146,19 +155,21 @@ def gru_scan(xg: Tensor, h0: Tensor, p: GRUParams, *, mask: Optional[Tensor] = N
         which keeps the old state: ``h_t = (1 - z) * n + z * h_{t-1}``. The textbook update gate is
         ``1 - z``, giving the textbook ``h_t = (1 - z_u) * h_{t-1} + z_u * n``.
 
-    Gradients flow to ``xg``, ``h0`` and the tensors of ``p`` as in :func:`lstm_scan` (hand-written backward;
-    the general loop :func:`gru_loop` for double backward, masks that require grad, or layer norm).
+    Gradients flow to ``xg``, ``h0`` and the tensors of ``p`` as in :func:`lstm_scan` (hand-written backward,
+    layer norm included for the torch form; the general loop :func:`gru_loop` for double backward, masks that
+    require grad, and the paper form with layer norm).
     """
     _check_gru_args(xg, h0, p)
-    if p.ln_hh is not None or (mask is not None and mask.requires_grad) or (
+    if (p.ln_hh is not None and not p.reset_after) or (mask is not None and mask.requires_grad) or (
             h_mask is not None and h_mask.requires_grad):
         return gru_loop(xg, h0, p, mask=mask, h_mask=h_mask)
     w_hh, b_hh, reset_after = p.w_hh, p.b_hh, p.reset_after
-    if torch.is_grad_enabled() and (xg.requires_grad or h0.requires_grad or w_hh.requires_grad
-                                    or (b_hh is not None and b_hh.requires_grad)):
-        return _GRUScan.apply(xg, h0, w_hh, b_hh, reset_after, mask, h_mask)
+    gain_hh, bias_hh = p.ln_hh if p.ln_hh is not None else (None, None)
+    tensors = (xg, h0, w_hh, b_hh, gain_hh, bias_hh)
+    if torch.is_grad_enabled() and any(v is not None and v.requires_grad for v in tensors):
+        return _GRUScan.apply(xg, h0, w_hh, b_hh, reset_after, mask, h_mask, gain_hh, bias_hh)
     with torch.no_grad():
-        out, h_t, _ = _gru_forward(xg, h0, w_hh, b_hh, reset_after, mask, h_mask, save=False)
+        out, h_t, _ = _gru_forward(xg, h0, w_hh, b_hh, reset_after, mask, h_mask, save=False, ln=p.ln_hh)
     return out, h_t
 
 
@@ -198,8 +209,24 @@ def _prev_states(h0: Tensor, seq: Tensor) -> Tensor:
 # LSTM
 # ----------------------------------------------------------------------------------------------------------
 
-def _lstm_forward(xg, h0, c0, w_hh, coupled, mask, h_mask, save):
-    """Forward time loop (call under no_grad). Returns ``out, h_T, c_T, saved`` (saved is None unless save)."""
+_LN_BACKWARD = torch.ops.aten.native_layer_norm_backward.default
+_INPUT_GRAD_ONLY = [True, False, False]
+
+
+def _ln_input_grad(grad: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, weight: Optional[Tensor]) -> Tensor:
+    """Gradient of ``layer_norm(x) * weight`` (over the last axis of ``x``) with respect to ``x``, from the
+    forward's mean and rstd: one aten call instead of the six ops of ``rstd (dy - mean(dy) - x^ mean(dy x^))``."""
+    return _LN_BACKWARD(grad, x, [x.shape[-1]], mean, rstd, weight, None, _INPUT_GRAD_ONLY)[0]
+
+
+def _lstm_forward(xg, h0, c0, w_hh, coupled, mask, h_mask, save, ln=None):
+    """Forward time loop (call under no_grad). Returns ``out, h_T, c_T, saved`` (saved is None unless save).
+
+    The equations of :func:`hybridrnn.nn.cells.lstm_step` written into preallocated buffers. ``ln``: None, or
+    ``(b_hh, gain_hh, gain_c, bias_c)`` for layer norm, with the recurrent LN bias already added to ``xg``:
+    ``pre = xg + gain_hh * norm(W_hh h + b_hh)``, ``h = o * tanh(LN_c(c))``. One loop serves every variant (mask,
+    h_mask, layer norm, save) so that the arithmetic is written once; hence its length.
+    """
     T, B, GH = xg.shape
     H = h0.shape[1]
     G = GH // H
@@ -230,6 +257,11 @@ def _lstm_forward(xg, h0, c0, w_hh, coupled, mask, h_mask, save):
         cs = [c0] + [c0.clone()] * T                 # updated in place after the first step
         HC = torch.empty(1, B, H, **opts) if mask is not None else None
         HIN = torch.empty(B, H, **opts) if h_mask is not None else None
+    if ln is not None:
+        b_hh, gain_hh, gain_c, bias_c = ln
+        AH = torch.empty(T if save else 1, B, GH, **opts)   # W_hh h + b_hh, before its layer norm
+        ahs = AH.unbind(0) if save else [AH[0]] * T
+        stats = ([], [], [], [])                     # mean and rstd of the recurrent norm, of the cell norm
     if mask is not None:
         ms = mask.unbind(0)
         hn = torch.empty(B, H, **opts)
@@ -250,7 +282,12 @@ def _lstm_forward(xg, h0, c0, w_hh, coupled, mask, h_mask, save):
             h_in = torch.mul(h, h_mask, out=HIN[t] if save else HIN)
         else:
             h_in = h
-        torch.addmm(xgs[t], h_in, w_t, out=pre)
+        if ln is None:
+            torch.addmm(xgs[t], h_in, w_t, out=pre)
+        else:
+            a_t = torch.mm(h_in, w_t, out=ahs[t]) if b_hh is None else torch.addmm(b_hh, h_in, w_t, out=ahs[t])
+            normed, mean, rstd = torch.native_layer_norm(a_t.view(B, G, H), (H,), None, None, LN_EPS)
+            torch.addcmul(xgs[t], normed.view(B, GH), gain_hh, out=pre)
         a_t = acts[t]
         torch.sigmoid(pre, out=a_t)
         g_t = gg[t]
@@ -261,7 +298,14 @@ def _lstm_forward(xg, h0, c0, w_hh, coupled, mask, h_mask, save):
         else:
             torch.mul(gf[t], c, out=c_new)
             c_new.addcmul_(gi[t], g_t)
-        tc = torch.tanh(c_new, out=tcs[t])
+        if ln is None:
+            tc = torch.tanh(c_new, out=tcs[t])
+        else:
+            c_hat, mean_c, rstd_c = torch.native_layer_norm(c_new, (H,), gain_c, bias_c, LN_EPS)
+            tc = torch.tanh(c_hat, out=tcs[t])
+            if save:
+                for store, value in zip(stats, (mean, rstd, mean_c, rstd_c)):
+                    store.append(value)
         if mask is None:
             h = torch.mul(go[t], tc, out=outs[t])
             c = c_new
@@ -281,135 +325,207 @@ def _lstm_forward(xg, h0, c0, w_hh, coupled, mask, h_mask, save):
             h_prev_in = HC[:-1]
         else:
             h_prev_in = None                         # built in backward from h0 and out
-        saved = (A, TC, C, h_prev_in)
+        ln_saved = None if ln is None else (AH,) + tuple(torch.stack(v, 0) for v in stats)
+        saved = (A, TC, C, h_prev_in, ln_saved)
     return out, h_t, c_t, saved
 
 
+def _lstm_gate_factors(A: Tensor, TC: Tensor, c_prev: Tensor, coupled: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """The factors of the gate gradients that do not depend on the incoming gradient, for all steps at once.
+
+    A ``(T, B, G, H)`` gate activations, TC ``(T, B, H)`` = ``tanh`` of the (normalised) cell, c_prev the cell
+    entering each step. Returns ``K (T, B, G, H)`` (d pre = [dc, .., dc, dh] * K), ``Kc`` (d of the tanh's input
+    = dh * Kc) and the forget gate ``f (T, B, H)``.
+    """
+    T, B, G, H = A.shape
+    if coupled:
+        i, g, o = A.unbind(2)
+        f = 1.0 - i
+    else:
+        i, f, g, o = A.unbind(2)
+    # written as a - a*b (addcmul) to keep the number of whole-sequence passes low
+    K = torch.empty_like(A)
+    gi = g * i
+    if coupled:
+        u = gi - c_prev * i                          # i * (g - c_prev)
+        torch.addcmul(u, u, i, value=-1.0, out=K[:, :, 0])       # (g - c_prev) * i(1-i)
+        torch.addcmul(i, gi, g, value=-1.0, out=K[:, :, 1])      # i * (1 - g^2)
+    else:
+        torch.addcmul(gi, gi, i, value=-1.0, out=K[:, :, 0])     # g * i(1-i)
+        u = c_prev * f
+        torch.addcmul(u, u, f, value=-1.0, out=K[:, :, 1])       # c_prev * f(1-f)
+        torch.addcmul(i, gi, g, value=-1.0, out=K[:, :, 2])      # i * (1 - g^2)
+    u = o * TC
+    torch.addcmul(u, u, o, value=-1.0, out=K[:, :, G - 1])       # tanh(c) * o(1-o)
+    Kc = torch.addcmul(o, u, TC, value=-1.0)         # o * (1 - tanh(c)^2)
+    return K, Kc, f
+
+
+def _lstm_backward_loop(d_out, d_hT, d_cT, K, Kc, f, w, mask, h_mask, ln):
+    """Reverse time loop of the LSTM backward (call under no_grad).
+
+    ``ln``: None, or ``(AH, MU, RS, gain_hh, C_next, MU_c, RS_c, gain_c)`` from the forward (C_next: the cell
+    after each step). Returns ``dG (T, B, G, H)`` (gradient of the gate pre-activations = of xg), ``dA``
+    (gradient of ``W_hh h + b_hh``: ``dG`` itself without layer norm, else ``(T, B, G*H)``), ``DCH (T, B, H)``
+    (gradient of ``LN_c(c)``, or None), ``d_h0``, ``d_c0``. With ``mask`` the carried state is
+    ``lerp(old, new, m)`` and the output ``h_new * m``; without, the loop saves three ops a step.
+    """
+    T, B, G, H = K.shape
+    opts = dict(dtype=K.dtype, device=K.device)
+    fs, kcs = f.unbind(0), Kc.unbind(0)
+    k_cell = K[:, :, :G - 1].unbind(0)               # gates driven by dc: (i, f, g) or (i, g)
+    k_out = K[:, :, G - 1].unbind(0)                 # gate driven by dh: o
+    dG = torch.empty(T, B, G, H, **opts)
+    dGs = dG.view(T, B, G * H).unbind(0)
+    dg_cell = dG[:, :, :G - 1].unbind(0)
+    dg_out = dG[:, :, G - 1].unbind(0)
+    d_outs = d_out.unbind(0)
+    dcb = torch.empty(B, 1, H, **opts)               # dc, shaped to broadcast over the cell gates
+    dc = dcb.view(B, H)
+    dh = torch.empty(B, H, **opts)
+    tmp = torch.empty(B, H, **opts)
+    DCH = None
+    recs = dGs                                       # gradient of W_hh h + b_hh at each step
+    if ln is not None:
+        AH, MU, RS, gain_hh, C_next, MU_c, RS_c, gain_c = ln
+        ahs, mus, rss = AH.view(T, B, G, H).unbind(0), MU.unbind(0), RS.unbind(0)
+        cns, mucs, rscs = C_next.unbind(0), MU_c.unbind(0), RS_c.unbind(0)
+        DCH = torch.empty(T, B, H, **opts)
+        dchs = DCH.unbind(0)
+        u = torch.empty(B, G, H, **opts)
+        gain_gh = gain_hh.view(G, H)
+        recs = [None] * T
+
+    def gate_grads(t):                               # from dh and the carried dc: dc_new, dG[t], recs[t]
+        if ln is None:
+            dc.addcmul_(dh, kcs[t])
+        else:
+            torch.mul(dh, kcs[t], out=dchs[t])
+            dc.add_(_ln_input_grad(dchs[t], cns[t], mucs[t], rscs[t], gain_c))
+        torch.mul(dcb, k_cell[t], out=dg_cell[t])
+        torch.mul(dh, k_out[t], out=dg_out[t])
+        if ln is not None:
+            torch.mul(dG[t], gain_gh, out=u)
+            recs[t] = _ln_input_grad(u, ahs[t], mus[t], rss[t], None).view(B, G * H)
+
+    if mask is None:
+        dc.copy_(d_cT)
+        torch.add(d_outs[T - 1], d_hT, out=dh)
+        for t in range(T - 1, -1, -1):
+            if t < T - 1:
+                if h_mask is None:
+                    torch.addmm(d_outs[t], recs[t + 1], w, out=dh)
+                else:
+                    torch.mm(recs[t + 1], w, out=tmp)
+                    torch.addcmul(d_outs[t], tmp, h_mask, out=dh)
+                dc.mul_(fs[t + 1])
+            gate_grads(t)
+        d_h0 = recs[0] @ w
+        if h_mask is not None:
+            d_h0.mul_(h_mask)
+        d_c0 = dc * fs[0]
+    else:
+        ms, m1s = mask.unbind(0), (1.0 - mask).unbind(0)
+        gh = d_hT.clone()                            # gradient of the carried h_t
+        gc = d_cT.clone()                            # gradient of the carried c_t
+        for t in range(T - 1, -1, -1):
+            m = ms[t]
+            torch.add(d_outs[t], gh, out=dh)
+            dh.mul_(m)                               # gradient of h_new
+            torch.mul(gc, m, out=dc)
+            gate_grads(t)
+            gc.mul_(m1s[t]).addcmul_(dc, fs[t])
+            gh.mul_(m1s[t])
+            if h_mask is None:
+                gh.addmm_(recs[t], w)
+            else:
+                torch.mm(recs[t], w, out=tmp)
+                gh.addcmul_(tmp, h_mask)
+        d_h0, d_c0 = gh, gc
+    dA = dG if ln is None else torch.stack(recs, 0)
+    return dG, dA, DCH, d_h0, d_c0
+
+
 class _LSTMScan(torch.autograd.Function):
+    """The whole-sequence LSTM with its hand-written backward. Inputs: ``xg, h0, c0, w_hh, coupled, mask, h_mask``
+    and, for layer norm, ``b_hh, gain_hh, gain_c, bias_c`` (else None); xg holds the recurrent LN bias."""
+
     @staticmethod
-    def forward(ctx, xg, h0, c0, w_hh, coupled, mask, h_mask):
+    def forward(ctx, xg, h0, c0, w_hh, coupled, mask, h_mask, b_hh, gain_hh, gain_c, bias_c):
+        ln = None if gain_hh is None else (b_hh, gain_hh, gain_c, bias_c)
         with torch.no_grad():
-            out, h_t, c_t, (A, TC, C, h_prev_in) = _lstm_forward(xg, h0, c0, w_hh, coupled, mask, h_mask,
-                                                                 save=True)
+            out, h_t, c_t, (A, TC, C, h_prev_in, ln_saved) = _lstm_forward(xg, h0, c0, w_hh, coupled, mask,
+                                                                           h_mask, save=True, ln=ln)
+        empty = out.new_empty(0)
         ctx.coupled = coupled
-        ctx.has_mask, ctx.has_h_mask = mask is not None, h_mask is not None
-        ctx.has_h_prev_in = h_prev_in is not None
-        ctx.save_for_backward(xg, h0, c0, w_hh, A, TC, C, out,
-                              h_prev_in if h_prev_in is not None else out.new_empty(0),
-                              mask if mask is not None else out.new_empty(0),
-                              h_mask if h_mask is not None else out.new_empty(0))
+        ctx.has = (mask is not None, h_mask is not None, h_prev_in is not None, ln is not None, b_hh is not None)
+        opt = (h_prev_in, mask, h_mask, b_hh, gain_hh, gain_c, bias_c) + (ln_saved or ())
+        ctx.save_for_backward(xg, h0, c0, w_hh, A, TC, C, out, *(empty if v is None else v for v in opt))
         return out, h_t, c_t
 
     @staticmethod
     def backward(ctx, d_out, d_hT, d_cT):
-        xg, h0, c0, w_hh, A, TC, C, out, h_prev_in, mask, h_mask = ctx.saved_tensors
-        mask = mask if ctx.has_mask else None
-        h_mask = h_mask if ctx.has_h_mask else None
-        if torch.is_grad_enabled():                  # create_graph=True: differentiate the reference loop
-            return _double_backward(
-                lambda a, b, c, d: lstm_loop(a, b, c, LSTMParams(d, coupled=ctx.coupled), mask=mask,
-                                             h_mask=h_mask),
-                (xg, h0, c0, w_hh), (d_out, d_hT, d_cT), ctx.needs_input_grad[:4]) + (None, None, None)
+        (xg, h0, c0, w_hh, A, TC, C, out, h_prev_in, mask, h_mask, b_hh, gain_hh, gain_c, bias_c,
+         *ln_saved) = ctx.saved_tensors
+        has_mask, has_h_mask, has_h_prev_in, has_ln, has_b = ctx.has
+        mask = mask if has_mask else None
+        h_mask = h_mask if has_h_mask else None
+        b_hh = b_hh if has_b else None
+        needs = ctx.needs_input_grad
+        if torch.is_grad_enabled():                  # create_graph=True: differentiate the general loop
+            grads = _double_backward(
+                lambda x_, h_, c_, w_, b_, gh_, gc_, bc_: lstm_loop(
+                    x_, h_, c_, LSTMParams(w_, b_, None if gh_ is None else (gh_, torch.zeros_like(gh_)),
+                                           None if gc_ is None else (gc_, bc_), ctx.coupled),
+                    mask=mask, h_mask=h_mask),
+                (xg, h0, c0, w_hh, b_hh, *((gain_hh, gain_c, bias_c) if has_ln else (None,) * 3)),
+                (d_out, d_hT, d_cT), needs[:4] + needs[7:])
+            return grads[:4] + (None, None, None) + grads[4:]
         T, B, H = out.shape
         G = A.shape[2]
-        opts = dict(dtype=out.dtype, device=out.device)
-        coupled = ctx.coupled
-        # factors of the gate gradients that do not depend on the incoming gradient, all steps at once
-        c_prev = C[:-1]
-        if coupled:
-            i, g, o = A.unbind(2)
-            f = 1.0 - i
-        else:
-            i, f, g, o = A.unbind(2)
-        # written as a - a*b (addcmul) to keep the number of whole-sequence passes low
-        K = torch.empty(T, B, G, H, **opts)
-        gi = g * i
-        if coupled:
-            u = gi - c_prev * i                      # i * (g - c_prev)
-            torch.addcmul(u, u, i, value=-1.0, out=K[:, :, 0])       # (g - c_prev) * i(1-i)
-            torch.addcmul(i, gi, g, value=-1.0, out=K[:, :, 1])      # i * (1 - g^2)
-        else:
-            torch.addcmul(gi, gi, i, value=-1.0, out=K[:, :, 0])     # g * i(1-i)
-            u = c_prev * f
-            torch.addcmul(u, u, f, value=-1.0, out=K[:, :, 1])       # c_prev * f(1-f)
-            torch.addcmul(i, gi, g, value=-1.0, out=K[:, :, 2])      # i * (1 - g^2)
-        u = o * TC
-        torch.addcmul(u, u, o, value=-1.0, out=K[:, :, G - 1])       # tanh(c) * o(1-o)
-        Kc = torch.addcmul(o, u, TC, value=-1.0)     # o * (1 - tanh(c)^2): dc_new += dh_new * Kc
-        fs = f.unbind(0)
-        kcs = Kc.unbind(0)
-        k_cell = K[:, :, :G - 1].unbind(0)           # gates driven by dc: (i, f, g) or (i, g)
-        k_out = K[:, :, G - 1].unbind(0)             # gate driven by dh: o
-        dG = torch.empty(T, B, G, H, **opts)
-        dGs = dG.view(T, B, G * H).unbind(0)
-        dg_cell = dG[:, :, :G - 1].unbind(0)
-        dg_out = dG[:, :, G - 1].unbind(0)
-        d_outs = d_out.unbind(0)
-        w = w_hh
-        dcb = torch.empty(B, 1, H, **opts)           # dc, shaped to broadcast over the cell gates
-        dc = dcb.view(B, H)
-        dh = torch.empty(B, H, **opts)
-        if mask is None:
-            tmp = torch.empty(B, H, **opts) if h_mask is not None else None
-            dc.copy_(d_cT)
-            torch.add(d_outs[T - 1], d_hT, out=dh)
-            for t in range(T - 1, -1, -1):
-                if t < T - 1:
-                    if h_mask is None:
-                        torch.addmm(d_outs[t], dGs[t + 1], w, out=dh)
-                    else:
-                        torch.mm(dGs[t + 1], w, out=tmp)
-                        torch.addcmul(d_outs[t], tmp, h_mask, out=dh)
-                    dc.mul_(fs[t + 1])
-                dc.addcmul_(dh, kcs[t])
-                torch.mul(dcb, k_cell[t], out=dg_cell[t])
-                torch.mul(dh, k_out[t], out=dg_out[t])
-            d_h0 = dGs[0] @ w
-            if h_mask is not None:
-                d_h0.mul_(h_mask)
-            d_c0 = dc * fs[0]
-        else:
-            # padded steps: carried h_t = lerp(h_{t-1}, h_new, m), c likewise, output h_new * m
-            ms = mask.unbind(0)
-            m1s = (1.0 - mask).unbind(0)
-            gh = d_hT.clone()                        # gradient of the carried h_t
-            gc = d_cT.clone()
-            tmp = torch.empty(B, H, **opts)
-            for t in range(T - 1, -1, -1):
-                m = ms[t]
-                torch.add(d_outs[t], gh, out=dh)
-                dh.mul_(m)                           # gradient of h_new
-                torch.mul(gc, m, out=dc)
-                dc.addcmul_(dh, kcs[t])              # gradient of c_new
-                torch.mul(dcb, k_cell[t], out=dg_cell[t])
-                torch.mul(dh, k_out[t], out=dg_out[t])
-                gc.mul_(m1s[t]).addcmul_(dc, fs[t])
-                gh.mul_(m1s[t])
-                if h_mask is None:
-                    gh.addmm_(dGs[t], w)
-                else:
-                    torch.mm(dGs[t], w, out=tmp)
-                    gh.addcmul_(tmp, h_mask)
-            d_h0, d_c0 = gh, gc
-        d_xg = d_w = None
-        dG_flat = dG.view(T * B, G * H)
-        if ctx.needs_input_grad[3]:
-            if ctx.has_h_prev_in:
-                d_w = dG_flat.t() @ h_prev_in.reshape(T * B, H)
-            else:
-                d_w = dG_flat.t() @ _prev_states(h0, out).view(T * B, H)
-        if ctx.needs_input_grad[0]:
-            d_xg = dG.view(T, B, G * H)
-        return (d_xg, d_h0 if ctx.needs_input_grad[1] else None, d_c0 if ctx.needs_input_grad[2] else None,
-                d_w, None, None, None)
+        K, Kc, f = _lstm_gate_factors(A, TC, C[:-1], ctx.coupled)
+        ln = (*ln_saved[:3], gain_hh, C[1:], *ln_saved[3:], gain_c) if has_ln else None
+        dG, dA, DCH, d_h0, d_c0 = _lstm_backward_loop(d_out, d_hT, d_cT, K, Kc, f, w_hh, mask, h_mask, ln)
+        d_w = None
+        if needs[3]:
+            if not has_h_prev_in:
+                h_prev_in = _prev_states(h0, out)
+            d_w = dA.reshape(T * B, G * H).t() @ h_prev_in.reshape(T * B, H)
+        ln_grads = (None,) * 4
+        if has_ln:
+            ln_grads = _lstm_ln_param_grads(dG, dA, DCH, C[1:], ln_saved, needs[7:11], has_b)
+        return (dG.view(T, B, G * H) if needs[0] else None, d_h0 if needs[1] else None,
+                d_c0 if needs[2] else None, d_w, None, None, None) + ln_grads
+
+
+def _lstm_ln_param_grads(dG, dA, DCH, C_next, ln_saved, needs, has_b):
+    """Gradients of ``b_hh, gain_hh, gain_c, bias_c`` from the backward loop's results (all steps at once):
+    ``d gain = sum(d out * normalised)``, ``d bias = sum(d out)`` of each layer norm."""
+    AH, MU, RS, MU_c, RS_c = ln_saved
+    T, B, G, H = dG.shape
+    d_b = dA.reshape(T * B, G * H).sum(0) if (has_b and needs[0]) else None
+    d_gain_hh = d_gain_c = d_bias_c = None
+    if needs[1]:
+        normed = (AH.view(T, B, G, H) - MU) * RS
+        d_gain_hh = (dG * normed).sum((0, 1)).view(G * H)
+    if needs[2]:
+        d_gain_c = (DCH * ((C_next - MU_c) * RS_c)).sum((0, 1))
+    if needs[3]:
+        d_bias_c = DCH.sum((0, 1))
+    return d_b, d_gain_hh, d_gain_c, d_bias_c
 
 
 # ----------------------------------------------------------------------------------------------------------
 # GRU
 # ----------------------------------------------------------------------------------------------------------
 
-def _gru_forward(xg, h0, w_hh, b_hh, reset_after, mask, h_mask, save):
-    """Forward time loop (call under no_grad). Returns ``out, h_T, saved`` (saved is None unless save)."""
+def _gru_forward(xg, h0, w_hh, b_hh, reset_after, mask, h_mask, save, ln=None):
+    """Forward time loop (call under no_grad). Returns ``out, h_T, saved`` (saved is None unless save).
+
+    The equations of :func:`hybridrnn.nn.cells.gru_step` written into preallocated buffers. ``ln``: None, or
+    ``(gain_hh, bias_hh)`` for layer norm of ``W_hh h + b_hh`` per gate block (torch form, ``reset_after``,
+    only). One loop serves every variant, so that the arithmetic is written once; hence its length.
+    """
     T, B, GH = xg.shape
     H = h0.shape[1]
     opts = dict(dtype=xg.dtype, device=xg.device)
@@ -432,7 +548,7 @@ def _gru_forward(xg, h0, w_hh, b_hh, reset_after, mask, h_mask, save):
     zs = RZ[:, :, 1].unbind(0)
     ns = N.unbind(0)
     if reset_after:
-        HG = torch.empty(n_slots, B, 3 * H, **opts)  # W_hh h + b_hh
+        HG = torch.empty(n_slots, B, 3 * H, **opts)  # W_hh h + b_hh (after its layer norm, if any)
         hgs = HG.unbind(0)
         hg_rz = HG[:, :, :2 * H].unbind(0)
         hg_n = HG[:, :, 2 * H:].unbind(0)
@@ -440,6 +556,11 @@ def _gru_forward(xg, h0, w_hh, b_hh, reset_after, mask, h_mask, save):
         hrz = torch.empty(B, 2 * H, **opts)
         RH = torch.empty(n_slots, B, H, **opts)     # r * h_in, the input of W_hn
         rhs = RH.unbind(0)
+    if ln is not None:
+        gain_hh, bias_hh = ln
+        AH = torch.empty(n_slots, B, 3 * H, **opts)  # W_hh h + b_hh before its layer norm
+        ahs = AH.unbind(0)
+        stats = ([], [])                             # its mean and rstd
     HIN = torch.empty(n_slots, B, H, **opts) if h_mask is not None else None
     hins = HIN.unbind(0) if HIN is not None else None
     if mask is not None:
@@ -449,19 +570,23 @@ def _gru_forward(xg, h0, w_hh, b_hh, reset_after, mask, h_mask, save):
         HC[0].copy_(h0)
         hcs = HC.unbind(0) if save else [h0] + [HC[0]] * T
 
-    def slot(t):
-        return t if save else 0
-
     h = h0
     for t in range(T):
-        s = slot(t)
+        s = t if save else 0
         h_in = h if h_mask is None else torch.mul(h, h_mask, out=hins[s])
         rz = rzs[s]
         if reset_after:
+            target = hgs[s] if ln is None else ahs[s]
             if b_hh is None:
-                torch.mm(h_in, w_t, out=hgs[s])
+                torch.mm(h_in, w_t, out=target)
             else:
-                torch.addmm(b_hh, h_in, w_t, out=hgs[s])
+                torch.addmm(b_hh, h_in, w_t, out=target)
+            if ln is not None:
+                normed, mean, rstd = torch.native_layer_norm(target.view(B, 3, H), (H,), None, None, LN_EPS)
+                torch.addcmul(bias_hh, normed.view(B, 3 * H), gain_hh, out=hgs[s])
+                if save:
+                    stats[0].append(mean)
+                    stats[1].append(rstd)
             torch.add(xg_rz[t], hg_rz[s], out=rz)
             rz.sigmoid_()
             n = torch.addcmul(xg_n[t], rs[s], hg_n[s], out=ns[s])
@@ -486,173 +611,225 @@ def _gru_forward(xg, h0, w_hh, b_hh, reset_after, mask, h_mask, save):
     saved = None
     if save:
         h_prev = HC[:-1] if mask is not None else None
-        saved = (RZ, N, HG if reset_after else RH, h_prev, HIN)
+        ln_saved = None if ln is None else (AH, torch.stack(stats[0], 0), torch.stack(stats[1], 0))
+        saved = (RZ, N, HG if reset_after else RH, h_prev, HIN, ln_saved)
     return out, h_t, saved
 
 
 class _GRUScan(torch.autograd.Function):
+    """The whole-sequence GRU with its hand-written backward. Inputs: ``xg, h0, w_hh, b_hh, reset_after, mask,
+    h_mask`` and, for layer norm (torch form only), ``gain_hh, bias_hh`` (else None)."""
+
     @staticmethod
-    def forward(ctx, xg, h0, w_hh, b_hh, reset_after, mask, h_mask):
+    def forward(ctx, xg, h0, w_hh, b_hh, reset_after, mask, h_mask, gain_hh, bias_hh):
+        ln = None if gain_hh is None else (gain_hh, bias_hh)
         with torch.no_grad():
-            out, h_t, (RZ, N, aux, h_prev, HIN) = _gru_forward(xg, h0, w_hh, b_hh, reset_after, mask, h_mask,
-                                                               save=True)
+            out, h_t, (RZ, N, aux, h_prev, HIN, ln_saved) = _gru_forward(xg, h0, w_hh, b_hh, reset_after, mask,
+                                                                         h_mask, save=True, ln=ln)
         empty = out.new_empty(0)
         ctx.reset_after = reset_after
-        ctx.has = (b_hh is not None, mask is not None, h_mask is not None, h_prev is not None)
-        ctx.save_for_backward(xg, h0, w_hh, b_hh if b_hh is not None else empty, RZ, N, aux, out,
-                              h_prev if h_prev is not None else empty, HIN if HIN is not None else empty,
-                              mask if mask is not None else empty, h_mask if h_mask is not None else empty)
+        ctx.has = (b_hh is not None, mask is not None, h_mask is not None, h_prev is not None, ln is not None)
+        opt = (b_hh, h_prev, HIN, mask, h_mask, gain_hh, bias_hh) + (ln_saved or ())
+        ctx.save_for_backward(xg, h0, w_hh, RZ, N, aux, out, *(empty if v is None else v for v in opt))
         return out, h_t
 
     @staticmethod
     def backward(ctx, d_out, d_hT):
-        xg, h0, w_hh, b_hh, RZ, N, aux, out, h_prev, HIN, mask, h_mask = ctx.saved_tensors
-        has_b, has_mask, has_h_mask, has_h_prev = ctx.has
+        (xg, h0, w_hh, RZ, N, aux, out, b_hh, h_prev, HIN, mask, h_mask, gain_hh, bias_hh,
+         *ln_saved) = ctx.saved_tensors
+        has_b, has_mask, has_h_mask, has_h_prev, has_ln = ctx.has
         b_hh = b_hh if has_b else None
         mask = mask if has_mask else None
         h_mask = h_mask if has_h_mask else None
-        reset_after = ctx.reset_after
-        if torch.is_grad_enabled():                  # create_graph=True: differentiate the reference loop
+        needs = ctx.needs_input_grad
+        if torch.is_grad_enabled():                  # create_graph=True: differentiate the general loop
             grads = _double_backward(
-                lambda a, b, c, d: gru_loop(a, b, GRUParams(c, d, reset_after=reset_after), mask=mask,
-                                            h_mask=h_mask),
-                (xg, h0, w_hh, b_hh), (d_out, d_hT), ctx.needs_input_grad[:4])
-            return grads + (None, None, None)
-        T, B, H = out.shape
-        opts = dict(dtype=out.dtype, device=out.device)
+                lambda x_, h_, w_, b_, g_, bl_: gru_loop(
+                    x_, h_, GRUParams(w_, b_, None if g_ is None else (g_, bl_), ctx.reset_after), mask=mask,
+                    h_mask=h_mask),
+                (xg, h0, w_hh, b_hh, *((gain_hh, bias_hh) if has_ln else (None, None))), (d_out, d_hT),
+                needs[:4] + needs[7:])
+            return grads[:4] + (None, None, None) + grads[4:]
         if not has_h_prev:
             h_prev = _prev_states(h0, out)           # carried state entering each step
         h_in_prev = HIN if has_h_mask else h_prev     # what W_hh multiplied
-        r, z = RZ.unbind(2)
-        n = N
-        # factors of the gate gradients that do not depend on the incoming gradient, all steps at once
-        z1 = 1.0 - z
-        u = z1 * n
-        k_n = torch.addcmul(z1, u, n, value=-1.0)    # (1-z)(1-n^2): d n_pre = g * k_n (g: grad of h_new)
-        u = (h_prev - n) * z
-        k_z = torch.addcmul(u, u, z, value=-1.0)     # (h_prev - n) z(1-z): d z_pre = g * k_z
-        zs = z.unbind(0)
-        rs = r.unbind(0)
-        d_outs = d_out.unbind(0)
-        GB = torch.empty(T, B, 1, H, **opts)          # g for every step (gradient of h_new)
-        gbs = GB.unbind(0)
-        g_steps = GB[:, :, 0].unbind(0)
-        dXG = torch.empty(T, B, 3, H, **opts)         # gradient of xg (gate pre-activations)
-        dxg_flat = dXG.view(T, B, 3 * H)
-        w = w_hh
-        tmp = torch.empty(B, H, **opts)
-        if reset_after:
-            # the recurrent gate gradient dHG = g * [k_r, k_z, k_hn]; dxg = [dHG_r, dHG_z, g * k_n]
-            K = torch.empty(T, B, 3, H, **opts)
-            k_hn = torch.mul(k_n, r, out=K[:, :, 2])
-            u = k_hn * aux[:, :, 2 * H:]
-            torch.addcmul(u, u, r, value=-1.0, out=K[:, :, 0])       # k_n * hg_n * r(1-r)
-            K[:, :, 1].copy_(k_z)
-            ks = K.unbind(0)
-            dHG = torch.empty(T, B, 3, H, **opts)
-            dhgs = dHG.unbind(0)
-            dhg_flat = dHG.view(T, B, 3 * H).unbind(0)
-            gh = torch.empty(B, H, **opts)            # gradient of the carried h_t
-            if mask is None:
-                torch.add(d_outs[T - 1], d_hT, out=g_steps[T - 1])
-                for t in range(T - 1, -1, -1):
-                    if t < T - 1:
-                        torch.addcmul(d_outs[t], g_steps[t + 1], zs[t + 1], out=tmp)
-                        if h_mask is None:
-                            torch.addmm(tmp, dhg_flat[t + 1], w, out=g_steps[t])
-                        else:
-                            torch.mm(dhg_flat[t + 1], w, out=gh)
-                            torch.addcmul(tmp, gh, h_mask, out=g_steps[t])
-                    torch.mul(gbs[t], ks[t], out=dhgs[t])
-                d_h0 = g_steps[0] * zs[0]
+        ln = (*ln_saved, gain_hh) if has_ln else None
+        backward = _gru_backward_reset_after if ctx.reset_after else _gru_backward_paper
+        d_xg, d_h0, d_w, d_b, d_gain, d_bias = backward(d_out, d_hT, RZ, N, aux, h_prev, h_in_prev, w_hh, mask,
+                                                        h_mask, ln, needs)
+        return (d_xg if needs[0] else None, d_h0 if needs[1] else None, d_w, d_b if has_b else None,
+                None, None, None, d_gain, d_bias)
+
+
+def _gru_factors(RZ: Tensor, N: Tensor, h_prev: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``r, z`` and the factors of the gate gradients that do not depend on the incoming gradient ``g`` (of
+    ``h_new``), for all steps at once: ``d n_pre = g * k_n``, ``d z_pre = g * k_z``."""
+    r, z = RZ.unbind(2)
+    z1 = 1.0 - z
+    u = z1 * N
+    k_n = torch.addcmul(z1, u, N, value=-1.0)        # (1-z)(1-n^2)
+    u = (h_prev - N) * z
+    k_z = torch.addcmul(u, u, z, value=-1.0)         # (h_prev - n) z(1-z)
+    return r, z, k_n, k_z
+
+
+def _gru_backward_reset_after(d_out, d_hT, RZ, N, HG, h_prev, h_in_prev, w, mask, h_mask, ln, needs):
+    """Backward of the torch-form GRU: ``n = tanh(x_n + r * hg_n)``, ``hg = [LN](W_hh h_in + b_hh)``.
+
+    The gradient of ``hg`` is ``dHG = g * [k_r, k_z, k_hn]``; ``dxg = [dHG_r, dHG_z, g * k_n]``. ``ln``: None or
+    ``(AH, MU, RS, gain_hh)``; then the recurrent gradient goes through the layer norm first. Returns
+    ``d_xg, d_h0, d_w, d_b, d_gain_hh, d_bias_hh`` (None where not needed).
+    """
+    T, B, H = N.shape
+    opts = dict(dtype=N.dtype, device=N.device)
+    r, z, k_n, k_z = _gru_factors(RZ, N, h_prev)
+    K = torch.empty(T, B, 3, H, **opts)
+    k_hn = torch.mul(k_n, r, out=K[:, :, 2])
+    u = k_hn * HG[:, :, 2 * H:]
+    torch.addcmul(u, u, r, value=-1.0, out=K[:, :, 0])           # k_n * hg_n * r(1-r)
+    K[:, :, 1].copy_(k_z)
+    ks, zs, d_outs = K.unbind(0), z.unbind(0), d_out.unbind(0)
+    GB = torch.empty(T, B, 1, H, **opts)              # g for every step (gradient of h_new)
+    gbs = GB.unbind(0)
+    g_steps = GB[:, :, 0].unbind(0)
+    dHG = torch.empty(T, B, 3, H, **opts)
+    dhgs = dHG.unbind(0)
+    recs = dHG.view(T, B, 3 * H).unbind(0)            # gradient of W_hh h_in + b_hh at each step
+    if ln is not None:
+        AH, MU, RS, gain_hh = ln
+        ahs, mus, rss = AH.view(T, B, 3, H).unbind(0), MU.unbind(0), RS.unbind(0)
+        u3 = torch.empty(B, 3, H, **opts)
+        gain3 = gain_hh.view(3, H)
+        recs = [None] * T
+
+    def rec_grad(t):
+        torch.mul(gbs[t], ks[t], out=dhgs[t])
+        if ln is not None:
+            torch.mul(dhgs[t], gain3, out=u3)
+            recs[t] = _ln_input_grad(u3, ahs[t], mus[t], rss[t], None).view(B, 3 * H)
+
+    tmp = torch.empty(B, H, **opts)
+    gh = torch.empty(B, H, **opts)                    # scratch (recurrent gradient before h_mask)
+    if mask is None:
+        torch.add(d_outs[T - 1], d_hT, out=g_steps[T - 1])
+        for t in range(T - 1, -1, -1):
+            if t < T - 1:
+                torch.addcmul(d_outs[t], g_steps[t + 1], zs[t + 1], out=tmp)
                 if h_mask is None:
-                    d_h0.addmm_(dhg_flat[0], w)
+                    torch.addmm(tmp, recs[t + 1], w, out=g_steps[t])
                 else:
-                    d_h0.addcmul_(dhg_flat[0] @ w, h_mask)
-            else:
-                ms = mask.unbind(0)
-                m1s = (1.0 - mask).unbind(0)
-                gh.copy_(d_hT)
-                for t in range(T - 1, -1, -1):
-                    g = g_steps[t]
-                    torch.add(d_outs[t], gh, out=g)
-                    g.mul_(ms[t])
-                    torch.mul(gbs[t], ks[t], out=dhgs[t])
-                    gh.mul_(m1s[t]).addcmul_(g, zs[t])
-                    if h_mask is None:
-                        gh.addmm_(dhg_flat[t], w)
-                    else:
-                        torch.mm(dhg_flat[t], w, out=tmp)
-                        gh.addcmul_(tmp, h_mask)
-                d_h0 = gh
-            dXG[:, :, :2].copy_(dHG[:, :, :2])
-            torch.mul(GB[:, :, 0], k_n, out=dXG[:, :, 2])
-            d_rec = dHG.view(T * B, 3 * H)           # gradient of W_hh h + b_hh
-            d_w = d_rec.t() @ h_in_prev.reshape(T * B, H) if ctx.needs_input_grad[2] else None
-            d_b = d_rec.sum(0) if (has_b and ctx.needs_input_grad[3]) else None
+                    torch.mm(recs[t + 1], w, out=gh)
+                    torch.addcmul(tmp, gh, h_mask, out=g_steps[t])
+            rec_grad(t)
+        d_h0 = g_steps[0] * zs[0]
+        if h_mask is None:
+            d_h0.addmm_(recs[0], w)
         else:
-            # paper form: n = tanh(x_n + W_hn (r * h_in) + b_hn)
-            RH = aux
-            w_rz, w_n = w[:2 * H], w[2 * H:]
-            K_zn = torch.stack([k_z, k_n], 2)        # (T, B, 2, H): d[z_pre, n_pre] = g * K_zn
-            k_r = (h_in_prev * (r * (1.0 - r))).unbind(0)   # d r_pre = d(r h_in) * k_r
-            kzns = K_zn.unbind(0)
-            dzn = dXG[:, :, 1:].unbind(0)
-            dr = dXG[:, :, 0].unbind(0)
-            dn = dXG[:, :, 2].unbind(0)
-            drz = dXG.view(T, B, 3 * H)[:, :, :2 * H].unbind(0)
-            drh = torch.empty(B, H, **opts)          # gradient of r * h_in
-            gh = torch.empty(B, H, **opts)
-
-            def step_grads(t):
-                torch.mul(gbs[t], kzns[t], out=dzn[t])
-                torch.mm(dn[t], w_n, out=drh)
-                torch.mul(drh, k_r[t], out=dr[t])
-
-            def h_in_grad(t, out_):                  # gradient of h_in at step t, written to out_
-                torch.mul(drh, rs[t], out=out_)
-                out_.addmm_(drz[t], w_rz)
-                if h_mask is not None:
-                    out_.mul_(h_mask)
-
-            if mask is None:
-                torch.add(d_outs[T - 1], d_hT, out=g_steps[T - 1])
-                for t in range(T - 1, -1, -1):
-                    step_grads(t)
-                    if t > 0:
-                        g = g_steps[t - 1]
-                        torch.addcmul(d_outs[t - 1], g_steps[t], zs[t], out=g)
-                        if h_mask is None:
-                            g.addcmul_(drh, rs[t]).addmm_(drz[t], w_rz)
-                        else:
-                            h_in_grad(t, tmp)
-                            g.add_(tmp)
-                h_in_grad(0, tmp)
-                d_h0 = tmp.addcmul_(g_steps[0], zs[0])
+            d_h0.addcmul_(recs[0] @ w, h_mask)
+    else:
+        def add_h_in_grad(t, gh):
+            if h_mask is None:
+                gh.addmm_(recs[t], w)
             else:
-                ms = mask.unbind(0)
-                m1s = (1.0 - mask).unbind(0)
-                gh.copy_(d_hT)
-                for t in range(T - 1, -1, -1):
-                    g = g_steps[t]
-                    torch.add(d_outs[t], gh, out=g)
-                    g.mul_(ms[t])
-                    step_grads(t)
-                    gh.mul_(m1s[t]).addcmul_(g, zs[t])
+                torch.mm(recs[t], w, out=tmp)
+                gh.addcmul_(tmp, h_mask)
+
+        d_h0 = _gru_masked_backward_loop(d_outs, d_hT, g_steps, zs, mask, rec_grad, add_h_in_grad)
+    dXG = torch.empty(T, B, 3, H, **opts)
+    dXG[:, :, :2].copy_(dHG[:, :, :2])
+    torch.mul(GB[:, :, 0], k_n, out=dXG[:, :, 2])
+    d_rec = (dHG if ln is None else torch.stack(recs, 0)).reshape(T * B, 3 * H)
+    d_w = d_rec.t() @ h_in_prev.reshape(T * B, H) if needs[2] else None
+    d_b = d_rec.sum(0) if needs[3] else None
+    d_gain = d_bias = None
+    if ln is not None and needs[7]:
+        d_gain = (dHG * ((AH.view(T, B, 3, H) - MU) * RS)).sum((0, 1)).view(3 * H)
+    if ln is not None and needs[8]:
+        d_bias = dHG.sum((0, 1)).view(3 * H)
+    return dXG.view(T, B, 3 * H), d_h0, d_w, d_b, d_gain, d_bias
+
+
+def _gru_masked_backward_loop(d_outs, d_hT, g_steps, zs, mask, step_grads, add_h_in_grad):
+    """The reverse loop over padded sequences, both GRU forms: the carried ``h_t = lerp(h_{t-1}, h_new, m)``.
+
+    Writes ``g`` (the gradient of ``h_new``) into ``g_steps[t]``, calls ``step_grads(t)`` (the gate gradients
+    of step t from it) and ``add_h_in_grad(t, gh)`` (adds the gradient that reaches ``h_{t-1}`` through the
+    recurrent matmuls to ``gh``). Returns the gradient of ``h0``.
+    """
+    ms, m1s = mask.unbind(0), (1.0 - mask).unbind(0)
+    gh = d_hT.clone()                                # gradient of the carried h_t
+    for t in range(len(g_steps) - 1, -1, -1):
+        g = g_steps[t]
+        torch.add(d_outs[t], gh, out=g)
+        g.mul_(ms[t])
+        step_grads(t)
+        gh.mul_(m1s[t]).addcmul_(g, zs[t])
+        add_h_in_grad(t, gh)
+    return gh
+
+
+def _gru_backward_paper(d_out, d_hT, RZ, N, RH, h_prev, h_in_prev, w, mask, h_mask, ln, needs):
+    """Backward of the paper-form GRU: ``n = tanh(x_n + W_hn (r * h_in) + b_hn)`` (no layer norm here: that
+    variant runs the general loop). Same returns as :func:`_gru_backward_reset_after`."""
+    T, B, H = N.shape
+    opts = dict(dtype=N.dtype, device=N.device)
+    r, z, k_n, k_z = _gru_factors(RZ, N, h_prev)
+    zs, rs, d_outs = z.unbind(0), r.unbind(0), d_out.unbind(0)
+    GB = torch.empty(T, B, 1, H, **opts)              # g for every step (gradient of h_new)
+    gbs = GB.unbind(0)
+    g_steps = GB[:, :, 0].unbind(0)
+    dXG = torch.empty(T, B, 3, H, **opts)             # gradient of xg (gate pre-activations)
+    dxg_flat = dXG.view(T, B, 3 * H)
+    tmp = torch.empty(B, H, **opts)
+    w_rz, w_n = w[:2 * H], w[2 * H:]
+    K_zn = torch.stack([k_z, k_n], 2)                # (T, B, 2, H): d[z_pre, n_pre] = g * K_zn
+    k_r = (h_in_prev * (r * (1.0 - r))).unbind(0)   # d r_pre = d(r h_in) * k_r
+    kzns = K_zn.unbind(0)
+    dzn = dXG[:, :, 1:].unbind(0)
+    dr = dXG[:, :, 0].unbind(0)
+    dn = dXG[:, :, 2].unbind(0)
+    drz = dxg_flat[:, :, :2 * H].unbind(0)
+    drh = torch.empty(B, H, **opts)                  # gradient of r * h_in
+
+    def step_grads(t):
+        torch.mul(gbs[t], kzns[t], out=dzn[t])
+        torch.mm(dn[t], w_n, out=drh)
+        torch.mul(drh, k_r[t], out=dr[t])
+
+    def h_in_grad(t, out_):                          # gradient of h_in at step t, written to out_
+        torch.mul(drh, rs[t], out=out_)
+        out_.addmm_(drz[t], w_rz)
+        if h_mask is not None:
+            out_.mul_(h_mask)
+
+    if mask is None:
+        torch.add(d_outs[T - 1], d_hT, out=g_steps[T - 1])
+        for t in range(T - 1, -1, -1):
+            step_grads(t)
+            if t > 0:
+                g = g_steps[t - 1]
+                torch.addcmul(d_outs[t - 1], g_steps[t], zs[t], out=g)
+                if h_mask is None:
+                    g.addcmul_(drh, rs[t]).addmm_(drz[t], w_rz)
+                else:
                     h_in_grad(t, tmp)
-                    gh.add_(tmp)
-                d_h0 = gh
-            d_w = d_b = None
-            if ctx.needs_input_grad[2]:
-                d_w = torch.empty_like(w)
-                d_rz_flat = dxg_flat[:, :, :2 * H].reshape(T * B, 2 * H)
-                d_n_flat = dxg_flat[:, :, 2 * H:].reshape(T * B, H)
-                torch.mm(d_rz_flat.t(), h_in_prev.reshape(T * B, H), out=d_w[:2 * H])
-                torch.mm(d_n_flat.t(), RH.reshape(T * B, H), out=d_w[2 * H:])
-            if has_b and ctx.needs_input_grad[3]:
-                d_b = dxg_flat.sum((0, 1))
-        return (dxg_flat if ctx.needs_input_grad[0] else None, d_h0 if ctx.needs_input_grad[1] else None,
-                d_w, d_b, None, None, None)
+                    g.add_(tmp)
+        h_in_grad(0, tmp)
+        d_h0 = tmp.addcmul_(g_steps[0], zs[0])
+    else:
+        def add_h_in_grad(t, gh):
+            h_in_grad(t, tmp)
+            gh.add_(tmp)
+
+        d_h0 = _gru_masked_backward_loop(d_outs, d_hT, g_steps, zs, mask, step_grads, add_h_in_grad)
+    d_w = d_b = None
+    if needs[2]:
+        d_w = torch.empty_like(w)
+        torch.mm(dxg_flat[:, :, :2 * H].reshape(T * B, 2 * H).t(), h_in_prev.reshape(T * B, H), out=d_w[:2 * H])
+        torch.mm(dxg_flat[:, :, 2 * H:].reshape(T * B, H).t(), RH.reshape(T * B, H), out=d_w[2 * H:])
+    if needs[3]:
+        d_b = dxg_flat.sum((0, 1))
+    return dxg_flat, d_h0, d_w, d_b, None, None
 
 
 def _double_backward(reference, inputs, grad_outputs, needs):
