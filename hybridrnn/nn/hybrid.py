@@ -49,7 +49,7 @@ Weight sharing (options of :func:`build_encoder`):
 from __future__ import annotations
 
 import warnings
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -482,41 +482,9 @@ def build_encoder(spec: Union[str, SpecNode], input_size: int, *, dropout: float
     ``step`` and an attribute ``spec`` (the canonical spec text).
     """
     ast = parse_spec(spec)
-    if not isinstance(input_size, int) or isinstance(input_size, bool) or input_size < 1:
-        raise ValueError(f"build_encoder: input_size must be an integer >= 1, got {input_size!r}")
-    if fusion not in FUSIONS:
-        raise ValueError(f"build_encoder: fusion must be one of {FUSIONS}, got {fusion!r}")
-    if not 0.0 <= float(dropout) < 1.0:
-        raise ValueError(f"build_encoder: dropout must be in [0, 1), got {dropout!r}")
-    if share_input_projection is not False and not isinstance(share_input_projection, bool) and (
-            not isinstance(share_input_projection, int) or share_input_projection < 1):
-        raise ValueError(f"build_encoder: share_input_projection must be True/False or a size >= 1, "
-                         f"got {share_input_projection!r}")
-    spec_text = format_spec(ast)
-    has_lstm, has_parallel = any(l.kind == "lstm" for l in iter_layers(ast)), _has(ast, Parallel)
-    # Options with nothing to act on in this spec are not errors (one config often serves several specs in a
-    # comparison), but they are never dropped silently: each gets a warning naming the option and the spec.
-    idle = []
-    if forget_bias is not None and not has_lstm:
-        idle.append(f"forget_bias={forget_bias} applies to LSTM blocks, and spec {spec_text!r} has none")
-    if coupled and not has_lstm:
-        idle.append(f"coupled=True applies to LSTM blocks, and spec {spec_text!r} has none")
-    if share_input_projection is not False and not has_parallel:
-        idle.append(f"share_input_projection={share_input_projection} applies to parallel groups ('a|b'), and "
-                    f"spec {spec_text!r} has none")
-    if fusion != "concat" and not has_parallel:
-        idle.append(f"fusion={fusion!r} applies to parallel groups ('a|b'), and spec {spec_text!r} has none")
-    if tie_layers and not (_tied_layer_ids(ast) or any(l.layers > 1 for l in iter_layers(ast))):
-        idle.append(f"tie_layers=True ties stacked blocks of the same kind and size ('lstm:64>lstm:64') or the "
-                    f"layers of a multi-layer block ('lstm:64x2'), and spec {spec_text!r} has neither")
-    for message in idle:
-        warnings.warn(f"build_encoder: {message}; the option has no effect", stacklevel=2)
-    if locked_dropout and not dropout:
-        warnings.warn(f"build_encoder: locked_dropout=True makes dropout variational, and dropout is 0; the option "
-                      f"has no effect", stacklevel=2)
-    if tie_layers and path == "fused":
-        raise ValueError("build_encoder: tie_layers ties tensors across layers, which needs the custom path; "
-                         "got path='fused' (use 'auto' or 'custom')")
+    _check_options(input_size, fusion, dropout, share_input_projection, tie_layers, path)
+    _warn_idle_options(ast, forget_bias=forget_bias, coupled=coupled, share_input_projection=share_input_projection,
+                       fusion=fusion, tie_layers=tie_layers, locked_dropout=locked_dropout, dropout=dropout)
     tied_blocks = _tied_layer_ids(ast) if tie_layers else set()
 
     def layer_module(node: Layer, width: int) -> nn.Module:
@@ -550,6 +518,50 @@ def build_encoder(spec: Union[str, SpecNode], input_size: int, *, dropout: float
         return ParallelEncoder(branches, fusion=fusion, input_projection=projection, spec=format_spec(node))
 
     return build(ast, input_size)
+
+
+def _check_options(input_size: Any, fusion: str, dropout: float, share_input_projection: Union[bool, int],
+                   tie_layers: bool, path: str) -> None:
+    """``build_encoder``'s option values that no spec can use: a ``ValueError`` naming the option."""
+    if not isinstance(input_size, int) or isinstance(input_size, bool) or input_size < 1:
+        raise ValueError(f"build_encoder: input_size must be an integer >= 1, got {input_size!r}")
+    if fusion not in FUSIONS:
+        raise ValueError(f"build_encoder: fusion must be one of {FUSIONS}, got {fusion!r}")
+    if not 0.0 <= float(dropout) < 1.0:
+        raise ValueError(f"build_encoder: dropout must be in [0, 1), got {dropout!r}")
+    if share_input_projection is not False and not isinstance(share_input_projection, bool) and (
+            not isinstance(share_input_projection, int) or share_input_projection < 1):
+        raise ValueError(f"build_encoder: share_input_projection must be True/False or a size >= 1, "
+                         f"got {share_input_projection!r}")
+    if tie_layers and path == "fused":
+        raise ValueError("build_encoder: tie_layers ties tensors across layers, which needs the custom path; "
+                         "got path='fused' (use 'auto' or 'custom')")
+
+
+def _warn_idle_options(ast: SpecNode, *, forget_bias: Optional[float], coupled: bool,
+                       share_input_projection: Union[bool, int], fusion: str, tie_layers: bool,
+                       locked_dropout: bool, dropout: float) -> None:
+    """Options with nothing to act on in this spec are not errors (one config often serves several specs in a
+    comparison), but they are never dropped silently: each gets a ``UserWarning`` naming the option and the spec."""
+    spec_text = format_spec(ast)
+    has_lstm, has_parallel = any(l.kind == "lstm" for l in iter_layers(ast)), _has(ast, Parallel)
+    idle = []
+    if forget_bias is not None and not has_lstm:
+        idle.append(f"forget_bias={forget_bias} applies to LSTM blocks, and spec {spec_text!r} has none")
+    if coupled and not has_lstm:
+        idle.append(f"coupled=True applies to LSTM blocks, and spec {spec_text!r} has none")
+    if share_input_projection is not False and not has_parallel:
+        idle.append(f"share_input_projection={share_input_projection} applies to parallel groups ('a|b'), and "
+                    f"spec {spec_text!r} has none")
+    if fusion != "concat" and not has_parallel:
+        idle.append(f"fusion={fusion!r} applies to parallel groups ('a|b'), and spec {spec_text!r} has none")
+    if tie_layers and not (_tied_layer_ids(ast) or any(l.layers > 1 for l in iter_layers(ast))):
+        idle.append(f"tie_layers=True ties stacked blocks of the same kind and size ('lstm:64>lstm:64') or the "
+                    f"layers of a multi-layer block ('lstm:64x2'), and spec {spec_text!r} has neither")
+    if locked_dropout and not dropout:
+        idle.append("locked_dropout=True makes dropout variational, and dropout is 0")
+    for message in idle:
+        warnings.warn(f"build_encoder: {message}; the option has no effect", stacklevel=3)
 
 
 def _has(node: SpecNode, cls: type) -> bool:
