@@ -10,7 +10,8 @@ import torch
 import yaml
 
 from hybridrnn.experiments.compare import BASE_COLUMNS, ModelEntry, parse_model, parse_models, run_compare
-from hybridrnn.experiments.report import higher_is_better, longest_solved, welch_p_value, write_report
+from hybridrnn.experiments.report import higher_is_better, welch_p_value, write_report
+from hybridrnn.tasks.long_range_report import longest_solved
 
 MODELS = "lstm:6,(lstm:4|gru:4)[fusion=sum]"
 
@@ -171,7 +172,8 @@ def test_report_marks_best_and_spread(tmp_path):
     pd.DataFrame(rows).to_csv(tmp_path / "results.csv", index=False)
     (tmp_path / "compare.json").write_text(json.dumps({"train_config": str(tmp_path / "none.yaml")}))
     md, _ = write_report(tmp_path)
-    lines = {l.split("|")[1].strip(): l for l in md.read_text().splitlines() if l.startswith("| ") and "seeds" not in l}
+    summary = md.read_text().split("## Summary")[1].split("\n\n")[1]      # the first table
+    lines = {l.split("|")[1].strip(): l for l in summary.splitlines() if l.startswith("| ") and "seeds" not in l}
     assert lines["good"].rstrip(" |").endswith("best") or lines["close"].rstrip(" |").endswith("best")
     assert "yes (p=" in lines["bad"]
     loser = "close" if lines["good"].rstrip(" |").endswith("best") else "good"
@@ -206,11 +208,12 @@ def _synthetic_results(tmp_path, plan_extra=None):
 def test_report_moves_constant_metrics_to_a_reference_table(tmp_path):
     _synthetic_results(tmp_path)
     md = write_report(tmp_path)[0].read_text()
-    summary = md.split("## Summary")[1].split("### Reference values")[0]
+    summary = md.split("## Summary")[1].split("## Learning curves")[0]
     header = next(l for l in summary.splitlines() if l.startswith("| model"))
     assert "test_mae" in header and "test_naive_mse" not in header
-    reference = md.split("### Reference values")[1]
-    assert "| test_naive_mse | 0.2500 |" in reference
+    assert md.index("## Reference values") > md.index("metric_vs_parameters.png")   # below the plots
+    reference = md.split("## Reference values")[1]
+    assert "| naive | 0.2500 |" in reference and "| reference | test_mse |" in reference
 
 
 def test_report_metrics_selection(tmp_path):

@@ -5,6 +5,7 @@ Layout of the output folder ``DIR``::
     DIR/compare.json          the plan (config, models, seeds, lengths, overrides)
     DIR/runs/<row id>/        one run directory per row (hybridrnn.api.train_run), plus row.json when done
     DIR/results.csv           one row per model x seed (x length), rebuilt after every finished row
+    DIR/timings.json          inference times of every finished row's model, timed together at the end
     DIR/report.md, report.html (hybridrnn.experiments.report)
 
 Resuming: a row is finished when its ``row.json`` exists (written atomically after training and evaluation);
@@ -42,6 +43,10 @@ from hybridrnn.experiments.report import write_report
 from hybridrnn.experiments.results import BASE_COLUMNS, ROW_FILE, summarise_training
 from hybridrnn.nn.spec import parse_spec
 from hybridrnn.nn.tying import count_parameters
+
+TIMINGS_FILE = "timings.json"
+#: rounds of the interleaved inference timing at the end of a comparison (the report shows their median)
+TIMING_ROUNDS = 15
 
 # ---------------------------------------------------------------------------------------------------------
 # small I/O helpers
@@ -214,36 +219,115 @@ def _leading_rows(batch: Any) -> int:
     raise ValueError(f"cannot find a tensor in a batch of type {type(batch).__name__}")
 
 
-def measure_inference(task, model, repeats: int = 7) -> tuple[float, int]:
-    """Median wall milliseconds of one forward pass and loss (``task.training_step`` in eval mode, under
-    ``no_grad``) on the first training batch, after one warm-up pass; and how many sequences that batch holds.
-
-    The batch is the task's own (``train.batch_size`` sequences, as the model trains on them), so the figure is
-    comparable across models of one task; the per-sequence figure is it divided by the batch's rows."""
-
+def _first_batch(task, model) -> tuple[Any, int]:
+    """The task's first training batch on the model's device, and how many sequences it holds."""
     generator = torch.Generator().manual_seed(0)
     batch = next(iter(task.train_batches(0, generator)))
+    batch = task.to_device(batch, next(model.parameters()).device)
+    return batch, _leading_rows(batch)
+
+
+def _one_pass(task, model, batch) -> float:
+    """Seconds of one forward pass and loss (eval mode, no_grad) on ``batch``."""
     device = next(model.parameters()).device
-    batch = task.to_device(batch, device)
-    rows = _leading_rows(batch)
-    was_training = model.training
-    model.eval()
-    times = []
-    with torch.no_grad():
-        for _ in range(repeats + 1):
-            if hasattr(task, "reset_state"):
-                task.reset_state()      # a stateful task (language model) must not carry a state between passes
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            started = time.perf_counter()
-            task.training_step(model, batch)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            times.append(time.perf_counter() - started)
     if hasattr(task, "reset_state"):
-        task.reset_state()
-    model.train(was_training)
-    return 1000.0 * statistics.median(times[1:]), rows
+        task.reset_state()      # a stateful task (language model) must not carry a state between passes
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    task.training_step(model, batch)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - started
+
+
+def recurrent_paths(model: torch.nn.Module) -> str:
+    """The paths the model's recurrent layers run (``"LSTM fused, GRU custom"``; ``""`` when it has none):
+    ``path="auto"`` picks the faster one by the measured rule of ``hybridrnn.nn.recurrent.auto_path``."""
+    seen = []
+    for module in model.modules():
+        path, mode = getattr(module, "path", None), getattr(module, "mode", None)
+        if isinstance(path, str) and isinstance(mode, str) and mode:
+            item = f"{mode} {path}"
+            if item not in seen:
+                seen.append(item)
+    return ", ".join(seen)
+
+
+def measure_inference(task, model, repeats: int = 7, warmup: int = 3) -> tuple[float, int]:
+    """Median wall milliseconds of one forward pass and loss (``task.training_step`` in eval mode, under
+    ``no_grad``) on the first training batch, after ``warmup`` passes; and how many sequences that batch holds.
+
+    One model alone; :func:`time_models` times several interleaved (what ``compare`` reports)."""
+    timings = time_models([(task, model)], rounds=repeats, warmup=warmup)
+    return timings[0]
+
+
+def time_models(cases: Sequence[tuple[Any, torch.nn.Module]], rounds: int = 15, warmup: int = 3,
+                seed: int = 0, threads: Optional[int] = 1) -> list[tuple[float, int]]:
+    """Inference time of several models, interleaved: ``(median ms per batch, sequences per batch)`` per case.
+
+    Each case is ``(task, model)``; each model runs ``task.training_step`` (eval mode, ``no_grad``) on its task's
+    first training batch. Every model first runs ``warmup`` untimed passes (first-call allocations, oneDNN
+    primitive creation, lazy initialisation); then ``rounds`` rounds each time every model once, in an order
+    shuffled per round, so that a slow phase of the machine (another process, frequency scaling) spreads over
+    all models instead of falling on one. ``threads``: torch threads while timing (1: the figures do not
+    depend on how busy the other cores are; None: leave as set)."""
+    import random
+
+    prepared = []
+    for task, model in cases:
+        batch, rows = _first_batch(task, model)
+        prepared.append((task, model, batch, rows, model.training))
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    times: list[list[float]] = [[] for _ in prepared]
+    try:
+        with torch.no_grad():
+            for task, model, batch, _, _ in prepared:
+                model.eval()
+                for _ in range(warmup):
+                    _one_pass(task, model, batch)
+            order = list(range(len(prepared)))
+            shuffle = random.Random(seed)
+            for _ in range(max(1, rounds)):
+                shuffle.shuffle(order)
+                for i in order:
+                    task, model, batch, _, _ = prepared[i]
+                    times[i].append(_one_pass(task, model, batch))
+    finally:
+        torch.set_num_threads(previous_threads)
+        for task, model, _, _, was_training in prepared:
+            if hasattr(task, "reset_state"):
+                task.reset_state()
+            model.train(was_training)
+    return [(1000.0 * statistics.median(t), rows) for t, (_, _, _, rows, _) in zip(times, prepared)]
+
+
+def time_rows(out_dir: Path, keys: Iterable[RowKey], rounds: int = 15, warmup: int = 3) -> dict[str, dict]:
+    """Time the models of every finished row of ``keys`` together (:func:`time_models`) and write
+    ``out_dir/timings.json``: ``{run_id: {"infer_ms_per_batch", "infer_ms_per_sequence", "infer_path"}}``.
+
+    Rows are timed at the end of a comparison rather than after each training, so that every model is timed
+    in the same conditions: warm, one thread, interleaved with the others."""
+    out_dir = Path(out_dir)
+    ids, cases = [], []
+    for key in keys:
+        run_dir = out_dir / "runs" / key.run_id
+        if not (run_dir / ROW_FILE).is_file():
+            continue
+        _, task, model = load_run(run_dir)
+        task.setup()
+        model.eval()
+        ids.append(key.run_id)
+        cases.append((task, model))
+    timings = {}
+    for run_id, (ms, rows), (_, model) in zip(ids, time_models(cases, rounds, warmup), cases):
+        timings[run_id] = {"infer_ms_per_batch": ms, "infer_ms_per_sequence": ms / rows,
+                           "infer_path": recurrent_paths(model)}
+    atomic_write_text(out_dir / TIMINGS_FILE, json.dumps(timings, indent=2))
+    return timings
 
 
 def _run_row(key: RowKey, config_path: Path, run_dir: Path, overrides: Sequence[str], task_name: str) -> dict:
@@ -276,9 +360,9 @@ def _run_row(key: RowKey, config_path: Path, run_dir: Path, overrides: Sequence[
         metrics = {"val": task.evaluate(model, "val")}
         if _has_split(task, "test"):            # a corpus with only a validation fraction has none
             metrics["test"] = task.evaluate(model, "test")
-    ms, rows = measure_inference(task, model)
-    row["infer_ms_per_batch"] = ms
-    row["infer_ms_per_sequence"] = ms / rows
+    # inference is timed at the end of the comparison, every model together (time_rows)
+    row["infer_ms_per_batch"] = row["infer_ms_per_sequence"] = None
+    row["infer_path"] = recurrent_paths(model)
     for split, values in metrics.items():
         for name, value in values.items():
             row[f"{split}_{name}"] = float(value)
@@ -290,12 +374,15 @@ def _run_row(key: RowKey, config_path: Path, run_dir: Path, overrides: Sequence[
 
 
 def collect_rows(out_dir: Path, keys: Iterable[RowKey]) -> list[dict]:
-    """Finished rows of ``keys`` (those with a row.json), in grid order."""
+    """Finished rows of ``keys`` (those with a row.json), in grid order, with their inference times from
+    ``timings.json`` (:func:`time_rows`) where it has them."""
+    timings_path = Path(out_dir) / TIMINGS_FILE
+    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
     rows = []
     for key in keys:
         path = Path(out_dir) / "runs" / key.run_id / ROW_FILE
         if path.is_file():
-            rows.append(json.loads(path.read_text()))
+            rows.append({**json.loads(path.read_text()), **timings.get(key.run_id, {})})
     return rows
 
 
@@ -378,6 +465,8 @@ def run_compare(config_path: str | os.PathLike, models: str | Sequence[str | dic
         row = _run_row(key, config_path, run_dir, overrides, task_name)
         atomic_write_text(run_dir / ROW_FILE, json.dumps(row, indent=2))
         write_results_csv(out_dir, collect_rows(out_dir, keys))
+    progress(f"timing inference: every finished model, {TIMING_ROUNDS} interleaved rounds")
+    time_rows(out_dir, keys, rounds=TIMING_ROUNDS)
     results = write_results_csv(out_dir, collect_rows(out_dir, keys))
     if report:
         write_report(out_dir)

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import ttest_ind
 
-from hybridrnn._io import atomic_write_text
+from hybridrnn._io import atomic_write_text, save_figure
 from hybridrnn.api import get_task_class
 from hybridrnn.errors import ConfigError
 from hybridrnn.config import read_yaml
@@ -37,11 +37,6 @@ from hybridrnn.experiments.results import BASE_COLUMNS, epoch_records
 #: metric names (after the val_/test_ prefix) where larger is better; every other metric is minimised
 HIGHER_IS_BETTER = ("accuracy", "acc", "f1", "auc", "r2", "precision", "recall", "solved", "bleu")
 SIGNIFICANCE_LEVEL = 0.05
-#: "solved" thresholds of the long-range suite: problem -> (column, threshold, description)
-SOLVED = {
-    "adding": ("test_mse", 0.01, "test MSE < 0.01 (always predicting 1 gives 0.167)"),
-    "copy": ("test_baseline_ratio", 0.1, "test loss < 10% of the memoryless baseline 10·log(8)/(T+20)"),
-}
 FILES = "report_files"
 
 
@@ -109,6 +104,40 @@ def _html_inline(text: str) -> str:
     return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
 
 
+def _breakable(text: str) -> str:
+    """HTML text that may wrap after a spec's or a column name's separators (``|``, ``>``, ``,``, ``_``, ``]``,
+    ``)``); tags and entities stay whole."""
+    out = []
+    for part in re.split(r"(<[^>]*>|&[a-z]+;|&#[0-9]+;)", text):
+        if part.startswith("<"):
+            out.append(part)
+        elif part.startswith("&"):
+            out.append(part + ("<wbr>" if part == "&gt;" else ""))
+        else:
+            out.append(re.sub(r"([|,_\])])", r"\1<wbr>", part))
+    return "".join(out)
+
+
+def markdown_blocks(markdown: str) -> list[Block]:
+    """Blocks of a small markdown text (what a task's ``report_sections`` returns): tables (lines starting
+    with ``|``) and paragraphs, separated by blank lines."""
+    blocks = []
+    for chunk in re.split(r"\n\s*\n", markdown.strip()):
+        lines = [line.strip() for line in chunk.strip().splitlines() if line.strip()]
+        if not lines:
+            continue
+        if all(line.startswith("|") for line in lines) and len(lines) >= 2:
+            def cells(line):
+                inner = line.strip()[1:-1] if line.strip().endswith("|") else line.strip()[1:]
+                return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", inner)]
+            body = [cells(line) for line in lines[2:]] if set(lines[1]) <= set("|-: ") else \
+                [cells(line) for line in lines[1:]]
+            blocks.append(Block("table", (cells(lines[0]), body)))
+        else:
+            blocks.append(Block("p", " ".join(lines)))
+    return blocks
+
+
 def render_html(blocks: list[Block], root: Path, title: str) -> str:
     body = []
     for b in blocks:
@@ -118,10 +147,11 @@ def render_html(blocks: list[Block], root: Path, title: str) -> str:
             body.append(f"<p>{_html_inline(b.content)}</p>")
         elif b.kind == "table":
             header, rows = b.content
-            cells = "".join(f"<th>{_html_inline(h)}</th>" for h in header)
+            cells = "".join(f"<th>{_breakable(_html_inline(h))}</th>" for h in header)
             lines = [f"<table><thead><tr>{cells}</tr></thead><tbody>"]
-            for row in rows:
-                lines.append("<tr>" + "".join(f"<td>{_html_inline(c)}</td>" for c in row) + "</tr>")
+            for row in rows:   # the first cell (a model spec) may wrap after its separators; numbers never wrap
+                lines.append("<tr>" + "".join(f"<td>{_breakable(_html_inline(c)) if i == 0 else _html_inline(c)}</td>"
+                                              for i, c in enumerate(row)) + "</tr>")
             lines.append("</tbody></table>")
             body.append("\n".join(lines))
         elif b.kind == "image":
@@ -129,8 +159,9 @@ def render_html(blocks: list[Block], root: Path, title: str) -> str:
             body.append(f'<figure><img alt="{html.escape(b.caption)}" src="data:image/png;base64,{data}">'
                         f"<figcaption>{html.escape(b.caption)}</figcaption></figure>")
     style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-             "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}"
-             "th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f4f4f4}"
+             "table{border-collapse:collapse;margin:1em 0;font-size:0.9em;max-width:100%}"
+             "th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f4f4f4;font-weight:600}"
+             "td{white-space:nowrap}td:first-child{white-space:normal;overflow-wrap:anywhere;max-width:22em}"
              "td:first-child,th:first-child{text-align:left}img{max-width:100%}"
              "figcaption{color:#666;font-size:0.9em}code{background:#f4f4f4;padding:0 3px}")
     return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
@@ -173,7 +204,7 @@ def summary_table(results: pd.DataFrame, columns: list[str], primary: str, group
 
     With ``group = ["length", "model"]`` the best value and the test are taken among the models of each length.
     """
-    stats = results.groupby(group, sort=False)[columns].agg(["mean", "std", "count"])
+    stats = results.groupby(group, sort=False)[list(dict.fromkeys(columns + [primary]))].agg(["mean", "std", "count"])
 
     def peers(idx):   # the rows competing with idx: same length, or all of them
         if len(group) == 1:
@@ -237,10 +268,7 @@ def _plt():
 
 
 def _save(fig, path: Path) -> None:
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    _plt().close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)      # atomic, mode 0644 like every other file hybridrnn writes
 
 
 def _legend(ax, entries: int) -> None:
@@ -256,17 +284,26 @@ def _colors(models: list[str]) -> dict[str, Any]:
     return {m: cmap(i % 10) for i, m in enumerate(models)}
 
 
+#: line styles that tell the seeds of a model apart in the learning curves (then repeated)
+SEED_STYLES = ("-", "--", ":", "-.")
+
+
 def plot_learning_curves(results: pd.DataFrame, root: Path, monitor: str, path: Path) -> bool:
-    """Validation ``monitor`` against epoch, one colour per model, one line per seed (per length: a panel)."""
+    """Validation ``monitor`` against epoch: one colour per model, one line style per seed (the legend lists
+    both), per length a panel."""
     plt = _plt()
+    from matplotlib.lines import Line2D
+
     models = list(dict.fromkeys(results["model"]))
     colors = _colors(models)
+    seeds = list(dict.fromkeys(results["seed"]))
+    styles = {seed: SEED_STYLES[i % len(SEED_STYLES)] for i, seed in enumerate(seeds)}
     lengths = [None] if results["length"].isna().all() else sorted(results["length"].dropna().unique())
     fig, axes = plt.subplots(1, len(lengths), figsize=(5.5 * len(lengths), 4), squeeze=False)
     drew = False
     for ax, length in zip(axes[0], lengths):
         frame = results if length is None else results[results["length"] == length]
-        labelled, values = set(), []
+        shown_models, shown_seeds, values = [], [], []
         for _, row in frame.iterrows():
             records = epoch_records(root / str(row["run_dir"]))
             points = [(r["epoch"], r[f"val_{monitor}"]) for r in records if f"val_{monitor}" in r]
@@ -274,9 +311,10 @@ def plot_learning_curves(results: pd.DataFrame, root: Path, monitor: str, path: 
                 continue
             x, y = zip(*points)
             values.extend(y)
-            label = row["model"] if row["model"] not in labelled else None
-            labelled.add(row["model"])
-            ax.plot(x, y, color=colors[row["model"]], alpha=0.8, lw=1.3, label=label, marker="." if len(x) < 15 else None)
+            shown_models += [row["model"]] * (row["model"] not in shown_models)
+            shown_seeds += [row["seed"]] * (row["seed"] not in shown_seeds)
+            ax.plot(x, y, color=colors[row["model"]], ls=styles[row["seed"]], alpha=0.85, lw=1.3,
+                    marker="." if len(x) < 15 else None)
             drew = True
         ax.set(xlabel="epoch", ylabel=f"validation {monitor}",
                title="learning curves" + (f" (length {int(length)})" if length is not None else ""))
@@ -284,8 +322,17 @@ def plot_learning_curves(results: pd.DataFrame, root: Path, monitor: str, path: 
             ax.set_yscale("log")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
-        if labelled:
-            _legend(ax, len(labelled))
+        if shown_models:
+            handles = [Line2D([], [], color=colors[m], lw=2, label=str(m)) for m in shown_models]
+            if len(shown_seeds) > 1:
+                handles += [Line2D([], [], color="0.3", ls=styles[s], lw=1.3, label=f"seed {s}")
+                            for s in shown_seeds]
+            entries = len(handles)
+            kwargs = dict(fontsize=8, handlelength=2.6)
+            if entries > 4:
+                ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, **kwargs)
+            else:
+                ax.legend(handles=handles, **kwargs)
     if drew:
         _save(fig, path)
     else:
@@ -393,23 +440,69 @@ def _hardware(root: Path, results: pd.DataFrame) -> str:
     return ""
 
 
-def longest_solved(results: pd.DataFrame, column: str, threshold: float) -> tuple[list, list]:
-    """Table: for each model, the seeds solving each length (``column`` < ``threshold``) and the longest length
-    solved by at least half of the seeds."""
-    lengths = sorted(results["length"].dropna().unique())
-    header = ["model"] + [f"T={int(L)}" for L in lengths] + ["longest solved"]
-    rows = []
-    for model in dict.fromkeys(results["model"]):
-        row, solved = [model], []
-        for L in lengths:
-            values = results[(results["model"] == model) & (results["length"] == L)][column].dropna()
-            k = int((values < threshold).sum())
-            row.append(f"{k}/{len(values)}" if len(values) else "-")
-            if len(values) and k * 2 >= len(values):
-                solved.append(int(L))
-        row.append(f"**{max(solved)}**" if solved else "none")
-        rows.append(row)
-    return header, rows
+#: model-dependent flags that may happen to be equal in every run (every model beat the baselines): never
+#: "reference values"
+MODEL_FLAGS = ("beats_baselines", "solved")
+#: the summary's cost columns and their headings
+COST_COLUMNS = {"parameters": "parameters", "train_seconds_per_epoch": "train s / epoch",
+                "epochs_to_best": "epochs to best", "infer_ms_per_batch": "inference ms / batch",
+                "infer_ms_per_sequence": "inference ms / sequence"}
+#: metric names a reference column may end in (``test_naive_mse``: the naive forecast's MSE)
+COMMON_METRICS = ("loss", "mse", "mae", "rmse", "mape", "smape", "mase", "accuracy")
+#: at most this many metric columns in one summary table (the rest go to a second one), so it fits 1280 px
+METRICS_PER_TABLE = 4
+
+
+def _is_flag(column: str) -> bool:
+    return any(column.endswith(f) for f in MODEL_FLAGS)
+
+
+def _reference_table(results: pd.DataFrame, constant: list[str], model_metrics: list[str], prefix: str,
+                     has_lengths: bool) -> tuple[list, list]:
+    """The constant (model-independent) metrics as a compact table: one row per reference forecast and one
+    column per metric when their names are ``<prefix><reference>_<metric>`` of the models' metrics, else one
+    row per column (per length: one row per length)."""
+    if has_lengths:
+        table = results.groupby("length")[constant].first()
+        return ["length"] + constant, [[str(int(L))] + [_fmt(v) for v in table.loc[L]] for L in table.index]
+    names = sorted({c[len(prefix):] for c in model_metrics if c.startswith(prefix)} | set(COMMON_METRICS),
+                   key=len, reverse=True)
+    split = {}
+    for column in constant:
+        rest = column[len(prefix):] if column.startswith(prefix) else column
+        metric = next((m for m in names if rest.endswith("_" + m) and len(rest) > len(m) + 1), None)
+        if metric is None:
+            split = None
+            break
+        split[column] = (rest[:-len(metric) - 1], metric)
+    if not split:
+        return ["metric", "value"], [[c, _fmt(results[c].iloc[0])] for c in constant]
+    references = list(dict.fromkeys(ref for ref, _ in split.values()))
+    metrics = list(dict.fromkeys(m for _, m in split.values()))
+    value = {(ref, m): results[c].iloc[0] for c, (ref, m) in split.items()}
+    rows = [[ref] + [_fmt(value[(ref, m)]) if (ref, m) in value else "-" for m in metrics] for ref in references]
+    return ["reference"] + [f"{prefix}{m}" for m in metrics], rows
+
+
+def _task_sections(task_name: str, base: dict, plan: dict, results: pd.DataFrame) -> list[Block]:
+    """The task's own report sections (``Task.report_sections``), as blocks; none when the task cannot be
+    built from the comparison's config (an unknown task, a missing extra)."""
+    from hybridrnn.api import coerce_config
+    from hybridrnn.errors import HybridRNNError
+
+    if not task_name or not base:
+        return []
+    try:
+        raw = {k: v for k, v in base.items() if k not in ("compare", "tune")}
+        task = get_task_class(task_name)(coerce_config(raw, plan.get("overrides") or []))
+        sections = task.report_sections(results)
+    except (HybridRNNError, ImportError):
+        return []
+    blocks = []
+    for heading, markdown in sections:
+        blocks.append(Block("h2", heading))
+        blocks.extend(markdown_blocks(markdown))
+    return blocks
 
 
 def write_report(out_dir: str | Path) -> tuple[Path, Path]:
@@ -461,55 +554,56 @@ def write_report(out_dir: str | Path) -> tuple[Path, Path]:
             np.allclose(results[c].to_numpy(float), results[primary].to_numpy(float), equal_nan=True)]
     metric_cols = [primary] + [c for c in metric_cols if c != primary and c not in same]
     # a metric that is the same in every run (of a length) describes the data, not the models: the task's
-    # reference baselines (naive forecasts); it goes to a table of its own
-    constant = [c for c in metric_cols[1:] if _is_constant(results, c, "length" if has_lengths else None)]
+    # reference baselines (naive forecasts); it goes to a table of its own (a model's flag such as
+    # beats_baselines is the models' result even when every model has it)
+    constant = [c for c in metric_cols[1:] if not _is_flag(c)
+                and _is_constant(results, c, "length" if has_lengths else None)]
     metric_cols = [c for c in metric_cols if c not in constant]
-    columns = metric_cols + [f"val_{monitor}"] * (f"val_{monitor}" in results.columns and split == "test") + \
-        ["parameters", "train_seconds_per_epoch", "epochs_to_best", "infer_ms_per_sequence"]
-    columns = [c for c in columns if c in results.columns and results[c].notna().any()]
+    if f"val_{monitor}" in results.columns and split == "test":
+        metric_cols.append(f"val_{monitor}")
+    metric_cols = [c for c in metric_cols if c in results.columns and results[c].notna().any()]
+    cost_cols = [c for c in ("parameters", "train_seconds_per_epoch", "epochs_to_best", "infer_ms_per_sequence")
+                 if c in results.columns and results[c].notna().any()]
     blocks.append(Block("h2", "Summary"))
     if split == "val":
         blocks.append(Block("p", "The task has no test split: the summary and the plots use the validation split "
                                  "(which also chose each run's best epoch, so the figures are optimistic)."))
     maximise = lambda col: (mode == "max") if col in (primary, f"val_{monitor}") else higher_is_better(col)
-    header, rows = summary_table(results, columns, primary, group, maximise)
+    # the metrics (primary first, with the test against the best), then the other metrics, then the costs:
+    # several narrow tables rather than one that needs scrolling at 1280 px
+    first, rest = metric_cols[:METRICS_PER_TABLE], metric_cols[METRICS_PER_TABLE:]
+    header, rows = summary_table(results, first, primary, group, maximise)
     blocks.append(Block("table", (header, rows)))
+    keys = len(group) + 1       # the group columns and "seeds"
+    for start in range(0, len(rest), METRICS_PER_TABLE + 1):
+        chunk = rest[start:start + METRICS_PER_TABLE + 1]
+        header, rows = summary_table(results, chunk, primary, group, maximise)
+        blocks.append(Block("table", (header[:keys + len(chunk)], [r[:keys + len(chunk)] for r in rows])))
+    if cost_cols:
+        header, rows = summary_table(results, cost_cols, primary, group, maximise)
+        header = header[:len(group)] + [COST_COLUMNS.get(c, c) for c in cost_cols]
+        rows = [r[:len(group)] + r[keys:keys + len(cost_cols)] for r in rows]
+        blocks.append(Block("h3", "Size and cost"))
+        blocks.append(Block("table", (header, rows)))
+    paths = sorted(set(results["infer_path"].dropna().astype(str)) - {""}) if "infer_path" in results.columns else []
     blocks.append(Block("p", f"Mean ± standard deviation over seeds; the best of each column in bold "
                               f"(lowest, except for accuracy-like metrics){' within each length' if has_lengths else ''}. "
                               f"'differs from best' compares each model's per-seed `{primary}` with the best model's "
                               f"by Welch's two-sided t-test: 'yes' means p < {SIGNIFICANCE_LEVEL}, a difference "
                               f"larger than the seed spread; 'no' means the seeds cannot tell them apart. "
                               + (f"`{primary}` equals {', '.join(f'`{c}`' for c in same)} in every run. " if same else "")
-                              + "Inference time: the median of 7 forward passes (with the loss, no gradient) on one training batch "
-                              "of `train.batch_size` sequences; per sequence is that divided by the batch size."
+                              + "Inference time: one forward pass with the loss (no gradient) on one training batch "
+                              "of `train.batch_size` sequences, per sequence (divided by the batch size); every "
+                              "model was timed at the end of the comparison, after warm-up passes, in interleaved "
+                              "rounds of shuffled order on one thread, and the figure is the median of the rounds"
+                              + (f"; recurrent layers on their fastest path (`path=auto`): {'; '.join(paths)}"
+                                 if paths else "") + "."
                               + (f" Timed on {hardware}." if hardware else "")))
 
-    if constant:
-        blocks.append(Block("h3", "Reference values"))
-        if has_lengths:
-            table = results.groupby("length")[constant].first()
-            rows = [[str(int(L))] + [_fmt(v) for v in table.loc[L]] for L in table.index]
-            blocks.append(Block("table", (["length"] + constant, rows)))
-        else:
-            blocks.append(Block("table", (["metric", "value"], [[c, _fmt(results[c].iloc[0])] for c in constant])))
-        blocks.append(Block("p", "These test metrics are the same in every run (to 1e-9)"
-                                  + (" of a length" if has_lengths else "") + ", so they are left out of the "
-                                  "summary; for forecasting they are the naive, seasonal-naive and linear reference "
-                                  "forecasts, which do not depend on the model."))
-
-    problem = data.get("problem") if task == "long_range" else None
+    blocks.extend(_task_sections(task, base, plan, results))
     if has_lengths:
-        column, threshold, description = SOLVED.get(problem, (primary, None, None))
-        blocks.append(Block("h2", "Longest length solved"))
-        if threshold is not None and column in results.columns:
-            header, rows = longest_solved(results, column, threshold)
-            blocks.append(Block("table", (header, rows)))
-            blocks.append(Block("p", f"Solved: {description}. Each cell: seeds that solved that length; "
-                                      "'longest solved': the longest length solved by at least half of the seeds."))
-        else:
-            blocks.append(Block("p", f"No 'solved' threshold is defined for this task; see the plot of {column}."))
-        plot_metric_vs_length(results, column, threshold, files / "metric_vs_length.png")
-        blocks.append(Block("image", f"{FILES}/metric_vs_length.png", f"{column} against length (mean ± std over seeds)"))
+        plot_metric_vs_length(results, primary, None, files / "metric_vs_length.png")
+        blocks.append(Block("image", f"{FILES}/metric_vs_length.png", f"{primary} against length (mean ± std over seeds)"))
 
     blocks.append(Block("h2", "Learning curves"))
     if plot_learning_curves(results, root, monitor, files / "learning_curves.png"):
@@ -558,6 +652,14 @@ def write_report(out_dir: str | Path) -> tuple[Path, Path]:
         if extra:
             blocks.append(Block("h2", "Plots only some models make (each from its best run)"))
             blocks.extend(extra)
+
+    if constant:
+        blocks.append(Block("h2", "Reference values"))
+        blocks.append(Block("table", _reference_table(results, constant, metric_cols, prefix, has_lengths)))
+        blocks.append(Block("p", "These test metrics are the same in every run (to 1e-9)"
+                                  + (" of a length" if has_lengths else "") + ", so they are left out of the "
+                                  "summary; for forecasting they are the naive, seasonal-naive and linear reference "
+                                  "forecasts, which do not depend on the model."))
 
     md_path, html_path = root / "report.md", root / "report.html"
     atomic_write_text(md_path, render_markdown(blocks))

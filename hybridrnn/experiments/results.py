@@ -14,7 +14,7 @@ ROW_FILE = "row.json"
 #: leading columns of results.csv (metric columns val_* and test_* follow)
 BASE_COLUMNS = ["model", "encoder", "options", "seed", "length", "task", "parameters", "epochs",
                 "epochs_to_best", "train_seconds", "train_seconds_per_epoch", "infer_ms_per_batch",
-                "infer_ms_per_sequence", "run_dir"]
+                "infer_ms_per_sequence", "infer_path", "run_dir"]
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
