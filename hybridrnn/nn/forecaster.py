@@ -280,6 +280,12 @@ class Forecaster(nn.Module):
 
     encoder: a spec for :func:`hybridrnn.nn.hybrid.build_encoder` (``"lstm:64"``, ``"(lstm:64|gru:64)"``...)
     or a ready recurrent module with the project's contract. ``encoder_options`` go to ``build_encoder``.
+    strategy: ``direct``, ``recursive``, ``seq2seq``, ``parallel`` (PMF) or ``rmf`` (recursive over segments).
+    instance_norm: ``False``, ``True`` / ``"standard"`` (own mean / std) or ``"last"`` (subtract the last value).
+    segment: ``W``, the segment length of segment recurrence (None: point-wise); segment_embed: its embedding
+    size (None: the first block's hidden size, 0: none). decoder: ``None``, ``"shared"``, ``"gru"``, ``"lstm"``
+    (see the module docstring). SegRNN on ETTh1 is ``Forecaster(7, 7, 96, "gru:512", lookback=96, segment=24,
+    strategy="parallel", channel_independent=True, instance_norm="last", dropout=0.5)``.
     """
 
     def __init__(self, input_size: int, num_targets: int, horizon: int, encoder: Any = "lstm:64", *,
