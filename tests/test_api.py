@@ -127,3 +127,22 @@ def test_a_run_refuses_what_its_task_cannot_do(tmp_path):
                         out=tmp_path / "lr")
     with pytest.raises(NotImplementedError, match="does not support generate"):
         run.generate("x", 3)
+
+
+def test_predict_reads_only_the_look_back_and_checks_the_time_grid(tmp_path):
+    frame = hourly_frame()
+    run = hybridrnn.fit(config(), data=frame, out=tmp_path / "run")
+    new = frame.iloc[-60:].reset_index(drop=True)
+    clean = run.predict(new)
+    far = new.copy()
+    far.loc[5, "y"] = np.nan                       # outside the last 24 rows: never read
+    pd.testing.assert_frame_equal(run.predict(far), clean)
+    near = new.copy()
+    near.loc[50, "x"] = np.inf                     # inside the look-back: an error that says what was checked
+    with pytest.raises(DataError, match=r"x.*only rows 36-59"):
+        run.predict(near)
+    shifted = new.assign(time=new["time"] + pd.Timedelta(minutes=30))
+    with pytest.raises(DataError, match="off the training data's 'h' grid"):
+        run.predict(shifted)
+    later = new.assign(time=new["time"] + pd.Timedelta(hours=5))   # whole steps later: the same grid
+    assert later["time"].iloc[-1] + pd.Timedelta(hours=1) == run.predict(later)["time"].iloc[0]

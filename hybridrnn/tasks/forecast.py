@@ -29,6 +29,7 @@ from hybridrnn.data.registry import resolve_data_path
 from hybridrnn.data.scalers import Scaler
 from hybridrnn.data.timeseries import (
     SeriesTable,
+    check_time_grid,
     future_times,
     gather_windows,
     load_table,
@@ -87,14 +88,14 @@ class ForecastTask(Task):
         return self.config
 
     def _load(self, source, *, validate_frequency: str | None = None, use_where: bool = True,
-              time_range: bool = True) -> SeriesTable:
+              time_range: bool = True, rows: slice | None = None) -> SeriesTable:
         d = self._cfg.data
         table_source = source if isinstance(source, pd.DataFrame) else resolve_data_path(str(source))
         return load_table(table_source, time_column=d.time_column, numeric=d.target + d.covariates,
                           categorical=d.categorical, where=d.where if use_where else None,
                           start=d.start if time_range else None, end=d.end if time_range else None,
                           frequency=validate_frequency if validate_frequency is not None else d.frequency,
-                          fill=d.fill, header=d.header)
+                          fill=d.fill, header=d.header, rows=rows)
 
     def _has_where_columns(self, source: Any) -> bool:
         """Whether new input ``source`` has the ``data.where`` columns (a file of one series may lack them)."""
@@ -346,23 +347,28 @@ class ForecastTask(Task):
     @torch.no_grad()
     def forecast(self, model: nn.Module, data: str | Path | pd.DataFrame) -> pd.DataFrame:
         """Forecast the ``horizon`` steps after the last row of ``data`` (a table with the training columns);
-        returns a frame with the future timestamps (or ``step`` numbers) and one column per target."""
+        returns a frame with the future timestamps (or, for a ``steps`` series, the row numbers after the
+        input's last row) and one column per target.
+
+        Only the look-back (the last ``lookback`` rows, after ``data.where``) is read and validated: a missing
+        value far before it is not an error. Its timestamps must continue the training data's grid (same
+        frequency and time of day): an input shifted by part of a step is a ``DataError``."""
         lay = self.layout
         if lay is None:
             raise RuntimeError("forecast needs setup() or load_artifacts() first")
         source = data if isinstance(data, pd.DataFrame) else Path(data)
         freq = lay["frequency"]
-        table = self._load(source, validate_frequency=freq, use_where=self._has_where_columns(source),
-                           time_range=False)
         L, H = lay["lookback"], lay["horizon"]
-        if len(table) < L:
-            raise ValueError(f"{table.source}: forecasting needs at least lookback = {L} rows, got {len(table)}")
-        tail = SeriesTable(table.source, None if table.times is None else table.times[-L:], freq,
-                           table.numeric.iloc[-L:].reset_index(drop=True), table.categorical.iloc[-L:].reset_index(drop=True),
-                           table.rows[-L:])
+        tail = self._load(source, validate_frequency=freq, use_where=self._has_where_columns(source),
+                          time_range=False, rows=slice(-L, None))
+        if len(tail) < L:
+            raise DataError(f"{tail.source}: forecasting needs at least lookback = {L} rows, got {len(tail)}")
+        if tail.times is not None and lay.get("last_time"):
+            check_time_grid(tail.times, lay["last_time"], freq, source=tail.source, rows=tail.rows,
+                            csv=not isinstance(source, pd.DataFrame))
         past = torch.from_numpy(self._features(tail))[None]
         future = None
-        times = None if freq == "steps" else future_times(table.times[-1], freq, H)
+        times = None if freq == "steps" else future_times(tail.times[-1], freq, H)
         if lay["future_size"]:
             future = torch.from_numpy(calendar_features(times, lay["calendar"], lay["calendar_encoding"]))[None]
         device = next(model.parameters()).device
@@ -375,7 +381,7 @@ class ForecastTask(Task):
         values = self._unscale(y[0].double().cpu().numpy())
         out = pd.DataFrame(values, columns=lay["targets"])
         if times is None:
-            out.insert(0, "step", np.arange(1, H + 1) + (len(table) - 1))
+            out.insert(0, "step", np.arange(1, H + 1) + int(tail.rows[-1]))
         else:
             tc = lay["time_column"]
             out.insert(0, tc if isinstance(tc, str) else "time", times)

@@ -146,11 +146,13 @@ class BarProgress(PlainProgress):
 
 
 def make_progress(kind: str, enabled: bool = True) -> Progress:
-    """``auto``: a bar on a terminal, plain lines otherwise; ``none`` (or not ``enabled``): silent."""
+    """``auto``: a bar on a terminal or in a Jupyter notebook, plain lines otherwise (logs, CI); ``none`` (or not
+    ``enabled``): silent."""
     if not enabled or kind == "none":
         return Progress()
     console = Console(highlight=False, soft_wrap=True)
-    if kind == "bar" or (kind == "auto" and console.is_terminal and sys.stdout.isatty()):
+    interactive = console.is_jupyter or (console.is_terminal and sys.stdout.isatty())
+    if kind == "bar" or (kind == "auto" and interactive):
         return BarProgress(console)
     return PlainProgress(console)
 
