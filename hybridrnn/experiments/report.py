@@ -35,7 +35,7 @@ from hybridrnn.config import read_yaml
 from hybridrnn.experiments.results import BASE_COLUMNS, epoch_records
 
 #: metric names (after the val_/test_ prefix) where larger is better; every other metric is minimised
-HIGHER_IS_BETTER = ("accuracy", "acc", "f1", "auc", "r2", "precision", "recall", "solved", "bleu")
+HIGHER_IS_BETTER = ("accuracy", "acc", "f1", "auc", "r2", "precision", "recall", "solved", "bleu", "beats_baselines")
 SIGNIFICANCE_LEVEL = 0.05
 FILES = "report_files"
 
@@ -450,7 +450,7 @@ COST_COLUMNS = {"parameters": "parameters", "train_seconds_per_epoch": "train s 
 #: metric names a reference column may end in (``test_naive_mse``: the naive forecast's MSE)
 COMMON_METRICS = ("loss", "mse", "mae", "rmse", "mape", "smape", "mase", "accuracy")
 #: at most this many metric columns in one summary table (the rest go to a second one), so it fits 1280 px
-METRICS_PER_TABLE = 4
+METRICS_PER_TABLE = 5
 
 
 def _is_flag(column: str) -> bool:
@@ -560,7 +560,8 @@ def write_report(out_dir: str | Path) -> tuple[Path, Path]:
                 and _is_constant(results, c, "length" if has_lengths else None)]
     metric_cols = [c for c in metric_cols if c not in constant]
     if f"val_{monitor}" in results.columns and split == "test":
-        metric_cols.append(f"val_{monitor}")
+        metric_cols.insert(1, f"val_{monitor}")
+    metric_cols = [c for c in metric_cols if not _is_flag(c)] + [c for c in metric_cols if _is_flag(c)]
     metric_cols = [c for c in metric_cols if c in results.columns and results[c].notna().any()]
     cost_cols = [c for c in ("parameters", "train_seconds_per_epoch", "epochs_to_best", "infer_ms_per_sequence")
                  if c in results.columns and results[c].notna().any()]
@@ -571,14 +572,15 @@ def write_report(out_dir: str | Path) -> tuple[Path, Path]:
     maximise = lambda col: (mode == "max") if col in (primary, f"val_{monitor}") else higher_is_better(col)
     # the metrics (primary first, with the test against the best), then the other metrics, then the costs:
     # several narrow tables rather than one that needs scrolling at 1280 px
-    first, rest = metric_cols[:METRICS_PER_TABLE], metric_cols[METRICS_PER_TABLE:]
-    header, rows = summary_table(results, first, primary, group, maximise)
-    blocks.append(Block("table", (header, rows)))
+    tables = -(-len(metric_cols) // METRICS_PER_TABLE)
+    size = -(-len(metric_cols) // tables)          # as even as can be: 9 metrics -> 5 + 4, not 4 + 4 + 1
     keys = len(group) + 1       # the group columns and "seeds"
-    for start in range(0, len(rest), METRICS_PER_TABLE + 1):
-        chunk = rest[start:start + METRICS_PER_TABLE + 1]
+    for start in range(0, len(metric_cols), size):
+        chunk = metric_cols[start:start + size]
         header, rows = summary_table(results, chunk, primary, group, maximise)
-        blocks.append(Block("table", (header[:keys + len(chunk)], [r[:keys + len(chunk)] for r in rows])))
+        if start:       # the test against the best is in the first table only
+            header, rows = header[:keys + len(chunk)], [r[:keys + len(chunk)] for r in rows]
+        blocks.append(Block("table", (header, rows)))
     if cost_cols:
         header, rows = summary_table(results, cost_cols, primary, group, maximise)
         header = header[:len(group)] + [COST_COLUMNS.get(c, c) for c in cost_cols]

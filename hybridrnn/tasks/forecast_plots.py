@@ -13,6 +13,17 @@ def _axis(task, rows: np.ndarray):
     return rows if times is None else times[rows]
 
 
+def time_label(value) -> str:
+    """A time for a title: ``2015-03-22`` for a midnight time stamp (daily data), else as pandas prints it."""
+    try:
+        import pandas as pd
+
+        stamp = pd.Timestamp(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return stamp.strftime("%Y-%m-%d") if stamp == stamp.normalize() else str(stamp)
+
+
 def forecast_plots(task, model, run_dir: Path, split: str = "test") -> list[Path]:
     """Write ``forecast_vs_actual.png``, ``error_by_step.png`` and (with attention) ``attention.png``."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -67,7 +78,11 @@ def forecast_plots(task, model, run_dir: Path, split: str = "test") -> list[Path
     if weights is not None:
         i = int(picks[min(1, len(picks) - 1)])
         w = weights[i]  # (queries, lookback)
-        fig, (ax0, ax1) = new_figure(2, 1, figsize=(10, 6), gridspec_kw={"height_ratios": [1, 1.3]})
+        # one summary row (or identical rows: every horizon step reads the same context): a bar per look-back
+        # step in a short panel, not a tall heat map of one repeated row
+        single = w.shape[0] == 1 or np.allclose(w, w[:1])
+        fig, (ax0, ax1) = new_figure(2, 1, figsize=(10, 5 if single else 6),
+                                     gridspec_kw={"height_ratios": [1, 0.6 if single else 1.3]})
         past_rows = np.arange(origins[i] - L, origins[i])
         ax0.plot(np.arange(-L, 0), actual[past_rows, 0], color="black", lw=1.2, label=f"{targets[0]} (look-back)")
         ax0.plot(np.arange(0, H), truth[i, :, 0], color="gray", lw=1.0, label="actual (horizon)")
@@ -76,18 +91,21 @@ def forecast_plots(task, model, run_dir: Path, split: str = "test") -> list[Path
         ax0.set_xlim(-L - 0.5, H - 0.5)
         ax0.set_xlabel("step (0 = first forecast step)")
         ax0.legend(fontsize=8, loc="upper left")
-        when = "" if task.table.times is None else f" at {task.table.times[origins[i]]}"
+        when = "" if task.table.times is None else f" at {time_label(task.table.times[origins[i]])}"
         ax0.set_title(f"attention over the look-back, one {split} window (forecast time{when})")
-        im = ax1.imshow(w, aspect="auto", cmap="viridis", interpolation="nearest",
-                        extent=(-L - 0.5, -0.5, w.shape[0] + 0.5, 0.5))
         ax1.set_xlabel("look-back step (-1 = the last observed step)")
-        if w.shape[0] == 1:
-            ax1.set_yticks([1])
-            ax1.set_yticklabels(["summary"])
-            ax1.set_ylabel("query")
+        if single:
+            ax1.bar(np.arange(-L, 0), w[0], width=0.9, color="tab:purple")
+            ax1.set_xlim(-L - 0.5, H - 0.5)      # aligned with the series above
+            ax1.set_ylabel("weight")
+            ax1.set_title("attention weights" + ("" if w.shape[0] == 1 else
+                                                 f" (the same for all {w.shape[0]} horizon steps)"), fontsize=9)
+            ax1.grid(alpha=0.3, axis="y")
         else:
+            im = ax1.imshow(w, aspect="auto", cmap="viridis", interpolation="nearest",
+                            extent=(-L - 0.5, -0.5, w.shape[0] + 0.5, 0.5))
             ax1.set_ylabel("query (horizon step)")
-        fig.colorbar(im, ax=ax1, shrink=0.9, label="weight")
+            fig.colorbar(im, ax=ax1, shrink=0.9, label="weight")
         fig.tight_layout()
         paths.append(save_figure(fig, run_dir / "attention.png"))
-        return paths
+    return paths

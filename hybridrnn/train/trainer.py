@@ -21,7 +21,7 @@ from torch import nn
 
 from hybridrnn.config import TrainConfig
 from hybridrnn.train import checkpoint as ckpt
-from hybridrnn.errors import HybridRNNError
+from hybridrnn.errors import ConfigError, DataError, HybridRNNError
 from hybridrnn.train.callbacks import Callback
 from hybridrnn.train.distributed import DDPModel, DistContext, all_reduce_sum, barrier
 from hybridrnn.train.schedule import LRSchedule
@@ -73,13 +73,14 @@ def check_data(task: Task, config: TrainConfig) -> None:
         except NotImplementedError:
             continue
         if n == 0:
-            raise ValueError(f"the {split!r} split of task {task.name!r} is empty (0 examples): check the data "
+            raise DataError(f"the {split!r} split of task {task.name!r} is empty (0 examples): check the data "
                              "path, the split fractions or dates, and the window sizes")
         if split == "train" and config.batch_size > n:
-            raise ValueError(f"train.batch_size is {config.batch_size} but the training split has only {n} "
+            raise ConfigError(f"train.batch_size is {config.batch_size} but the training split has only {n} "
                              f"examples; use train.batch_size <= {n}")
     if task.num_train_batches() == 0:
-        raise ValueError(f"task {task.name!r} yields no training batches (num_train_batches() == 0)")
+        raise DataError(f"task {task.name!r} yields no training batches (num_train_batches() == 0): the "
+                        "training data is too short for one batch")
 
 
 def bf16_supported(device: torch.device) -> bool:
@@ -96,9 +97,9 @@ def check_bf16(config: TrainConfig, device: torch.device) -> None:
     """A clear error before training when ``train.bf16`` is asked for on hardware without native bfloat16."""
     if config.bf16 and not bf16_supported(device):
         what = "this GPU" if device.type == "cuda" else "this CPU (it has neither AVX512-BF16 nor AMX)"
-        raise ValueError(f"train.bf16 is true but {what} has no native bfloat16 arithmetic: bf16 autocast would "
-                         "be emulated (measured 2-7x slower than fp32 on such a CPU, benchmarks/results/bf16.md) "
-                         "and oneDNN's fused LSTM kernel cannot run in bf16 at all. Set train.bf16: false.")
+        raise ConfigError(f"train.bf16 is true but {what} has no native bfloat16 arithmetic: bf16 autocast would "
+                          "be emulated (measured 2-7x slower than fp32 on such a CPU, benchmarks/results/bf16.md) "
+                          "and oneDNN's fused LSTM kernel cannot run in bf16 at all. Set train.bf16: false.")
 
 
 class Trainer:
@@ -227,7 +228,7 @@ class Trainer:
             self._call("on_step_end", epoch, step, loss_value, int(global_n))
         seconds = time.perf_counter() - t0
         if steps == 0:
-            raise ValueError(f"task {task.name!r} yielded no training batches in epoch {epoch + 1}")
+            raise DataError(f"task {task.name!r} yielded no training batches in epoch {epoch + 1}")
         return {"epoch": epoch + 1, "train_loss": loss_sum / max(items, 1), "lr": lr,
                 "grad_norm": norm_sum / steps, "grad_norm_max": norm_max, "seconds": seconds,
                 "items_per_second": items / max(seconds, 1e-9)}
