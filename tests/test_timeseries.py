@@ -430,3 +430,15 @@ def test_check_time_grid_refuses_times_off_the_training_grid():
         check_time_grid(pd.DatetimeIndex(["2016-01-01", "2016-02-02"]), last + pd.Timedelta(days=1), "MS")
     assert time_grid_mask(pd.date_range("2020-01-01 00:05", periods=3, freq="15min"), "2020-01-01",
                           "15min").tolist() == [False, False, False]
+
+
+def test_table_columns_reads_the_header_with_the_loader_errors(tmp_path):
+    from hybridrnn.data.timeseries import table_columns
+
+    path = hourly_csv(tmp_path, good_rows())
+    assert table_columns(path) == ["time", "y", "x"]
+    assert table_columns(pd.DataFrame({"a": [1], 2: [3]})) == ["a", "2"]
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(TableError, match="empty.csv: the file is empty"):
+        table_columns(empty)

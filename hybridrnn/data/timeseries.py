@@ -34,7 +34,7 @@ import torch
 from hybridrnn.data.registry import DataFileNotFoundError
 from hybridrnn.errors import ConfigError, DataError, MissingExtraError
 
-__all__ = ["TableError", "SeriesTable", "read_table", "load_table", "check_time_grid", "time_grid_mask",
+__all__ = ["TableError", "SeriesTable", "read_table", "table_columns", "load_table", "check_time_grid", "time_grid_mask",
            "infer_frequency", "future_times", "season_length", "split_bounds", "window_origins", "gather_windows",
            "one_hot"]
 
@@ -97,13 +97,36 @@ def read_table(source: str | Path | pd.DataFrame, *, header: bool = True) -> tup
         _check_unique_columns([str(c) for c in frame.columns], name)
         frame.columns = [str(c) for c in frame.columns]
         return frame, name
+    frame = _read_csv(path, name, header=header)
+    if not header:
+        frame.columns = [str(c) for c in frame.columns]
+    return frame, name
+
+
+def table_columns(source: str | Path | pd.DataFrame, *, header: bool = True) -> list[str]:
+    """The column names of a table (CSV header, Parquet schema or DataFrame) without reading its rows, with the
+    errors of :func:`read_table` (a :class:`TableError` naming the file; a missing file a
+    :class:`DataFileNotFoundError`)."""
+    if isinstance(source, pd.DataFrame):
+        return [str(c) for c in source.columns]
+    path = Path(source)
+    if not path.exists():
+        raise DataFileNotFoundError(f"data file not found: {path}")
+    suffixes = [s.lower() for s in path.suffixes]
+    if path.is_dir() or (suffixes and suffixes[-1] in (".parquet", ".pq")):
+        return list(read_table(path, header=header)[0].columns)
+    return [str(c) for c in _read_csv(path, str(path), header=header, nrows=0).columns]
+
+
+def _read_csv(path: Path, name: str, *, header: bool, nrows: int | None = None) -> pd.DataFrame:
+    """``pd.read_csv`` with every problem of the file as a :class:`TableError` naming it."""
     if path.stat().st_size == 0:
         raise TableError(f"{name}: the file is empty (no header, no rows)")
     try:
         with warnings.catch_warnings():
             # a data row longer than the header would be cut silently (ParserWarning): make it an error
             warnings.simplefilter("error", pd.errors.ParserWarning)
-            frame = pd.read_csv(path, header=0 if header else None, index_col=False)
+            frame = pd.read_csv(path, header=0 if header else None, index_col=False, nrows=nrows)
             if header:
                 names = pd.read_csv(path, header=None, nrows=1, index_col=False, dtype=str).iloc[0].tolist()
                 _check_unique_columns(["" if pd.isna(n) else str(n) for n in names], name)
@@ -126,9 +149,7 @@ def read_table(source: str | Path | pd.DataFrame, *, header: bool = True) -> tup
         if type(exc).__module__ in ("zlib", "lzma", "zipfile", "tarfile", "_compression", "gzip", "bz2"):
             raise TableError(f"{name}: cannot be read as CSV: {_first_line(exc)}") from exc
         raise
-    if not header:
-        frame.columns = [str(c) for c in frame.columns]
-    return frame, name
+    return frame
 
 
 def _shown(value: Any) -> str:
