@@ -23,7 +23,7 @@ from hybridrnn.api.registry import get_task_class
 from hybridrnn.api.rundir import load_task_state, read_run_config
 from hybridrnn.config import RunConfig
 from hybridrnn.data.registry import resolve_data_path
-from hybridrnn.errors import DataError, RunDirError
+from hybridrnn.errors import ConfigError, DataError, RunDirError
 from hybridrnn.train import checkpoint as ckpt
 from hybridrnn.train.export import export_onnx
 from hybridrnn.train.task import Task
@@ -99,6 +99,48 @@ class Run:
                 out["report"] = self.task.report(self.model, "test" if data is not None else split)
         return out
 
+    def backtest(self, data: Any = None, *, start: Any = None, stride: int = 1, refit: int | None = None,
+                 progress: str | None = "none") -> pd.DataFrame:
+        """Rolling-origin backtest (forecasting): forecasts from many origins over ``data`` (a path, data set
+        name or DataFrame; None: the configured data), each reading only the rows before its origin.
+
+        Returns the long table ``id, cutoff, time, step, target, actual, forecast, naive, seasonal_naive,
+        linear`` (NeuralForecast's ``cross_validation`` layout: ``cutoff`` is the last time the forecast reads,
+        ``time`` the forecast's time; one row per origin, horizon step and target); summarise it per horizon step
+        and per series with :meth:`backtest_summary`. ``start``: the first forecast time (default: the first one
+        after the training data's validation part); ``stride``: every ``stride``-th origin. ``refit=N``: retrain
+        the model (through :func:`hybridrnn.api.pipeline.train_run`, the config's settings, rows before the
+        origin only) every ``N`` origins, the baselines' fitted state with it; None reuses this run's model."""
+        self._require("supports_backtest", "backtest")
+        if refit is not None and (isinstance(refit, bool) or not isinstance(refit, int) or refit < 1):
+            raise ConfigError(f"refit must be a whole number of origins >= 1 (or None), got {refit!r}")
+        source = None if data is None else _resolve(data)
+        task = self.task
+        self._splits = None                       # the task's data is replaced by the backtest's table
+        table = task.backtest_table(source)
+        origins = task.backtest_origins(table, start, stride)
+        with torch.no_grad():
+            if refit is None:
+                return task.backtest_frame(self.model, table, origins)
+        parts = []
+        with tempfile.TemporaryDirectory(prefix="hybridrnn-refit-") as tmp:
+            for i in range(0, len(origins), refit):
+                group = origins[i:i + refit]
+                trained = train_run(_refit_config(self.config, table, int(group[0])), data=_refit_data(source, table, int(group[0])),
+                                    out=Path(tmp) / f"refit-{i}", progress=progress)
+                with torch.no_grad():
+                    parts.append(trained.task.backtest_frame(trained.model, table, group, task.series_label()))
+        return pd.concat(parts, ignore_index=True)
+
+    @staticmethod
+    def backtest_summary(frame: pd.DataFrame) -> pd.DataFrame:
+        """Per series and horizon step (and over all of them) MAE / RMSE of the model and each baseline, with
+        the interval coverage and width when the table has intervals; see
+        :func:`hybridrnn.tasks.forecast_metrics.backtest_summary`."""
+        from hybridrnn.tasks.forecast_metrics import backtest_summary
+
+        return backtest_summary(frame)
+
     @property
     def history(self) -> list[dict]:
         """One record per trained epoch (``metrics.jsonl``)."""
@@ -149,6 +191,38 @@ def _resolve(data: Any) -> Any:
         return resolve_data_path(str(data))
     except FileNotFoundError as exc:
         raise DataError(f"input: {exc}") from None
+
+
+def _refit_config(config: RunConfig, table: Any, origin: int) -> RunConfig:
+    """The run's config for a model retrained on the rows before ``origin`` of a backtest's ``table``: data up to
+    (not including) the origin's time, its split's train and validation parts rescaled to cover those rows (no
+    test part), no plots."""
+    cfg = config.model_copy(deep=True)
+    d = cfg.data
+    if table.times is not None:
+        end = pd.Timestamp(table.times[origin])
+        d.end = str(end if d.end is None else min(end, pd.Timestamp(d.end)))
+    split = d.split
+    if not isinstance(split, dict):
+        parts = [float(p) for p in split]
+        if all(p.is_integer() for p in parts) and sum(parts) > 1:       # row counts: keep the validation rows
+            n = origin if table.times is None else int(table.times.searchsorted(pd.Timestamp(d.end)))
+            d.split = [max(n - int(parts[1]), 1), int(parts[1]), 0]
+        else:
+            d.split = [parts[0] / (parts[0] + parts[1]), parts[1] / (parts[0] + parts[1]), 0.0]
+    cfg.train.plots = False
+    return cfg
+
+
+def _refit_data(source: Any, table: Any, origin: int) -> Any:
+    """What a refit trains on: the backtest's input as it is (``data.end`` cuts it), or for a ``steps`` series
+    (no times to cut by) its rows before the origin's row."""
+    if table.times is not None:
+        return source
+    from hybridrnn.data.timeseries import read_table
+
+    frame, _ = read_table(source if source is not None else table.source)
+    return frame.iloc[:int(table.rows[origin])].reset_index(drop=True)
 
 
 def metrics_table(metrics: dict[str, float], baselines: Iterable[str]) -> tuple[dict[str, dict[str, float]], dict[str, float]]:

@@ -70,6 +70,7 @@ class ForecastTask(Task):
 
     supports_predict = True
     supports_export = True
+    supports_backtest = True
 
     def __init__(self, config: ForecastConfig):
         super().__init__(config)
@@ -176,6 +177,7 @@ class ForecastTask(Task):
             "input_size": len(d.target) + len(d.covariates) + sum(len(v) for v in categories.values()) + len(cal_cols),
             "future_size": len(cal_cols), "bounds": list(bounds), "data_file": data_file,
             "last_time": None if table.times is None else str(table.times[train_end - 1]),
+            "val_end_time": None if table.times is None else str(table.times[bounds[1] - 1]),
         }
         self.mase_scale = mase_scale(self._targets_original(table)[:train_end], int(season))
 
@@ -253,11 +255,16 @@ class ForecastTask(Task):
     def predict_windows(self, model: nn.Module, split: str, batch_size: int = 512,
                         with_weights: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """Scaled predictions ``(n, horizon, targets)`` for every window of ``split`` (and attention weights)."""
+        return self._predict_origins(model, self.origins[split], batch_size, with_weights)
+
+    @torch.no_grad()
+    def _predict_origins(self, model: nn.Module, origins: np.ndarray, batch_size: int = 512,
+                         with_weights: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """Scaled predictions ``(n, horizon, targets)`` for the windows at row ``origins`` of ``self.values``."""
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()
         preds, maps = [], []
-        origins = self.origins[split]
         try:
             for start in range(0, len(origins), batch_size):
                 batch = self.to_device(self._batch(origins[start:start + batch_size]), device)
@@ -274,13 +281,17 @@ class ForecastTask(Task):
     def _baselines(self, split: str) -> dict[str, np.ndarray]:
         """Scaled baseline predictions of ``split`` (cached)."""
         if split not in self._baseline_cache:
-            past, _ = self._target_windows(split)
-            H, season = self.layout["horizon"], self.layout["season"]
-            out = {"naive": naive_forecast(past, H), "linear": self.linear.predict(past)}
-            if "seasonal_naive" not in self.skipped_baselines():
-                out["seasonal_naive"] = seasonal_naive_forecast(past, H, season)
-            self._baseline_cache[split] = out
+            self._baseline_cache[split] = self._baseline_predictions(self._target_windows(split)[0])
         return self._baseline_cache[split]
+
+    def _baseline_predictions(self, past: np.ndarray) -> dict[str, np.ndarray]:
+        """Scaled ``(n, horizon, targets)`` forecasts of each baseline from scaled look-backs ``past: (n, L, C)``."""
+        H, season = self.layout["horizon"], self.layout["season"]
+        out = {"naive": naive_forecast(past, H)}
+        if "seasonal_naive" not in self.skipped_baselines():
+            out["seasonal_naive"] = seasonal_naive_forecast(past, H, season)
+        out["linear"] = self.linear.predict(past)
+        return out
 
     def _unscale(self, scaled: np.ndarray) -> np.ndarray:
         return self.scaler.inverse_transform(scaled, index=list(range(self.num_targets)))
@@ -390,6 +401,96 @@ class ForecastTask(Task):
     def predict(self, model: nn.Module, data: Any) -> pd.DataFrame:
         """The forecast of the ``horizon`` steps after ``data``'s last row (see :meth:`forecast`)."""
         return self.forecast(model, data)
+
+    # ------------------------------------------------------------ backtesting (rolling origin)
+    def backtest_table(self, data: Any = None) -> SeriesTable:
+        """The whole table of ``data`` (None: ``data.path``) for a backtest, validated with the fitted state's
+        frequency (``data.where`` applies when the input has its columns; ``data.start``/``end`` do not)."""
+        if self.layout is None:
+            raise RuntimeError("backtest needs setup() or load_artifacts() first")
+        source = self._configured_source() if data is None else data
+        if not isinstance(source, pd.DataFrame):
+            source = Path(source)
+        return self._load(source, validate_frequency=self.layout["frequency"],
+                          use_where=data is None or self._has_where_columns(source), time_range=False)
+
+    def backtest_origins(self, table: SeriesTable, start: Any = None, stride: int = 1) -> np.ndarray:
+        """Row numbers ``t`` of ``table`` used as forecast origins: the forecast of rows ``[t, t + horizon)``
+        reads only rows ``[t - lookback, t)``. ``start``: the first forecast time (a date; an int row number for
+        a ``steps`` series); None: the first origin whose forecast rows all lie after the rows the model was
+        fitted and selected on (the training data's validation part, ``layout["val_end_time"]``; for a ``steps``
+        series, every origin with a full look-back). Every ``stride``-th origin from there to the last one whose
+        horizon the table still holds."""
+        L, H = self.layout["lookback"], self.layout["horizon"]
+        if not isinstance(stride, (int, np.integer)) or isinstance(stride, bool) or stride < 1:
+            raise ConfigError(f"backtest stride must be a whole number >= 1, got {stride!r}")
+        n = len(table)
+        if start is None:
+            last_seen = self.layout.get("val_end_time") or self.layout.get("last_time")
+            first = L if table.times is None or last_seen is None else \
+                int(table.times.searchsorted(pd.Timestamp(last_seen), side="right"))
+        elif table.times is None:
+            if isinstance(start, str) and start.strip().isdigit():
+                start = int(start)
+            if not isinstance(start, (int, np.integer)) or isinstance(start, bool):
+                raise ConfigError(f"backtest start of a 'steps' series is a row number, got {start!r}")
+            first = int(start)
+        else:
+            try:
+                stamp = pd.Timestamp(start)
+            except (TypeError, ValueError):
+                raise ConfigError(f"backtest start {start!r} is not a date") from None
+            if table.times.tz is not None and stamp.tz is None:
+                stamp = stamp.tz_localize(table.times.tz)
+            first = int(table.times.searchsorted(stamp, side="left"))
+        origins = window_origins(max(first, L), n, L, H, int(stride))
+        if len(origins) == 0:
+            span = "" if table.times is None else f" ({table.times[0]} to {table.times[-1]})"
+            since = start if start is not None else "the end of the training data's validation part"
+            raise DataError(f"{table.source}: no backtest origin from {since}: the table has {n} rows{span}, and an "
+                            f"origin needs lookback = {L} rows before it and horizon = {H} rows from it; pass an "
+                            "earlier start")
+        return origins
+
+    def backtest_frame(self, model: nn.Module, table: SeriesTable, origins: np.ndarray,
+                       series_id: str | None = None) -> pd.DataFrame:
+        """The long table of a backtest at ``origins`` (see :meth:`backtest_origins`): one row per origin,
+        horizon step and target with ``id, cutoff, time, step, target, actual, forecast`` and one column per
+        baseline (``naive, seasonal_naive, linear``), on the original scale. ``cutoff`` is the time (for a
+        ``steps`` series the row number) of the last row the forecast reads, ``time`` that of the forecast row.
+
+        Each forecast reads only the ``lookback`` rows before its origin: the features are computed row by row
+        with this task's fitted state (scaler, categories, calendar of the rows' own timestamps), and the model
+        and the baselines get the gathered look-backs only."""
+        L, H, C = self.layout["lookback"], self.layout["horizon"], self.num_targets
+        origins = np.asarray(origins, np.int64)
+        self.values = torch.from_numpy(self._features(table))
+        pred, _ = self._predict_origins(model, origins)                              # (n, H, C) scaled
+        scaled = self.scaler.transform(table.numeric[self.scaler.columns].to_numpy(np.float64))[:, :C]  # float64
+        past = scaled[origins[:, None] + np.arange(-L, 0)]                                          # (n, L, C)
+        columns = {"forecast": self._unscale(pred)}
+        columns.update({k: self._unscale(v) for k, v in self._baseline_predictions(past).items()})
+        actual = self._targets_original(table)[origins[:, None] + np.arange(H)]      # (n, H, C)
+        if table.times is None:
+            stamps = np.asarray(table.rows, np.int64)
+        else:
+            stamps = np.asarray(table.times)
+        rows = (origins[:, None, None] + np.arange(H)[None, :, None] + np.zeros((1, 1, C), np.int64)).ravel()
+        cut = np.repeat(origins - 1, H * C)
+        out = pd.DataFrame({
+            "id": series_id if series_id is not None else self.series_label(),
+            "cutoff": stamps[cut], "time": stamps[rows],
+            "step": np.tile(np.repeat(np.arange(1, H + 1), C), len(origins)),
+            "target": np.tile(np.asarray(self.layout["targets"], dtype=object), len(origins) * H),
+            "actual": actual.ravel()})
+        for name, values in columns.items():
+            out[name] = values.ravel()
+        return out
+
+    def series_label(self) -> str:
+        """The ``id`` of this run's one series: its ``data.where`` values (``AAPL``), else ``series``."""
+        where = self._cfg.data.where
+        return "/".join(str(v) for v in where.values()) if where else "series"
 
     # ------------------------------------------------------------ ONNX export
     def export_inputs(self, rows: int = 4) -> tuple[dict[str, torch.Tensor], list[str]]:

@@ -150,3 +150,108 @@ class LinearBaseline:
         out = cls(d.get("ridge", 1e-6))
         out.weights = None if d.get("weights") is None else np.asarray(d["weights"], np.float64)
         return out
+
+
+# ---------------------------------------------------------------- backtest summaries
+
+#: columns of a backtest's long table that are not forecasts
+BACKTEST_KEYS = ("id", "cutoff", "time", "step", "target", "actual")
+
+
+def backtest_summary(frame, by: tuple[str, ...] = ("id", "step")):
+    """Summary of a backtest's long table (``id, cutoff, time, step, target, actual, forecast, naive, ...``):
+    a DataFrame indexed by ``(id, step)`` with a row per series and horizon step, a row per series over all
+    steps (``step == "all"``), a row per step over all series (``id == "all"``) and the overall row
+    (``"all", "all"``); columns ``origins`` (distinct cutoffs), ``{forecaster}_mae`` and ``{forecaster}_rmse``
+    for the model (``forecast``) and each baseline column, and for each interval in the table
+    (``forecast_q{lo}`` / ``forecast_q{hi}`` pairs symmetric about 0.5) ``coverage_{level}`` and ``width_{level}``
+    (``level`` in percent). Rows whose ``actual`` is not finite are not scored (nothing is filled)."""
+    import pandas as pd
+
+    forecasters = [c for c in frame.columns if c not in BACKTEST_KEYS and "_q" not in c and not c.startswith(("coverage", "width"))]
+    intervals = interval_pairs([c for c in frame.columns if c.startswith("forecast_q")], prefix="forecast_q")
+    scored = frame[np.isfinite(frame["actual"].to_numpy(np.float64))]
+
+    def stats(part) -> dict:
+        y = part["actual"].to_numpy(np.float64)
+        row = {"origins": int(part["cutoff"].nunique())}
+        for f in forecasters:
+            e = part[f].to_numpy(np.float64) - y
+            row[f"{f}_mae"] = float(np.abs(e).mean()) if len(e) else np.nan
+            row[f"{f}_rmse"] = float(np.sqrt((e ** 2).mean())) if len(e) else np.nan
+        for level, (lo, hi) in intervals.items():
+            row[f"coverage_{level}"] = interval_coverage(y, part[lo].to_numpy(np.float64), part[hi].to_numpy(np.float64))
+            row[f"width_{level}"] = interval_width(part[lo].to_numpy(np.float64), part[hi].to_numpy(np.float64))
+        return row
+
+    rows = {}
+    for (sid, step), part in scored.groupby(["id", "step"], sort=True):
+        rows[(str(sid), step)] = stats(part)
+    for sid, part in scored.groupby("id", sort=True):
+        rows[(str(sid), "all")] = stats(part)
+    for step, part in scored.groupby("step", sort=True):
+        rows[("all", step)] = stats(part)
+    rows[("all", "all")] = stats(scored)
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.index = pd.MultiIndex.from_tuples(list(rows), names=list(by))
+    return out
+
+
+# ---------------------------------------------------------------- interval metrics
+
+def _level_text(level: float) -> str:
+    """``0.8 -> "80"``, ``0.95 -> "95"``, ``0.975 -> "97.5"``."""
+    pct = round(100 * float(level), 6)
+    return str(int(pct)) if float(pct).is_integer() else f"{pct:g}"
+
+
+def quantile_text(q: float) -> str:
+    """A quantile level as it appears in a column name: ``0.1 -> "0.1"``, ``0.05 -> "0.05"``, ``0.5 -> "0.5"``."""
+    return f"{round(float(q), 6):g}"
+
+
+def interval_quantiles(level: float) -> tuple[float, float]:
+    """The quantile levels bounding a central interval of coverage ``level``: ``0.8 -> (0.1, 0.9)``."""
+    level = float(level)
+    if not 0 < level < 1:
+        raise ValueError(f"interval level must lie strictly between 0 and 1, got {level}")
+    return round((1 - level) / 2, 10), round(1 - (1 - level) / 2, 10)
+
+
+def interval_pairs(columns, prefix: str) -> dict[str, tuple[str, str]]:
+    """``{"80": (f"{prefix}0.1", f"{prefix}0.9"), ...}``: the central intervals among quantile ``columns``
+    (named ``{prefix}{q}``), pairing ``q`` with ``1 - q`` for each ``q < 0.5``."""
+    levels = {}
+    for c in columns:
+        try:
+            levels[round(float(c[len(prefix):]), 10)] = c
+        except ValueError:
+            continue
+    out = {}
+    for q in sorted(levels):
+        if q < 0.5 and round(1 - q, 10) in levels:
+            out[_level_text(1 - 2 * q)] = (levels[q], levels[round(1 - q, 10)])
+    return out
+
+
+def pinball_loss(y_true: np.ndarray, y_quantile: np.ndarray, q: float) -> float:
+    """Mean pinball (quantile) loss of the ``q``-quantile forecast: ``mean(max(q * (y - f), (q - 1) * (y - f)))``;
+    arrays of any matching shape. Its minimiser over constant ``f`` is the ``q``-quantile of ``y``."""
+    d = np.asarray(y_true, np.float64) - np.asarray(y_quantile, np.float64)
+    if d.size == 0:
+        return float("nan")
+    return float(np.maximum(q * d, (q - 1) * d).mean())
+
+
+def interval_coverage(y_true: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> float:
+    """Fraction of ``y_true`` inside ``[lower, upper]`` (bounds included)."""
+    y = np.asarray(y_true, np.float64)
+    if y.size == 0:
+        return float("nan")
+    return float(((y >= np.asarray(lower, np.float64)) & (y <= np.asarray(upper, np.float64))).mean())
+
+
+def interval_width(lower: np.ndarray, upper: np.ndarray) -> float:
+    """Mean width ``upper - lower``."""
+    w = np.asarray(upper, np.float64) - np.asarray(lower, np.float64)
+    return float(w.mean()) if w.size else float("nan")
