@@ -267,6 +267,13 @@ def test_loaded_vocabulary_is_used_not_refitted(tmp_path):
     loaded.load_artifacts(tmp_path)
     assert loaded.encoder.vocabulary.itos == task.encoder.vocabulary.itos
     assert loaded.build_model().embedding.num_embeddings == task.vocab_size
+    # ONNX export inputs come from the vocabulary alone (the graph itself is checked in test_export)
+    inputs, outputs = loaded.export_inputs(rows=3)
+    tokens = inputs["tokens"]
+    assert outputs == ["logits"] and tokens.shape == (3, min(cfg.lm.bptt, 64)) and tokens.dtype == torch.int64
+    assert 0 <= int(tokens.min()) and int(tokens.max()) < task.vocab_size
+    model = loaded.build_model().eval()
+    assert torch.equal(loaded.export_forward(model, tokens), model(tokens)[0])
     (tmp_path / "other.txt").write_text("xyzab", encoding="utf-8")
     loaded.setup(tmp_path / "other.txt", whole=True)
     assert sorted(loaded.ids) == ["test"]

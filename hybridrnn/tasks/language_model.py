@@ -140,6 +140,7 @@ class LanguageModelTask(Task):
     monitor_mode = "min"
     display_metrics = ("perplexity", "bpc")   # bpc at character level only
     supports_generate = True
+    supports_export = True
 
     def __init__(self, config: LanguageModelConfig):
         super().__init__(config)
@@ -332,6 +333,18 @@ class LanguageModelTask(Task):
     def unigram_perplexity(self, split: str = "val") -> float:
         """Perplexity of an add-one unigram model of the training stream on ``split``: the baseline."""
         return unigram_perplexity(self.ids["train"], self.ids[split][1:], self.vocab_size)
+
+    # ---- ONNX export ----------------------------------------------------------------------------------
+    def export_inputs(self, rows: int = 4) -> tuple[dict[str, torch.Tensor], list[str]]:
+        """``tokens: (batch, T)`` int64 ids drawn from the vocabulary, ``T = min(lm.bptt, 64)`` (the exported
+        graph reads windows of that length, from a zero state); the output ``logits: (batch, T, vocab)`` scores
+        the next token after each position. Built from the vocabulary alone."""
+        generator = torch.Generator().manual_seed(0)
+        steps = min(self.config.lm.bptt, 64)
+        return {"tokens": torch.randint(0, self.vocab_size, (rows, steps), generator=generator)}, ["logits"]
+
+    def export_forward(self, model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+        return model(tokens)[0]
 
     # ---- generation ---------------------------------------------------------------------------------
     def prompt_ids(self, prompt: str) -> list[int]:
