@@ -6,7 +6,9 @@ one clean paragraph and exit with code 2; ``hybridrnn --debug ...`` shows the tr
 """
 from __future__ import annotations
 
+import errno
 import json
+import re
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -15,7 +17,7 @@ import typer
 
 from hybridrnn._io import atomic_write_text
 from hybridrnn._version import __version__
-from hybridrnn.errors import HybridRNNError
+from hybridrnn.errors import ConfigError, HybridRNNError
 
 app = typer.Typer(name="hybridrnn", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="LSTM, GRU and hybrid LSTM-GRU networks: train, evaluate, predict, generate, compare, tune.")
@@ -47,10 +49,27 @@ def _fail(exc: BaseException) -> None:
     raise typer.Exit(EXIT_USAGE)
 
 
+#: errno values that only a write raises (read-only file system, disk full, quota, file too large)
+_WRITE_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def _written_path(filename) -> str:
+    """The file an atomic write was writing: ``DIR/.NAME.tmp-PID`` -> ``DIR/NAME`` (hybridrnn._io.atomic_write)."""
+    path = Path(str(filename))
+    match = re.fullmatch(r"\.(.+)\.tmp-\d+", path.name)
+    return str(path.with_name(match.group(1))) if match else str(path)
+
+
 def _message(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
-        # a failed read or write: name the path and what went wrong (read-only, disk full, permission denied)
-        return f"cannot access {exc.filename}: {exc.strerror}" + ("" if exc.errno is None else f" (errno {exc.errno})")
+        # a failed read or write: name the operation, the path and what went wrong (read-only, disk full, ...)
+        path = _written_path(exc.filename)
+        operation = getattr(exc, "operation", None)
+        if operation is None:
+            writing = exc.errno in _WRITE_ERRNOS or path != str(exc.filename)
+            operation = "write" if writing else "find" if exc.errno == errno.ENOENT else "open"
+        target = f"{path} to {exc.filename2}" if exc.filename2 is not None else path
+        return f"cannot {operation} {target}: {exc.strerror}" + ("" if exc.errno is None else f" (errno {exc.errno})")
     return str(exc) or type(exc).__name__
 
 
@@ -58,8 +77,8 @@ def _run(fn, *args, **kwargs):
     """Call ``fn``; the user's errors become one ``error:`` paragraph and exit code 2 (a traceback with --debug).
 
     The user's errors: a HybridRNNError (bad config, data, run directory, spec; a missing extra), an OSError
-    on a file (missing, read-only, disk full), a task feature the task lacks (NotImplementedError), and for
-    now any ValueError (the validation inside the model layers still raises those)."""
+    on a file (missing, read-only, disk full, permission denied), and a task feature the task lacks
+    (NotImplementedError). Anything else, a plain ValueError included, is a bug: its traceback is shown."""
     try:
         return fn(*args, **kwargs)
     except typer.Exit:
@@ -68,7 +87,7 @@ def _run(fn, *args, **kwargs):
         if isinstance(exc, HybridRNNError) or "pip install" in str(exc):
             _fail(exc)
         raise
-    except (HybridRNNError, ValueError, OSError, NotImplementedError) as exc:
+    except (HybridRNNError, OSError, NotImplementedError) as exc:
         _fail(exc)
 
 
@@ -77,8 +96,12 @@ def _write_table(frame, output: Optional[Path]) -> None:
     if output is None:
         sys.stdout.write(frame.to_csv(index=False))
         return
-    output.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(output, frame.to_csv(index=False, sep="\t" if output.suffix.lower() == ".tsv" else ","))
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(output, frame.to_csv(index=False, sep="\t" if output.suffix.lower() == ".tsv" else ","))
+    except OSError as exc:
+        exc.operation = "write the predictions to"
+        raise
     typer.echo(f"wrote {len(frame)} rows to {output}", err=True)
 
 
@@ -99,12 +122,12 @@ def train(
     torchrun --standalone --nproc_per_node=2 -m hybridrnn train CONFIG
     """
     if resume is None and config is None:
-        _fail(ValueError("give a CONFIG file to train, or --resume RUN to continue a run"))
+        _fail(ConfigError("give a CONFIG file to train, or --resume RUN to continue a run"))
     if resume is not None and config is not None:
-        _fail(ValueError("give either a CONFIG file or --resume RUN, not both (resume uses RUN/config.yaml; "
+        _fail(ConfigError("give either a CONFIG file or --resume RUN, not both (resume uses RUN/config.yaml; "
                          "change values with --set)"))
     if progress is not None and progress not in ("auto", "bar", "plain", "none"):
-        _fail(ValueError(f"--progress must be auto, bar, plain or none, got {progress!r}"))
+        _fail(ConfigError(f"--progress must be auto, bar, plain or none, got {progress!r}"))
 
     def go():
         from hybridrnn.api import train_run  # start-up time
@@ -216,7 +239,7 @@ def _split_list(text: Optional[str], what: str, cast=str) -> Optional[list]:
     try:
         return [cast(s) for s in items]
     except ValueError:
-        raise ValueError(f"{what}: expected a comma-separated list, got {text!r}") from None
+        raise ConfigError(f"{what}: expected a comma-separated list, got {text!r}") from None
 
 
 def _split_top_level(text: str) -> list[str]:
@@ -336,7 +359,7 @@ def datasets() -> None:
         try:
             from hybridrnn.data.registry import list_datasets
         except ImportError:
-            raise ValueError("no dataset registry in this installation (hybridrnn.data.registry)") from None
+            raise HybridRNNError("no dataset registry in this installation (hybridrnn.data.registry)") from None
         from rich.console import Console
         from rich.table import Table
 

@@ -19,8 +19,8 @@ from hybridrnn.api.rundir import load_task_state, read_run_config
 from hybridrnn.config import RunConfig, config_to_yaml
 from hybridrnn.errors import RunDirError
 from hybridrnn.train import checkpoint as ckpt
-from hybridrnn.train.callbacks import (Callback, CheckpointCallback, EarlyStopping, ProgressCallback,
-                                       TensorBoardCallback)
+from hybridrnn.train.callbacks import (Callback, CheckpointCallback, CheckpointWriteError, EarlyStopping,
+                                       ProgressCallback, TensorBoardCallback, written_path)
 from hybridrnn.train.distributed import init_distributed, resolve_device, shutdown_distributed
 from hybridrnn.train.environment import collect_environment
 from hybridrnn.train.plots import plot_learning_curve
@@ -93,6 +93,14 @@ def _kept_checkpoint(run_dir: Path, writes: bool) -> str:
     return f"no checkpoint was written: the run never finished an epoch ({run_dir} holds its config only)"
 
 
+def _os_reason(exc: OSError, run_dir: Path) -> str:
+    """``PATH: Read-only file system (errno 30)`` for an OSError (the file an atomic write was writing, not
+    its temporary name)."""
+    path = written_path(exc.filename) if exc.filename is not None else str(run_dir)
+    code = f" (errno {exc.errno})" if exc.errno is not None else ""
+    return f"{path}: {exc.strerror or exc}{code}"
+
+
 def train_run(config: RunConfig | dict | str | Path | None = None, *, data: Any = None, out: str | Path | None = None,
               overrides: Iterable[str] = (), resume: str | Path | None = None, progress: str | None = None,
               callbacks: Sequence[Callback] = ()) -> Trained:
@@ -122,11 +130,16 @@ def train_run(config: RunConfig | dict | str | Path | None = None, *, data: Any 
             load_task_state(task, run_dir)
         task.setup(data)
         if writes:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            ckpt.atomic_write_text(run_dir / ckpt.CONFIG, config_to_yaml(run_config))
-            ckpt.atomic_write_json(run_dir / ckpt.ENVIRONMENT, collect_environment(device, dist.world_size))
-            if resume is None:
-                task.save_artifacts(run_dir)
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                ckpt.atomic_write_text(run_dir / ckpt.CONFIG, config_to_yaml(run_config))
+                ckpt.atomic_write_json(run_dir / ckpt.ENVIRONMENT, collect_environment(device, dist.world_size))
+                if resume is None:
+                    task.save_artifacts(run_dir)
+            except OSError as exc:
+                raise RunDirError(f"cannot write the run directory: {_os_reason(exc, run_dir)}; nothing was "
+                                  "trained" + (f" ({_kept_checkpoint(run_dir, writes)})" if resume is not None
+                                               else "")) from exc
         seed_everything(cfg.seed)
         model = task.build_model()
         reporter = make_progress(progress or cfg.progress, enabled=writes)
@@ -139,13 +152,24 @@ def train_run(config: RunConfig | dict | str | Path | None = None, *, data: Any 
             result = trainer.fit()
         except NonFiniteLossError as exc:
             raise NonFiniteLossError(exc.where, exc.epoch, _kept_checkpoint(run_dir, writes)) from None
+        except CheckpointWriteError as exc:
+            raise RunDirError(f"training stopped: {exc}; {_kept_checkpoint(run_dir, writes)}. Free space or make "
+                              f"the folder writable, then continue with `hybridrnn train --resume {run_dir}`") \
+                from exc.error
+        except OSError as exc:      # a callback's own file (TensorBoard's event file)
+            raise RunDirError(f"training stopped: cannot write {_os_reason(exc, run_dir)}; "
+                              f"{_kept_checkpoint(run_dir, writes)}") from exc
         model.eval()
         if writes and result.history:
             if cfg.plots:
-                plot_learning_curve(result.history, run_dir / ckpt.LEARNING_CURVE, result.monitor,
-                                    title=f"{run_config.task}: {run_config.model.encoder}")
-                with torch.no_grad():
-                    task.plots(model, run_dir)
+                try:
+                    plot_learning_curve(result.history, run_dir / ckpt.LEARNING_CURVE, result.monitor,
+                                        title=f"{run_config.task}: {run_config.model.encoder}")
+                    with torch.no_grad():
+                        task.plots(model, run_dir)
+                except OSError as exc:
+                    raise RunDirError(f"training finished, but the plots cannot be written: "
+                                      f"{_os_reason(exc, run_dir)}; {_kept_checkpoint(run_dir, writes)}") from exc
             reporter.summary(summary_rows(run_dir, run_config, result, model, time.perf_counter() - t0,
                                           task.display_metrics))
     finally:

@@ -39,6 +39,7 @@ import yaml
 from hybridrnn._io import atomic_write_text
 from hybridrnn.api import coerce_config, load_run, train_run
 from hybridrnn.config import EXPERIMENT_SECTIONS, read_yaml
+from hybridrnn.errors import ConfigError
 from hybridrnn.experiments.report import write_report
 from hybridrnn.experiments.results import BASE_COLUMNS, ROW_FILE, summarise_training
 from hybridrnn.nn.spec import parse_spec
@@ -61,7 +62,7 @@ def experiment_sections(config_path: str | os.PathLike) -> dict[str, dict]:
         if key in raw:
             value = raw[key]
             if value is not None and not isinstance(value, dict):
-                raise ValueError(f"config file {str(config_path)!r}: section {key!r} must be a mapping, "
+                raise ConfigError(f"config file {str(config_path)!r}: section {key!r} must be a mapping, "
                                  f"got {type(value).__name__}")
             sections[key] = value or {}
     return sections
@@ -124,18 +125,18 @@ def parse_model(item: str | dict) -> ModelEntry:
     if isinstance(item, dict):
         item = dict(item)
         if "encoder" not in item:
-            raise ValueError(f"model entry {item!r}: needs an 'encoder' key (an encoder spec)")
+            raise ConfigError(f"model entry {item!r}: needs an 'encoder' key (an encoder spec)")
         encoder = str(item.pop("encoder"))
         return ModelEntry(encoder, tuple(sorted(item.items())))
     text = str(item).strip()
     match = re.fullmatch(r"(?P<spec>[^\[\]]+?)\s*(\[(?P<opts>.*)\])?", text)
     if not match or not match.group("spec").strip():
-        raise ValueError(f"model {text!r}: expected an encoder spec optionally followed by [key=value,...], "
+        raise ConfigError(f"model {text!r}: expected an encoder spec optionally followed by [key=value,...], "
                          f"e.g. 'lstm:64' or '(lstm:64|gru:64)[fusion=gate]'")
     options = {}
     for part in _split_top_level(match.group("opts") or ""):
         if "=" not in part:
-            raise ValueError(f"model {text!r}: option {part!r} is not of the form key=value")
+            raise ConfigError(f"model {text!r}: option {part!r} is not of the form key=value")
         key, value = (s.strip() for s in part.split("=", 1))
         options[key] = yaml.safe_load(value)
     return ModelEntry(match.group("spec").strip(), tuple(sorted(options.items())))
@@ -146,11 +147,11 @@ def parse_models(models: str | Sequence[str | dict]) -> list[ModelEntry]:
     items = _split_top_level(models) if isinstance(models, str) else list(models)
     entries = [parse_model(m) for m in items]
     if not entries:
-        raise ValueError("no models to compare: give --models or a compare.models list in the config")
+        raise ConfigError("no models to compare: give --models or a compare.models list in the config")
     labels = [e.label for e in entries]
     duplicates = sorted({label for label in labels if labels.count(label) > 1})
     if duplicates:
-        raise ValueError(f"models listed twice: {duplicates}")
+        raise ConfigError(f"models listed twice: {duplicates}")
     for e in entries:
         parse_spec(e.encoder)   # a SpecError that points at the fault
     return entries
@@ -166,9 +167,9 @@ def parse_int_list(value: str | int | Sequence[int] | None, what: str) -> Option
     try:
         out = [int(str(v).strip()) for v in items if str(v).strip()]
     except ValueError:
-        raise ValueError(f"{what}: expected integers separated by commas, got {value!r}") from None
+        raise ConfigError(f"{what}: expected integers separated by commas, got {value!r}") from None
     if not out or any(v < 1 for v in out):
-        raise ValueError(f"{what}: expected positive integers, got {value!r}")
+        raise ConfigError(f"{what}: expected positive integers, got {value!r}")
     return out
 
 
@@ -214,9 +215,9 @@ def _leading_rows(batch: Any) -> int:
         if isinstance(item, (torch.Tensor, dict, list, tuple)):
             try:
                 return _leading_rows(item)
-            except ValueError:
+            except TypeError:
                 continue
-    raise ValueError(f"cannot find a tensor in a batch of type {type(batch).__name__}")
+    raise TypeError(f"cannot find a tensor in a batch of type {type(batch).__name__}")
 
 
 def _first_batch(task, model) -> tuple[Any, int]:
@@ -411,7 +412,7 @@ def check_rows(config_path: Path, keys: Sequence[RowKey], overrides: Sequence[st
             where = key.model.label + (f" (length {key.length})" if key.length is not None else "")
             errors.append(f"{where}: {error}")
     if errors:
-        raise ValueError("these models cannot run on this task:\n  " + "\n  ".join(errors))
+        raise ConfigError("these models cannot run on this task:\n  " + "\n  ".join(errors))
 
 
 def run_compare(config_path: str | os.PathLike, models: str | Sequence[str | dict] | None = None,
@@ -432,17 +433,17 @@ def run_compare(config_path: str | os.PathLike, models: str | Sequence[str | dic
     section = experiment_sections(config_path).get("compare", {})
     unknown = set(section) - {"models", "seeds", "lengths", "metrics"}
     if unknown:
-        raise ValueError(f"config {str(config_path)!r}: unknown keys in compare: {sorted(unknown)} "
+        raise ConfigError(f"config {str(config_path)!r}: unknown keys in compare: {sorted(unknown)} "
                          "(expected models, seeds, lengths, metrics)")
     metrics = section.get("metrics")
     if metrics is not None and (not isinstance(metrics, list) or not all(isinstance(m, str) for m in metrics)):
-        raise ValueError(f"config {str(config_path)!r}: compare.metrics must be a list of metric names "
+        raise ConfigError(f"config {str(config_path)!r}: compare.metrics must be a list of metric names "
                          f"(without val_/test_), got {metrics!r}")
     entries = parse_models(models if models is not None else section.get("models") or [])
     seeds = seeds if seeds is not None else section.get("seeds", 3)
     seed_list = list(range(seeds)) if isinstance(seeds, int) else parse_int_list(seeds, "seeds")
     if isinstance(seeds, int) and seeds < 1:
-        raise ValueError(f"seeds: expected at least 1, got {seeds}")
+        raise ConfigError(f"seeds: expected at least 1, got {seeds}")
     length_list = parse_int_list(lengths if lengths is not None else section.get("lengths"), "lengths")
     task_name = str(read_yaml(config_path).get("task", ""))
 

@@ -30,7 +30,7 @@ from scipy.stats import ttest_ind
 
 from hybridrnn._io import atomic_write_text, save_figure
 from hybridrnn.api import get_task_class
-from hybridrnn.errors import ConfigError
+from hybridrnn.errors import ConfigError, HybridRNNError, RunDirError
 from hybridrnn.config import read_yaml
 from hybridrnn.experiments.results import BASE_COLUMNS, epoch_records
 
@@ -488,7 +488,6 @@ def _task_sections(task_name: str, base: dict, plan: dict, results: pd.DataFrame
     """The task's own report sections (``Task.report_sections``), as blocks; none when the task cannot be
     built from the comparison's config (an unknown task, a missing extra)."""
     from hybridrnn.api import coerce_config
-    from hybridrnn.errors import HybridRNNError
 
     if not task_name or not base:
         return []
@@ -510,13 +509,13 @@ def write_report(out_dir: str | Path) -> tuple[Path, Path]:
     root = Path(out_dir)
     csv = root / "results.csv"
     if not csv.is_file():
-        raise ValueError(f"{csv} does not exist: run the comparison first")
+        raise RunDirError(f"{csv} does not exist: run the comparison first")
     results = pd.read_csv(csv)
     if results.empty:
-        raise ValueError(f"{csv} has no rows")
+        raise RunDirError(f"{csv} has no rows")
     missing = [c for c in ("model", "seed", "length", "parameters", "run_dir") if c not in results.columns]
     if missing:
-        raise ValueError(f"{csv}: missing columns {missing} (expected {BASE_COLUMNS})")
+        raise RunDirError(f"{csv}: missing columns {missing} (expected {BASE_COLUMNS})")
     task, monitor, mode, base = _task_info(root)
     hardware = _hardware(root, results)
     plan = json.loads((root / "compare.json").read_text()) if (root / "compare.json").is_file() else {}
@@ -524,7 +523,7 @@ def write_report(out_dir: str | Path) -> tuple[Path, Path]:
     split = "test" if f"test_{monitor}" in results.columns else "val"
     primary = f"{split}_{monitor}"
     if primary not in results.columns:
-        raise ValueError(f"{csv}: no column test_{monitor} or val_{monitor} for the task's monitored metric "
+        raise RunDirError(f"{csv}: no column test_{monitor} or val_{monitor} for the task's monitored metric "
                          f"{monitor!r}")
     prefix = f"{split}_"
     files = root / FILES
@@ -546,7 +545,7 @@ def write_report(out_dir: str | Path) -> tuple[Path, Path]:
     if plan.get("metrics"):     # compare.metrics: the metrics the summary shows
         missing = [m for m in plan["metrics"] if f"{prefix}{m}" not in results.columns]
         if missing:
-            raise ValueError(f"compare.metrics names {missing}, which the task does not report; it reports "
+            raise ConfigError(f"compare.metrics names {missing}, which the task does not report; it reports "
                              f"{sorted(c[len(prefix):] for c in results.columns if c.startswith(prefix))}")
         metric_cols = [f"{prefix}{m}" for m in plan["metrics"]]
     # a metric equal to the primary one in every row (the adding problem's MSE is its loss) says nothing new

@@ -10,6 +10,8 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
+from hybridrnn.errors import RunDirError
+
 ROW_FILE = "row.json"
 #: leading columns of results.csv (metric columns val_* and test_* follow)
 BASE_COLUMNS = ["model", "encoder", "options", "seed", "length", "task", "parameters", "epochs",
@@ -30,7 +32,7 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
         try:
             records.append(_flatten(json.loads(line)))
         except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: line {number} is not JSON ({error})") from None
+            raise RunDirError(f"{path}: line {number} is not JSON ({error})") from None
     return records
 
 

@@ -15,6 +15,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from hybridrnn.errors import ConfigError
+
 __all__ = ["lengths_to_mask", "masked_softmax", "AdditiveAttention", "DotAttention", "GeneralAttention",
            "SelfAttentionPooling"]
 
@@ -123,7 +125,7 @@ class AdditiveAttention(_Attention):
         super().__init__()
         for name, value in (("query_size", query_size), ("key_size", key_size), ("attn_size", attn_size)):
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+                raise ConfigError(f"{name} must be a positive int, got {value!r}")
         self.query_size, self.key_size, self.attn_size = query_size, key_size, attn_size
         self.query_proj = nn.Linear(query_size, attn_size, bias=False)
         self.key_proj = nn.Linear(key_size, attn_size, bias=True)
@@ -162,7 +164,7 @@ class GeneralAttention(_Attention):
         super().__init__()
         for name, value in (("query_size", query_size), ("key_size", key_size)):
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+                raise ConfigError(f"{name} must be a positive int, got {value!r}")
         self.query_size, self.key_size = query_size, key_size
         self.key_proj = nn.Linear(key_size, query_size, bias=False)
 
@@ -189,9 +191,9 @@ class SelfAttentionPooling(nn.Module):
         attn_size = input_size if attn_size is None else attn_size
         for name, value in (("input_size", input_size), ("num_heads", num_heads), ("attn_size", attn_size)):
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+                raise ConfigError(f"{name} must be a positive int, got {value!r}")
         if combine not in ("linear", "mean"):
-            raise ValueError(f"combine must be 'linear' or 'mean', got {combine!r}")
+            raise ConfigError(f"combine must be 'linear' or 'mean', got {combine!r}")
         self.input_size, self.num_heads, self.attn_size, self.combine = input_size, num_heads, attn_size, combine
         self.output_size = input_size
         self.proj = nn.Linear(input_size, attn_size, bias=False)

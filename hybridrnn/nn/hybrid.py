@@ -55,6 +55,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from hybridrnn.errors import ConfigError
 from hybridrnn.nn.dropout import locked_dropout as _locked_dropout
 from hybridrnn.nn.recurrent import GRU, LSTM
 from hybridrnn.nn.spec import Layer, Parallel, SpecNode, Stack, format_spec, iter_layers, parse_spec
@@ -190,7 +191,7 @@ class GateFusion(nn.Module):
     def __init__(self, num_inputs: int, size: int):
         super().__init__()
         if num_inputs < 2:
-            raise ValueError(f"GateFusion needs at least 2 inputs, got {num_inputs}")
+            raise ConfigError(f"GateFusion needs at least 2 inputs, got {num_inputs}")
         self.num_inputs, self.size = num_inputs, size
         self.gate = nn.Linear(num_inputs * size, size if num_inputs == 2 else num_inputs * size)
 
@@ -254,13 +255,13 @@ class StackedEncoder(_EncoderBase):
                  locked_dropout: bool = False):
         super().__init__()
         if len(blocks) < 2:
-            raise ValueError(f"StackedEncoder needs at least 2 blocks, got {len(blocks)}")
+            raise ConfigError(f"StackedEncoder needs at least 2 blocks, got {len(blocks)}")
         if not 0.0 <= float(dropout) < 1.0:
-            raise ValueError(f"StackedEncoder: dropout must be in [0, 1), got {dropout!r}")
+            raise ConfigError(f"StackedEncoder: dropout must be in [0, 1), got {dropout!r}")
         for i in range(1, len(blocks)):
             if blocks[i].input_size != blocks[i - 1].output_size:
-                raise ValueError(f"StackedEncoder: block {i} expects {blocks[i].input_size} input features but "
-                                 f"block {i - 1} outputs {blocks[i - 1].output_size}")
+                raise ConfigError(f"StackedEncoder: block {i} expects {blocks[i].input_size} input features but "
+                                  f"block {i - 1} outputs {blocks[i - 1].output_size}")
         self.blocks = nn.ModuleList(blocks)
         self.dropout = float(dropout)
         self.locked_dropout = bool(locked_dropout)
@@ -321,14 +322,14 @@ class ParallelEncoder(_EncoderBase):
                  input_projection: Optional[nn.Linear] = None, spec: Optional[str] = None):
         super().__init__()
         if len(branches) < 2:
-            raise ValueError(f"ParallelEncoder needs at least 2 branches, got {len(branches)}")
+            raise ConfigError(f"ParallelEncoder needs at least 2 branches, got {len(branches)}")
         if fusion not in FUSIONS:
-            raise ValueError(f"ParallelEncoder: fusion must be one of {FUSIONS}, got {fusion!r}")
+            raise ConfigError(f"ParallelEncoder: fusion must be one of {FUSIONS}, got {fusion!r}")
         width = input_projection.out_features if input_projection is not None else branches[0].input_size
         for i, b in enumerate(branches):
             if b.input_size != width:
-                raise ValueError(f"ParallelEncoder: every branch must read {width} features; branch {i} expects "
-                                 f"{b.input_size}")
+                raise ConfigError(f"ParallelEncoder: every branch must read {width} features; branch {i} expects "
+                                  f"{b.input_size}")
         self.input_projection = input_projection
         self.branches = nn.ModuleList(branches)
         self.fusion = fusion
@@ -345,16 +346,16 @@ class ParallelEncoder(_EncoderBase):
         elif fusion == "sum":
             if any(lay != layouts[0] for lay in layouts):
                 shown = "; ".join(f"{n} -> {_layout_text(l)}" for n, l in zip(names, layouts))
-                raise ValueError(f"ParallelEncoder: fusion='sum' adds the branches feature by feature, so they need "
-                                 f"equal output sizes and directions; got {shown}. Use fusion='concat' or 'gate'")
+                raise ConfigError(f"ParallelEncoder: fusion='sum' adds the branches feature by feature, so they need "
+                                  f"equal output sizes and directions; got {shown}. Use fusion='concat' or 'gate'")
             self.output_layout = layouts[0]
         else:  # gate
             directions = [tuple(b for _, b in lay) for lay in layouts]
             if any(d != directions[0] for d in directions):
                 shown = "; ".join(f"{n} -> {_layout_text(l)}" for n, l in zip(names, layouts))
-                raise ValueError(f"ParallelEncoder: fusion='gate' mixes the branches feature by feature, so they "
-                                 f"need the same directions (all unidirectional or all bidirectional); got {shown}. "
-                                 f"Use fusion='concat'")
+                raise ConfigError(f"ParallelEncoder: fusion='gate' mixes the branches feature by feature, so they "
+                                  f"need the same directions (all unidirectional or all bidirectional); got {shown}. "
+                                  f"Use fusion='concat'")
             target = tuple((max(lay[j][0] for lay in layouts), directions[0][j]) for j in range(len(directions[0])))
             if any(lay != target for lay in layouts):
                 self.projections = nn.ModuleList(_SegmentProjection(lay, target) if lay != target else nn.Identity()
@@ -524,18 +525,18 @@ def _check_options(input_size: Any, fusion: str, dropout: float, share_input_pro
                    tie_layers: bool, path: str) -> None:
     """``build_encoder``'s option values that no spec can use: a ``ValueError`` naming the option."""
     if not isinstance(input_size, int) or isinstance(input_size, bool) or input_size < 1:
-        raise ValueError(f"build_encoder: input_size must be an integer >= 1, got {input_size!r}")
+        raise ConfigError(f"build_encoder: input_size must be an integer >= 1, got {input_size!r}")
     if fusion not in FUSIONS:
-        raise ValueError(f"build_encoder: fusion must be one of {FUSIONS}, got {fusion!r}")
+        raise ConfigError(f"build_encoder: fusion must be one of {FUSIONS}, got {fusion!r}")
     if not 0.0 <= float(dropout) < 1.0:
-        raise ValueError(f"build_encoder: dropout must be in [0, 1), got {dropout!r}")
+        raise ConfigError(f"build_encoder: dropout must be in [0, 1), got {dropout!r}")
     if share_input_projection is not False and not isinstance(share_input_projection, bool) and (
             not isinstance(share_input_projection, int) or share_input_projection < 1):
-        raise ValueError(f"build_encoder: share_input_projection must be True/False or a size >= 1, "
-                         f"got {share_input_projection!r}")
+        raise ConfigError(f"build_encoder: share_input_projection must be True/False or a size >= 1, "
+                          f"got {share_input_projection!r}")
     if tie_layers and path == "fused":
-        raise ValueError("build_encoder: tie_layers ties tensors across layers, which needs the custom path; "
-                         "got path='fused' (use 'auto' or 'custom')")
+        raise ConfigError("build_encoder: tie_layers ties tensors across layers, which needs the custom path; "
+                          "got path='fused' (use 'auto' or 'custom')")
 
 
 def _warn_idle_options(ast: SpecNode, *, forget_bias: Optional[float], coupled: bool,

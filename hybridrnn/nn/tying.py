@@ -9,6 +9,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from hybridrnn.errors import ConfigError
+
 __all__ = ["count_parameters", "TiedOutput"]
 
 
@@ -66,12 +68,12 @@ class TiedOutput(nn.Module):
         if not isinstance(embedding, nn.Embedding):
             raise ValueError(f"TiedOutput ties to an nn.Embedding, got {type(embedding).__name__}")
         if not isinstance(hidden_size, int) or hidden_size < 1:
-            raise ValueError(f"hidden_size must be a positive int, got {hidden_size!r}")
+            raise ConfigError(f"hidden_size must be a positive int, got {hidden_size!r}")
         vocab, dim = embedding.weight.shape
         if hidden_size != dim and not project:
-            raise ValueError(f"cannot tie the output layer to the embedding: hidden_size {hidden_size} != "
-                             f"embedding_dim {dim}; make them equal, or pass project=True to map the hidden "
-                             f"state to {dim} features with a Linear({hidden_size}, {dim}) first")
+            raise ConfigError(f"cannot tie the output layer to the embedding: hidden_size {hidden_size} != "
+                              f"embedding_dim {dim}; make them equal, or pass project=True to map the hidden "
+                              f"state to {dim} features with a Linear({hidden_size}, {dim}) first")
         self.vocab_size, self.embedding_dim, self.hidden_size = vocab, dim, hidden_size
         self.proj: Optional[nn.Linear] = nn.Linear(hidden_size, dim) if project else None
         self.weight = embedding.weight  # the same Parameter: tied

@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hybridrnn.errors import RunDirError
 from hybridrnn.train import checkpoint as ckpt
 from hybridrnn.train.distributed import broadcast_flag
 from hybridrnn.train.progress import Progress, TensorBoardLogger
@@ -92,11 +93,39 @@ class ProgressCallback(Callback):
         self.progress.close()
 
 
+class CheckpointWriteError(RunDirError):
+    """A checkpoint could not be written (read-only folder, disk full, permission denied): the run stopped.
+    ``epoch``: the epoch whose checkpoint failed; ``path``: the file; ``error``: the ``OSError``. The files of
+    the previous checkpoint are untouched (``state.json`` is the commit point of the journal)."""
+
+    def __init__(self, run_dir: Path, epoch: int, error: OSError):
+        self.run_dir, self.epoch, self.error = Path(run_dir), epoch, error
+        self.path = written_path(error.filename) if error.filename is not None else run_dir
+        reason = error.strerror or str(error)
+        code = f" (errno {error.errno})" if error.errno is not None else ""
+        super().__init__(f"cannot write the checkpoint of epoch {epoch} to {self.path}: {reason}{code}")
+
+
+def written_path(filename: Any) -> str:
+    """The file an atomic write was writing (``DIR/.NAME.tmp-PID`` -> ``DIR/NAME``; ``NAME.next`` -> ``NAME``)."""
+    path = Path(str(filename))
+    name = path.name
+    if name.startswith(".") and ".tmp-" in name:
+        name = name[1:name.rindex(".tmp-")]
+    if name.endswith(ckpt.PENDING):
+        name = name[:-len(ckpt.PENDING)]
+    return str(path.with_name(name))
+
+
 class CheckpointCallback(Callback):
     """After every epoch: ``metrics.jsonl``, ``last.safetensors``, ``optimizer.safetensors``, ``state.json``
     and (when the epoch improved) ``model.safetensors`` in ``run_dir``, committed as a journal (see
     :mod:`hybridrnn.train.checkpoint`). The tensors are snapshotted at once and written and fsynced in a
-    background thread while the next epoch trains; fitting returns only once the last write is on disk."""
+    background thread while the next epoch trains; fitting returns only once the last write is on disk.
+
+    A write that fails with an ``OSError`` (read-only folder, disk full) stops the run at the next epoch's end
+    (or when fitting ends) with a :class:`CheckpointWriteError` naming the epoch and the file; the checkpoint
+    before it stays whole and loadable."""
 
     def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir)
@@ -105,10 +134,15 @@ class CheckpointCallback(Callback):
     def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any]) -> None:
         run_dir, metrics = self.run_dir, ckpt.jsonl_text(trainer.history)
         files = ckpt.checkpoint_files(trainer.model, trainer.optimizer, trainer.state_dict())
+        epoch = int(record.get("epoch", trainer.epoch))
 
         def write() -> None:
-            ckpt.atomic_write_text(run_dir / ckpt.METRICS, metrics)
-            ckpt.write_checkpoint(run_dir, files)
+            try:
+                # metrics.jsonl first: a resume drops the epochs after state.json's, never misses one
+                ckpt.atomic_write_text(run_dir / ckpt.METRICS, metrics)
+                ckpt.write_checkpoint(run_dir, files)
+            except OSError as exc:
+                raise CheckpointWriteError(run_dir, epoch, exc) from exc
 
         self.writer.submit(write)
 
