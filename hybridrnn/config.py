@@ -195,8 +195,10 @@ def parse_yaml(text: str, source: str = "<config>") -> dict[str, Any]:
     except RecursionError:
         raise ConfigError(f"{source}: the config nests too deeply to read (more than {YAML_MAX_DEPTH} levels "
                           f"are never needed)") from None
-    except (ValueError, TypeError, OverflowError, AttributeError) as exc:  # a tag's constructor on a bad value
-        raise ConfigError(f"{source}: not valid YAML: a value cannot be read ({exc})") from None
+    except (ValueError, TypeError, OverflowError, AttributeError, LookupError) as exc:
+        # a tag's constructor on a bad value: !!int 0x (ValueError), !!bool maybe (KeyError), 2020-13-45 ...
+        shown = f"{type(exc).__name__} {exc}" if isinstance(exc, LookupError) else str(exc)
+        raise ConfigError(f"{source}: not valid YAML: a value cannot be read ({shown})") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

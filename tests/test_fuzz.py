@@ -348,6 +348,8 @@ def test_yaml_nested_500_levels_is_a_config_error():
         parse_yaml("train:\n  lr: 1\n  lr: 2\n")
     with pytest.raises(ConfigError, match="month must be in 1..12"):
         parse_yaml("a: 2020-13-45")
+    with pytest.raises(ConfigError, match="a value cannot be read .KeyError 'maybe'"):   # found by benchmarks/fuzz.py
+        parse_yaml("train:\n  x: !!bool maybe\n")
     assert parse_yaml("b: &b {x: 1}\nc:\n  <<: *b\n  x: 2\n")["c"] == {"x": 2}   # merge keys still work
 
 
