@@ -163,6 +163,15 @@ def test_text_run_predicts_without_its_data(tmp_path):
     assert run.metrics(tmp_path / "labelled.txt")["accuracy"] > 0.9
     with pytest.raises(DataError, match="train.txt"):
         hybridrnn.load(run_dir).metrics(split="test")
+    # the command line loads the same way: hybridrnn predict RUN --input FILE --output CSV
+    from typer.testing import CliRunner
+
+    from hybridrnn.cli import app
+
+    res = CliRunner().invoke(app, ["predict", str(run_dir), "--input", str(texts), "--output",
+                                   str(tmp_path / "out.csv")])
+    assert res.exit_code == 0, res.output
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "out.csv", dtype={"label": str}), before)
 
 
 def test_loaded_state_is_used_not_refitted(tmp_path):

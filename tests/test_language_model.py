@@ -218,6 +218,12 @@ def test_generation_streams_reproducibly_without_the_corpus(tmp_path):
     (tmp_path / "data").rename(tmp_path / "moved")
     after = hybridrnn.load(run_dir)
     assert [after.generate("to be", 40, seed=s) for s in (3, 4)] == before
+    from typer.testing import CliRunner
+
+    from hybridrnn.cli import app
+
+    res = CliRunner().invoke(app, ["generate", str(run_dir), "--prompt", "to be", "--tokens", "40", "--seed", "3"])
+    assert res.exit_code == 0 and res.stdout == before[0] + "\n", res.output
     # lm.temperature / lm.top_k are the defaults; explicit values override them
     greedy = after.generate("to be", 30, temperature=0.0)
     assert greedy == after.generate("to be", 30, temperature=0.0, seed=99) != after.generate("to be", 30, seed=99)
