@@ -129,7 +129,8 @@ def lstm_scan(xg: Tensor, h0: Tensor, c0: Tensor, p: LSTMParams, *, mask: Option
             xg = xg + p.b_hh
     else:                                            # the recurrent LN's bias adds to the pre-activation
         b_hh, (gain_hh, bias_hh), (gain_c, bias_c) = p.b_hh, p.ln_hh, p.ln_c
-        xg = xg + bias_hh
+        if bias_hh is not None:                      # (None: the caller folded it into xg)
+            xg = xg + bias_hh
     tensors = (xg, h0, c0, w_hh, b_hh, gain_hh, gain_c, bias_c)
     if torch.is_grad_enabled() and any(v is not None and v.requires_grad for v in tensors):
         return _LSTMScan.apply(xg, h0, c0, w_hh, coupled, mask, h_mask, b_hh, gain_hh, gain_c, bias_c)

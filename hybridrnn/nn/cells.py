@@ -63,7 +63,8 @@ class LSTMParams(NamedTuple):
     """The recurrent tensors of one LSTM layer and direction, and its options.
 
     w_hh ``(G*H, H)``; b_hh ``(G*H,)`` or None (no bias, or already folded into the input projection, which
-    is only exact without layer norm); ln_hh (gain, bias) each ``(G*H,)``; ln_c (gain, bias) each ``(H,)``.
+    is only exact without layer norm); ln_hh (gain, bias) each ``(G*H,)``, the bias None when it is folded into
+    the input projection (exact: it adds to the same pre-activation); ln_c (gain, bias) each ``(H,)``.
     """
     w_hh: Tensor
     b_hh: Optional[Tensor] = None
@@ -100,15 +101,16 @@ class GRUGates(NamedTuple):
     n: Tensor
 
 
-def gate_layer_norm(a: Tensor, weight: Tensor, bias: Tensor, gates: int) -> Tensor:
+def gate_layer_norm(a: Tensor, weight: Tensor, bias: Optional[Tensor], gates: int) -> Tensor:
     """Layer norm of each gate block on its own.
 
-    a: ``(..., gates * H)``; weight, bias: ``(gates * H,)``. Returns ``(..., gates * H)``.
+    a: ``(..., gates * H)``; weight, bias: ``(gates * H,)`` (bias None: no bias, e.g. added elsewhere).
+    Returns ``(..., gates * H)``.
     """
     shape = a.shape
     hidden = shape[-1] // gates
-    normed = F.layer_norm(a.reshape(*shape[:-1], gates, hidden), (hidden,), eps=LN_EPS)
-    return torch.addcmul(bias, normed.reshape(shape), weight)
+    normed = F.layer_norm(a.reshape(*shape[:-1], gates, hidden), (hidden,), eps=LN_EPS).reshape(shape)
+    return normed * weight if bias is None else torch.addcmul(bias, normed, weight)
 
 
 def input_projection(x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], ln_ih: Optional[LNParams],

@@ -342,25 +342,30 @@ class _RecurrentBase(nn.Module):
         return outputs, ((h_n, torch.stack(c_n, 0)) if is_lstm else h_n)
 
     @property
-    def _folds_b_hh(self) -> bool:
-        """Whether the whole-sequence path adds ``b_hh`` to the input projection instead of the recurrence (exact
-        for an LSTM without layer norm, where both biases are added to the same pre-activation: it saves an add
-        per step). ``step()`` does not fold: there it would cost an add per call."""
-        return self.mode == "LSTM" and self.bias and not self.layer_norm
+    def _folds_hh_bias(self) -> bool:
+        """Whether the whole-sequence path adds the recurrent bias to the input projection instead of the
+        recurrence. Exact for an LSTM, where the input and the recurrent part add into one pre-activation:
+        ``b_hh`` without layer norm, the recurrent norm's bias ``ln_hh_bias`` with it (``b_hh`` then sits inside
+        that norm and stays). It saves an add per step (or a pass over the sequence). ``step()`` does not fold:
+        there it would cost an add per call."""
+        return self.mode == "LSTM" and (self.bias or self.layer_norm)
 
     def _input_projection(self, layer_in: Tensor, layer: int, d: int, fold: bool = True) -> Tensor:
         """``(..., F) -> (..., G*H)``: ``LN_ih(W_ih x + b_ih)`` (:func:`~hybridrnn.nn.cells.input_projection`),
-        with ``b_hh`` folded in when ``fold`` and :attr:`_folds_b_hh`."""
+        with the recurrent bias folded in when ``fold`` and :attr:`_folds_hh_bias`."""
         w_ih, b_ih = self._p(layer, d, "weight_ih"), self._p(layer, d, "bias_ih")
-        if fold and self._folds_b_hh:
-            b_ih = b_ih + self._p(layer, d, "bias_hh")
         ln_ih = (self._p(layer, d, "ln_ih_weight"), self._p(layer, d, "ln_ih_bias")) if self.layer_norm else None
+        if fold and self._folds_hh_bias:
+            if ln_ih is None:
+                b_ih = b_ih + self._p(layer, d, "bias_hh")
+            else:
+                ln_ih = (ln_ih[0], ln_ih[1] + self._p(layer, d, "ln_hh_bias"))
         return input_projection(layer_in, w_ih, b_ih, ln_ih, self._gates)
 
     def _cell_params(self, layer: int, d: int, fold: bool = True):
         """The recurrent tensors and options of layer ``layer``, direction ``d``: an
-        :class:`~hybridrnn.nn.cells.LSTMParams` or :class:`~hybridrnn.nn.cells.GRUParams` (without ``b_hh`` when
-        ``fold`` and :attr:`_folds_b_hh`: the input projection holds it)."""
+        :class:`~hybridrnn.nn.cells.LSTMParams` or :class:`~hybridrnn.nn.cells.GRUParams` (without the recurrent
+        bias when ``fold`` and :attr:`_folds_hh_bias`: the input projection holds it)."""
         raise NotImplementedError
 
     def _recurrence(self, xg: Tensor, h0: Tensor, c0: Optional[Tensor], layer: int, d: int,
@@ -574,9 +579,10 @@ class LSTM(_RecurrentBase):
 
     def _cell_params(self, layer: int, d: int, fold: bool = True) -> LSTMParams:
         ln = self.layer_norm
-        b_hh = None if (fold and self._folds_b_hh) else self._p(layer, d, "bias_hh")
-        return LSTMParams(self._p(layer, d, "weight_hh"), b_hh,
-                          (self._p(layer, d, "ln_hh_weight"), self._p(layer, d, "ln_hh_bias")) if ln else None,
+        fold = fold and self._folds_hh_bias
+        b_hh = None if (fold and not ln) else self._p(layer, d, "bias_hh")
+        ln_hh = (self._p(layer, d, "ln_hh_weight"), None if fold else self._p(layer, d, "ln_hh_bias")) if ln else None
+        return LSTMParams(self._p(layer, d, "weight_hh"), b_hh, ln_hh,
                           (self._p(layer, d, "ln_c_weight"), self._p(layer, d, "ln_c_bias")) if ln else None,
                           self.coupled)
 
