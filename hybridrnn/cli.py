@@ -29,6 +29,26 @@ _state = {"debug": False}
 EXIT_USAGE = 2
 
 
+def _flags_without_a_type() -> None:
+    """typer's rich help shows a flag's type (``--json <bool>``) as if the flag took a value: show none."""
+    from typer.core import TyperOption
+
+    if getattr(TyperOption.display_type_rich, "_flag_aware", False):
+        return
+    original = TyperOption.display_type_rich
+
+    def display_type_rich(self, ctx):
+        if getattr(self, "is_flag", False) and not getattr(self, "count", False):
+            return None
+        return original(self, ctx)
+
+    display_type_rich._flag_aware = True
+    TyperOption.display_type_rich = display_type_rich
+
+
+_flags_without_a_type()
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"hybridrnn {__version__}")
@@ -187,8 +207,29 @@ def _print_metrics(rows: dict[str, dict[str, float]], other: dict[str, float], t
         table.add_column("metric")
         table.add_column("value", justify="right")
         for key, value in other.items():
-            table.add_row(key, f"{value:.6g}")
+            table.add_row(_metric_label(key, value, rows["model"]), _metric_value(key, value))
         console.print(table)
+
+
+#: metrics that are yes/no flags (1.0 / 0.0 in the JSON)
+_FLAGS = ("beats_baselines", "solved")
+
+
+def _metric_value(key: str, value: float) -> str:
+    if key.endswith(_FLAGS) and value in (0.0, 1.0):
+        return "yes" if value else "no"
+    return f"{value:.6g}"
+
+
+def _metric_label(key: str, value: float, model: dict[str, float]) -> str:
+    """``loss`` says what it is: the training objective, and which metric it equals (forecasting trains on the
+    scaled target, so its loss is ``scaled_mse``, not the MSE in the data's units)."""
+    if key != "loss":
+        return key
+    import math
+
+    same = next((k for k, v in model.items() if k != "loss" and math.isclose(v, value, rel_tol=1e-6)), None)
+    return f"loss (training objective{', = ' + same if same else ''})"
 
 
 @app.command()

@@ -258,3 +258,14 @@ def test_a_plain_value_error_is_a_bug_with_its_traceback(monkeypatch, tmp_path):
     monkeypatch.setattr(api, "load_config", broken)
     result = CliRunner().invoke(app, ["config", "show", str(_yaml(tmp_path, FORECAST))])
     assert result.exit_code != 2 and isinstance(result.exception, ValueError)
+
+
+def test_help_shows_no_type_for_flags_and_evaluate_says_yes_no():
+    result = CliRunner().invoke(app, ["evaluate", "--help"], terminal_width=120)
+    assert result.exit_code == 0 and "--json" in result.output and "<bool>" not in result.output
+    assert "<str>" in result.output                    # options that take a value still show it
+    from hybridrnn.cli import _metric_label, _metric_value
+
+    assert _metric_value("beats_baselines", 1.0) == "yes" and _metric_value("test_beats_baselines", 0.0) == "no"
+    assert _metric_value("mae", 1.0) == "1"
+    assert _metric_label("loss", 0.25, {"scaled_mse": 0.25, "mae": 3.0}) == "loss (training objective, = scaled_mse)"
