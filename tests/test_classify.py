@@ -174,6 +174,24 @@ def test_text_run_predicts_without_its_data(tmp_path):
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "out.csv", dtype={"label": str}), before)
 
 
+def test_text_classifier_from_a_dataframe(tmp_path):
+    """hybridrnn.fit(config, data=frame) with no data file in the config (10% of the frame validates); the run
+    predicts a DataFrame of texts, and loads again without the frame."""
+    rows = _toy_rows(300, np.random.default_rng(1))
+    frame = pd.DataFrame({"review": [t for _, t in rows], "stars": [f"s{label}" for label, _ in rows]})
+    cfg = {"task": "classify", "data": {"kind": "text", "text_column": "review", "label_column": "stars"},
+           "model": {"encoder": "gru:12"}, "classifier": {"pooling": "mean", "embedding_dim": 12},
+           "train": {"epochs": 4, "batch_size": 16, "lr": 0.02, "seed": 0, "progress": "none"}}
+    run = hybridrnn.fit(cfg, data=frame, out=tmp_path / "run")
+    assert run.task.num_examples("train") == 270 and run.task.num_examples("val") == 30
+    new = pd.DataFrame({"review": ["a superb film", "the plot was dull"]})
+    got = run.predict(new)
+    assert list(got.columns) == ["label", "p(s0)", "p(s1)"] and got["label"].tolist() == ["s1", "s0"]
+    pd.testing.assert_frame_equal(hybridrnn.load(tmp_path / "run").predict(new), got, check_exact=True)
+    with pytest.raises(DataError, match="column 'review' not found"):
+        run.predict(pd.DataFrame({"text": ["good"]}))
+
+
 def test_loaded_state_is_used_not_refitted(tmp_path):
     """After load_artifacts, setup reads new data with the saved vocabulary and classes (new words are <unk>,
     an unknown label is an error) and build_model needs no data at all."""

@@ -80,8 +80,10 @@ class ClassifyTask(Task):
         if whole and not self.fitted:
             raise RuntimeError("setup(whole=True) evaluates a trained model: call load_artifacts(run_dir) first")
         self.raw = self._read_text_splits(data, whole) if self.is_text else self._read_series_splits(data, whole)
-        if not self.fitted:
-            self._fit_text() if self.is_text else self._fit_series()
+        if not self.fitted and self.is_text:
+            self._fit_text()
+        elif not self.fitted:
+            self._fit_series()
         self._derive_splits()
         self.weights = None
         if self.config.classifier.class_weights and "train" in self.splits:
