@@ -256,3 +256,35 @@ def test_report_of_a_task_without_a_test_split_uses_validation(tmp_path):
                                                                                    index=False)
     md = write_report(tmp_path)[0].read_text()
     assert "no test split" in md and "differs from best (val_loss)" in md
+
+
+def test_time_models_warms_up_then_interleaves_shuffled_rounds_on_one_thread():
+    """Every model gets its warm-up passes before any is timed; then each round times every model once, in a
+    shuffled order; torch runs one thread while timing and gets its setting back."""
+    from hybridrnn.experiments import compare as compare_module
+
+    calls = []
+
+    class FakeTask:
+        def __init__(self, name):
+            self.name = name
+
+        def train_batches(self, epoch, generator):
+            return iter([torch.zeros(5, 3)])
+
+        def to_device(self, batch, device):
+            return batch
+
+        def training_step(self, model, batch):
+            calls.append((self.name, torch.get_num_threads(), model.training))
+            return model(batch).sum()
+
+    cases = [(FakeTask(name), torch.nn.Linear(3, 1).train()) for name in "abc"]
+    before = torch.get_num_threads()
+    results = compare_module.time_models(cases, rounds=6, warmup=2, threads=1)
+    assert [rows for _, rows in results] == [5, 5, 5] and all(ms > 0 for ms, _ in results)
+    assert [name for name, _, _ in calls[:6]] == ["a", "a", "b", "b", "c", "c"]       # warm-up first
+    rounds = [[name for name, _, _ in calls[6 + 3 * r: 9 + 3 * r]] for r in range(6)]
+    assert all(sorted(r) == ["a", "b", "c"] for r in rounds) and len({tuple(r) for r in rounds}) > 1
+    assert {threads for _, threads, _ in calls} == {1} and torch.get_num_threads() == before
+    assert not any(training for _, _, training in calls) and all(m.training for _, m in cases)

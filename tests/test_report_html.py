@@ -126,3 +126,15 @@ def test_report_fits_1280_px_and_every_image_loads(tmp_path):
     assert figures["wrapped"] == []                      # no number cell over two lines
     assert len(figures["images"]) >= 4 and all(i["ok"] for i in figures["images"]), figures["images"]
     assert all(0 < i["width"] <= WIDTH for i in figures["images"])
+
+
+def test_report_figures_have_the_usual_file_mode(tmp_path):
+    """The report's PNGs are written like every other file (0666 & ~umask, 0644 by default), not 0600."""
+    import os
+
+    _comparison(tmp_path)
+    write_report(tmp_path)
+    umask = os.umask(0)
+    os.umask(umask)
+    pngs = list((tmp_path / "report_files").glob("*.png"))
+    assert pngs and all((p.stat().st_mode & 0o777) == (0o666 & ~umask) for p in pngs)
