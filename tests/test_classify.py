@@ -376,7 +376,8 @@ def test_small_model_beats_majority_on_sst2(tmp_path):
     lines = (SHARED / "sst" / "stsa.binary.train").read_text(encoding="utf-8").splitlines()[:3000]
     (tmp_path / "train.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     cfg = {"task": "classify",
-           "data": {"kind": "text", "train": str(tmp_path / "train.txt"), "val": str(SHARED / "sst" / "stsa.binary.dev"),
+           "data": {"kind": "text", "train": str(tmp_path / "train.txt"),
+                    "val": str(SHARED / "sst" / "stsa.binary.dev"),
                     "tokenizer": {"level": "word", "split_punctuation": False, "min_freq": 2}},
            "model": {"encoder": "gru:32", "dropout": 0.3},
            "classifier": {"pooling": "mean", "embedding_dim": 32},

@@ -22,7 +22,8 @@ from hybridrnn.tasks.text_config import TokenizerConfig, move_flat_tokenizer_key
 
 
 class TextDataConfig(Section):
-    """Labelled text. ``format: label_text``: ``<label> <text>`` per line; ``csv``: ``text_column``, ``label_column``."""
+    """Labelled text. ``format: label_text``: ``<label> <text>`` per line; ``csv``: ``text_column`` and
+    ``label_column``."""
 
     kind: Literal["text"] = "text"
     train: Optional[str] = Field(None, description="training file; may be left out when the data is passed to "

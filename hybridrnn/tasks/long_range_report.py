@@ -27,10 +27,10 @@ def longest_solved(results: pd.DataFrame, column: str, threshold: float) -> tupl
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    cell = lambda text: str(text).replace("|", "\\|")
-    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+    def row_line(cells: list[str]) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([row_line(header), "|" + "---|" * len(header)] + [row_line(row) for row in rows])
 
 
 def solved_sections(problem: str, results: pd.DataFrame) -> list[tuple[str, str]]:
