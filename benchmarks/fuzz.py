@@ -42,6 +42,7 @@ PROPERTIES = {
     "parquet": (tf.test_fuzz_parquet_tables, True),
     "ts": (tf.test_fuzz_ts_files, True),
     "ts_mutated": (tf.test_fuzz_ts_mutated_bytes, True),
+    "ts_tables": (tf.test_fuzz_series_tables_and_sequence_zips, True),
     "text": (tf.test_fuzz_text_readers, True),
     "text_mutated": (tf.test_fuzz_text_readers_mutated, True),
     "glove": (tf.test_fuzz_glove_vectors, True),

@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 #: examples per property in the test suite (multiplied by $HYBRIDRNN_FUZZ_SCALE, default 1)
 SCALE = float(os.environ.get("HYBRIDRNN_FUZZ_SCALE", "1"))
 FUZZ_EXAMPLES = {"yaml": 80, "yaml_mutated": 80, "csv": 80, "csv_mutated": 80, "parquet": 25, "ts": 80,
-                 "ts_mutated": 60, "text": 60, "text_mutated": 60, "glove": 40, "encoder_json": 40,
+                 "ts_mutated": 60, "ts_tables": 60, "text": 60, "text_mutated": 60, "glove": 40, "encoder_json": 40,
                  "spec": 250, "spec_mutated": 150, "spec_build": 25}
 #: seconds of fuzzing in this file (the suite-level time box), shared among the properties by WEIGHTS: a
 #: property whose share is spent returns at once from its remaining examples (counted as skipped)
@@ -52,7 +52,7 @@ FUZZ_BUDGET_S = float(os.environ.get("HYBRIDRNN_FUZZ_BUDGET_S", "30"))
 #: rough seconds each property takes at the suite's example counts on a quiet core (the first YAML example
 #: imports every task module)
 WEIGHTS = {"yaml": 4, "yaml_mutated": 1.5, "csv": 3, "csv_mutated": 1.5, "parquet": 1.5, "ts": 1,
-           "ts_mutated": 0.5, "text": 1, "text_mutated": 1, "glove": 0.5, "encoder_json": 1, "spec": 1.5,
+           "ts_mutated": 0.5, "ts_tables": 1, "text": 1, "text_mutated": 1, "glove": 0.5, "encoder_json": 1, "spec": 1.5,
            "spec_mutated": 1.5, "spec_build": 5}
 #: seconds one example may take before it counts as a hang
 HANG_S = float(os.environ.get("HYBRIDRNN_FUZZ_HANG_S", "20"))
@@ -447,9 +447,11 @@ _CSV_BASE = (b"t,y,x,cat\n2020-01-01,1.5,1,a\n2020-01-02,2.5,2,b\n2020-01-03,-0.
 
 
 @fuzz_settings("csv_mutated")
-@given(mutated(_CSV_BASE, 5), st.sampled_from([".csv", ".csv.gz", ".csv.gz!", ".parquet"]),
-       st.sampled_from([None, "D", "steps"]), st.booleans())
-def test_fuzz_csv_mutated_bytes(tmp_dir, raw, suffix, frequency, header):
+@given(st.data(), st.sampled_from([".csv", ".csv", ".csv", ".csv.gz", ".csv.gz!", ".parquet"]),
+       st.sampled_from([None, "D", "steps"]), st.sampled_from([True, True, False]))
+def test_fuzz_csv_mutated_bytes(tmp_dir, data, suffix, frequency, header):
+    base = _CSV_BASE if header else _CSV_BASE.split(b"\n", 1)[1]   # no header line: every line is data
+    raw = data.draw(mutated(base, 3))
     if suffix == ".csv.gz":
         raw = gzip.compress(raw, mtime=0)
     elif suffix == ".csv.gz!":   # mutated gzip bytes
@@ -548,6 +550,46 @@ _TS_BASE = (b"#comment\n@problemName toy\n@timeStamps false\n@univariate false\n
 @given(mutated(_TS_BASE, 5))
 def test_fuzz_ts_mutated_bytes(tmp_dir, raw):
     ts_property(_write(tmp_dir, "mutated.ts", raw), prop="ts_mutated")
+
+
+_LONG_BASE = b"series,t,a,b,label\ns1,1,1.0,2.0,x\ns1,0,0.5,1.5,x\ns2,0,3.0,4.0,y\ns2,1,3.5,4.5,y\n"
+_SEQ_BASES = {"seq_1.csv": b"#a,b\n1,2\n3,4\n", "seq_2.csv": b"#a,b\n5,6\n", "target.csv": b"#id,label\n1,1\n2,-1\n"}
+
+
+def series_files_property(kind: str, path: Path, outcome: Outcome | None = None, prop: str = "ts_tables") -> None:
+    """The other classification readers: a long-format CSV, and one CSV per sequence in a zip."""
+    import numpy as np
+
+    from hybridrnn.data.uea import read_sequence_files, read_series_table
+
+    def run():
+        if kind == "long":
+            data = read_series_table(path, "series", "label", time_column="t")
+        else:
+            data = read_sequence_files(path, "seq_{id}.csv", "target.csv")
+        assert len(data) > 0 and all(np.isfinite(s).all() and s.shape[0] > 0 for s in data.series)
+        assert set(data.labels) <= set(data.class_names)
+
+    check(f"{prop}:{kind}", run, path.read_bytes(), outcome)
+
+
+@fuzz_settings("ts_tables")
+@given(st.data(), st.sampled_from(["long", "zip", "zip_cut"]))
+def test_fuzz_series_tables_and_sequence_zips(tmp_dir, data, kind):
+    import zipfile
+
+    if kind == "long":
+        series_files_property("long", _write(tmp_dir, "long.csv", data.draw(mutated(_LONG_BASE, 3))))
+        return
+    path = tmp_dir / "seq.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, content in _SEQ_BASES.items():
+            archive.writestr(name, data.draw(mutated(content, 2)) if rarely(data.draw, 1) else content)
+    if kind == "zip_cut":
+        raw = path.read_bytes()
+        cut = data.draw(st.integers(0, len(raw) - 1))
+        path.write_bytes(raw[:cut] + data.draw(st.binary(max_size=4)) + raw[cut + 1:])
+    series_files_property("zip", path)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -414,3 +414,20 @@ def test_series_table_and_sequence_files_drop_nothing(tmp_path):
     broken.write_bytes(z.read_bytes()[:-30])
     with pytest.raises(DataError):
         read_sequence_files(broken, "seq_{id}.csv", "target2.csv")
+
+
+def test_sequence_zip_faults_found_by_fuzzing_are_data_errors(tmp_path):
+    from hybridrnn.errors import DataError
+
+    z = tmp_path / "seq.zip"
+    with zipfile.ZipFile(z, "w") as f:
+        f.writestr("seq_1.csv", "1,2\n")
+        f.writestr("target.csv", "#id,label\n#1,a\n")      # nothing but comments: no sequences at all
+    with pytest.raises(DataError, match=r"target.csv: no rows besides '#' comments"):
+        read_sequence_files(z, "seq_{id}.csv", "target.csv")
+    raw = bytearray(z.read_bytes())
+    at = raw.index(b"PK\x01\x02") + 6                           # central directory: version needed to extract
+    raw[at:at + 2] = (64).to_bytes(2, "little")                  # 6.4: zipfile raises NotImplementedError
+    z.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=r"seq.zip: a broken zip archive \(NotImplementedError"):
+        read_sequence_files(z, "seq_{id}.csv", "target.csv")

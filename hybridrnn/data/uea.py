@@ -231,10 +231,10 @@ class _Archive:
         if self.root.is_file() and zipfile.is_zipfile(self.root):
             try:
                 self.zip = zipfile.ZipFile(self.root)
-            except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-                if isinstance(exc, OSError) and exc.errno is not None:
+            except Exception as exc:  # noqa: BLE001 - sorted by _broken_archive
+                if not _broken_archive(exc):
                     raise
-                raise DataError(f"{self.root}: a broken zip archive ({exc})") from None
+                raise DataError(f"{self.root}: a broken zip archive ({type(exc).__name__}: {exc})") from None
         elif self.root.is_dir():
             self.zip = None
         elif self.root.is_file():
@@ -250,17 +250,31 @@ class _Archive:
                 data = (self.root / name).read_bytes()
         except (KeyError, FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise DataFileNotFoundError(f"{self.root}: no file {name!r}") from None
-        except (zipfile.BadZipFile, EOFError, NotImplementedError, RuntimeError, ValueError) as exc:
-            raise DataError(f"{self.root}: cannot read {name!r} from the archive ({exc})") from None
-        except Exception as exc:  # zlib.error, lzma.LZMAError: a corrupt member
-            if type(exc).__module__ in ("zlib", "lzma", "bz2", "_compression"):
-                raise DataError(f"{self.root}: cannot read {name!r} from the archive ({exc})") from None
-            raise
+        except Exception as exc:  # noqa: BLE001 - sorted by _broken_archive
+            if self.zip is None or not _broken_archive(exc):
+                raise
+            raise DataError(f"{self.root}: cannot read {name!r} from the archive ({type(exc).__name__}: "
+                            f"{exc})") from None
         try:
             return data.decode("utf-8")
         except UnicodeDecodeError as err:
             lineno = data[:err.start].count(b"\n") + 1
             raise DataError(f"{self.root}:{name}:{lineno}: not valid UTF-8 ({err.reason} at byte {err.start})") from None
+
+
+def _broken_archive(exc: BaseException) -> bool:
+    """Whether reading a zip archive failed because the archive is damaged or unsupported (a user's data
+    problem), not because of the disk: BadZipFile, an unsupported version or compression
+    (NotImplementedError), an encrypted member (RuntimeError), a bad offset (ValueError, EOFError, OSError
+    EINVAL or without errno), a corrupt compressed stream (zlib / lzma / bz2 errors)."""
+    import errno
+
+    if isinstance(exc, (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError, ValueError,
+                        EOFError, OverflowError)):
+        return True
+    if isinstance(exc, OSError):
+        return exc.errno in (None, errno.EINVAL)
+    return type(exc).__module__ in ("zlib", "lzma", "bz2", "_compression", "_lzma", "_bz2")
 
 
 def _read_csv_text(text: str, where: str, **kwargs) -> pd.DataFrame:
@@ -287,6 +301,8 @@ def _read_two_columns(text: str, where: str) -> dict[str, str]:
     if frame.empty:
         raise DataError(f"{where}: no rows (expected two columns: id, value)")
     frame = frame[~frame[0].astype(str).str.startswith("#")]
+    if frame.empty:
+        raise DataError(f"{where}: no rows besides '#' comments (expected two columns: id, value)")
     if frame.shape[1] < 2:
         raise DataError(f"{where}: expected two columns (id, value), got {frame.shape[1]}")
     out: dict[str, str] = {}
