@@ -50,13 +50,41 @@ class Run:
         return f"Run({str(self.path)!r}, task={self.config.task!r}, encoder={self.config.model.encoder!r})"
 
     # ------------------------------------------------------------------ using the model
-    def predict(self, data: Any) -> pd.DataFrame:
+    def predict(self, data: Any, *, intervals: str | None = None, level: float = 0.8) -> pd.DataFrame:
         """Predictions for new inputs: a path, a data set name (``bundled:NAME``) or a DataFrame in the format
         the model was trained on. Forecasting: the ``horizon`` rows after the input's last row, with their
-        timestamps; classification: the label and the probability of each class per input."""
+        timestamps; classification: the label and the probability of each class per input.
+
+        intervals (forecasting): ``"conformal"`` adds the bounds of a central interval of coverage ``level``
+        after each target's column, named by their quantile levels: ``{target}_q0.1`` and ``{target}_q0.9``
+        for ``level=0.8`` (split-conformal: calibrated on the validation windows, see :meth:`calibrate`)."""
         self._require("supports_predict", "predict")
         with torch.no_grad():
-            return self.task.predict(self.model, _resolve(data))
+            return self.task.predict(self.model, _resolve(data), **self._interval_options(intervals, level))
+
+    def calibrate(self, data: Any = None) -> "Run":
+        """Split-conformal calibration (forecasting) on the validation windows of the configured data (or of
+        ``data``, split by ``data.split``) with this run's model; written to the run directory
+        (``forecast_conformal.safetensors``) so that a loaded run has it. :func:`fit` calibrates after training."""
+        self._require("supports_intervals", "intervals")
+        if data is not None:
+            self.task.setup(_resolve(data))
+            self._splits = None
+        else:
+            self._load_data(None, "val")
+        with torch.no_grad():
+            self.task.calibrate(self.model, self.path)
+        return self
+
+    def _interval_options(self, intervals: str | None, level: float) -> dict:
+        """``{"intervals", "level"}`` for the task when intervals are asked for (calibrating first when a
+        conformal interval is asked of a run that has none and its training data is at hand)."""
+        if intervals is None:
+            return {}
+        self._require("supports_intervals", "intervals")
+        if intervals == "conformal" and getattr(self.task, "conformal", None) is None:
+            self.calibrate()
+        return {"intervals": intervals, "level": level}
 
     def iter_generate(self, prompt: str = "", tokens: int = 200, *, temperature: float | None = None,
                       top_k: int | None = None, seed: int = 0) -> Iterator[str]:
@@ -73,34 +101,43 @@ class Run:
         return prompt + "".join(self.iter_generate(prompt, tokens, **options))
 
     # ------------------------------------------------------------------ measuring it
-    def metrics(self, data: Any = None, *, split: str = "test") -> dict[str, float]:
+    def metrics(self, data: Any = None, *, split: str = "test", intervals: str | None = None,
+                level: float = 0.8) -> dict[str, float]:
         """The task's flat metrics (``mae``, ``naive_mae``, ...) on ``split`` of the configured data, or on
-        every example of ``data`` (a path, data set name or DataFrame) when it is given."""
+        every example of ``data`` (a path, data set name or DataFrame) when it is given. With ``intervals``
+        (forecasting) also ``coverage_80``, ``width_80`` and ``pinball_80`` (for ``level=0.8``)."""
+        options = self._interval_options(intervals, level)
         self._load_data(data, split)
         with torch.no_grad():
-            return {k: float(v) for k, v in self.task.evaluate(self.model, "test" if data is not None else split).items()}
+            return {k: float(v) for k, v in self.task.evaluate(self.model, "test" if data is not None else split,
+                                                               **options).items()}
 
-    def evaluate(self, data: Any = None, *, split: str = "test") -> pd.DataFrame:
+    def evaluate(self, data: Any = None, *, split: str = "test", intervals: str | None = None,
+                 level: float = 0.8) -> pd.DataFrame:
         """The model and each baseline, one row each, with a column per metric (see :meth:`metrics`); metrics
-        that only the model has (``loss``, ``accuracy`` of a classifier, ...) are columns of the model's row."""
-        rows, other = metrics_table(self.metrics(data, split=split), self.task.baselines)
+        that only the model has (``loss``, ``accuracy`` of a classifier, interval metrics, ...) are columns of
+        the model's row."""
+        rows, other = metrics_table(self.metrics(data, split=split, intervals=intervals, level=level),
+                                    self.task.baselines)
         frame = pd.DataFrame.from_dict(rows, orient="index")
         for key, value in other.items():
             frame.loc["model", key] = value
         frame.index.name = "forecaster" if len(rows) > 1 else "model"
         return frame
 
-    def report(self, data: Any = None, *, split: str = "test") -> dict:
+    def report(self, data: Any = None, *, split: str = "test", intervals: str | None = None,
+               level: float = 0.8) -> dict:
         """:meth:`metrics` plus ``"report"``: the task's detailed JSON report (per horizon step, each baseline)
         when the task has one. What ``hybridrnn evaluate RUN --json`` prints."""
-        out: dict = self.metrics(data, split=split)
+        out: dict = self.metrics(data, split=split, intervals=intervals, level=level)
+        options = self._interval_options(intervals, level)
         if callable(getattr(self.task, "report", None)):
             with torch.no_grad():
-                out["report"] = self.task.report(self.model, "test" if data is not None else split)
+                out["report"] = self.task.report(self.model, "test" if data is not None else split, **options)
         return out
 
     def backtest(self, data: Any = None, *, start: Any = None, stride: int = 1, refit: int | None = None,
-                 progress: str | None = "none") -> pd.DataFrame:
+                 intervals: str | None = None, level: float = 0.8, progress: str | None = "none") -> pd.DataFrame:
         """Rolling-origin backtest (forecasting): forecasts from many origins over ``data`` (a path, data set
         name or DataFrame; None: the configured data), each reading only the rows before its origin.
 
@@ -110,8 +147,11 @@ class Run:
         and per series with :meth:`backtest_summary`. ``start``: the first forecast time (default: the first one
         after the training data's validation part); ``stride``: every ``stride``-th origin. ``refit=N``: retrain
         the model (through :func:`hybridrnn.api.pipeline.train_run`, the config's settings, rows before the
-        origin only) every ``N`` origins, the baselines' fitted state with it; None reuses this run's model."""
+        origin only) every ``N`` origins, the baselines' fitted state with it; None reuses this run's model.
+        intervals / level: the model's interval as ``forecast_q{lo}`` / ``forecast_q{hi}`` columns (a refitted
+        model is calibrated on its own validation windows)."""
         self._require("supports_backtest", "backtest")
+        options = self._interval_options(intervals, level)
         if refit is not None and (isinstance(refit, bool) or not isinstance(refit, int) or refit < 1):
             raise ConfigError(f"refit must be a whole number of origins >= 1 (or None), got {refit!r}")
         source = None if data is None else _resolve(data)
@@ -121,7 +161,7 @@ class Run:
         origins = task.backtest_origins(table, start, stride)
         with torch.no_grad():
             if refit is None:
-                return task.backtest_frame(self.model, table, origins)
+                return task.backtest_frame(self.model, table, origins, **options)
         parts = []
         with tempfile.TemporaryDirectory(prefix="hybridrnn-refit-") as tmp:
             for i in range(0, len(origins), refit):
@@ -129,7 +169,10 @@ class Run:
                 trained = train_run(_refit_config(self.config, table, int(group[0])), data=_refit_data(source, table, int(group[0])),
                                     out=Path(tmp) / f"refit-{i}", progress=progress)
                 with torch.no_grad():
-                    parts.append(trained.task.backtest_frame(trained.model, table, group, task.series_label()))
+                    if intervals == "conformal":
+                        trained.task.calibrate(trained.model)
+                    parts.append(trained.task.backtest_frame(trained.model, table, group, task.series_label(),
+                                                             **options))
         return pd.concat(parts, ignore_index=True)
 
     @staticmethod
@@ -280,7 +323,11 @@ def fit(config: RunConfig | dict | str | Path, data: Any = None, out: str | Path
     if out is None:
         out = Path(tempfile.mkdtemp(prefix="hybridrnn-")) / "run"
     trained = train_run(config, data=_resolve(data), out=out, overrides=overrides, progress=progress)
-    return Run(trained.run_dir, trained.config, trained.task, trained.model, has_data=True)
+    run = Run(trained.run_dir, trained.config, trained.task, trained.model, has_data=True)
+    if getattr(trained.task, "supports_intervals", False) and trained.task.num_examples("val") > 0:
+        with torch.no_grad():                    # split-conformal intervals, from the validation windows
+            trained.task.calibrate(trained.model, trained.run_dir)
+    return run
 
 
 def load_run(path: str | Path, **options: Any) -> tuple[RunConfig, Task, torch.nn.Module]:

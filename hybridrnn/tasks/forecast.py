@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hybridrnn._io import atomic_write_text, read_json
+from hybridrnn._io import atomic_write_bytes, atomic_write_text, read_json
 from hybridrnn.data.calendar import auto_calendar, calendar_columns, calendar_features
 from hybridrnn.data.registry import resolve_data_path
 from hybridrnn.data.scalers import Scaler
@@ -45,7 +45,13 @@ from hybridrnn.tasks.forecast_config import FORECAST_HEAD_OPTIONS, ForecastConfi
 from hybridrnn.tasks.forecast_metrics import (
     BASELINES,
     LinearBaseline,
+    conformal_quantiles,
     forecast_metrics,
+    interval_coverage,
+    interval_quantiles,
+    interval_width,
+    pinball_loss,
+    quantile_text,
     mase_scale,
     metrics_by_step,
     naive_forecast,
@@ -56,6 +62,11 @@ from hybridrnn.train.task import Task, iterate_minibatches
 
 ARTIFACTS_FILE = "forecast_artifacts.json"
 ARTIFACTS_FORMAT = "hybridrnn.forecast/2"
+CONFORMAL_FILE = "forecast_conformal.safetensors"
+CONFORMAL_FORMAT = "hybridrnn.forecast.conformal/1"
+#: the coverage levels a split-conformal interval can be asked at (its quantiles are stored for these)
+CONFORMAL_LEVELS = tuple(round(k / 100, 2) for k in range(1, 100)) + (0.995, 0.999)
+INTERVALS = ("conformal",)
 SPLITS = ("train", "val", "test")
 
 
@@ -71,6 +82,7 @@ class ForecastTask(Task):
     supports_predict = True
     supports_export = True
     supports_backtest = True
+    supports_intervals = True
 
     def __init__(self, config: ForecastConfig):
         super().__init__(config)
@@ -78,6 +90,7 @@ class ForecastTask(Task):
         self.scaler: Scaler | None = None             # fitted state: on the training rows
         self.linear: LinearBaseline | None = None     # fitted state: on the training windows
         self.mase_scale: np.ndarray | None = None     # fitted state: in-sample seasonal-naive MAE per target
+        self.conformal: dict[str, Any] | None = None  # fitted after training: validation residual quantiles
         self.table: SeriesTable | None = None
         self.values: torch.Tensor | None = None
         self.origins: dict[str, np.ndarray] = {}
@@ -305,9 +318,21 @@ class ForecastTask(Task):
         preds.update(self._baselines(split))
         return truth, preds
 
-    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, split: str, *, intervals: str | None = None,
+                 level: float = 0.8) -> dict[str, float]:
+        """The flat metrics of the module docstring; with ``intervals`` (``"conformal"``) also the interval's
+        ``coverage_{L}`` (fraction of actual values inside), ``width_{L}`` (mean width) and ``pinball_{L}``
+        (mean pinball loss of its two bounds as the ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles),
+        ``L`` the level in percent, on the original scale."""
         truth, preds = self._forecasts(model, split)
         truth_orig = self._unscale(truth)
+        out = self._point_metrics(truth, truth_orig, preds)
+        if intervals is not None:
+            lower, upper = self.interval_bounds(self._unscale(preds["model"]), intervals, level)
+            out.update(interval_metrics(truth_orig, lower, upper, level))
+        return out
+
+    def _point_metrics(self, truth: np.ndarray, truth_orig: np.ndarray, preds: dict[str, np.ndarray]) -> dict[str, float]:
         out: dict[str, float] = {}
         for name, pred in preds.items():
             prefix = "" if name == "model" else f"{name}_"
@@ -322,10 +347,12 @@ class ForecastTask(Task):
         out["beats_baselines"] = float(out["mae"] < min(base))
         return out
 
-    def report(self, model: nn.Module, split: str = "test") -> dict:
+    def report(self, model: nn.Module, split: str = "test", *, intervals: str | None = None,
+               level: float = 0.8) -> dict:
         """JSON-ready metrics of the model and each baseline, overall and per horizon step, on the original and
         the scaled data: ``{"split", "windows", "horizon", "targets", "season", "forecasters": {name: {"overall",
-        "per_step", "scaled": {"overall", "per_step"}}}, "best_baseline", "beats_baselines"}``."""
+        "per_step", "scaled": {"overall", "per_step"}}}, "best_baseline", "beats_baselines"}``; with
+        ``intervals`` also ``"intervals"``: the interval metrics of :meth:`evaluate` and coverage / width per step."""
         truth, preds = self._forecasts(model, split)
         truth_orig = self._unscale(truth)
         forecasters = {}
@@ -340,7 +367,15 @@ class ForecastTask(Task):
         baselines = {k: v["overall"]["mae"] for k, v in forecasters.items() if k != "model"}
         best = min(baselines, key=baselines.get)
         skipped = self.skipped_baselines()
-        return {"split": split, "windows": int(truth.shape[0]), "horizon": self.layout["horizon"],
+        extra = {}
+        if intervals is not None:
+            point = self._unscale(preds["model"])
+            lower, upper = self.interval_bounds(point, intervals, level)
+            inside = (truth_orig >= lower) & (truth_orig <= upper)
+            extra["intervals"] = {"kind": intervals, "level": level, **interval_metrics(truth_orig, lower, upper, level),
+                                  "coverage_per_step": [float(v) for v in inside.mean(axis=(0, 2))],
+                                  "width_per_step": [float(v) for v in (upper - lower).mean(axis=(0, 2))]}
+        return {**extra, "split": split, "windows": int(truth.shape[0]), "horizon": self.layout["horizon"],
                 "targets": self.layout["targets"], "season": self.layout["season"], "forecasters": forecasters,
                 "best_baseline": best, "beats_baselines": bool(forecasters["model"]["overall"]["mae"] < baselines[best]),
                 "skipped": skipped, "notes": [f"{k} skipped: {v}" for k, v in skipped.items()]}
@@ -356,14 +391,18 @@ class ForecastTask(Task):
 
     # ------------------------------------------------------------ forecasting new data
     @torch.no_grad()
-    def forecast(self, model: nn.Module, data: str | Path | pd.DataFrame) -> pd.DataFrame:
+    def forecast(self, model: nn.Module, data: str | Path | pd.DataFrame, *, intervals: str | None = None,
+                 level: float = 0.8) -> pd.DataFrame:
         """Forecast the ``horizon`` steps after the last row of ``data`` (a table with the training columns);
         returns a frame with the future timestamps (or, for a ``steps`` series, the row numbers after the
         input's last row) and one column per target.
 
         Only the look-back (the last ``lookback`` rows, after ``data.where``) is read and validated: a missing
         value far before it is not an error. Its timestamps must continue the training data's grid (same
-        frequency and time of day): an input shifted by part of a step is a ``DataError``."""
+        frequency and time of day): an input shifted by part of a step is a ``DataError``.
+
+        intervals: ``"conformal"`` adds, after each target's column, ``{target}_q{lo}`` and ``{target}_q{hi}``:
+        the bounds of the central interval of coverage ``level`` (``level=0.8``: ``y_q0.1`` and ``y_q0.9``)."""
         lay = self.layout
         if lay is None:
             raise RuntimeError("forecast needs setup() or load_artifacts() first")
@@ -391,6 +430,9 @@ class ForecastTask(Task):
             model.train(was_training)
         values = self._unscale(y[0].double().cpu().numpy())
         out = pd.DataFrame(values, columns=lay["targets"])
+        if intervals is not None:
+            lower, upper = self.interval_bounds(values, intervals, level)
+            out = with_interval_columns(out, lay["targets"], lower, upper, level)
         if times is None:
             out.insert(0, "step", np.arange(1, H + 1) + int(tail.rows[-1]))
         else:
@@ -398,9 +440,82 @@ class ForecastTask(Task):
             out.insert(0, tc if isinstance(tc, str) else "time", times)
         return out
 
-    def predict(self, model: nn.Module, data: Any) -> pd.DataFrame:
-        """The forecast of the ``horizon`` steps after ``data``'s last row (see :meth:`forecast`)."""
-        return self.forecast(model, data)
+    def predict(self, model: nn.Module, data: Any, **options: Any) -> pd.DataFrame:
+        """The forecast of the ``horizon`` steps after ``data``'s last row (see :meth:`forecast`; ``options``:
+        ``intervals``, ``level``)."""
+        return self.forecast(model, data, **options)
+
+    # ------------------------------------------------------------ split-conformal intervals
+    @torch.no_grad()
+    def calibrate(self, model: nn.Module, run_dir: Path | None = None) -> dict[str, Any]:
+        """Split-conformal calibration on the validation windows (after training, with the final model): per
+        horizon step and target, the absolute residuals ``|y - yhat|`` on the original scale of the ``n``
+        windows, and for each level ``a`` of :data:`CONFORMAL_LEVELS` their ``ceil((n + 1) a)``-th smallest
+        value (``inf`` when that exceeds ``n``: too few windows for that level). Kept in ``self.conformal``
+        (``levels: (k,)``, ``quantiles: (k, horizon, targets)``, ``windows``) and, with ``run_dir``, written to
+        ``forecast_conformal.safetensors`` so that a loaded run has it."""
+        n = self.num_examples("val")
+        if n == 0:
+            raise DataError("conformal intervals are calibrated on the validation windows, and this data has none: "
+                            "give data.split a validation part of at least one window "
+                            f"(lookback + horizon = {self.layout['lookback'] + self.layout['horizon']} rows)")
+        _, truth = self._target_windows("val")
+        pred, _ = self.predict_windows(model, "val")
+        residuals = np.abs(self._unscale(pred) - self._unscale(truth))                       # (n, H, C)
+        levels = np.asarray(CONFORMAL_LEVELS, np.float64)
+        quantiles = conformal_quantiles(residuals, levels)                                    # (k, H, C)
+        self.conformal = {"levels": levels, "quantiles": quantiles, "windows": n}
+        if run_dir is not None:
+            from safetensors.numpy import save
+
+            atomic_write_bytes(Path(run_dir) / CONFORMAL_FILE, save(
+                {"levels": levels, "quantiles": quantiles},
+                metadata={"format": CONFORMAL_FORMAT, "windows": str(n), "targets": json.dumps(self.layout["targets"])}))
+        return self.conformal
+
+    def _load_conformal(self, run_dir: Path) -> None:
+        path = Path(run_dir) / CONFORMAL_FILE
+        if not path.exists():
+            self.conformal = None
+            return
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                meta = f.metadata() or {}
+                if meta.get("format") != CONFORMAL_FORMAT:
+                    raise RunDirError(f"{path}: not a hybridrnn conformal calibration ({CONFORMAL_FORMAT!r})")
+                self.conformal = {"levels": f.get_tensor("levels"), "quantiles": f.get_tensor("quantiles"),
+                                  "windows": int(meta["windows"])}
+        except RunDirError:
+            raise
+        except Exception as exc:   # a truncated or foreign file
+            raise RunDirError(f"{path}: cannot be read ({exc}); recalibrate with run.calibrate()") from None
+
+    def conformal_half_width(self, level: float) -> np.ndarray:
+        """``(horizon, targets)``: the calibrated half width of the level-``level`` split-conformal interval."""
+        if self.conformal is None:
+            raise RunDirError("this run has no conformal calibration (forecast_conformal.safetensors): calibrate "
+                              "it with run.calibrate() on its training data (hybridrnn.fit does this after training)")
+        levels = self.conformal["levels"]
+        hit = np.flatnonzero(np.isclose(levels, float(level), rtol=0, atol=1e-9))
+        if len(hit) == 0:
+            raise ConfigError(f"conformal level {level!r} is not one of the calibrated levels: 0.01, 0.02, ..., 0.99, "
+                              "0.995, 0.999")
+        half = self.conformal["quantiles"][hit[0]]
+        if not np.isfinite(half).all():
+            n = self.conformal["windows"]
+            raise DataError(f"a level-{level} conformal interval needs at least {int(np.ceil(level / (1 - level)))} "
+                            f"validation windows; the run was calibrated on {n}: lower the level or give the "
+                            "validation part more rows")
+        return half
+
+    def interval_bounds(self, point: np.ndarray, intervals: str, level: float) -> tuple[np.ndarray, np.ndarray]:
+        """``(lower, upper)`` like ``point: (..., horizon, targets)`` (original scale) for ``intervals``."""
+        if intervals not in INTERVALS:
+            raise ConfigError(f"intervals must be one of {', '.join(INTERVALS)} (or None), got {intervals!r}")
+        half = self.conformal_half_width(level)
+        return point - half, point + half
 
     # ------------------------------------------------------------ backtesting (rolling origin)
     def backtest_table(self, data: Any = None) -> SeriesTable:
@@ -453,7 +568,8 @@ class ForecastTask(Task):
         return origins
 
     def backtest_frame(self, model: nn.Module, table: SeriesTable, origins: np.ndarray,
-                       series_id: str | None = None) -> pd.DataFrame:
+                       series_id: str | None = None, *, intervals: str | None = None,
+                       level: float = 0.8) -> pd.DataFrame:
         """The long table of a backtest at ``origins`` (see :meth:`backtest_origins`): one row per origin,
         horizon step and target with ``id, cutoff, time, step, target, actual, forecast`` and one column per
         baseline (``naive, seasonal_naive, linear``), on the original scale. ``cutoff`` is the time (for a
@@ -461,7 +577,8 @@ class ForecastTask(Task):
 
         Each forecast reads only the ``lookback`` rows before its origin: the features are computed row by row
         with this task's fitted state (scaler, categories, calendar of the rows' own timestamps), and the model
-        and the baselines get the gathered look-backs only."""
+        and the baselines get the gathered look-backs only. ``intervals``: adds the model's interval bounds as
+        ``forecast_q{lo}`` and ``forecast_q{hi}`` (``level=0.8``: ``forecast_q0.1``, ``forecast_q0.9``)."""
         L, H, C = self.layout["lookback"], self.layout["horizon"], self.num_targets
         origins = np.asarray(origins, np.int64)
         self.values = torch.from_numpy(self._features(table))
@@ -485,6 +602,11 @@ class ForecastTask(Task):
             "actual": actual.ravel()})
         for name, values in columns.items():
             out[name] = values.ravel()
+        if intervals is not None:
+            lower, upper = self.interval_bounds(columns["forecast"], intervals, level)
+            lo_q, hi_q = interval_quantiles(level)
+            out[f"forecast_q{quantile_text(lo_q)}"] = lower.ravel()
+            out[f"forecast_q{quantile_text(hi_q)}"] = upper.ravel()
         return out
 
     def series_label(self) -> str:
@@ -528,6 +650,30 @@ class ForecastTask(Task):
         self.scaler = Scaler.from_dict(payload["scaler"])
         self.mase_scale = np.asarray(payload["mase_scale"], np.float64)
         self.linear = LinearBaseline.from_dict(payload["linear"])
+        self._load_conformal(run_dir)
 
     def plots(self, model: nn.Module, run_dir: Path) -> list[Path]:
         return forecast_plots(self, model, Path(run_dir))
+
+
+def interval_metrics(truth: np.ndarray, lower: np.ndarray, upper: np.ndarray, level: float) -> dict[str, float]:
+    """``coverage_{L}``, ``width_{L}`` and ``pinball_{L}`` (mean of the two bounds' pinball losses at the
+    quantiles ``(1 -+ level) / 2``) of an interval over arrays of one shape (original scale)."""
+    lo_q, hi_q = interval_quantiles(level)
+    name = quantile_text(level * 100)
+    return {f"coverage_{name}": interval_coverage(truth, lower, upper),
+            f"width_{name}": interval_width(lower, upper),
+            f"pinball_{name}": 0.5 * (pinball_loss(truth, lower, lo_q) + pinball_loss(truth, upper, hi_q))}
+
+
+def with_interval_columns(frame: pd.DataFrame, targets: list[str], lower: np.ndarray, upper: np.ndarray,
+                          level: float) -> pd.DataFrame:
+    """``frame`` (one column per target) with ``{target}_q{lo}`` and ``{target}_q{hi}`` after each target's
+    column; ``lower`` / ``upper``: ``(rows, targets)``."""
+    lo_q, hi_q = interval_quantiles(level)
+    out = frame.copy()
+    for c, target in enumerate(targets):
+        at = out.columns.get_loc(target) + 1
+        out.insert(at, f"{target}_q{quantile_text(lo_q)}", lower[:, c])
+        out.insert(at + 1, f"{target}_q{quantile_text(hi_q)}", upper[:, c])
+    return out

@@ -255,3 +255,17 @@ def interval_width(lower: np.ndarray, upper: np.ndarray) -> float:
     """Mean width ``upper - lower``."""
     w = np.asarray(upper, np.float64) - np.asarray(lower, np.float64)
     return float(w.mean()) if w.size else float("nan")
+
+
+def conformal_quantiles(residuals: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """Split-conformal quantiles: ``residuals: (n, ...)`` absolute calibration residuals, ``levels: (k,)`` ->
+    ``(k, ...)``: for each level ``a`` the ``ceil((n + 1) a)``-th smallest residual (along axis 0), ``inf`` where
+    that rank exceeds ``n`` (too few residuals to guarantee coverage ``a``). An interval ``yhat +- q`` then
+    covers a new exchangeable point with probability at least ``a`` (Vovk et al.; Lei et al. 2018)."""
+    residuals = np.sort(np.asarray(residuals, np.float64), axis=0)
+    n = residuals.shape[0]
+    levels = np.asarray(levels, np.float64)
+    rank = np.ceil((n + 1) * levels - 1e-9).astype(np.int64)                    # 1-based
+    picked = residuals[np.clip(rank, 1, n) - 1]
+    fits = (rank <= n).reshape((-1,) + (1,) * (residuals.ndim - 1))
+    return np.where(fits, picked, np.inf)

@@ -1,0 +1,127 @@
+"""Prediction intervals: pinball loss, coverage, width and the split-conformal quantile against hand-worked
+numbers; conformal intervals through predict / evaluate / backtest, kept by a loaded run; and a learning test:
+on a series with known heteroscedastic noise, 80% intervals cover 0.7-0.9 of the test points."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import hybridrnn
+from hybridrnn.errors import ConfigError, DataError
+from hybridrnn.tasks.forecast_metrics import (conformal_quantiles, interval_coverage, interval_pairs,
+                                              interval_quantiles, interval_width, pinball_loss, quantile_text)
+
+
+# ---------------------------------------------------------------- hand-worked numbers
+
+def test_pinball_loss_by_hand():
+    # d = y - f = [-1, 0, 1]: q = 0.1 -> [0.9, 0, 0.1]; q = 0.9 -> [0.1, 0, 0.9]
+    assert pinball_loss([1.0, 2.0, 3.0], [2.0, 2.0, 2.0], 0.1) == pytest.approx(1.0 / 3)
+    assert pinball_loss([1.0, 2.0, 3.0], [2.0, 2.0, 2.0], 0.9) == pytest.approx(1.0 / 3)
+    # d = [-4, 6], q = 0.25: max(-1, 3) = 3 and max(1.5, -4.5) = 1.5 -> 2.25
+    assert pinball_loss(np.array([[0.0, 10.0]]), np.array([[4.0, 4.0]]), 0.25) == pytest.approx(2.25)
+    assert pinball_loss([1.0, 5.0], [3.0, 3.0], 0.5) == pytest.approx(0.5 * 2)     # q = 0.5: half the MAE
+
+
+def test_coverage_width_and_names_by_hand():
+    y, lo, hi = [1.0, 2.0, 3.0, 4.0], [0.0, 2.5, 3.0, 5.0], [2.0, 3.0, 3.0, 6.0]
+    assert interval_coverage(y, lo, hi) == pytest.approx(0.5)          # in, out, in (bounds count), out
+    assert interval_width(lo, hi) == pytest.approx((2 + 0.5 + 0 + 1) / 4)
+    assert interval_quantiles(0.8) == (0.1, 0.9) and interval_quantiles(0.95) == (0.025, 0.975)
+    assert [quantile_text(q) for q in (0.1, 0.9, 0.025, 0.5)] == ["0.1", "0.9", "0.025", "0.5"]
+    assert interval_pairs(["y_q0.1", "y_q0.5", "y_q0.9", "y_q0.025", "y_q0.975"], "y_q") == \
+        {"95": ("y_q0.025", "y_q0.975"), "80": ("y_q0.1", "y_q0.9")}
+    with pytest.raises(ValueError, match="strictly between"):
+        interval_quantiles(1.0)
+
+
+def test_conformal_quantile_by_hand():
+    r = np.array([5.0, 1.0, 9.0, 3.0, 7.0, 2.0, 8.0, 4.0, 6.0])                    # n = 9, sorted 1..9
+    q = conformal_quantiles(r, [0.5, 0.8, 0.9, 0.95])
+    # ranks ceil(10 a): 5, 8, 9, 10 (> n: no finite quantile guarantees 95% from 9 residuals)
+    np.testing.assert_array_equal(q, [5.0, 8.0, 9.0, np.inf])
+    two = conformal_quantiles(np.stack([r, 10 * r], axis=1), [0.8])                # per column
+    np.testing.assert_array_equal(two, [[8.0, 80.0]])
+
+
+# ---------------------------------------------------------------- through the API
+
+def hetero_frame(n: int, seed: int = 0) -> pd.DataFrame:
+    """A daily cycle with noise whose standard deviation follows the hour: 0.05 at night, 0.6 in the afternoon."""
+    rng = np.random.default_rng(seed)
+    t = pd.date_range("2022-01-01", periods=n, freq="h")
+    hour = np.arange(n) % 24
+    sigma = 0.05 + 0.55 * (np.sin(np.pi * hour / 24) ** 2)
+    y = 2 * np.sin(2 * np.pi * hour / 24) + sigma * rng.normal(size=n)
+    return pd.DataFrame({"time": t, "y": y})
+
+
+def config(epochs: int = 2) -> dict:
+    return {"task": "forecast", "data": {"time_column": "time", "target": "y", "split": [0.5, 0.25, 0.25]},
+            "window": {"lookback": 24, "horizon": 4}, "model": {"encoder": "gru:8"},
+            "train": {"epochs": epochs, "batch_size": 64, "progress": "none", "plots": False, "seed": 0,
+                      "lr": 0.01}}
+
+
+@pytest.fixture(scope="module")
+def hetero_run():
+    df = hetero_frame(960)
+    return hybridrnn.fit(config(), data=df), df
+
+
+def test_conformal_80_covers_between_70_and_90_percent_of_test_points(hetero_run):
+    run, _ = hetero_run
+    m = run.metrics(intervals="conformal", level=0.8)
+    assert 0.7 <= m["coverage_80"] <= 0.9, m["coverage_80"]
+    m95 = run.metrics(intervals="conformal", level=0.95)
+    assert m95["coverage_95"] > m["coverage_80"] and m95["width_95"] > m["width_80"] > 0
+    assert np.isfinite(m["pinball_80"]) and m["pinball_80"] > 0
+    table = run.evaluate(intervals="conformal")
+    assert table.loc["model", "coverage_80"] == m["coverage_80"]
+
+
+def test_predict_intervals_columns_and_a_loaded_run_keeps_them(hetero_run, tmp_path):
+    run, df = hetero_run
+    new = df.iloc[-100:]
+    out = run.predict(new, intervals="conformal", level=0.8)
+    assert list(out.columns) == ["time", "y", "y_q0.1", "y_q0.9"]
+    assert (out["y_q0.1"] < out["y"]).all() and (out["y"] < out["y_q0.9"]).all()
+    half = run.task.conformal_half_width(0.8)[:, 0]
+    np.testing.assert_allclose(out["y_q0.9"] - out["y"], half, rtol=1e-12)
+    saved = run.save(tmp_path / "kept")
+    loaded = hybridrnn.load(saved.path)                   # no training data: the run was trained on a DataFrame
+    pd.testing.assert_frame_equal(loaded.predict(new, intervals="conformal", level=0.8), out)
+    with pytest.raises(ConfigError, match="calibrated levels"):
+        loaded.predict(new, intervals="conformal", level=0.8123)
+    with pytest.raises(ConfigError, match="intervals must be one of"):
+        loaded.predict(new, intervals="bootstrap")
+    with pytest.raises(DataError, match="validation windows"):        # 0.999 needs 999 windows, there are ~230
+        loaded.predict(new, intervals="conformal", level=0.999)
+    assert list(loaded.predict(new).columns) == ["time", "y"]          # no intervals unless asked
+
+
+def test_backtest_intervals_and_their_summary(hetero_run):
+    run, df = hetero_run
+    bt = run.backtest(df, intervals="conformal", level=0.8)
+    assert {"forecast_q0.1", "forecast_q0.9"} <= set(bt.columns)
+    np.testing.assert_allclose(bt["forecast_q0.9"] - bt["forecast"], bt["forecast"] - bt["forecast_q0.1"], rtol=1e-9)
+    summary = run.backtest_summary(bt)
+    inside = ((bt["actual"] >= bt["forecast_q0.1"]) & (bt["actual"] <= bt["forecast_q0.9"])).mean()
+    assert summary.loc[("all", "all"), "coverage_80"] == pytest.approx(inside)
+    assert 0.7 <= inside <= 0.9
+
+
+def test_an_uncalibrated_run_calibrates_from_data_it_is_given(hetero_run, tmp_path):
+    """A run without forecast_conformal.safetensors (e.g. trained before intervals existed) and without its
+    training data: asking for intervals says what is missing; run.calibrate(data) writes the calibration."""
+    run, df = hetero_run
+    path = run.save(tmp_path / "bare").path
+    (path / "forecast_conformal.safetensors").unlink()
+    bare = hybridrnn.load(path)
+    assert bare.task.conformal is None
+    with pytest.raises(DataError, match="no data.path"):
+        bare.predict(df.iloc[-50:], intervals="conformal")
+    bare.calibrate(df)                                    # the validation part of df, split by data.split
+    assert (path / "forecast_conformal.safetensors").exists()
+    np.testing.assert_allclose(bare.task.conformal_half_width(0.8), run.task.conformal_half_width(0.8), rtol=1e-6)
