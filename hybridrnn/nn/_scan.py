@@ -22,9 +22,11 @@ How the fused kernels work (figures in ``benchmarks/results/layers.md``):
   is computed for all steps at once before the loop. ``dW_hh`` (and ``db_hh``) is ONE matmul over all
   steps after the loop, and ``dxg`` is the stacked gate gradients.
 - Layer norm (``LSTMParams.ln_hh``/``ln_c``, ``GRUParams.ln_hh``) runs inside the same loops: per step one
-  ``native_layer_norm`` of ``W_hh h + b_hh`` (per gate block) and, for the LSTM, one of the cell; backward one
-  ``native_layer_norm_backward`` call per norm and step, gains and biases as whole-sequence reductions after
-  the loop. The paper-form GRU with layer norm has no fused kernel (general loop).
+  ``native_layer_norm`` of ``W_hh h + b_hh`` (per gate block) and, for the LSTM, one of the cell, keeping the
+  normalised values and rstd; backward one ``native_layer_norm_backward`` call per norm and step (on the kept
+  normalised values with mean 0 and rstd 1, then times rstd), and the gain / bias / ``b_hh`` gradients summed
+  per step while the step's data is in cache (whole-sequence passes over the saved tensors cost more on these
+  CPUs than the small per-step ops). The paper-form GRU with layer norm has no fused kernel (general loop).
 - Double backward (``create_graph=True``) is supported by recomputing the sequence with the general loop
   (slow, but exact); ``mask``/``h_mask`` that require gradients also go to the general loop.
 """
@@ -260,9 +262,9 @@ def _lstm_forward(xg, h0, c0, w_hh, coupled, mask, h_mask, save, ln=None):
         HIN = torch.empty(B, H, **opts) if h_mask is not None else None
     if ln is not None:
         b_hh, gain_hh, gain_c, bias_c = ln
-        AH = torch.empty(T if save else 1, B, GH, **opts)   # W_hh h + b_hh, before its layer norm
-        ahs = AH.unbind(0) if save else [AH[0]] * T
-        stats = ([], [], [], [])                     # mean and rstd of the recurrent norm, of the cell norm
+        a_buf = torch.empty(B, GH, **opts)           # W_hh h + b_hh, before its layer norm
+        c_buf = torch.empty(B, H, **opts)            # LN_c(c), the input of the output tanh
+        steps = ([], [], [], [])                     # per step (save): normalised a, its rstd; the same of c
     if mask is not None:
         ms = mask.unbind(0)
         hn = torch.empty(B, H, **opts)
@@ -286,8 +288,8 @@ def _lstm_forward(xg, h0, c0, w_hh, coupled, mask, h_mask, save, ln=None):
         if ln is None:
             torch.addmm(xgs[t], h_in, w_t, out=pre)
         else:
-            a_t = torch.mm(h_in, w_t, out=ahs[t]) if b_hh is None else torch.addmm(b_hh, h_in, w_t, out=ahs[t])
-            normed, mean, rstd = torch.native_layer_norm(a_t.view(B, G, H), (H,), None, None, LN_EPS)
+            a_t = torch.mm(h_in, w_t, out=a_buf) if b_hh is None else torch.addmm(b_hh, h_in, w_t, out=a_buf)
+            normed, _, rstd = torch.native_layer_norm(a_t.view(B, G, H), (H,), None, None, LN_EPS)
             torch.addcmul(xgs[t], normed.view(B, GH), gain_hh, out=pre)
         a_t = acts[t]
         torch.sigmoid(pre, out=a_t)
@@ -302,10 +304,10 @@ def _lstm_forward(xg, h0, c0, w_hh, coupled, mask, h_mask, save, ln=None):
         if ln is None:
             tc = torch.tanh(c_new, out=tcs[t])
         else:
-            c_hat, mean_c, rstd_c = torch.native_layer_norm(c_new, (H,), gain_c, bias_c, LN_EPS)
-            tc = torch.tanh(c_hat, out=tcs[t])
+            normed_c, _, rstd_c = torch.native_layer_norm(c_new, (H,), None, None, LN_EPS)
+            tc = torch.tanh(torch.addcmul(bias_c, normed_c, gain_c, out=c_buf), out=tcs[t])
             if save:
-                for store, value in zip(stats, (mean, rstd, mean_c, rstd_c)):
+                for store, value in zip(steps, (normed, rstd, normed_c, rstd_c)):
                     store.append(value)
         if mask is None:
             h = torch.mul(go[t], tc, out=outs[t])
@@ -326,8 +328,7 @@ def _lstm_forward(xg, h0, c0, w_hh, coupled, mask, h_mask, save, ln=None):
             h_prev_in = HC[:-1]
         else:
             h_prev_in = None                         # built in backward from h0 and out
-        ln_saved = None if ln is None else (AH,) + tuple(torch.stack(v, 0) for v in stats)
-        saved = (A, TC, C, h_prev_in, ln_saved)
+        saved = (A, TC, C, h_prev_in, None if ln is None else steps)
     return out, h_t, c_t, saved
 
 
@@ -365,11 +366,14 @@ def _lstm_gate_factors(A: Tensor, TC: Tensor, c_prev: Tensor, coupled: bool) -> 
 def _lstm_backward_loop(d_out, d_hT, d_cT, K, Kc, f, w, mask, h_mask, ln):
     """Reverse time loop of the LSTM backward (call under no_grad).
 
-    ``ln``: None, or ``(AH, MU, RS, gain_hh, C_next, MU_c, RS_c, gain_c)`` from the forward (C_next: the cell
-    after each step). Returns ``dG (T, B, G, H)`` (gradient of the gate pre-activations = of xg), ``dA``
-    (gradient of ``W_hh h + b_hh``: ``dG`` itself without layer norm, else ``(T, B, G*H)``), ``DCH (T, B, H)``
-    (gradient of ``LN_c(c)``, or None), ``d_h0``, ``d_c0``. With ``mask`` the carried state is
-    ``lerp(old, new, m)`` and the output ``h_new * m``; without, the loop saves three ops a step.
+    ``ln``: None, or ``(xhats, rstds, gain_hh, xcs, rstd_cs, gain_c)``: the forward's per-step normalised
+    recurrent part ``(B, G, H)`` and cell ``(B, H)`` with their rstd. Returns ``dG (T, B, G, H)`` (gradient of the
+    gate pre-activations = of xg), ``dA`` (gradient of ``W_hh h + b_hh``: ``dG`` itself without layer norm, else
+    ``(T, B, G*H)``), ``sums`` (layer norm: the per-row sums, each ``(B, ...)``, of the gradients of ``b_hh``,
+    ``gain_hh``, ``gain_c``, ``bias_c``, accumulated in the loop while the step's data is in cache; else None),
+    ``d_h0``, ``d_c0``. With ``mask`` the carried state is ``lerp(old, new, m)`` and the output ``h_new * m``;
+    without, the loop saves three ops a step. Its length: the buffers of every variant are set up here, so that
+    the per-step arithmetic (``gate_grads``) is written once.
     """
     T, B, G, H = K.shape
     opts = dict(dtype=K.dtype, device=K.device)
@@ -385,29 +389,35 @@ def _lstm_backward_loop(d_out, d_hT, d_cT, K, Kc, f, w, mask, h_mask, ln):
     dc = dcb.view(B, H)
     dh = torch.empty(B, H, **opts)
     tmp = torch.empty(B, H, **opts)
-    DCH = None
-    recs = dGs                                       # gradient of W_hh h + b_hh at each step
+    dA, recs, sums = dG, dGs, None                   # recs: gradient of W_hh h + b_hh at each step
     if ln is not None:
-        AH, MU, RS, gain_hh, C_next, MU_c, RS_c, gain_c = ln
-        ahs, mus, rss = AH.view(T, B, G, H).unbind(0), MU.unbind(0), RS.unbind(0)
-        cns, mucs, rscs = C_next.unbind(0), MU_c.unbind(0), RS_c.unbind(0)
-        DCH = torch.empty(T, B, H, **opts)
-        dchs = DCH.unbind(0)
+        xhats, rstds, gain_hh, xcs, rstd_cs, gain_c = ln
+        dA = torch.empty(T, B, G * H, **opts)
+        recs, rec_blocks = dA.unbind(0), dA.view(T, B, G, H).unbind(0)
+        sums = (torch.zeros(B, G, H, **opts), torch.zeros(B, G, H, **opts), torch.zeros(B, H, **opts),
+                torch.zeros(B, H, **opts))
+        sum_b, sum_gain_hh, sum_gain_c, sum_bias_c = sums
+        dch = torch.empty(B, H, **opts)
         u = torch.empty(B, G, H, **opts)
         gain_gh = gain_hh.view(G, H)
-        recs = [None] * T
+        zero_g, one_g = torch.zeros(B, G, 1, **opts), torch.ones(B, G, 1, **opts)
+        zero_c, one_c = torch.zeros(B, 1, **opts), torch.ones(B, 1, **opts)
 
     def gate_grads(t):                               # from dh and the carried dc: dc_new, dG[t], recs[t]
         if ln is None:
             dc.addcmul_(dh, kcs[t])
         else:
-            torch.mul(dh, kcs[t], out=dchs[t])
-            dc.add_(_ln_input_grad(dchs[t], cns[t], mucs[t], rscs[t], gain_c))
+            torch.mul(dh, kcs[t], out=dch)           # gradient of LN_c(c_new)
+            sum_gain_c.addcmul_(dch, xcs[t])
+            sum_bias_c.add_(dch)
+            dc.addcmul_(_ln_input_grad(dch, xcs[t], zero_c, one_c, gain_c), rstd_cs[t])
         torch.mul(dcb, k_cell[t], out=dg_cell[t])
         torch.mul(dh, k_out[t], out=dg_out[t])
         if ln is not None:
             torch.mul(dG[t], gain_gh, out=u)
-            recs[t] = _ln_input_grad(u, ahs[t], mus[t], rss[t], None).view(B, G * H)
+            sum_gain_hh.addcmul_(dG[t], xhats[t])
+            torch.mul(_ln_input_grad(u, xhats[t], zero_g, one_g, None), rstds[t], out=rec_blocks[t])
+            sum_b.add_(rec_blocks[t])
 
     if mask is None:
         dc.copy_(d_cT)
@@ -443,8 +453,7 @@ def _lstm_backward_loop(d_out, d_hT, d_cT, K, Kc, f, w, mask, h_mask, ln):
                 torch.mm(recs[t], w, out=tmp)
                 gh.addcmul_(tmp, h_mask)
         d_h0, d_c0 = gh, gc
-    dA = dG if ln is None else torch.stack(recs, 0)
-    return dG, dA, DCH, d_h0, d_c0
+    return dG, dA, sums, d_h0, d_c0
 
 
 class _LSTMScan(torch.autograd.Function):
@@ -460,14 +469,14 @@ class _LSTMScan(torch.autograd.Function):
         empty = out.new_empty(0)
         ctx.coupled = coupled
         ctx.has = (mask is not None, h_mask is not None, h_prev_in is not None, ln is not None, b_hh is not None)
-        opt = (h_prev_in, mask, h_mask, b_hh, gain_hh, gain_c, bias_c) + (ln_saved or ())
+        ctx.ln_steps = ln_saved                      # per-step tensors of our own, never seen by the caller
+        opt = (h_prev_in, mask, h_mask, b_hh, gain_hh, gain_c, bias_c)
         ctx.save_for_backward(xg, h0, c0, w_hh, A, TC, C, out, *(empty if v is None else v for v in opt))
         return out, h_t, c_t
 
     @staticmethod
     def backward(ctx, d_out, d_hT, d_cT):
-        (xg, h0, c0, w_hh, A, TC, C, out, h_prev_in, mask, h_mask, b_hh, gain_hh, gain_c, bias_c,
-         *ln_saved) = ctx.saved_tensors
+        xg, h0, c0, w_hh, A, TC, C, out, h_prev_in, mask, h_mask, b_hh, gain_hh, gain_c, bias_c = ctx.saved_tensors
         has_mask, has_h_mask, has_h_prev_in, has_ln, has_b = ctx.has
         mask = mask if has_mask else None
         h_mask = h_mask if has_h_mask else None
@@ -485,35 +494,22 @@ class _LSTMScan(torch.autograd.Function):
         T, B, H = out.shape
         G = A.shape[2]
         K, Kc, f = _lstm_gate_factors(A, TC, C[:-1], ctx.coupled)
-        ln = (*ln_saved[:3], gain_hh, C[1:], *ln_saved[3:], gain_c) if has_ln else None
-        dG, dA, DCH, d_h0, d_c0 = _lstm_backward_loop(d_out, d_hT, d_cT, K, Kc, f, w_hh, mask, h_mask, ln)
+        ln = None
+        if has_ln:
+            xhats, rstds, xcs, rstd_cs = ctx.ln_steps
+            ln = (xhats, rstds, gain_hh, xcs, rstd_cs, gain_c)
+        dG, dA, sums, d_h0, d_c0 = _lstm_backward_loop(d_out, d_hT, d_cT, K, Kc, f, w_hh, mask, h_mask, ln)
         d_w = None
         if needs[3]:
             if not has_h_prev_in:
                 h_prev_in = _prev_states(h0, out)
             d_w = dA.reshape(T * B, G * H).t() @ h_prev_in.reshape(T * B, H)
         ln_grads = (None,) * 4
-        if has_ln:
-            ln_grads = _lstm_ln_param_grads(dG, dA, DCH, C[1:], ln_saved, needs[7:11], has_b)
+        if has_ln:                                   # b_hh, gain_hh, gain_c, bias_c: sums over the batch rows
+            ln_grads = tuple(v.sum(0).reshape(-1) if (need and (k > 0 or has_b)) else None
+                             for k, (v, need) in enumerate(zip(sums, needs[7:11])))
         return (dG.view(T, B, G * H) if needs[0] else None, d_h0 if needs[1] else None,
                 d_c0 if needs[2] else None, d_w, None, None, None) + ln_grads
-
-
-def _lstm_ln_param_grads(dG, dA, DCH, C_next, ln_saved, needs, has_b):
-    """Gradients of ``b_hh, gain_hh, gain_c, bias_c`` from the backward loop's results (all steps at once):
-    ``d gain = sum(d out * normalised)``, ``d bias = sum(d out)`` of each layer norm."""
-    AH, MU, RS, MU_c, RS_c = ln_saved
-    T, B, G, H = dG.shape
-    d_b = dA.reshape(T * B, G * H).sum(0) if (has_b and needs[0]) else None
-    d_gain_hh = d_gain_c = d_bias_c = None
-    if needs[1]:
-        normed = (AH.view(T, B, G, H) - MU) * RS
-        d_gain_hh = (dG * normed).sum((0, 1)).view(G * H)
-    if needs[2]:
-        d_gain_c = (DCH * ((C_next - MU_c) * RS_c)).sum((0, 1))
-    if needs[3]:
-        d_bias_c = DCH.sum((0, 1))
-    return d_b, d_gain_hh, d_gain_c, d_bias_c
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -559,9 +555,8 @@ def _gru_forward(xg, h0, w_hh, b_hh, reset_after, mask, h_mask, save, ln=None):
         rhs = RH.unbind(0)
     if ln is not None:
         gain_hh, bias_hh = ln
-        AH = torch.empty(n_slots, B, 3 * H, **opts)  # W_hh h + b_hh before its layer norm
-        ahs = AH.unbind(0)
-        stats = ([], [])                             # its mean and rstd
+        a_buf = torch.empty(B, 3 * H, **opts)        # W_hh h + b_hh before its layer norm
+        steps = ([], [])                             # per step (save): it normalised, and its rstd
     HIN = torch.empty(n_slots, B, H, **opts) if h_mask is not None else None
     hins = HIN.unbind(0) if HIN is not None else None
     if mask is not None:
@@ -577,17 +572,17 @@ def _gru_forward(xg, h0, w_hh, b_hh, reset_after, mask, h_mask, save, ln=None):
         h_in = h if h_mask is None else torch.mul(h, h_mask, out=hins[s])
         rz = rzs[s]
         if reset_after:
-            target = hgs[s] if ln is None else ahs[s]
+            target = hgs[s] if ln is None else a_buf
             if b_hh is None:
                 torch.mm(h_in, w_t, out=target)
             else:
                 torch.addmm(b_hh, h_in, w_t, out=target)
             if ln is not None:
-                normed, mean, rstd = torch.native_layer_norm(target.view(B, 3, H), (H,), None, None, LN_EPS)
+                normed, _, rstd = torch.native_layer_norm(target.view(B, 3, H), (H,), None, None, LN_EPS)
                 torch.addcmul(bias_hh, normed.view(B, 3 * H), gain_hh, out=hgs[s])
                 if save:
-                    stats[0].append(mean)
-                    stats[1].append(rstd)
+                    steps[0].append(normed)
+                    steps[1].append(rstd)
             torch.add(xg_rz[t], hg_rz[s], out=rz)
             rz.sigmoid_()
             n = torch.addcmul(xg_n[t], rs[s], hg_n[s], out=ns[s])
@@ -612,8 +607,7 @@ def _gru_forward(xg, h0, w_hh, b_hh, reset_after, mask, h_mask, save, ln=None):
     saved = None
     if save:
         h_prev = HC[:-1] if mask is not None else None
-        ln_saved = None if ln is None else (AH, torch.stack(stats[0], 0), torch.stack(stats[1], 0))
-        saved = (RZ, N, HG if reset_after else RH, h_prev, HIN, ln_saved)
+        saved = (RZ, N, HG if reset_after else RH, h_prev, HIN, None if ln is None else steps)
     return out, h_t, saved
 
 
@@ -630,14 +624,14 @@ class _GRUScan(torch.autograd.Function):
         empty = out.new_empty(0)
         ctx.reset_after = reset_after
         ctx.has = (b_hh is not None, mask is not None, h_mask is not None, h_prev is not None, ln is not None)
-        opt = (b_hh, h_prev, HIN, mask, h_mask, gain_hh, bias_hh) + (ln_saved or ())
+        ctx.ln_steps = ln_saved                      # per-step tensors of our own, never seen by the caller
+        opt = (b_hh, h_prev, HIN, mask, h_mask, gain_hh, bias_hh)
         ctx.save_for_backward(xg, h0, w_hh, RZ, N, aux, out, *(empty if v is None else v for v in opt))
         return out, h_t
 
     @staticmethod
     def backward(ctx, d_out, d_hT):
-        (xg, h0, w_hh, RZ, N, aux, out, b_hh, h_prev, HIN, mask, h_mask, gain_hh, bias_hh,
-         *ln_saved) = ctx.saved_tensors
+        xg, h0, w_hh, RZ, N, aux, out, b_hh, h_prev, HIN, mask, h_mask, gain_hh, bias_hh = ctx.saved_tensors
         has_b, has_mask, has_h_mask, has_h_prev, has_ln = ctx.has
         b_hh = b_hh if has_b else None
         mask = mask if has_mask else None
@@ -654,7 +648,7 @@ class _GRUScan(torch.autograd.Function):
         if not has_h_prev:
             h_prev = _prev_states(h0, out)           # carried state entering each step
         h_in_prev = HIN if has_h_mask else h_prev     # what W_hh multiplied
-        ln = (*ln_saved, gain_hh) if has_ln else None
+        ln = (*ctx.ln_steps, gain_hh) if has_ln else None
         backward = _gru_backward_reset_after if ctx.reset_after else _gru_backward_paper
         d_xg, d_h0, d_w, d_b, d_gain, d_bias = backward(d_out, d_hT, RZ, N, aux, h_prev, h_in_prev, w_hh, mask,
                                                         h_mask, ln, needs)
@@ -678,8 +672,11 @@ def _gru_backward_reset_after(d_out, d_hT, RZ, N, HG, h_prev, h_in_prev, w, mask
     """Backward of the torch-form GRU: ``n = tanh(x_n + r * hg_n)``, ``hg = [LN](W_hh h_in + b_hh)``.
 
     The gradient of ``hg`` is ``dHG = g * [k_r, k_z, k_hn]``; ``dxg = [dHG_r, dHG_z, g * k_n]``. ``ln``: None or
-    ``(AH, MU, RS, gain_hh)``; then the recurrent gradient goes through the layer norm first. Returns
-    ``d_xg, d_h0, d_w, d_b, d_gain_hh, d_bias_hh`` (None where not needed).
+    ``(xhats, rstds, gain_hh)`` (the forward's per-step normalised ``W_hh h + b_hh`` and its rstd); then the
+    recurrent gradient goes through the layer norm first, and the gradients of the norm's gain and bias and of
+    ``b_hh`` are summed in the loop while the step's data is in cache. Returns ``d_xg, d_h0, d_w, d_b,
+    d_gain_hh, d_bias_hh`` (None where not needed). Its length: the buffers of every variant are set up here,
+    so that the per-step arithmetic (``rec_grad``) is written once.
     """
     T, B, H = N.shape
     opts = dict(dtype=N.dtype, device=N.device)
@@ -695,19 +692,25 @@ def _gru_backward_reset_after(d_out, d_hT, RZ, N, HG, h_prev, h_in_prev, w, mask
     g_steps = GB[:, :, 0].unbind(0)
     dHG = torch.empty(T, B, 3, H, **opts)
     dhgs = dHG.unbind(0)
-    recs = dHG.view(T, B, 3 * H).unbind(0)            # gradient of W_hh h_in + b_hh at each step
+    d_rec = dHG                                       # gradient of W_hh h_in + b_hh
+    recs = dHG.view(T, B, 3 * H).unbind(0)            # ... at each step
     if ln is not None:
-        AH, MU, RS, gain_hh = ln
-        ahs, mus, rss = AH.view(T, B, 3, H).unbind(0), MU.unbind(0), RS.unbind(0)
+        xhats, rstds, gain_hh = ln
+        d_rec = torch.empty(T, B, 3, H, **opts)
+        recs, rec_blocks = d_rec.view(T, B, 3 * H).unbind(0), d_rec.unbind(0)
+        sum_b, sum_gain, sum_bias = (torch.zeros(B, 3, H, **opts) for _ in range(3))
         u3 = torch.empty(B, 3, H, **opts)
         gain3 = gain_hh.view(3, H)
-        recs = [None] * T
+        zero, one = torch.zeros(B, 3, 1, **opts), torch.ones(B, 3, 1, **opts)
 
     def rec_grad(t):
         torch.mul(gbs[t], ks[t], out=dhgs[t])
         if ln is not None:
             torch.mul(dhgs[t], gain3, out=u3)
-            recs[t] = _ln_input_grad(u3, ahs[t], mus[t], rss[t], None).view(B, 3 * H)
+            sum_gain.addcmul_(dhgs[t], xhats[t])
+            sum_bias.add_(dhgs[t])
+            torch.mul(_ln_input_grad(u3, xhats[t], zero, one, None), rstds[t], out=rec_blocks[t])
+            sum_b.add_(rec_blocks[t])
 
     tmp = torch.empty(B, H, **opts)
     gh = torch.empty(B, H, **opts)                    # scratch (recurrent gradient before h_mask)
@@ -739,14 +742,14 @@ def _gru_backward_reset_after(d_out, d_hT, RZ, N, HG, h_prev, h_in_prev, w, mask
     dXG = torch.empty(T, B, 3, H, **opts)
     dXG[:, :, :2].copy_(dHG[:, :, :2])
     torch.mul(GB[:, :, 0], k_n, out=dXG[:, :, 2])
-    d_rec = (dHG if ln is None else torch.stack(recs, 0)).reshape(T * B, 3 * H)
+    d_rec = d_rec.view(T * B, 3 * H)
     d_w = d_rec.t() @ h_in_prev.reshape(T * B, H) if needs[2] else None
-    d_b = d_rec.sum(0) if needs[3] else None
     d_gain = d_bias = None
-    if ln is not None and needs[7]:
-        d_gain = (dHG * ((AH.view(T, B, 3, H) - MU) * RS)).sum((0, 1)).view(3 * H)
-    if ln is not None and needs[8]:
-        d_bias = dHG.sum((0, 1)).view(3 * H)
+    if ln is None:
+        d_b = d_rec.sum(0) if needs[3] else None
+    else:
+        d_b, d_gain, d_bias = (v.sum(0).view(3 * H) if need else None
+                               for v, need in ((sum_b, needs[3]), (sum_gain, needs[7]), (sum_bias, needs[8])))
     return dXG.view(T, B, 3 * H), d_h0, d_w, d_b, d_gain, d_bias
 
 
