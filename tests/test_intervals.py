@@ -125,3 +125,35 @@ def test_an_uncalibrated_run_calibrates_from_data_it_is_given(hetero_run, tmp_pa
     bare.calibrate(df)                                    # the validation part of df, split by data.split
     assert (path / "forecast_conformal.safetensors").exists()
     np.testing.assert_allclose(bare.task.conformal_half_width(0.8), run.task.conformal_half_width(0.8), rtol=1e-6)
+
+
+# ---------------------------------------------------------------- the Forecaster's K outputs per target
+
+@pytest.mark.parametrize("strategy,ci", [("direct", False), ("parallel", False), ("direct", True), ("parallel", True)])
+def test_forecaster_outputs_per_target_shape_and_instance_norm_equivariance(strategy, ci):
+    import torch
+    from hybridrnn.nn.forecaster import Forecaster
+
+    torch.manual_seed(0)
+    m = Forecaster(3, 2, 8, "gru:6", lookback=16, strategy=strategy, segment=4 if strategy == "parallel" else None,
+                   channel_independent=ci, instance_norm=True, eps=0.0, outputs_per_target=3).double()
+    x = torch.randn(4, 16, 3, dtype=torch.float64)
+    y, _ = m(x)
+    assert y.shape == (4, 8, 2, 3)
+    a = torch.tensor([3.0, 0.5, 1.0], dtype=torch.float64)
+    b = torch.tensor([100.0, -7.0, 0.0], dtype=torch.float64)
+    m.norm_channels = 2
+    y1, _ = m(x)
+    y2, _ = m(x * a + b)                      # every one of the K values moves with the targets' location-scale
+    torch.testing.assert_close(y2, y1 * a[:2, None] + b[:2, None], rtol=1e-9, atol=1e-9)
+    default = Forecaster(3, 2, 8, "gru:6", lookback=16)
+    assert default(x.float())[0].shape == (4, 8, 2)          # K = 1: the shape every existing caller gets
+
+
+def test_forecaster_outputs_per_target_needs_a_direct_or_parallel_head():
+    from hybridrnn.nn.forecaster import Forecaster
+
+    with pytest.raises(ValueError, match="outputs_per_target > 1"):
+        Forecaster(2, 1, 4, "gru:4", lookback=8, future_size=1, strategy="recursive", outputs_per_target=3)
+    with pytest.raises(ValueError, match="linear_skip"):
+        Forecaster(2, 1, 4, "gru:4", lookback=8, linear_skip=True, outputs_per_target=2)

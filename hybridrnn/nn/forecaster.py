@@ -53,6 +53,12 @@ Options:
   shared covariates), as in PatchTST / DLinear's "individual=False" setting;
 - ``linear_skip``: adds a linear map of each (normalised) target history ``Linear(lookback, horizon)``, shared
   across targets, to the output (the network learns the residual of a linear forecast).
+- ``outputs_per_target`` (``K``, default 1): the head emits ``K`` values per target and step, and ``y`` is
+  ``(batch, horizon, num_targets, K)`` (with ``K == 1`` it stays ``(batch, horizon, num_targets)``): quantile and
+  distribution heads (the forecast task turns them into quantiles / a location and a scale). Each of the ``K``
+  values is de-normalised by instance norm like a forecast (``* std + mean`` / ``+ last``), so a head that needs a
+  scale expresses it as a difference of two outputs. Strategies ``direct`` and ``parallel`` only (the others feed
+  their one prediction back), without ``linear_skip``.
 """
 from __future__ import annotations
 
@@ -294,8 +300,15 @@ class Forecaster(nn.Module):
                  instance_norm: Union[bool, str] = False, norm_channels: Optional[int] = None,
                  channel_independent: bool = False, linear_skip: bool = False, decoder: Optional[str] = None,
                  segment: Optional[int] = None, segment_embed: Optional[int] = None,
-                 encoder_options: Optional[dict] = None, eps: float = 1e-5):
+                 encoder_options: Optional[dict] = None, eps: float = 1e-5, outputs_per_target: int = 1):
         super().__init__()
+        if not isinstance(outputs_per_target, int) or outputs_per_target < 1:
+            raise ValueError(f"outputs_per_target must be an int >= 1, got {outputs_per_target!r}")
+        if outputs_per_target > 1 and (strategy not in ("direct", "parallel") or linear_skip):
+            raise ValueError(f"outputs_per_target > 1 (a quantile or distribution head) needs strategy 'direct' or "
+                             f"'parallel' without linear_skip; got strategy {strategy!r}"
+                             + (" with linear_skip" if linear_skip else ""))
+        self.outputs_per_target = outputs_per_target
         if instance_norm not in INSTANCE_NORMS:
             raise ValueError(f"unknown instance_norm {instance_norm!r}; expected one of {INSTANCE_NORMS}")
         if strategy not in STRATEGIES:
@@ -315,7 +328,7 @@ class Forecaster(nn.Module):
         if not (num_targets <= self.norm_channels <= input_size - future_size):
             raise ValueError(f"norm_channels must lie in {num_targets}..{input_size - future_size}, got {self.norm_channels}")
         core_in = input_size - num_targets + 1 if channel_independent else input_size
-        core_targets = 1 if channel_independent else num_targets
+        core_targets = (1 if channel_independent else num_targets) * outputs_per_target
         channels = num_targets if channel_independent and num_targets > 1 else 0
         self.core = _Core(core_in, core_targets, horizon, lookback, encoder, future_size, strategy, attention,
                           attention_heads, dropout, linear_skip, decoder, dict(encoder_options or {}), segment,
@@ -323,7 +336,8 @@ class Forecaster(nn.Module):
 
     def forward(self, past: Tensor, future: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
         """past ``(B, lookback, input_size)``, future ``(B, horizon, future_size)`` -> ``(y (B, horizon, targets),
-        weights (B, queries, lookback) or None)``; with channel independence the weights are averaged over targets."""
+        weights (B, queries, lookback) or None)``; with channel independence the weights are averaged over targets.
+        With ``outputs_per_target = K > 1``, ``y`` is ``(B, horizon, targets, K)``."""
         if past.dim() != 3 or past.shape[-1] != self.input_size:
             raise ValueError(f"past must be (batch, lookback, {self.input_size}), got {tuple(past.shape)}")
         if self.lookback is not None and past.shape[1] != self.lookback:
@@ -347,14 +361,20 @@ class Forecaster(nn.Module):
             x = torch.cat([per, shared.repeat_interleave(c, dim=0)], dim=2)
             fut = future.repeat_interleave(c, dim=0) if self.future_size else None
             y, weights = self.core(x, fut)
-            y = y.view(b, c, self.horizon).permute(0, 2, 1)                   # (B*C, H, 1) -> (B, H, C)
+            if self.outputs_per_target == 1:
+                y = y.view(b, c, self.horizon).permute(0, 2, 1)                   # (B*C, H, 1) -> (B, H, C)
+            else:
+                y = y.view(b, c, self.horizon, -1).permute(0, 2, 1, 3)            # (B*C, H, K) -> (B, H, C, K)
             if weights is not None:
                 weights = weights.view(b, c, *weights.shape[1:]).mean(1)
         else:
             y, weights = self.core(past, future)
+            if self.outputs_per_target > 1:
+                y = y.view(y.shape[0], self.horizon, self.num_targets, -1)         # (B, H, C*K) -> (B, H, C, K)
         c = self.num_targets
+        per = (lambda t: t[:, :, :c]) if y.dim() == 3 else (lambda t: t[:, :, :c, None])   # (B, 1, C[, 1])
         if self.instance_norm == "standard":
-            y = y * std[:, :, :c] + mean[:, :, :c]
+            y = y * per(std) + per(mean)
         elif self.instance_norm == "last":
-            y = y + last[:, :, :c]
+            y = y + per(last)
         return y, weights
