@@ -216,7 +216,7 @@ class Run:
 
     def _load_data(self, data: Any, split: str) -> None:
         if split not in SPLITS:
-            raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+            raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
         if data is not None:
             self.task.setup(_resolve(data), whole=True)
             self._splits = "input"
@@ -303,7 +303,7 @@ def load(path: str | Path, *, weights: str = "best", device: str | torch.device 
     Loading reads YAML with ``safe_load``, JSON, and safetensors: it never executes code.
     """
     if weights not in ("best", "last"):
-        raise ValueError(f"weights must be 'best' or 'last', got {weights!r}")
+        raise ConfigError(f"weights must be 'best' or 'last', got {weights!r}")
     path = Path(path)
     config = read_run_config(path, overrides)
     task = get_task_class(config.task)(config)

@@ -63,42 +63,42 @@ def _template_fields(text: str) -> list[str]:
 def check_space(space: Any, source: str = "tune.space") -> dict[str, Any]:
     """Validate a search space (see the module docstring); returns it. ValueError naming the bad entry."""
     if not isinstance(space, dict) or not space:
-        raise ValueError(f"{source}: expected a non-empty mapping of parameter -> range, choices or template, "
-                         f"got {space!r}")
+        raise ConfigError(f"{source}: expected a non-empty mapping of parameter -> range, choices or template, "
+                          f"got {space!r}")
     variables = {k for k, v in space.items() if not (isinstance(v, str) and _template_fields(v))}
     for key, spec in space.items():
         where = f"{source}.{key}"
         if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*", key):
-            raise ValueError(f"{where}: a key must be a name or a dotted config key, got {key!r}")
+            raise ConfigError(f"{where}: a key must be a name or a dotted config key, got {key!r}")
         if isinstance(spec, str):
             fields = _template_fields(spec)
             if not fields:
-                raise ValueError(f"{where}: a string must be a template with {{variable}} fields, got {spec!r} "
-                                 f"(for a fixed value use --set {key}={spec})")
+                raise ConfigError(f"{where}: a string must be a template with {{variable}} fields, got {spec!r} "
+                                  f"(for a fixed value use --set {key}={spec})")
             unknown = [f for f in fields if f not in variables]
             if unknown:
-                raise ValueError(f"{where}: template {spec!r} uses {unknown}, which the space does not define")
+                raise ConfigError(f"{where}: template {spec!r} uses {unknown}, which the space does not define")
             if "." not in key:
-                raise ValueError(f"{where}: a template must set a dotted config key, e.g. model.encoder")
+                raise ConfigError(f"{where}: a template must set a dotted config key, e.g. model.encoder")
         elif isinstance(spec, dict) and "choices" in spec:
             extra = set(spec) - {"choices"}
             if extra or not isinstance(spec["choices"], list) or not spec["choices"]:
-                raise ValueError(f"{where}: expected {{choices: [a, b, ...]}} (a non-empty list and nothing else), "
-                                 f"got {spec!r}")
+                raise ConfigError(f"{where}: expected {{choices: [a, b, ...]}} (a non-empty list and nothing else), "
+                                  f"got {spec!r}")
         elif isinstance(spec, dict) and {"low", "high"} <= set(spec):
             extra = set(spec) - RANGE_KEYS
             if extra:
-                raise ValueError(f"{where}: unknown keys {sorted(extra)} (a range takes {sorted(RANGE_KEYS)})")
+                raise ConfigError(f"{where}: unknown keys {sorted(extra)} (a range takes {sorted(RANGE_KEYS)})")
             low, high = spec["low"], spec["high"]
             if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or low >= high:
-                raise ValueError(f"{where}: low and high must be numbers with low < high, got {low!r}, {high!r}")
+                raise ConfigError(f"{where}: low and high must be numbers with low < high, got {low!r}, {high!r}")
             if spec.get("log") and low <= 0:
-                raise ValueError(f"{where}: a log range needs low > 0, got {low!r}")
+                raise ConfigError(f"{where}: a log range needs low > 0, got {low!r}")
             if spec.get("type", None) not in (None, "int", "float"):
-                raise ValueError(f"{where}: type must be 'int' or 'float', got {spec['type']!r}")
+                raise ConfigError(f"{where}: type must be 'int' or 'float', got {spec['type']!r}")
         else:
-            raise ValueError(f"{where}: expected {{low: .., high: ..}}, {{choices: [..]}} or a template string, "
-                             f"got {spec!r}")
+            raise ConfigError(f"{where}: expected {{low: .., high: ..}}, {{choices: [..]}} or a template string, "
+                              f"got {spec!r}")
     return space
 
 
@@ -211,19 +211,19 @@ def run_tune(config_path: str | os.PathLike, trials: int, storage: Optional[str]
     optuna = import_optuna()
 
     if not isinstance(trials, int) or trials < 1:
-        raise ValueError(f"trials must be a positive integer, got {trials!r}")
+        raise ConfigError(f"trials must be a positive integer, got {trials!r}")
     study_name = study_name or Path(config_path).stem
     out = Path(out_dir) if out_dir is not None else Path("runs") / f"tune-{study_name}"
     out.mkdir(parents=True, exist_ok=True)
     sections = experiment_sections(config_path)
     if "tune" not in sections:
-        raise ValueError(f"config {str(config_path)!r} has no 'tune:' section declaring the search space "
-                         "(see hybridrnn.experiments.tune)")
+        raise ConfigError(f"config {str(config_path)!r} has no 'tune:' section declaring the search space "
+                          "(see hybridrnn.experiments.tune)")
     section = sections["tune"]
     unknown = set(section) - TUNE_KEYS
     if unknown:
-        raise ValueError(f"config {str(config_path)!r}: unknown keys in tune: {sorted(unknown)} "
-                         f"(expected {sorted(TUNE_KEYS)})")
+        raise ConfigError(f"config {str(config_path)!r}: unknown keys in tune: {sorted(unknown)} "
+                          f"(expected {sorted(TUNE_KEYS)})")
     space = check_space(section.get("space"), "tune.space")
     # the first point of the space must make a valid config: fail now, not in trial 1 of every worker
     first, _ = sample_overrides(space, _FirstChoice())
@@ -233,20 +233,20 @@ def run_tune(config_path: str | os.PathLike, trials: int, storage: Optional[str]
     if "direction" in section:
         direction = section["direction"]
         if direction not in ("minimize", "maximize"):
-            raise ValueError(f"tune.direction must be 'minimize' or 'maximize', got {direction!r}")
+            raise ConfigError(f"tune.direction must be 'minimize' or 'maximize', got {direction!r}")
     elif metric == task_class.monitor:
         direction = "minimize" if task_class.monitor_mode == "min" else "maximize"
     else:
-        raise ValueError(f"tune.metric is {metric!r}, not the task's monitored {task_class.monitor!r}: "
-                         "say tune.direction (minimize or maximize)")
+        raise ConfigError(f"tune.metric is {metric!r}, not the task's monitored {task_class.monitor!r}: "
+                          "say tune.direction (minimize or maximize)")
     pruner_options = section.get("pruner") or {}
     if not isinstance(pruner_options, dict):
-        raise ValueError(f"tune.pruner must be a mapping of MedianPruner options, got {pruner_options!r}")
+        raise ConfigError(f"tune.pruner must be a mapping of MedianPruner options, got {pruner_options!r}")
     pruner_options = {"n_startup_trials": 3, "n_warmup_steps": 1, **pruner_options}
     try:
         pruner = optuna.pruners.MedianPruner(**pruner_options)
     except TypeError as error:
-        raise ValueError(f"tune.pruner: {error}") from None
+        raise ConfigError(f"tune.pruner: {error}") from None
 
     study = _create_or_load_study(optuna, study_name, storage, direction, pruner)
 
