@@ -10,6 +10,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from hybridrnn.errors import ConfigError
 from hybridrnn.nn.attention import SelfAttentionPooling, lengths_to_mask
 from hybridrnn.nn.hybrid import build_encoder
 
@@ -44,9 +45,9 @@ class SequenceClassifier(nn.Module):
         if (vocab_size is None) == (input_size is None):
             raise ValueError("give exactly one of vocab_size (token input) and input_size (feature input)")
         if pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+            raise ConfigError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         if not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+            raise ConfigError(f"num_classes must be an int >= 2, got {num_classes!r}")
         self.num_classes, self.pooling = num_classes, pooling
         if vocab_size is not None:
             self.embedding: Optional[nn.Embedding] = nn.Embedding(vocab_size, embedding_dim, padding_idx=padding_idx)
@@ -58,7 +59,7 @@ class SequenceClassifier(nn.Module):
         if isinstance(encoder, str):
             encoder = build_encoder(encoder, enc_in, **(encoder_options or {}))
         elif encoder.input_size != enc_in:
-            raise ValueError(f"encoder expects {encoder.input_size} input features, the classifier feeds {enc_in}")
+            raise ConfigError(f"encoder expects {encoder.input_size} input features, the classifier feeds {enc_in}")
         self.encoder = encoder
         width = encoder.output_size
         self.attention = SelfAttentionPooling(width, num_heads=attention_heads) if pooling == "attention" else None

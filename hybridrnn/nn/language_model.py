@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from hybridrnn.errors import ConfigError
 from hybridrnn.nn.dropout import LockedDropout  # noqa: F401  (re-exported: it lived here first)
 from hybridrnn.nn.hybrid import build_encoder
 from hybridrnn.nn.spec import iter_layers, parse_spec
@@ -54,17 +55,17 @@ class LanguageModel(nn.Module):
                  output_dropout: float = 0.0, encoder_options: Optional[dict] = None):
         super().__init__()
         if not isinstance(vocab_size, int) or vocab_size < 2:
-            raise ValueError(f"vocab_size must be an int >= 2, got {vocab_size!r}")
+            raise ConfigError(f"vocab_size must be an int >= 2, got {vocab_size!r}")
         if not 0.0 <= embedding_dropout < 1.0:
-            raise ValueError(f"embedding_dropout must be in [0, 1), got {embedding_dropout}")
+            raise ConfigError(f"embedding_dropout must be in [0, 1), got {embedding_dropout}")
         if isinstance(encoder, str):
             bidirectional = [layer for layer in iter_layers(parse_spec(encoder)) if layer.bidirectional]
             if bidirectional:
-                raise ValueError(f"a language model needs a unidirectional encoder (it predicts the next token "
-                                 f"from the past only); {encoder!r} has a bidirectional block")
+                raise ConfigError(f"a language model needs a unidirectional encoder (it predicts the next token "
+                                  f"from the past only); {encoder!r} has a bidirectional block")
             encoder = build_encoder(encoder, embedding_dim, **(encoder_options or {}))
         elif encoder.input_size != embedding_dim:
-            raise ValueError(f"encoder expects {encoder.input_size} input features, embedding_dim is {embedding_dim}")
+            raise ConfigError(f"encoder expects {encoder.input_size} input features, embedding_dim is {embedding_dim}")
         self.vocab_size, self.embedding_dim, self.tie_weights = vocab_size, embedding_dim, tie_weights
         self.embedding = nn.Embedding(vocab_size, embedding_dim)
         self.encoder = encoder

@@ -12,6 +12,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from hybridrnn.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -34,7 +36,7 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device is {name!r} but CUDA is not available here; use 'cpu' or 'auto'")
+        raise ConfigError(f"train.device is {name!r} but CUDA is not available here; use 'cpu' or 'auto'")
     return device
 
 

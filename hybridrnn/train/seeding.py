@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from hybridrnn.errors import RunDirError
+
 
 def seed_everything(seed: int) -> None:
     """Seed Python's ``random``, NumPy's global generator and torch (CPU and every CUDA device)."""
@@ -67,4 +69,4 @@ def set_rng_states(states: dict[str, Any]) -> None:
         if "cuda" in states and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([_unb64(s) for s in states["cuda"]])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise ValueError(f"malformed RNG state in state.json ({type(exc).__name__}: {exc})") from None
+        raise RunDirError(f"malformed RNG state in state.json ({type(exc).__name__}: {exc})") from None
