@@ -94,7 +94,7 @@ def _site(tb: str) -> str:
     return f"{path}:{line} ({func})"
 
 
-def report(outcome: tf.Outcome, seconds: dict, scale: float, seed: int, hang: float) -> str:
+def report(outcome: tf.Outcome, seconds: dict, scale: float, seed: int, hang: float, brief: bool = False) -> str:
     groups = defaultdict(lambda: {"cases": 0, "loaded": 0, "refused": Counter()})
     for prop, n in outcome.cases.items():
         groups[prop]["cases"] += n
@@ -136,8 +136,10 @@ def report(outcome: tf.Outcome, seconds: dict, scale: float, seed: int, hang: fl
         lines.append("None: every input loaded or was refused with a `HybridRNNError`.")
     for (prop, kind, site), items in sorted(crashes.items()):
         message, shown = items[0]
-        lines += [f"- **{prop}**: `{kind}` raised at `{site}` ({len(items)} input(s)): {message[:200]!s}",
-                  f"  - e.g. input `{shown[:300]}`"]
+        lines.append(f"- **{prop}**: `{kind}` raised at `{site}` ({len(items)} input(s)): "
+                     f"{message.splitlines()[0][:120 if brief else 200] if message else ''}")
+        if not brief:
+            lines.append(f"  - e.g. input `{shown[:300]}`")
     return "\n".join(lines) + "\n"
 
 
@@ -148,6 +150,7 @@ def main(argv=None) -> int:
     parser.add_argument("--only", default=",".join(PROPERTIES))
     parser.add_argument("--hang", type=float, default=30.0)
     parser.add_argument("--results", default=str(REPO / "benchmarks" / "results" / "fuzz.md"))
+    parser.add_argument("--brief", action="store_true", help="list findings without an example input")
     parser.add_argument("--append", metavar="TITLE", help="append this run to --results under a '## TITLE' "
                         "section (e.g. the same fuzzers on an older commit) instead of replacing the file")
     args = parser.parse_args(argv)
@@ -156,7 +159,7 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"unknown properties {unknown}; known: {', '.join(PROPERTIES)}")
     outcome, seconds = run(args.scale, args.seed, only, args.hang)
-    text = report(outcome, seconds, args.scale, args.seed, args.hang)
+    text = report(outcome, seconds, args.scale, args.seed, args.hang, brief=args.brief)
     if args.append:
         body = text.split("\n", 2)[2].replace("\n## Findings", "\n### Findings")
         previous = Path(args.results).read_text(encoding="utf-8") if Path(args.results).exists() else ""
