@@ -380,6 +380,8 @@ def memory(
 ) -> None:
     """How far back a trained long-range model learns from: the gradient reaching each step, and the
     forget (LSTM) / update (GRU) gate statistics."""
+    if split not in ("train", "val", "test"):
+        _fail(ConfigError(f"--split must be train, val or test, got {split!r}"))
 
     def go():
         from hybridrnn.experiments.memory import (  # start-up time
