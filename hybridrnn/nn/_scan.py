@@ -37,7 +37,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from hybridrnn.nn.cells import LN_EPS, GRUGates, GRUParams, LSTMGates, LSTMParams, gru_step, lstm_step
+from hybridrnn.nn.cells import (LN_EPS, GRUGates, GRUParams, LSTMGates, LSTMParams, gate_layer_norm, gru_step,
+                                lstm_step)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -121,6 +122,9 @@ def lstm_scan(xg: Tensor, h0: Tensor, c0: Tensor, p: LSTMParams, *, mask: Option
     double backward is asked for (``create_graph=True``), the general loop :func:`lstm_loop` is used instead.
     """
     _check_lstm_args(xg, h0, c0, p)
+    if p.ln_ih is not None:
+        xg = gate_layer_norm(xg, p.ln_ih[0], p.ln_ih[1], 3 if p.coupled else 4)
+        p = p._replace(ln_ih=None)
     if ((p.ln_hh is None) != (p.ln_c is None) or (mask is not None and mask.requires_grad)
             or (h_mask is not None and h_mask.requires_grad)):
         return lstm_loop(xg, h0, c0, p, mask=mask, h_mask=h_mask)
@@ -163,6 +167,9 @@ def gru_scan(xg: Tensor, h0: Tensor, p: GRUParams, *, mask: Optional[Tensor] = N
     require grad, and the paper form with layer norm).
     """
     _check_gru_args(xg, h0, p)
+    if p.ln_ih is not None:
+        xg = gate_layer_norm(xg, p.ln_ih[0], p.ln_ih[1], 3)
+        p = p._replace(ln_ih=None)
     if (p.ln_hh is not None and not p.reset_after) or (mask is not None and mask.requires_grad) or (
             h_mask is not None and h_mask.requires_grad):
         return gru_loop(xg, h0, p, mask=mask, h_mask=h_mask)

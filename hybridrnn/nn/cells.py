@@ -36,9 +36,10 @@ Recurrent dropout (``h_mask``): ``h`` is multiplied by a fixed mask where it ent
 ``z * h`` uses the unmasked state).
 
 The functions below are the single source of these equations. A step is split into the input projection
-(:func:`input_projection`, hoisted out of the time loop by the layers) and the recurrence
-(:func:`lstm_step` / :func:`gru_step`), which take the layer's recurrent tensors and options as one
-:class:`LSTMParams` / :class:`GRUParams` and also return the gate activations. Their users: the cells below,
+``W_ih x + b_ih`` (:func:`input_projection`, hoisted out of the time loop by the layers) and the rest
+(:func:`lstm_step` / :func:`gru_step`: the input layer norm, the recurrence), which take the layer's
+per-step tensors and options as one :class:`LSTMParams` / :class:`GRUParams` and also return the gate
+activations. Their users: the cells below,
 the layers' ``step()`` (``hybridrnn.nn.recurrent``), the general time loops ``lstm_loop`` / ``gru_loop`` of
 ``hybridrnn.nn._scan`` (the layers' path for options the fused scan kernels lack, the scan kernels' test
 reference, and the layers' ``gate_trace`` that the memory diagnostic reads). The fused scan kernels in
@@ -60,28 +61,32 @@ LNParams = tuple[Tensor, Tensor]               # (gain, bias) of a layer norm
 
 
 class LSTMParams(NamedTuple):
-    """The recurrent tensors of one LSTM layer and direction, and its options.
+    """The per-step tensors of one LSTM layer and direction (all but ``W_ih``, ``b_ih``), and its options.
 
     w_hh ``(G*H, H)``; b_hh ``(G*H,)`` or None (no bias, or already folded into the input projection, which
     is only exact without layer norm); ln_hh (gain, bias) each ``(G*H,)``, the bias None when it is folded into
-    the input projection (exact: it adds to the same pre-activation); ln_c (gain, bias) each ``(H,)``.
+    ln_ih's bias (exact: both add to the same pre-activation); ln_c (gain, bias) each ``(H,)``; ln_ih (gain,
+    bias) each ``(G*H,)``: the layer norm of the input projection (None: none, or already applied to ``xg``).
     """
     w_hh: Tensor
     b_hh: Optional[Tensor] = None
     ln_hh: Optional[LNParams] = None
     ln_c: Optional[LNParams] = None
     coupled: bool = False
+    ln_ih: Optional[LNParams] = None
 
 
 class GRUParams(NamedTuple):
-    """The recurrent tensors of one GRU layer and direction, and its options.
+    """The per-step tensors of one GRU layer and direction (all but ``W_ih``, ``b_ih``), and its options.
 
-    w_hh ``(3H, H)``; b_hh ``(3H,)`` or None; ln_hh (gain, bias) each ``(3H,)``.
+    w_hh ``(3H, H)``; b_hh ``(3H,)`` or None; ln_hh, ln_ih (gain, bias) each ``(3H,)`` (ln_ih as in
+    :class:`LSTMParams`).
     """
     w_hh: Tensor
     b_hh: Optional[Tensor] = None
     ln_hh: Optional[LNParams] = None
     reset_after: bool = True
+    ln_ih: Optional[LNParams] = None
 
 
 class LSTMGates(NamedTuple):
@@ -113,15 +118,14 @@ def gate_layer_norm(a: Tensor, weight: Tensor, bias: Optional[Tensor], gates: in
     return normed * weight if bias is None else torch.addcmul(bias, normed, weight)
 
 
-def input_projection(x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], ln_ih: Optional[LNParams],
-                     gates: int) -> Tensor:
-    """The input part of the gate pre-activations, ``LN_ih(W_ih x + b_ih)`` (no LN when ``ln_ih`` is None).
+def input_projection(x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor]) -> Tensor:
+    """The input projection ``W_ih x + b_ih``, the part of a step that layers compute for all steps at once (its
+    layer norm, if any, is applied by the step function from ``params.ln_ih``).
 
-    x: ``(..., I)`` (one step ``(B, I)`` or a whole sequence ``(T, B, I)``); w_ih ``(G*H, I)``; b_ih, and
-    the gain and bias of ln_ih, ``(G*H,)``. Returns ``(..., G*H)``.
+    x: ``(..., I)`` (one step ``(B, I)`` or a whole sequence ``(T, B, I)``); w_ih ``(G*H, I)``; b_ih
+    ``(G*H,)`` or None. Returns ``(..., G*H)``.
     """
-    xg = F.linear(x, w_ih, b_ih)
-    return xg if ln_ih is None else gate_layer_norm(xg, ln_ih[0], ln_ih[1], gates)
+    return F.linear(x, w_ih, b_ih)
 
 
 def lstm_step(xg: Tensor, h: Tensor, c: Tensor, p: LSTMParams,
@@ -131,6 +135,8 @@ def lstm_step(xg: Tensor, h: Tensor, c: Tensor, p: LSTMParams,
     xg: ``(B, G*H)`` from :func:`input_projection`; h, c: ``(B, H)``; h_mask: ``(B, H)`` multiplied into ``h``
     before ``W_hh``. Returns ``(h', c', gates)``, ``h'`` and ``c'`` ``(B, H)``.
     """
+    if p.ln_ih is not None:
+        xg = gate_layer_norm(xg, p.ln_ih[0], p.ln_ih[1], 3 if p.coupled else 4)
     h_in = h if h_mask is None else h * h_mask
     if p.ln_hh is None:
         hg = torch.mm(h_in, p.w_hh.t()) if p.b_hh is None else torch.addmm(p.b_hh, h_in, p.w_hh.t())
@@ -160,6 +166,8 @@ def gru_step(xg: Tensor, h: Tensor, p: GRUParams, h_mask: Optional[Tensor] = Non
     multiplied into ``h`` where it enters a recurrent matmul. Returns ``(h', gates)``, ``h'`` ``(B, H)``.
     """
     hidden = h.shape[-1]
+    if p.ln_ih is not None:
+        xg = gate_layer_norm(xg, p.ln_ih[0], p.ln_ih[1], 3)
     h_in = h if h_mask is None else h * h_mask
     w_hh, b_hh, ln_hh = p.w_hh, p.b_hh, p.ln_hh
     xr, xz, xn = xg.split(hidden, -1)
@@ -233,12 +241,8 @@ class _CellBase(nn.Module):
             raise ValueError(f"{name}: expected {what} of shape ({x.shape[0]}, {self.hidden_size}), "
                              f"got {tuple(state.shape)}")
 
-    def _input_projection(self, x: Tensor) -> Tensor:
-        ln_ih = (self.ln_ih_weight, self.ln_ih_bias) if self.layer_norm else None
-        return input_projection(x, self.weight_ih, self.bias_ih, ln_ih, self.gates)
-
-    def _ln_hh(self) -> Optional[LNParams]:
-        return (self.ln_hh_weight, self.ln_hh_bias) if self.layer_norm else None
+    def _ln(self, side: str) -> Optional[LNParams]:
+        return (getattr(self, f"ln_{side}_weight"), getattr(self, f"ln_{side}_bias")) if self.layer_norm else None
 
 
 class LSTMCell(_CellBase):
@@ -271,9 +275,8 @@ class LSTMCell(_CellBase):
             h, c = state
             self._check(x, h, "h")
             self._check(x, c, "c")
-        params = LSTMParams(self.weight_hh, self.bias_hh, self._ln_hh(),
-                            (self.ln_c_weight, self.ln_c_bias) if self.layer_norm else None, self.coupled)
-        h_new, c_new, _ = lstm_step(self._input_projection(x), h, c, params)
+        params = LSTMParams(self.weight_hh, self.bias_hh, self._ln("hh"), self._ln("c"), self.coupled, self._ln("ih"))
+        h_new, c_new, _ = lstm_step(input_projection(x, self.weight_ih, self.bias_ih), h, c, params)
         return h_new, c_new
 
     def extra_repr(self) -> str:
@@ -303,8 +306,8 @@ class GRUCell(_CellBase):
         self._check(x, h, "h")
         if h is None:
             h = x.new_zeros(x.shape[0], self.hidden_size)
-        params = GRUParams(self.weight_hh, self.bias_hh, self._ln_hh(), self.reset_after)
-        return gru_step(self._input_projection(x), h, params)[0]
+        params = GRUParams(self.weight_hh, self.bias_hh, self._ln("hh"), self.reset_after, self._ln("ih"))
+        return gru_step(input_projection(x, self.weight_ih, self.bias_ih), h, params)[0]
 
     def extra_repr(self) -> str:
         return (f"{self.input_size}, {self.hidden_size}, bias={self.bias}, reset_after={self.reset_after}, "

@@ -351,16 +351,22 @@ class _RecurrentBase(nn.Module):
         return self.mode == "LSTM" and (self.bias or self.layer_norm)
 
     def _input_projection(self, layer_in: Tensor, layer: int, d: int, fold: bool = True) -> Tensor:
-        """``(..., F) -> (..., G*H)``: ``LN_ih(W_ih x + b_ih)`` (:func:`~hybridrnn.nn.cells.input_projection`),
-        with the recurrent bias folded in when ``fold`` and :attr:`_folds_hh_bias`."""
+        """``(..., F) -> (..., G*H)``: ``W_ih x + b_ih`` (:func:`~hybridrnn.nn.cells.input_projection`), with
+        ``b_hh`` folded in when ``fold`` and :attr:`_folds_hh_bias` without layer norm."""
         w_ih, b_ih = self._p(layer, d, "weight_ih"), self._p(layer, d, "bias_ih")
-        ln_ih = (self._p(layer, d, "ln_ih_weight"), self._p(layer, d, "ln_ih_bias")) if self.layer_norm else None
+        if fold and self._folds_hh_bias and not self.layer_norm:
+            b_ih = b_ih + self._p(layer, d, "bias_hh")
+        return input_projection(layer_in, w_ih, b_ih)
+
+    def _ln_ih(self, layer: int, d: int, fold: bool) -> Optional[tuple[Tensor, Tensor]]:
+        """The input layer norm's (gain, bias), the recurrent norm's bias folded into the bias when ``fold`` and
+        :attr:`_folds_hh_bias`; None without layer norm."""
+        if not self.layer_norm:
+            return None
+        bias = self._p(layer, d, "ln_ih_bias")
         if fold and self._folds_hh_bias:
-            if ln_ih is None:
-                b_ih = b_ih + self._p(layer, d, "bias_hh")
-            else:
-                ln_ih = (ln_ih[0], ln_ih[1] + self._p(layer, d, "ln_hh_bias"))
-        return input_projection(layer_in, w_ih, b_ih, ln_ih, self._gates)
+            bias = bias + self._p(layer, d, "ln_hh_bias")
+        return self._p(layer, d, "ln_ih_weight"), bias
 
     def _cell_params(self, layer: int, d: int, fold: bool = True):
         """The recurrent tensors and options of layer ``layer``, direction ``d``: an
@@ -584,7 +590,7 @@ class LSTM(_RecurrentBase):
         ln_hh = (self._p(layer, d, "ln_hh_weight"), None if fold else self._p(layer, d, "ln_hh_bias")) if ln else None
         return LSTMParams(self._p(layer, d, "weight_hh"), b_hh, ln_hh,
                           (self._p(layer, d, "ln_c_weight"), self._p(layer, d, "ln_c_bias")) if ln else None,
-                          self.coupled)
+                          self.coupled, self._ln_ih(layer, d, fold))
 
     def _recurrence(self, xg, h0, c0, layer, d, mask, h_mask):
         return lstm_scan(xg, h0, c0, self._cell_params(layer, d), mask=mask, h_mask=h_mask)
@@ -658,7 +664,8 @@ class GRU(_RecurrentBase):
 
     def _cell_params(self, layer: int, d: int, fold: bool = True) -> GRUParams:
         ln_hh = (self._p(layer, d, "ln_hh_weight"), self._p(layer, d, "ln_hh_bias")) if self.layer_norm else None
-        return GRUParams(self._p(layer, d, "weight_hh"), self._p(layer, d, "bias_hh"), ln_hh, self.reset_after)
+        return GRUParams(self._p(layer, d, "weight_hh"), self._p(layer, d, "bias_hh"), ln_hh, self.reset_after,
+                         self._ln_ih(layer, d, fold))
 
     def _recurrence(self, xg, h0, c0, layer, d, mask, h_mask):
         out, h = gru_scan(xg, h0, self._cell_params(layer, d), mask=mask, h_mask=h_mask)
