@@ -52,6 +52,10 @@ class ModelConfig(Section):
     share_input_projection: bool = False
     tie_layers: bool = False
     path: Literal["auto", "fused", "custom"] = "auto"
+    weight_drop: float = Field(0.0, ge=0.0, lt=1.0, description="DropConnect on every LSTM/GRU hidden-to-hidden "
+                               "matrix, one mask per forward (AWD-LSTM; language model and classifier)")
+    pretrained: Optional[str] = Field(None, description="classifier: a language-model (or classifier) run "
+                                      "directory whose vocabulary, embedding and encoder weights are loaded")
 
     @model_validator(mode="after")
     def _chrono_needs_tmax(self) -> "ModelConfig":
@@ -67,7 +71,18 @@ class TrainConfig(Section):
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(64, ge=1, description="global batch size (split over processes under torchrun)")
     lr: float = Field(1e-3, gt=0.0)
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    optimizer: Literal["adam", "adamw", "sgd", "nt_asgd"] = Field(
+        "adam", description="nt_asgd: plain SGD (no momentum), switched to averaged SGD when the validation "
+                            "metric stops improving (non-monotone trigger, Merity et al. 2018)")
+    nt_asgd_interval: int = Field(5, ge=1, description="nt_asgd: average once the validation metric is worse "
+                                  "than the best of all epochs but the last n")
+    lr_decay_per_layer: Optional[float] = Field(None, ge=1.0, description="discriminative learning rates: the "
+                                                "layer group k below the top trains with lr / decay**k "
+                                                "(ULMFiT: 2.6); None: one rate")
+    unfreeze: Optional[Union[Literal["gradual"], list[int]]] = Field(
+        None, description="gradual unfreezing by layer groups, top (head) down: a list of the 1-based epochs "
+                          "from which each group trains (groups past the list: its last epoch), or 'gradual' "
+                          "(one more group per epoch); None: everything trains from the start")
     weight_decay: float = Field(0.0, ge=0.0)
     momentum: float = Field(0.9, ge=0.0, description="SGD momentum")
     schedule: Literal["none", "step", "cosine", "plateau"] = "none"
@@ -88,6 +103,14 @@ class TrainConfig(Section):
     plots: bool = Field(True, description="write learning_curve.png and the task's plots after training")
     progress: Literal["auto", "bar", "plain", "none"] = Field(
         "auto", description="'auto': a progress bar on a terminal, one line per epoch otherwise")
+
+    @model_validator(mode="after")
+    def _check_unfreeze(self) -> "TrainConfig":
+        u = self.unfreeze
+        if isinstance(u, list) and (not u or any(e < 1 for e in u) or any(b < a for a, b in zip(u, u[1:]))):
+            raise ValueError(f"train.unfreeze must be 'gradual' or a non-empty list of epochs >= 1 that never "
+                             f"decreases (head first), got {u}")
+        return self
 
 
 class RunConfig(Section):

@@ -13,8 +13,9 @@ from torch import Tensor, nn
 from hybridrnn.errors import ConfigError
 from hybridrnn.nn.attention import SelfAttentionPooling, lengths_to_mask
 from hybridrnn.nn.hybrid import build_encoder
+from hybridrnn.nn.weight_drop import weight_dropped_call
 
-POOLINGS = ("last", "mean", "max", "attention")
+POOLINGS = ("last", "mean", "max", "attention", "concat")
 
 
 class SequenceClassifier(nn.Module):
@@ -26,8 +27,10 @@ class SequenceClassifier(nn.Module):
             :func:`hybridrnn.nn.hybrid.build_encoder`, or an already built recurrent module.
         vocab_size / embedding_dim / padding_idx: token input; ``padding_idx`` rows embed to zero.
         input_size: feature input (time series), ``x: (batch, time, input_size)``.
-        pooling: ``"last"`` (the encoder's ``final_output``), ``"mean"``, ``"max"`` or ``"attention"``
-            (multi-head :class:`SelfAttentionPooling` with ``attention_heads`` heads).
+        pooling: ``"last"`` (the encoder's ``final_output``), ``"mean"``, ``"max"``, ``"attention"``
+            (multi-head :class:`SelfAttentionPooling` with ``attention_heads`` heads) or ``"concat"``
+            (ULMFiT's ``[last | max | mean]``, width ``3 * D*H``).
+        weight_drop: DropConnect on the encoder's ``W_hh`` in training (:mod:`hybridrnn.nn.weight_drop`).
         dropout: on the embedding and on the pooled vector.
         head_hidden: a hidden layer (ReLU) in the head; ``None`` for a single linear layer.
         encoder_options: keyword options for ``build_encoder`` (dropout, init, fusion, ...).
@@ -40,8 +43,12 @@ class SequenceClassifier(nn.Module):
     def __init__(self, num_classes: int, encoder: str | nn.Module, *, vocab_size: Optional[int] = None,
                  embedding_dim: int = 128, padding_idx: int = 0, input_size: Optional[int] = None,
                  pooling: str = "last", attention_heads: int = 1, dropout: float = 0.0,
-                 head_hidden: Optional[int] = None, encoder_options: Optional[dict] = None):
+                 head_hidden: Optional[int] = None, encoder_options: Optional[dict] = None,
+                 weight_drop: float = 0.0):
         super().__init__()
+        if not 0.0 <= weight_drop < 1.0:
+            raise ConfigError(f"weight_drop must be in [0, 1), got {weight_drop}")
+        self.weight_drop = float(weight_drop)
         if (vocab_size is None) == (input_size is None):
             raise ValueError("give exactly one of vocab_size (token input) and input_size (feature input)")
         if pooling not in POOLINGS:
@@ -61,7 +68,7 @@ class SequenceClassifier(nn.Module):
         elif encoder.input_size != enc_in:
             raise ConfigError(f"encoder expects {encoder.input_size} input features, the classifier feeds {enc_in}")
         self.encoder = encoder
-        width = encoder.output_size
+        width = encoder.output_size * (3 if pooling == "concat" else 1)
         self.attention = SelfAttentionPooling(width, num_heads=attention_heads) if pooling == "attention" else None
         self.dropout = nn.Dropout(dropout)
         if head_hidden:
@@ -78,7 +85,8 @@ class SequenceClassifier(nn.Module):
             x = self.dropout(self.embedding(x))
         elif x.dim() != 3 or x.shape[-1] != self.input_size:
             raise ValueError(f"feature input must be (batch, time, {self.input_size}), got {tuple(x.shape)}")
-        outputs, _ = self.encoder(x, lengths=lengths)
+        outputs, _ = weight_dropped_call(self.encoder, self.weight_drop if self.training else 0.0, x,
+                                         lengths=lengths)
         if lengths is None:
             mask = torch.ones(outputs.shape[:2], dtype=torch.bool, device=outputs.device)
         else:
@@ -90,10 +98,12 @@ class SequenceClassifier(nn.Module):
         if self.pooling == "last":
             return self.encoder.final_output(outputs, lengths), None
         if self.pooling == "mean":
-            m = mask.unsqueeze(-1).to(outputs.dtype)
-            return (outputs * m).sum(1) / m.sum(1), None
+            return _mean_pool(outputs, mask), None
         if self.pooling == "max":
-            return outputs.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(1), None
+            return _max_pool(outputs, mask), None
+        if self.pooling == "concat":
+            last = self.encoder.final_output(outputs, lengths)
+            return torch.cat([last, _max_pool(outputs, mask), _mean_pool(outputs, mask)], dim=-1), None
         return self.attention(outputs, mask)
 
     def forward(self, x: Tensor, lengths: Optional[Tensor] = None, return_attention: bool = False):
@@ -101,3 +111,14 @@ class SequenceClassifier(nn.Module):
         pooled, weights = self.pool(outputs, mask, lengths)
         logits = self.head(self.dropout(pooled))
         return (logits, weights) if return_attention else logits
+
+
+def _mean_pool(outputs: Tensor, mask: Tensor) -> Tensor:
+    """Mean over the real steps: ``(batch, time, width)``, mask ``(batch, time)`` -> ``(batch, width)``."""
+    m = mask.unsqueeze(-1).to(outputs.dtype)
+    return (outputs * m).sum(1) / m.sum(1)
+
+
+def _max_pool(outputs: Tensor, mask: Tensor) -> Tensor:
+    """Maximum over the real steps: ``(batch, time, width)`` -> ``(batch, width)``."""
+    return outputs.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(1)

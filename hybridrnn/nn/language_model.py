@@ -8,6 +8,12 @@ Dropouts (Merity et al. 2018, "Regularizing and optimizing LSTM language models"
 - ``input_dropout`` / ``output_dropout``: variational ("locked") dropout on the embedded inputs and on the
   encoder outputs: one mask per sequence and feature, shared over all time steps.
 - recurrent (hidden-to-hidden) variational dropout belongs to the encoder (``recurrent_dropout`` option).
+- ``weight_drop``: DropConnect on every ``W_hh`` of the encoder, one mask per forward call
+  (:mod:`hybridrnn.nn.weight_drop`); both the fused and the custom path run with the masked matrices.
+
+Activation regularisation (:func:`activation_penalties`, the task adds them to the loss): AR
+``alpha * mean(o_t^2)`` on the dropped encoder outputs ``o_t`` and TAR ``beta * mean((h_t - h_{t-1})^2)`` on the
+un-dropped ones; ``forward(..., return_hidden=True)`` also returns both.
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ from hybridrnn.nn.dropout import LockedDropout  # noqa: F401  (re-exported: it l
 from hybridrnn.nn.hybrid import build_encoder
 from hybridrnn.nn.spec import iter_layers, parse_spec
 from hybridrnn.nn.tying import TiedOutput
+from hybridrnn.nn.weight_drop import weight_dropped_call
 
 
 def embedding_dropout(embedding: nn.Embedding, tokens: Tensor, p: float, training: bool) -> Tensor:
@@ -42,18 +49,22 @@ class LanguageModel(nn.Module):
         embedding_dim: width of the embedding (default 128).
         tie_weights: the output layer is the embedding's transpose (:class:`TiedOutput`), with a learned
             projection from the encoder width to ``embedding_dim`` when they differ; otherwise a ``Linear``.
-        embedding_dropout, input_dropout, output_dropout: see the module docstring.
+        embedding_dropout, input_dropout, output_dropout, weight_drop: see the module docstring.
         encoder_options: keyword options for ``build_encoder``.
 
-    ``forward(tokens (batch, time), state=None, lengths=None) -> (logits (batch, time, vocab), state)``;
+    ``forward(tokens (batch, time), state=None, lengths=None) -> (logits (batch, time, vocab), state)``; with
+    ``return_hidden=True`` ``(logits, state, (raw, dropped))``: the encoder outputs ``(batch, time, width)``
+    before and after the output dropout (for AR / TAR);
     ``step(token (batch,), state=None) -> (logits (batch, vocab), state)`` runs one time step through the
     encoder's streaming ``step()``.
     """
 
     def __init__(self, vocab_size: int, encoder: str | nn.Module, *, embedding_dim: int = 128,
                  tie_weights: bool = True, embedding_dropout: float = 0.0, input_dropout: float = 0.0,
-                 output_dropout: float = 0.0, encoder_options: Optional[dict] = None):
+                 output_dropout: float = 0.0, encoder_options: Optional[dict] = None, weight_drop: float = 0.0):
         super().__init__()
+        if not 0.0 <= weight_drop < 1.0:
+            raise ConfigError(f"weight_drop must be in [0, 1), got {weight_drop}")
         if not isinstance(vocab_size, int) or vocab_size < 2:
             raise ConfigError(f"vocab_size must be an int >= 2, got {vocab_size!r}")
         if not 0.0 <= embedding_dropout < 1.0:
@@ -75,17 +86,21 @@ class LanguageModel(nn.Module):
         else:
             self.output = nn.Linear(width, vocab_size)
         self.embedding_dropout = embedding_dropout
+        self.weight_drop = float(weight_drop)
         self.input_dropout = LockedDropout(input_dropout)
         self.output_dropout = LockedDropout(output_dropout)
         nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
 
-    def forward(self, tokens: Tensor, state=None, lengths: Optional[Tensor] = None):
+    def forward(self, tokens: Tensor, state=None, lengths: Optional[Tensor] = None, return_hidden: bool = False):
         if tokens.dim() != 2:
             raise ValueError(f"tokens must be (batch, time) ids, got shape {tuple(tokens.shape)}")
         x = embedding_dropout(self.embedding, tokens, self.embedding_dropout, self.training)
         x = self.input_dropout(x)
-        outputs, state = self.encoder(x, state=state, lengths=lengths)
-        return self.output(self.output_dropout(outputs)), state
+        outputs, state = weight_dropped_call(self.encoder, self.weight_drop if self.training else 0.0, x,
+                                             state=state, lengths=lengths)
+        dropped = self.output_dropout(outputs)
+        logits = self.output(dropped)
+        return (logits, state, (outputs, dropped)) if return_hidden else (logits, state)
 
     def step(self, token: Tensor, state=None):
         """One token per sequence: ``token (batch,)`` -> ``(logits (batch, vocab), state)``."""
@@ -135,6 +150,21 @@ class LanguageModel(nn.Module):
                  top_k: Optional[int] = None, generator: Optional[torch.Generator] = None) -> list[int]:
         """The ``n`` ids that :meth:`iter_generate` yields, as a list."""
         return list(self.iter_generate(prompt_ids, n, temperature, top_k, generator))
+
+
+def activation_penalties(raw: Tensor, dropped: Tensor, ar: float, tar: float) -> Tensor:
+    """AR + TAR of AWD-LSTM (Merity et al. 2018, section 4.6) for encoder outputs ``(batch, time, width)``::
+
+        AR  = ar  * mean_{b,t,j} dropped[b, t, j]^2                        (the outputs after output dropout)
+        TAR = tar * mean_{b,t>0,j} (raw[b, t, j] - raw[b, t-1, j])^2       (the outputs before it)
+
+    A scalar tensor (0 when both weights are 0; TAR is 0 for a one-step window)."""
+    penalty = raw.new_zeros(())
+    if ar > 0:
+        penalty = penalty + ar * dropped.float().pow(2).mean()
+    if tar > 0 and raw.shape[1] > 1:
+        penalty = penalty + tar * (raw[:, 1:] - raw[:, :-1]).float().pow(2).mean()
+    return penalty
 
 
 def sample_next(logits: Tensor, temperature: float = 1.0, top_k: Optional[int] = None,

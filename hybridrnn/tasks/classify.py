@@ -244,7 +244,7 @@ class ClassifyTask(Task):
             raise RuntimeError("build_model needs the fitted state: call setup() or load_artifacts() first")
         cfg, m = self.config.classifier, self.config.model
         common = dict(pooling=self.config.pooling, attention_heads=m.attention_heads, dropout=m.dropout,
-                      head_hidden=cfg.head_hidden, encoder_options=encoder_options(m))
+                      head_hidden=cfg.head_hidden, encoder_options=encoder_options(m), weight_drop=m.weight_drop)
         if not self.is_text:
             return SequenceClassifier(len(self.class_names), m.encoder, input_size=self.channels, **common)
         model = SequenceClassifier(len(self.class_names), m.encoder, vocab_size=self.encoder.vocab_size,

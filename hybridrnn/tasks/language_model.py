@@ -251,7 +251,8 @@ class LanguageModelTask(Task):
         return LanguageModel(self.vocab_size, self.config.model.encoder, embedding_dim=lm.embedding_dim,
                              tie_weights=lm.tie_weights, embedding_dropout=lm.embedding_dropout,
                              input_dropout=lm.input_dropout, output_dropout=lm.output_dropout,
-                             encoder_options=encoder_options(self.config.model))
+                             encoder_options=encoder_options(self.config.model),
+                             weight_drop=self.config.model.weight_drop)
 
     # ---- training ------------------------------------------------------------------------------------
     def num_examples(self, split: str) -> int:
