@@ -15,20 +15,20 @@ from hybridrnn.nn._scan import gru_loop, gru_scan, lstm_loop, lstm_scan
 from hybridrnn.nn.cells import GRUParams, LSTMParams
 
 
-def lstm_fast(xg, h0, c0, w, coupled=False, b=None, ln_hh=None, ln_c=None, **kw):
-    return lstm_scan(xg, h0, c0, LSTMParams(w, b, ln_hh, ln_c, coupled), **kw)
+def lstm_fast(xg, h0, c0, w, coupled=False, b=None, ln_hh=None, ln_c=None, ln_ih=None, **kw):
+    return lstm_scan(xg, h0, c0, LSTMParams(w, b, ln_hh, ln_c, coupled, ln_ih), **kw)
 
 
-def lstm_ref(xg, h0, c0, w, coupled=False, b=None, ln_hh=None, ln_c=None, **kw):
-    return lstm_loop(xg, h0, c0, LSTMParams(w, b, ln_hh, ln_c, coupled), **kw)
+def lstm_ref(xg, h0, c0, w, coupled=False, b=None, ln_hh=None, ln_c=None, ln_ih=None, **kw):
+    return lstm_loop(xg, h0, c0, LSTMParams(w, b, ln_hh, ln_c, coupled, ln_ih), **kw)
 
 
-def gru_fast(xg, h0, w, b, reset_after=True, ln_hh=None, **kw):
-    return gru_scan(xg, h0, GRUParams(w, b, ln_hh, reset_after), **kw)
+def gru_fast(xg, h0, w, b, reset_after=True, ln_hh=None, ln_ih=None, **kw):
+    return gru_scan(xg, h0, GRUParams(w, b, ln_hh, reset_after, ln_ih), **kw)
 
 
-def gru_ref(xg, h0, w, b, reset_after=True, ln_hh=None, **kw):
-    return gru_loop(xg, h0, GRUParams(w, b, ln_hh, reset_after), **kw)
+def gru_ref(xg, h0, w, b, reset_after=True, ln_hh=None, ln_ih=None, **kw):
+    return gru_loop(xg, h0, GRUParams(w, b, ln_hh, reset_after, ln_ih), **kw)
 
 
 T, B, H = 6, 3, 4
@@ -339,3 +339,22 @@ def test_gru_layer_norm_scan_gradcheck_and_paper_form_fallback():
         results.append(torch.autograd.grad(gw.pow(2).sum(), [xg, ln_hh[0]]))
     for a, b_ in zip(*results):
         assert (a - b_).abs().max().item() < TOL64
+
+
+@pytest.mark.parametrize("coupled,masked,dropped", list(itertools.product([False, True], repeat=3)))
+def test_lstm_input_norm_in_the_kernel_matches_reference_float64(coupled, masked, dropped):
+    """ln_ih given: the raw projection is normalised inside the fused kernel, step by step (gains and gradients
+    of every tensor at 1e-10, a folded recurrent-norm bias (None) included)."""
+    xg, h0, c0, w, gen = _lstm_inputs(coupled, torch.float64)
+    b, ln_hh, ln_c = _ln_params(gen, torch.float64, w.shape[0])
+    _, ln_ih, _ = _ln_params(gen, torch.float64, w.shape[0], with_c=False, bias=False)
+    mask = _mask(torch.float64) if masked else None
+    h_mask = _h_mask(torch.float64, gen) if dropped else None
+    for hh in (ln_hh, (ln_hh[0], None)):
+        kw = dict(coupled=coupled, b=b, ln_hh=hh, ln_c=ln_c, ln_ih=ln_ih, mask=mask, h_mask=h_mask)
+        assert "LSTMScan" in type(lstm_fast(xg, h0, c0, w, **kw)[0].grad_fn).__name__
+        _compare(lambda: lstm_fast(xg, h0, c0, w, **kw), lambda: lstm_ref(xg, h0, c0, w, **kw),
+                 _leaves(xg, h0, c0, w, b, hh, ln_c, ln_ih), TOL64)
+        with torch.no_grad():
+            for a, r in zip(lstm_fast(xg, h0, c0, w, **kw), lstm_ref(xg, h0, c0, w, **kw)):
+                assert (a - r).abs().max().item() < TOL64

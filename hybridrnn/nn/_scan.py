@@ -122,25 +122,31 @@ def lstm_scan(xg: Tensor, h0: Tensor, c0: Tensor, p: LSTMParams, *, mask: Option
     double backward is asked for (``create_graph=True``), the general loop :func:`lstm_loop` is used instead.
     """
     _check_lstm_args(xg, h0, c0, p)
-    if p.ln_ih is not None:
+    if p.ln_ih is not None and p.ln_hh is None:      # an input norm alone: applied here, no kernel for it
         xg = gate_layer_norm(xg, p.ln_ih[0], p.ln_ih[1], 3 if p.coupled else 4)
         p = p._replace(ln_ih=None)
     if ((p.ln_hh is None) != (p.ln_c is None) or (mask is not None and mask.requires_grad)
             or (h_mask is not None and h_mask.requires_grad)):
         return lstm_loop(xg, h0, c0, p, mask=mask, h_mask=h_mask)
     w_hh, coupled = p.w_hh, p.coupled
+    gain_ih = bias_ih = None
     if p.ln_hh is None:
         b_hh = gain_hh = gain_c = bias_c = None
         if p.b_hh is not None:
             xg = xg + p.b_hh
     else:                                            # the recurrent LN's bias adds to the pre-activation
         b_hh, (gain_hh, bias_hh), (gain_c, bias_c) = p.b_hh, p.ln_hh, p.ln_c
-        if bias_hh is not None:                      # (None: the caller folded it into xg)
+        if p.ln_ih is not None:                      # the input norm runs in the kernel, one step at a time
+            gain_ih, bias_ih = p.ln_ih
+            if bias_hh is not None:
+                bias_ih = bias_ih + bias_hh
+        elif bias_hh is not None:                    # (None: the caller folded it into xg)
             xg = xg + bias_hh
-    tensors = (xg, h0, c0, w_hh, b_hh, gain_hh, gain_c, bias_c)
+    tensors = (xg, h0, c0, w_hh, b_hh, gain_hh, gain_c, bias_c, gain_ih, bias_ih)
     if torch.is_grad_enabled() and any(v is not None and v.requires_grad for v in tensors):
-        return _LSTMScan.apply(xg, h0, c0, w_hh, coupled, mask, h_mask, b_hh, gain_hh, gain_c, bias_c)
-    ln = None if gain_hh is None else (b_hh, gain_hh, gain_c, bias_c)
+        return _LSTMScan.apply(xg, h0, c0, w_hh, coupled, mask, h_mask, b_hh, gain_hh, gain_c, bias_c, gain_ih,
+                               bias_ih)
+    ln = None if gain_hh is None else (b_hh, gain_hh, gain_c, bias_c, gain_ih, bias_ih)
     with torch.no_grad():
         out, h_t, c_t, _ = _lstm_forward(xg, h0, c0, w_hh, coupled, mask, h_mask, save=False, ln=ln)
     return out, h_t, c_t
@@ -233,8 +239,9 @@ def _lstm_forward(xg, h0, c0, w_hh, coupled, mask, h_mask, save, ln=None):
     """Forward time loop (call under no_grad). Returns ``out, h_T, c_T, saved`` (saved is None unless save).
 
     The equations of :func:`hybridrnn.nn.cells.lstm_step` written into preallocated buffers. ``ln``: None, or
-    ``(b_hh, gain_hh, gain_c, bias_c)`` for layer norm, with the recurrent LN bias already added to ``xg``:
-    ``pre = xg + gain_hh * norm(W_hh h + b_hh)``, ``h = o * tanh(LN_c(c))``. One loop serves every variant (mask,
+    ``(b_hh, gain_hh, gain_c, bias_c, gain_ih, bias_ih)`` for layer norm: ``pre = xg' + gain_hh * norm(W_hh h +
+    b_hh)``, ``h = o * tanh(LN_c(c))``, with ``xg' = gain_ih * norm(xg) + bias_ih`` (bias_ih holding the
+    recurrent norm's bias), or, when ``gain_ih`` is None, ``xg`` itself (normalised by the caller). One loop serves every variant (mask,
     h_mask, layer norm, save) so that the arithmetic is written once; hence its length.
     """
     T, B, GH = xg.shape
@@ -268,10 +275,10 @@ def _lstm_forward(xg, h0, c0, w_hh, coupled, mask, h_mask, save, ln=None):
         HC = torch.empty(1, B, H, **opts) if mask is not None else None
         HIN = torch.empty(B, H, **opts) if h_mask is not None else None
     if ln is not None:
-        b_hh, gain_hh, gain_c, bias_c = ln
+        b_hh, gain_hh, gain_c, bias_c, gain_ih, bias_ih = ln
         a_buf = torch.empty(B, GH, **opts)           # W_hh h + b_hh, before its layer norm
         c_buf = torch.empty(B, H, **opts)            # LN_c(c), the input of the output tanh
-        steps = ([], [], [], [])                     # per step (save): normalised a, its rstd; the same of c
+        steps = ([], [], [], [], [], [])             # per step (save): normalised a, its rstd; of c; of xg
     if mask is not None:
         ms = mask.unbind(0)
         hn = torch.empty(B, H, **opts)
@@ -297,7 +304,15 @@ def _lstm_forward(xg, h0, c0, w_hh, coupled, mask, h_mask, save, ln=None):
         else:
             a_t = torch.mm(h_in, w_t, out=a_buf) if b_hh is None else torch.addmm(b_hh, h_in, w_t, out=a_buf)
             normed, _, rstd = torch.native_layer_norm(a_t.view(B, G, H), (H,), None, None, LN_EPS)
-            torch.addcmul(xgs[t], normed.view(B, GH), gain_hh, out=pre)
+            if gain_ih is None:
+                torch.addcmul(xgs[t], normed.view(B, GH), gain_hh, out=pre)
+            else:
+                normed_x, _, rstd_x = torch.native_layer_norm(xgs[t].view(B, G, H), (H,), None, None, LN_EPS)
+                torch.addcmul(bias_ih, normed_x.view(B, GH), gain_ih, out=pre).addcmul_(normed.view(B, GH),
+                                                                                         gain_hh)
+                if save:
+                    steps[4].append(normed_x)
+                    steps[5].append(rstd_x)
         a_t = acts[t]
         torch.sigmoid(pre, out=a_t)
         g_t = gg[t]
@@ -373,11 +388,13 @@ def _lstm_gate_factors(A: Tensor, TC: Tensor, c_prev: Tensor, coupled: bool) -> 
 def _lstm_backward_loop(d_out, d_hT, d_cT, K, Kc, f, w, mask, h_mask, ln):
     """Reverse time loop of the LSTM backward (call under no_grad).
 
-    ``ln``: None, or ``(xhats, rstds, gain_hh, xcs, rstd_cs, gain_c)``: the forward's per-step normalised
-    recurrent part ``(B, G, H)`` and cell ``(B, H)`` with their rstd. Returns ``dG (T, B, G, H)`` (gradient of the
-    gate pre-activations = of xg), ``dA`` (gradient of ``W_hh h + b_hh``: ``dG`` itself without layer norm, else
-    ``(T, B, G*H)``), ``sums`` (layer norm: the per-row sums, each ``(B, ...)``, of the gradients of ``b_hh``,
-    ``gain_hh``, ``gain_c``, ``bias_c``, accumulated in the loop while the step's data is in cache; else None),
+    ``ln``: None, or ``(xhats, rstds, gain_hh, xcs, rstd_cs, gain_c, xxs, rstd_xs, gain_ih)``: the forward's
+    per-step normalised recurrent part ``(B, G, H)``, cell ``(B, H)`` and input part (empty lists and None
+    without the in-kernel input norm), with their rstd. Returns ``dX`` (gradient of xg: the gate pre-activations'
+    ``dG (T, B, G, H)``, or through the input norm), ``dA`` (gradient of ``W_hh h + b_hh``: ``dG`` itself without
+    layer norm, else ``(T, B, G*H)``), ``sums`` (layer norm: the per-row sums, each ``(B, ...)``, of the
+    gradients of ``b_hh``, ``gain_hh``, ``gain_c``, ``bias_c``, ``gain_ih``, ``bias_ih``, accumulated in the
+    loop while the step's data is in cache; else None),
     ``d_h0``, ``d_c0``. With ``mask`` the carried state is ``lerp(old, new, m)`` and the output ``h_new * m``;
     without, the loop saves three ops a step. Its length: the buffers of every variant are set up here, so that
     the per-step arithmetic (``gate_grads``) is written once.
@@ -396,14 +413,20 @@ def _lstm_backward_loop(d_out, d_hT, d_cT, K, Kc, f, w, mask, h_mask, ln):
     dc = dcb.view(B, H)
     dh = torch.empty(B, H, **opts)
     tmp = torch.empty(B, H, **opts)
-    dA, recs, sums = dG, dGs, None                   # recs: gradient of W_hh h + b_hh at each step
+    dX, dA, recs, sums = dG, dG, dGs, None           # recs: gradient of W_hh h + b_hh at each step
     if ln is not None:
-        xhats, rstds, gain_hh, xcs, rstd_cs, gain_c = ln
+        xhats, rstds, gain_hh, xcs, rstd_cs, gain_c, xxs, rstd_xs, gain_ih = ln
         dA = torch.empty(T, B, G * H, **opts)
         recs, rec_blocks = dA.unbind(0), dA.view(T, B, G, H).unbind(0)
-        sums = (torch.zeros(B, G, H, **opts), torch.zeros(B, G, H, **opts), torch.zeros(B, H, **opts),
-                torch.zeros(B, H, **opts))
-        sum_b, sum_gain_hh, sum_gain_c, sum_bias_c = sums
+        sums = tuple(torch.zeros(B, G, H, **opts) for _ in range(2)) + tuple(torch.zeros(B, H, **opts)
+                                                                             for _ in range(2))
+        if gain_ih is not None:
+            dX = torch.empty(T, B, G, H, **opts)
+            dx_blocks = dX.unbind(0)
+            gain_ig = gain_ih.view(G, H)
+            sums += (torch.zeros(B, G, H, **opts), torch.zeros(B, G, H, **opts))
+            sum_gain_ih, sum_bias_ih = sums[4:]
+        sum_b, sum_gain_hh, sum_gain_c, sum_bias_c = sums[:4]
         dch = torch.empty(B, H, **opts)
         u = torch.empty(B, G, H, **opts)
         gain_gh = gain_hh.view(G, H)
@@ -425,6 +448,11 @@ def _lstm_backward_loop(d_out, d_hT, d_cT, K, Kc, f, w, mask, h_mask, ln):
             sum_gain_hh.addcmul_(dG[t], xhats[t])
             torch.mul(_ln_input_grad(u, xhats[t], zero_g, one_g, None), rstds[t], out=rec_blocks[t])
             sum_b.add_(rec_blocks[t])
+            if gain_ih is not None:
+                torch.mul(dG[t], gain_ig, out=u)
+                sum_gain_ih.addcmul_(dG[t], xxs[t])
+                sum_bias_ih.add_(dG[t])
+                torch.mul(_ln_input_grad(u, xxs[t], zero_g, one_g, None), rstd_xs[t], out=dx_blocks[t])
 
     if mask is None:
         dc.copy_(d_cT)
@@ -460,16 +488,17 @@ def _lstm_backward_loop(d_out, d_hT, d_cT, K, Kc, f, w, mask, h_mask, ln):
                 torch.mm(recs[t], w, out=tmp)
                 gh.addcmul_(tmp, h_mask)
         d_h0, d_c0 = gh, gc
-    return dG, dA, sums, d_h0, d_c0
+    return dX, dA, sums, d_h0, d_c0
 
 
 class _LSTMScan(torch.autograd.Function):
     """The whole-sequence LSTM with its hand-written backward. Inputs: ``xg, h0, c0, w_hh, coupled, mask, h_mask``
-    and, for layer norm, ``b_hh, gain_hh, gain_c, bias_c`` (else None); xg holds the recurrent LN bias."""
+    and, for layer norm, ``b_hh, gain_hh, gain_c, bias_c, gain_ih, bias_ih`` (else None; see
+    :func:`_lstm_forward`)."""
 
     @staticmethod
-    def forward(ctx, xg, h0, c0, w_hh, coupled, mask, h_mask, b_hh, gain_hh, gain_c, bias_c):
-        ln = None if gain_hh is None else (b_hh, gain_hh, gain_c, bias_c)
+    def forward(ctx, xg, h0, c0, w_hh, coupled, mask, h_mask, b_hh, gain_hh, gain_c, bias_c, gain_ih, bias_ih):
+        ln = None if gain_hh is None else (b_hh, gain_hh, gain_c, bias_c, gain_ih, bias_ih)
         with torch.no_grad():
             out, h_t, c_t, (A, TC, C, h_prev_in, ln_saved) = _lstm_forward(xg, h0, c0, w_hh, coupled, mask,
                                                                            h_mask, save=True, ln=ln)
@@ -477,13 +506,15 @@ class _LSTMScan(torch.autograd.Function):
         ctx.coupled = coupled
         ctx.has = (mask is not None, h_mask is not None, h_prev_in is not None, ln is not None, b_hh is not None)
         ctx.ln_steps = ln_saved                      # per-step tensors of our own, never seen by the caller
-        opt = (h_prev_in, mask, h_mask, b_hh, gain_hh, gain_c, bias_c)
+        opt = (h_prev_in, mask, h_mask, b_hh, gain_hh, gain_c, bias_c, gain_ih, bias_ih)
         ctx.save_for_backward(xg, h0, c0, w_hh, A, TC, C, out, *(empty if v is None else v for v in opt))
+        ctx.has_ln_ih = gain_ih is not None
         return out, h_t, c_t
 
     @staticmethod
     def backward(ctx, d_out, d_hT, d_cT):
-        xg, h0, c0, w_hh, A, TC, C, out, h_prev_in, mask, h_mask, b_hh, gain_hh, gain_c, bias_c = ctx.saved_tensors
+        (xg, h0, c0, w_hh, A, TC, C, out, h_prev_in, mask, h_mask, b_hh, gain_hh, gain_c, bias_c, gain_ih,
+         bias_ih) = ctx.saved_tensors
         has_mask, has_h_mask, has_h_prev_in, has_ln, has_b = ctx.has
         mask = mask if has_mask else None
         h_mask = h_mask if has_h_mask else None
@@ -491,11 +522,13 @@ class _LSTMScan(torch.autograd.Function):
         needs = ctx.needs_input_grad
         if torch.is_grad_enabled():                  # create_graph=True: differentiate the general loop
             grads = _double_backward(
-                lambda x_, h_, c_, w_, b_, gh_, gc_, bc_: lstm_loop(
+                lambda x_, h_, c_, w_, b_, gh_, gc_, bc_, gi_, bi_: lstm_loop(
                     x_, h_, c_, LSTMParams(w_, b_, None if gh_ is None else (gh_, torch.zeros_like(gh_)),
-                                           None if gc_ is None else (gc_, bc_), ctx.coupled),
+                                           None if gc_ is None else (gc_, bc_), ctx.coupled,
+                                           None if gi_ is None else (gi_, bi_)),
                     mask=mask, h_mask=h_mask),
-                (xg, h0, c0, w_hh, b_hh, *((gain_hh, gain_c, bias_c) if has_ln else (None,) * 3)),
+                (xg, h0, c0, w_hh, b_hh, *((gain_hh, gain_c, bias_c) if has_ln else (None,) * 3),
+                 *((gain_ih, bias_ih) if ctx.has_ln_ih else (None, None))),
                 (d_out, d_hT, d_cT), needs[:4] + needs[7:])
             return grads[:4] + (None, None, None) + grads[4:]
         T, B, H = out.shape
@@ -503,19 +536,20 @@ class _LSTMScan(torch.autograd.Function):
         K, Kc, f = _lstm_gate_factors(A, TC, C[:-1], ctx.coupled)
         ln = None
         if has_ln:
-            xhats, rstds, xcs, rstd_cs = ctx.ln_steps
-            ln = (xhats, rstds, gain_hh, xcs, rstd_cs, gain_c)
-        dG, dA, sums, d_h0, d_c0 = _lstm_backward_loop(d_out, d_hT, d_cT, K, Kc, f, w_hh, mask, h_mask, ln)
+            xhats, rstds, xcs, rstd_cs, xxs, rstd_xs = ctx.ln_steps
+            ln = (xhats, rstds, gain_hh, xcs, rstd_cs, gain_c, xxs, rstd_xs, gain_ih if ctx.has_ln_ih else None)
+        dX, dA, sums, d_h0, d_c0 = _lstm_backward_loop(d_out, d_hT, d_cT, K, Kc, f, w_hh, mask, h_mask, ln)
         d_w = None
         if needs[3]:
             if not has_h_prev_in:
                 h_prev_in = _prev_states(h0, out)
             d_w = dA.reshape(T * B, G * H).t() @ h_prev_in.reshape(T * B, H)
-        ln_grads = (None,) * 4
-        if has_ln:                                   # b_hh, gain_hh, gain_c, bias_c: sums over the batch rows
+        ln_grads = (None,) * 6
+        if has_ln:          # b_hh, gain_hh, gain_c, bias_c (, gain_ih, bias_ih): sums over the batch rows
             ln_grads = tuple(v.sum(0).reshape(-1) if (need and (k > 0 or has_b)) else None
-                             for k, (v, need) in enumerate(zip(sums, needs[7:11])))
-        return (dG.view(T, B, G * H) if needs[0] else None, d_h0 if needs[1] else None,
+                             for k, (v, need) in enumerate(zip(sums, needs[7:13])))
+            ln_grads += (None,) * (6 - len(ln_grads))
+        return (dX.view(T, B, G * H) if needs[0] else None, d_h0 if needs[1] else None,
                 d_c0 if needs[2] else None, d_w, None, None, None) + ln_grads
 
 
