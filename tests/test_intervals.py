@@ -157,3 +157,104 @@ def test_forecaster_outputs_per_target_needs_a_direct_or_parallel_head():
         Forecaster(2, 1, 4, "gru:4", lookback=8, future_size=1, strategy="recursive", outputs_per_target=3)
     with pytest.raises(ValueError, match="linear_skip"):
         Forecaster(2, 1, 4, "gru:4", lookback=8, linear_skip=True, outputs_per_target=2)
+
+
+# ---------------------------------------------------------------- quantile and distribution heads
+
+def test_head_losses_by_hand_and_against_reference_densities():
+    import torch
+    from scipy import stats
+    from hybridrnn.tasks.forecast_heads import head_loss, head_quantiles, point_forecast
+
+    # quantile head: raw values out of order are sorted into q0.1 <= q0.5 <= q0.9 (rearrangement)
+    raw = torch.tensor([[[[3.0, 1.0, 2.0]]]], dtype=torch.float64)               # (1, 1, 1, 3)
+    y = torch.tensor([[[2.5]]], dtype=torch.float64)
+    # d = y - q = [1.5, 0.5, -0.5]: 0.1 * 1.5 = 0.15, 0.5 * 0.5 = 0.25, max(0.9 * -0.5, -0.1 * -0.5) = 0.05
+    assert float(head_loss(raw, y, "quantile", [0.1, 0.5, 0.9])) == pytest.approx((0.15 + 0.25 + 0.05) / 3)
+    assert point_forecast(raw.numpy(), "quantile", [0.1, 0.5, 0.9]).item() == 2.0
+    np.testing.assert_array_equal(head_quantiles(raw.numpy(), "quantile", [0.1, 0.5, 0.9], [0.1, 0.9]).ravel(), [1, 3])
+
+    # gaussian: mu = 1, sigma = softplus(raw1 - raw0) + 1e-4 = 2 exactly
+    gap = float(np.log(np.expm1(2.0 - 1e-4)))
+    g = torch.tensor([[[[1.0, 1.0 + gap]]]], dtype=torch.float64)
+    y = torch.tensor([[[4.0]]], dtype=torch.float64)
+    assert float(head_loss(g, y, "gaussian", [])) == pytest.approx(-stats.norm.logpdf(4.0, 1.0, 2.0), rel=1e-9)
+    q = head_quantiles(g.numpy(), "gaussian", [], [0.1, 0.9]).ravel()
+    np.testing.assert_allclose(q, [1 - 2 * 1.2815515655446004, 1 + 2 * 1.2815515655446004], rtol=1e-9)
+
+    # student t: nu = 2 + softplus(raw2 - raw0) = 5
+    nu_gap = float(np.log(np.expm1(3.0)))
+    t = torch.tensor([[[[1.0, 1.0 + gap, 1.0 + nu_gap]]]], dtype=torch.float64)
+    assert float(head_loss(t, y, "student_t", [])) == pytest.approx(-stats.t.logpdf(4.0, 5, 1.0, 2.0), rel=1e-9)
+    np.testing.assert_allclose(head_quantiles(t.numpy(), "student_t", [], [0.9]).ravel(),
+                               [1 + 2 * stats.t.ppf(0.9, 5)], rtol=1e-9)
+    with pytest.raises(ConfigError, match="not among them"):
+        head_quantiles(raw.numpy(), "quantile", [0.1, 0.5, 0.9], [0.05])
+    with pytest.raises(ConfigError, match="intervals='model' needs"):
+        head_quantiles(raw.numpy()[..., 0], "mse", [], [0.1])
+
+
+def head_config(loss: str, **model) -> dict:
+    cfg = config(epochs=2)
+    cfg["model"].update({"loss": loss, **model})
+    return cfg
+
+
+def test_quantile_head_predicts_monotone_quantile_columns_and_reports_pinball(tmp_path):
+    df = hetero_frame(480)
+    run = hybridrnn.fit(head_config("quantile", quantiles=[0.1, 0.5, 0.9]), data=df, out=tmp_path / "q")
+    out = run.predict(df.iloc[-60:])
+    assert list(out.columns) == ["time", "y", "y_q0.1", "y_q0.5", "y_q0.9"]
+    assert (out["y_q0.1"] <= out["y_q0.5"]).all() and (out["y_q0.5"] <= out["y_q0.9"]).all()
+    np.testing.assert_array_equal(out["y"], out["y_q0.5"])                     # the point forecast is the median
+    pd.testing.assert_frame_equal(run.predict(df.iloc[-60:], intervals="model", level=0.8), out)
+    m = run.metrics(intervals="model", level=0.8)
+    assert np.isfinite(m["pinball"]) and 0 < m["coverage_80"] <= 1 and m["width_80"] > 0
+    with pytest.raises(ConfigError, match="already gives"):
+        run.predict(df.iloc[-60:], intervals="conformal", level=0.8)
+    both = run.predict(df.iloc[-60:], intervals="conformal", level=0.5)        # q0.25 / q0.75: the head lacks them
+    assert list(both.columns) == ["time", "y", "y_q0.1", "y_q0.25", "y_q0.5", "y_q0.75", "y_q0.9"]
+    pd.testing.assert_frame_equal(hybridrnn.load(tmp_path / "q").predict(df.iloc[-60:]), out)
+    bt = run.backtest(df, stride=10)
+    assert {"forecast_q0.1", "forecast_q0.5", "forecast_q0.9"} <= set(bt.columns)
+    assert "coverage_80" in run.backtest_summary(bt).columns
+
+
+@pytest.mark.parametrize("loss", ["gaussian", "student_t"])
+def test_distribution_heads_train_and_give_model_intervals(loss, tmp_path):
+    df = hetero_frame(480)
+    run = hybridrnn.fit(head_config(loss), data=df, out=tmp_path / loss)
+    assert np.isfinite(run.history[-1]["val_loss"])
+    out = run.predict(df.iloc[-60:], intervals="model", level=0.9)
+    assert list(out.columns) == ["time", "y", "y_q0.05", "y_q0.95"]
+    assert (out["y_q0.05"] < out["y"]).all() and (out["y"] < out["y_q0.95"]).all()
+    assert list(run.predict(df.iloc[-60:]).columns) == ["time", "y"]
+    m = run.metrics(intervals="model", level=0.9)
+    assert 0 < m["coverage_90"] <= 1
+
+
+def test_head_options_are_checked():
+    from hybridrnn.api import build_config
+
+    with pytest.raises(ConfigError, match="must include 0.5"):
+        build_config(head_config("quantile", quantiles=[0.1, 0.9]))
+    with pytest.raises(ConfigError, match="strictly increasing"):
+        build_config(head_config("quantile", quantiles=[0.5, 0.1]))
+    with pytest.raises(ConfigError, match="direct or parallel"):
+        hybridrnn.fit(head_config("gaussian", strategy="seq2seq"), data=hetero_frame(200))
+    point = hybridrnn.fit(config(epochs=1), data=hetero_frame(200))
+    with pytest.raises(ConfigError, match="intervals='model' needs"):
+        point.predict(hetero_frame(200), intervals="model")
+
+
+def test_forecast_plot_draws_the_band(hetero_run, tmp_path):
+    run, _ = hetero_run
+    run._load_data(None, "test")
+    lower, upper, label = run.task.plot_band(run.model, "test")
+    assert label == "conformal 80%" and lower.shape == upper.shape == (run.task.num_examples("test"), 4, 1)
+    assert (upper > lower).all()
+    paths = run.task.plots(run.model, tmp_path)
+    assert (tmp_path / "forecast_vs_actual.png") in paths
+    quant = hybridrnn.fit(head_config("quantile", quantiles=[0.05, 0.5, 0.95]), data=hetero_frame(300))
+    lower, upper, label = quant.task.plot_band(quant.model, "test")
+    assert label == "model q0.05-q0.95" and (upper >= lower).all()

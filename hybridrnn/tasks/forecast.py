@@ -42,6 +42,8 @@ from hybridrnn.errors import ConfigError, DataError, RunDirError
 from hybridrnn.nn.forecaster import Forecaster
 from hybridrnn.tasks._common import encoder_options
 from hybridrnn.tasks.forecast_config import FORECAST_HEAD_OPTIONS, ForecastConfig
+from hybridrnn.tasks.forecast_heads import (DISTRIBUTION_LOSSES, head_loss, head_outputs, head_quantiles,
+                                            point_forecast)
 from hybridrnn.tasks.forecast_metrics import (
     BASELINES,
     LinearBaseline,
@@ -66,7 +68,7 @@ CONFORMAL_FILE = "forecast_conformal.safetensors"
 CONFORMAL_FORMAT = "hybridrnn.forecast.conformal/1"
 #: the coverage levels a split-conformal interval can be asked at (its quantiles are stored for these)
 CONFORMAL_LEVELS = tuple(round(k / 100, 2) for k in range(1, 100)) + (0.995, 0.999)
-INTERVALS = ("conformal",)
+INTERVALS = ("conformal", "model")
 SPLITS = ("train", "val", "test")
 
 
@@ -95,6 +97,7 @@ class ForecastTask(Task):
         self.values: torch.Tensor | None = None
         self.origins: dict[str, np.ndarray] = {}
         self._baseline_cache: dict[str, dict[str, np.ndarray]] = {}
+        self._raw: np.ndarray | None = None            # the model's raw output on the last split evaluated
 
     # ------------------------------------------------------------ data
     @property
@@ -237,6 +240,13 @@ class ForecastTask(Task):
         m = self._cfg.model
         lay = self.layout
         head = {k: getattr(m, k) for k in FORECAST_HEAD_OPTIONS}   # the forecasting head's own options
+        k_out = head_outputs(m.loss, m.quantiles)
+        if k_out > 1:
+            if m.strategy not in ("direct", "parallel") or m.linear_skip:
+                raise ConfigError(f"model.loss: {m.loss} needs a head that emits several values per step: "
+                                  f"model.strategy direct or parallel without linear_skip (got strategy {m.strategy}"
+                                  + (", linear_skip: true)" if m.linear_skip else ")"))
+            head["outputs_per_target"] = k_out
         return Forecaster(lay["input_size"], len(lay["targets"]), lay["horizon"], m.encoder, lookback=lay["lookback"],
                           future_size=lay["future_size"], attention=m.attention, attention_heads=m.attention_heads,
                           dropout=m.dropout, norm_channels=len(lay["targets"]) + len(lay["covariates"]),
@@ -252,7 +262,11 @@ class ForecastTask(Task):
         return (n + b - 1) // b
 
     def _loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The training loss of ``pred: (B, H, C)`` (or ``(B, H, C, K)``: quantile / distribution heads, see
+        :mod:`hybridrnn.tasks.forecast_heads`) against ``target: (B, H, C)``, on the scaled data."""
         kind = self._cfg.model.loss
+        if kind in DISTRIBUTION_LOSSES:
+            return head_loss(pred, target, kind, self._cfg.model.quantiles)
         if kind == "mae":
             return F.l1_loss(pred, target)
         if kind == "huber":
@@ -270,10 +284,23 @@ class ForecastTask(Task):
         """Scaled predictions ``(n, horizon, targets)`` for every window of ``split`` (and attention weights)."""
         return self._predict_origins(model, self.origins[split], batch_size, with_weights)
 
-    @torch.no_grad()
     def _predict_origins(self, model: nn.Module, origins: np.ndarray, batch_size: int = 512,
                          with_weights: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-        """Scaled predictions ``(n, horizon, targets)`` for the windows at row ``origins`` of ``self.values``."""
+        """Scaled point predictions ``(n, horizon, targets)`` for the windows at row ``origins`` of ``self.values``."""
+        raw, weights = self._predict_raw(model, origins, batch_size, with_weights)
+        return self.point(raw), weights
+
+    def point(self, raw: np.ndarray) -> np.ndarray:
+        """The point forecast ``(n, H, C)`` of the model's raw output (the median / the location of a quantile /
+        distribution head; the output itself otherwise)."""
+        m = self._cfg.model
+        return point_forecast(raw, m.loss, m.quantiles)
+
+    @torch.no_grad()
+    def _predict_raw(self, model: nn.Module, origins: np.ndarray, batch_size: int = 512,
+                     with_weights: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """The model's scaled output ``(n, horizon, targets)`` (``(n, horizon, targets, K)`` for a quantile or
+        distribution head) for the windows at row ``origins`` of ``self.values``."""
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()
@@ -288,7 +315,9 @@ class ForecastTask(Task):
         finally:
             model.train(was_training)
         c, H = self.num_targets, self.layout["horizon"]
-        pred = np.concatenate(preds).astype(np.float64) if preds else np.zeros((0, H, c))
+        k_out = head_outputs(self._cfg.model.loss, self._cfg.model.quantiles)
+        empty = (0, H, c) if k_out == 1 else (0, H, c, k_out)
+        pred = np.concatenate(preds).astype(np.float64) if preds else np.zeros(empty)
         return pred, (np.concatenate(maps) if maps else None)
 
     def _baselines(self, split: str) -> dict[str, np.ndarray]:
@@ -314,7 +343,9 @@ class ForecastTask(Task):
             raise ValueError(f"split {split!r} has no complete window (lookback {self.layout['lookback']}, "
                              f"horizon {self.layout['horizon']})")
         _, truth = self._target_windows(split)
-        preds = {"model": self.predict_windows(model, split)[0]}
+        raw, _ = self._predict_raw(model, self.origins[split])
+        self._raw = raw                                     # the model's raw output: its loss and its quantiles
+        preds = {"model": self.point(raw)}
         preds.update(self._baselines(split))
         return truth, preds
 
@@ -326,9 +357,16 @@ class ForecastTask(Task):
         ``L`` the level in percent, on the original scale."""
         truth, preds = self._forecasts(model, split)
         truth_orig = self._unscale(truth)
+        raw = self._raw
         out = self._point_metrics(truth, truth_orig, preds)
+        with torch.no_grad():
+            out["loss"] = float(self._loss(torch.from_numpy(raw), torch.from_numpy(truth)))
+        levels = self.head_quantile_levels()
+        if levels:                                          # a quantile head: its mean pinball loss over its levels
+            qs = self._unscale_quantiles(head_quantiles(raw, "quantile", levels, levels))
+            out["pinball"] = float(np.mean([pinball_loss(truth_orig, qs[..., i], q) for i, q in enumerate(levels)]))
         if intervals is not None:
-            lower, upper = self.interval_bounds(self._unscale(preds["model"]), intervals, level)
+            lower, upper = self.interval_bounds(self._unscale(preds["model"]), intervals, level, raw)
             out.update(interval_metrics(truth_orig, lower, upper, level))
         return out
 
@@ -340,8 +378,6 @@ class ForecastTask(Task):
             scaled = forecast_metrics(truth, pred)
             out.update({f"{prefix}{k}": v for k, v in orig.items()})
             out.update({f"{prefix}scaled_{k}": scaled[k] for k in ("mae", "mse")})
-        with torch.no_grad():
-            out["loss"] = float(self._loss(torch.from_numpy(preds["model"]), torch.from_numpy(truth)))
         base = [out[f"{b}_mae"] for b in BASELINES if f"{b}_mae" in out]
         out["best_baseline_mae"] = float(min(base))
         out["beats_baselines"] = float(out["mae"] < min(base))
@@ -370,7 +406,7 @@ class ForecastTask(Task):
         extra = {}
         if intervals is not None:
             point = self._unscale(preds["model"])
-            lower, upper = self.interval_bounds(point, intervals, level)
+            lower, upper = self.interval_bounds(point, intervals, level, self._raw)
             inside = (truth_orig >= lower) & (truth_orig <= upper)
             extra["intervals"] = {"kind": intervals, "level": level, **interval_metrics(truth_orig, lower, upper, level),
                                   "coverage_per_step": [float(v) for v in inside.mean(axis=(0, 2))],
@@ -428,11 +464,10 @@ class ForecastTask(Task):
             y, _ = model(past.to(device), None if future is None else future.to(device))
         finally:
             model.train(was_training)
-        values = self._unscale(y[0].double().cpu().numpy())
+        raw = y.double().cpu().numpy()
+        values = self._unscale(self.point(raw)[0])
         out = pd.DataFrame(values, columns=lay["targets"])
-        if intervals is not None:
-            lower, upper = self.interval_bounds(values, intervals, level)
-            out = with_interval_columns(out, lay["targets"], lower, upper, level)
+        out = with_quantile_columns(out, lay["targets"], self._quantile_columns(raw, values[None], intervals, level))
         if times is None:
             out.insert(0, "step", np.arange(1, H + 1) + int(tail.rows[-1]))
         else:
@@ -510,12 +545,50 @@ class ForecastTask(Task):
                             "validation part more rows")
         return half
 
-    def interval_bounds(self, point: np.ndarray, intervals: str, level: float) -> tuple[np.ndarray, np.ndarray]:
-        """``(lower, upper)`` like ``point: (..., horizon, targets)`` (original scale) for ``intervals``."""
+    def interval_bounds(self, point: np.ndarray, intervals: str, level: float,
+                        raw: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(lower, upper)`` like ``point: (..., horizon, targets)`` (original scale) for ``intervals``:
+        ``"conformal"`` (``point -+`` the calibrated half width) or ``"model"`` (the ``(1 -+ level) / 2``
+        quantiles of a quantile / distribution head, from its scaled output ``raw``)."""
         if intervals not in INTERVALS:
             raise ConfigError(f"intervals must be one of {', '.join(INTERVALS)} (or None), got {intervals!r}")
+        if intervals == "model":
+            m = self._cfg.model
+            qs = self._unscale_quantiles(head_quantiles(raw, m.loss, m.quantiles, interval_quantiles(level)))
+            return qs[..., 0], qs[..., 1]
         half = self.conformal_half_width(level)
         return point - half, point + half
+
+    def head_quantile_levels(self) -> list[float]:
+        """The quantile levels a quantile head emits (``model.quantiles``), else ``[]``."""
+        m = self._cfg.model
+        return list(m.quantiles) if m.loss == "quantile" else []
+
+    def _quantile_columns(self, raw: np.ndarray, point: np.ndarray, intervals: str | None,
+                          level: float) -> dict[float, np.ndarray]:
+        """``{q: (n, H, C)}`` on the original scale: every level of a quantile head, and the two bounds of the
+        asked interval (``point``: the original-scale point forecast ``(n, H, C)``). An interval whose bounds a
+        quantile head already gives is those columns (``"model"``) or a ``ConfigError`` (``"conformal"``: one
+        name, two meanings)."""
+        levels = self.head_quantile_levels()
+        out: dict[float, np.ndarray] = {}
+        if levels:
+            qs = self._unscale_quantiles(head_quantiles(raw, "quantile", levels, levels))
+            out = {q: qs[..., i] for i, q in enumerate(levels)}
+        if intervals is not None:
+            lo_q, hi_q = interval_quantiles(level)
+            taken = [q for q in (lo_q, hi_q) if any(abs(q - k) < 1e-9 for k in out)]
+            if taken and intervals == "conformal":
+                raise ConfigError(f"this model's quantile head already gives the quantile(s) {taken} of a level-{level} "
+                                  "interval: use intervals='model', or a conformal level whose bounds it lacks")
+            if not taken:
+                lower, upper = self.interval_bounds(point, intervals, level, raw)
+                out.update({lo_q: lower, hi_q: upper})
+        return dict(sorted(out.items()))
+
+    def _unscale_quantiles(self, scaled: np.ndarray) -> np.ndarray:
+        """``(..., targets, Q)`` quantiles on the scaled data -> the original scale (the scalers are affine)."""
+        return np.moveaxis(self._unscale(np.moveaxis(scaled, -1, 0)), 0, -1)
 
     # ------------------------------------------------------------ backtesting (rolling origin)
     def backtest_table(self, data: Any = None) -> SeriesTable:
@@ -582,7 +655,8 @@ class ForecastTask(Task):
         L, H, C = self.layout["lookback"], self.layout["horizon"], self.num_targets
         origins = np.asarray(origins, np.int64)
         self.values = torch.from_numpy(self._features(table))
-        pred, _ = self._predict_origins(model, origins)                              # (n, H, C) scaled
+        raw, _ = self._predict_raw(model, origins)
+        pred = self.point(raw)                                                       # (n, H, C) scaled
         scaled = self.scaler.transform(table.numeric[self.scaler.columns].to_numpy(np.float64))[:, :C]  # float64
         past = scaled[origins[:, None] + np.arange(-L, 0)]                                          # (n, L, C)
         columns = {"forecast": self._unscale(pred)}
@@ -602,11 +676,8 @@ class ForecastTask(Task):
             "actual": actual.ravel()})
         for name, values in columns.items():
             out[name] = values.ravel()
-        if intervals is not None:
-            lower, upper = self.interval_bounds(columns["forecast"], intervals, level)
-            lo_q, hi_q = interval_quantiles(level)
-            out[f"forecast_q{quantile_text(lo_q)}"] = lower.ravel()
-            out[f"forecast_q{quantile_text(hi_q)}"] = upper.ravel()
+        for q, values in self._quantile_columns(raw, columns["forecast"], intervals, level).items():
+            out[f"forecast_q{quantile_text(q)}"] = values.ravel()
         return out
 
     def series_label(self) -> str:
@@ -652,6 +723,24 @@ class ForecastTask(Task):
         self.linear = LinearBaseline.from_dict(payload["linear"])
         self._load_conformal(run_dir)
 
+    @torch.no_grad()
+    def plot_band(self, model: nn.Module, split: str) -> tuple[np.ndarray, np.ndarray, str] | None:
+        """The band the forecast plot shades around the model's forecasts of ``split``'s windows: ``(lower,
+        upper, label)`` with ``(n, horizon, targets)`` bounds on the original scale: the outermost quantiles of
+        a quantile head, the 80% interval of a distribution head, else the 80% conformal interval once
+        calibrated; None without any."""
+        m = self._cfg.model
+        if m.loss in DISTRIBUTION_LOSSES:
+            raw, _ = self._predict_raw(model, self.origins[split])
+            levels = [m.quantiles[0], m.quantiles[-1]] if m.loss == "quantile" else list(interval_quantiles(0.8))
+            qs = self._unscale_quantiles(head_quantiles(raw, m.loss, m.quantiles, levels))
+            return qs[..., 0], qs[..., 1], f"model q{quantile_text(levels[0])}-q{quantile_text(levels[1])}"
+        if self.conformal is not None:
+            point = self._unscale(self.predict_windows(model, split)[0])
+            lower, upper = self.interval_bounds(point, "conformal", 0.8)
+            return lower, upper, "conformal 80%"
+        return None
+
     def plots(self, model: nn.Module, run_dir: Path) -> list[Path]:
         return forecast_plots(self, model, Path(run_dir))
 
@@ -666,14 +755,13 @@ def interval_metrics(truth: np.ndarray, lower: np.ndarray, upper: np.ndarray, le
             f"pinball_{name}": 0.5 * (pinball_loss(truth, lower, lo_q) + pinball_loss(truth, upper, hi_q))}
 
 
-def with_interval_columns(frame: pd.DataFrame, targets: list[str], lower: np.ndarray, upper: np.ndarray,
-                          level: float) -> pd.DataFrame:
-    """``frame`` (one column per target) with ``{target}_q{lo}`` and ``{target}_q{hi}`` after each target's
-    column; ``lower`` / ``upper``: ``(rows, targets)``."""
-    lo_q, hi_q = interval_quantiles(level)
+def with_quantile_columns(frame: pd.DataFrame, targets: list[str], quantiles: dict[float, np.ndarray]) -> pd.DataFrame:
+    """``frame`` (one column per target) with ``{target}_q{q}`` for each ``q`` of ``quantiles`` (``{q: (1, rows,
+    targets)}`` or ``(rows, targets)``) right after each target's column, in increasing ``q``."""
     out = frame.copy()
     for c, target in enumerate(targets):
         at = out.columns.get_loc(target) + 1
-        out.insert(at, f"{target}_q{quantile_text(lo_q)}", lower[:, c])
-        out.insert(at + 1, f"{target}_q{quantile_text(hi_q)}", upper[:, c])
+        for q, values in sorted(quantiles.items()):
+            out.insert(at, f"{target}_q{quantile_text(q)}", np.asarray(values).reshape(-1, len(targets))[:, c])
+            at += 1
     return out

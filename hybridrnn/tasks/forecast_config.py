@@ -110,15 +110,31 @@ class ForecastModelConfig(ModelConfig):
                                    "left out with the strategy left out (or parallel / rmf): chosen from the window")
     segment_embed: Optional[int] = Field(None, ge=0, description="segment embedding size (None: the first block's "
                                          "hidden size; 0: no embedding, the flattened segment)")
-    loss: Literal["mse", "mae", "huber"] = "mse"
+    loss: Literal["mse", "mae", "huber", "quantile", "gaussian", "student_t"] = Field(
+        "mse", description="mse | mae | huber (point forecasts); quantile (a head with one output per "
+                           "model.quantiles level, pinball loss; the point forecast is the 0.5 quantile); gaussian / "
+                           "student_t (location, scale (and degrees of freedom) per step, negative log-likelihood; "
+                           "the point forecast is the location)")
+    quantiles: list[float] = Field(default_factory=lambda: [0.1, 0.5, 0.9], description="quantile levels of "
+                                   "loss: quantile, strictly increasing in (0, 1), 0.5 among them; predictions get a "
+                                   "{target}_q{level} column each")
     chosen_by_default: list[str] = Field(default_factory=list, description="informational: the fields above whose "
                                          "value the defaults rule chose from the data and the window")
+
+    @field_validator("quantiles")
+    @classmethod
+    def _quantile_levels(cls, v: list[float]) -> list[float]:
+        if not v or any(not 0 < q < 1 for q in v) or any(b <= a for a, b in zip(v, v[1:])):
+            raise ValueError(f"model.quantiles must be strictly increasing levels in (0, 1), got {v}")
+        if not any(abs(q - 0.5) < 1e-12 for q in v):
+            raise ValueError(f"model.quantiles must include 0.5 (the point forecast), got {v}")
+        return [float(q) for q in v]
 
 
 #: ForecastModelConfig fields that are keyword arguments of ``hybridrnn.nn.forecaster.Forecaster`` (the head's
 #: options, besides the encoder options every task shares); a new head option is a field here and an argument there
 FORECAST_HEAD_OPTIONS = tuple(k for k in ForecastModelConfig.model_fields if k not in ModelConfig.model_fields
-                              and k not in ("loss", "chosen_by_default"))
+                              and k not in ("loss", "quantiles", "chosen_by_default"))
 
 #: The recipe a forecast config gets for the fields it leaves out (measured: benchmarks/results/forecast_ltsf.md)
 DEFAULT_RECIPE = {"instance_norm": "last", "channel_independent": "more than one target",

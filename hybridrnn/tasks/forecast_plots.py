@@ -37,6 +37,7 @@ def forecast_plots(task, model, run_dir: Path, split: str = "test") -> list[Path
     base = {k: task._unscale(v) for k, v in task._baselines(split).items()}
     truth = task._unscale(task._target_windows(split)[1])
     actual = task._targets_original(task.table)
+    band = task.plot_band(model, split) if hasattr(task, "plot_band") else None   # (lower, upper, label) or None
     paths = []
 
     # 1. forecast vs actual: consecutive non-overlapping windows across the start of the test span
@@ -51,6 +52,9 @@ def forecast_plots(task, model, run_dir: Path, split: str = "test") -> list[Path
         for j, i in enumerate(picks):
             fut = np.arange(origins[i], origins[i] + H)
             ax.plot(_axis(task, fut), pred[i, :, c], color="tab:red", lw=1.4, label="model" if j == 0 else None)
+            if band is not None:
+                ax.fill_between(_axis(task, fut), band[0][i, :, c], band[1][i, :, c], color="tab:red", alpha=0.15,
+                                lw=0, label=band[2] if j == 0 else None)
             ax.plot(_axis(task, fut), base["naive"][i, :, c], color="tab:gray", lw=0.9, ls="--",
                     label="naive" if j == 0 else None)
             ax.plot(_axis(task, fut), base["linear"][i, :, c], color="tab:blue", lw=0.9, ls=":",
