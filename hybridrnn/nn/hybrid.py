@@ -5,7 +5,10 @@ docs/CONTRACTS.md: ``forward(x, state=None, lengths=None) -> (outputs, state)``,
 ``output_size``, ``output_layout``, ``final_output(outputs, lengths)``, ``step(x_t, state)``.
 
 - A single-layer spec (``lstm:64``, ``bigru:32x2``) gives the plain :class:`~hybridrnn.nn.recurrent.LSTM` /
-  :class:`~hybridrnn.nn.recurrent.GRU` layer.
+  :class:`~hybridrnn.nn.recurrent.GRU` layer; ``mingru:64`` / ``minlstm:64`` (``bi...`` for bidirectional) give
+  :class:`~hybridrnn.nn.minimal.MinGRU` / :class:`~hybridrnn.nn.minimal.MinLSTM`, which take ``dropout``,
+  ``locked_dropout``, ``init`` and ``chrono_tmax`` and nothing of the LSTM/GRU cell options (see
+  :func:`build_encoder`).
 - ``a>b`` gives a :class:`StackedEncoder`: blocks in sequence, dropout between blocks (training only),
   ``lengths`` passed to every block.
 - ``a|b`` gives a :class:`ParallelEncoder`: every branch reads the same input; outputs fused by ``fusion``:
@@ -57,6 +60,7 @@ from torch.nn import functional as F
 
 from hybridrnn.errors import ConfigError
 from hybridrnn.nn.dropout import locked_dropout as _locked_dropout
+from hybridrnn.nn.minimal import MinGRU, MinLSTM
 from hybridrnn.nn.recurrent import GRU, LSTM
 from hybridrnn.nn.spec import Layer, Parallel, SpecNode, Stack, format_spec, iter_layers, parse_spec
 
@@ -64,6 +68,8 @@ __all__ = ["build_encoder", "StackedEncoder", "ParallelEncoder", "GateFusion", "
            "merge_layout"]
 
 FUSIONS = ("concat", "sum", "gate")
+#: spec kinds of the minimal cells (:mod:`hybridrnn.nn.minimal`) -> their layer class
+MIN_KINDS = {"mingru": MinGRU, "minlstm": MinLSTM}
 Layout = tuple[tuple[int, bool], ...]
 _RECURRENT_ROLES = ("weight_hh", "bias_hh", "ln_hh_weight", "ln_hh_bias", "ln_c_weight", "ln_c_bias")
 _INPUT_ROLES = ("weight_ih", "bias_ih", "ln_ih_weight", "ln_ih_bias")
@@ -421,7 +427,7 @@ def _tie_stack_blocks(items: Sequence[SpecNode], modules: Sequence[nn.Module]) -
     directions (see the module docstring)."""
     groups: dict[tuple, list[nn.Module]] = {}
     for node, module in zip(items, modules):
-        if isinstance(node, Layer):
+        if isinstance(node, Layer) and node.kind not in MIN_KINDS:
             groups.setdefault((node.kind, node.hidden, node.bidirectional), []).append(module)
     for members in groups.values():
         if len(members) < 2:
@@ -466,7 +472,8 @@ def build_encoder(spec: Union[str, SpecNode], input_size: int, *, dropout: float
             a one-layer spec (no warning: task models pass the same value for their own dropout before a head).
         locked_dropout: make that dropout variational, one mask per sequence and feature shared by every time
             step (AWD-LSTM's ``dropouth``); a multi-layer block then runs on the custom path.
-        recurrent_dropout, layer_norm, init, chrono_tmax, path: passed to every LSTM/GRU layer.
+        recurrent_dropout, layer_norm, init, chrono_tmax, path: passed to every LSTM/GRU layer (``init`` and
+            ``chrono_tmax`` to the minGRU/minLSTM blocks too).
         coupled, forget_bias: passed to LSTM layers (coupled input-forget gate; forget-gate bias).
         reset_after: passed to GRU layers (``False``: the paper's form, custom path).
         fusion: ``"concat"``, ``"sum"`` or ``"gate"`` for every parallel group.
@@ -476,7 +483,12 @@ def build_encoder(spec: Union[str, SpecNode], input_size: int, *, dropout: float
 
     An option with nothing to act on in the spec (``forget_bias`` or ``coupled`` without an LSTM block, ``fusion``
     or ``share_input_projection`` without a parallel group, ``tie_layers`` with nothing to tie) gives a
-    ``UserWarning`` naming it, not an error: one config often serves several specs.
+    ``UserWarning`` naming it, not an error: one config often serves several specs. The same holds for the
+    ``mingru`` / ``minlstm`` blocks: ``layer_norm``, ``recurrent_dropout``, ``reset_after=False`` and a ``path``
+    other than ``"auto"`` are LSTM/GRU options; set on a spec with minimal blocks, they give a ``UserWarning``
+    saying that those blocks ignore them (the LSTM/GRU blocks of the spec still get them); ``coupled`` and
+    ``forget_bias`` warn, as before, only when the spec has no LSTM block (a ``minlstm`` is not one).
+    Minimal blocks are never tied (``tie_layers`` ties LSTM/GRU recurrent matrices; they have none).
 
     Returns: a plain ``LSTM``/``GRU`` for a one-layer spec, else a :class:`StackedEncoder` or
     :class:`ParallelEncoder`, each with ``input_size``, ``output_size``, ``output_layout``, ``final_output``,
@@ -486,9 +498,16 @@ def build_encoder(spec: Union[str, SpecNode], input_size: int, *, dropout: float
     _check_options(input_size, fusion, dropout, share_input_projection, tie_layers, path)
     _warn_idle_options(ast, forget_bias=forget_bias, coupled=coupled, share_input_projection=share_input_projection,
                        fusion=fusion, tie_layers=tie_layers, locked_dropout=locked_dropout, dropout=dropout)
+    _warn_min_options(ast, layer_norm=layer_norm, recurrent_dropout=recurrent_dropout, reset_after=reset_after,
+                      path=path)
     tied_blocks = _tied_layer_ids(ast) if tie_layers else set()
 
     def layer_module(node: Layer, width: int) -> nn.Module:
+        if node.kind in MIN_KINDS:
+            return MIN_KINDS[node.kind](width, node.hidden, node.layers, bidirectional=node.bidirectional,
+                                        dropout=dropout if node.layers > 1 else 0.0,
+                                        locked_dropout=locked_dropout and node.layers > 1, init=init,
+                                        chrono_tmax=chrono_tmax)
         common = dict(bidirectional=node.bidirectional, dropout=dropout if node.layers > 1 else 0.0,
                       layer_norm=layer_norm, recurrent_dropout=recurrent_dropout, init=init,
                       chrono_tmax=chrono_tmax, tie_layers=tie_layers and node.layers > 1,
@@ -556,13 +575,33 @@ def _warn_idle_options(ast: SpecNode, *, forget_bias: Optional[float], coupled: 
                     f"spec {spec_text!r} has none")
     if fusion != "concat" and not has_parallel:
         idle.append(f"fusion={fusion!r} applies to parallel groups ('a|b'), and spec {spec_text!r} has none")
-    if tie_layers and not (_tied_layer_ids(ast) or any(l.layers > 1 for l in iter_layers(ast))):
+    if tie_layers and not (_tied_layer_ids(ast) or any(l.layers > 1 and l.kind not in MIN_KINDS
+                                                        for l in iter_layers(ast))):
         idle.append(f"tie_layers=True ties stacked blocks of the same kind and size ('lstm:64>lstm:64') or the "
                     f"layers of a multi-layer block ('lstm:64x2'), and spec {spec_text!r} has neither")
     if locked_dropout and not dropout:
         idle.append("locked_dropout=True makes dropout variational, and dropout is 0")
     for message in idle:
         warnings.warn(f"build_encoder: {message}; the option has no effect", stacklevel=3)
+
+
+def _warn_min_options(ast: SpecNode, *, layer_norm: bool, recurrent_dropout: float, reset_after: bool,
+                      path: str) -> None:
+    """LSTM/GRU cell options set on a spec with ``mingru`` / ``minlstm`` blocks: a ``UserWarning`` naming each
+    option that those blocks ignore (other blocks of the spec still use it). ``coupled`` and ``forget_bias``
+    are left to :func:`_warn_idle_options` (they warn when the spec has no LSTM block): their defaults serve
+    every spec with one."""
+    minimal = sorted({l.kind for l in iter_layers(ast) if l.kind in MIN_KINDS})
+    if not minimal:
+        return
+    ignored = [text for text, on in (
+        ("layer_norm=True", layer_norm), (f"recurrent_dropout={recurrent_dropout}", recurrent_dropout > 0),
+        ("reset_after=False", not reset_after), (f"path={path!r}", path != "auto")) if on]
+    if ignored:
+        warnings.warn(f"build_encoder: {', '.join(ignored)} {'is an option' if len(ignored) == 1 else 'are options'}"
+                      f" of LSTM/GRU blocks; the {'/'.join(minimal)} blocks of spec {format_spec(ast)!r} ignore "
+                      f"{'it' if len(ignored) == 1 else 'them'} (a minimal block has no recurrent matrix, no "
+                      f"layer norm and picks its own path)", stacklevel=3)
 
 
 def _has(node: SpecNode, cls: type) -> bool:
@@ -587,7 +626,7 @@ def _tied_layer_ids(ast: SpecNode) -> set[int]:
         if isinstance(node, Stack):
             groups: dict[tuple, list[Layer]] = {}
             for item in node.items:
-                if isinstance(item, Layer):
+                if isinstance(item, Layer) and item.kind not in MIN_KINDS:
                     groups.setdefault((item.kind, item.hidden, item.bidirectional), []).append(item)
                 else:
                     walk(item)

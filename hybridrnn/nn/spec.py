@@ -8,6 +8,7 @@ Grammar (whitespace anywhere between tokens is ignored; kinds are case-insensiti
     atom     := layer | "(" stack ")"
     layer    := kind ":" units [ "x" layers ]     # e.g. lstm:64, bigru:32, lstm:64x2
     kind     := "lstm" | "gru" | "bilstm" | "bigru"
+              | "mingru" | "minlstm" | "bimingru" | "biminlstm"   # minGRU / minLSTM (hybridrnn.nn.minimal)
 
 Precedence: ``|`` binds tighter than ``>``, so ``lstm:64|gru:64>gru:32`` means ``(lstm:64|gru:64)>gru:32``
 and ``gru:32>lstm:64|gru:64`` means ``gru:32>(lstm:64|gru:64)``. Use parentheses for anything else, e.g.
@@ -22,8 +23,10 @@ canonical text of an AST, and ``parse_spec(format_spec(ast)) == ast`` for every 
 Limits (so that a spec that parses can be built): sizes and layer counts are ASCII digits, at most
 :data:`MAX_UNITS` units per direction and :data:`MAX_LAYERS` layers per block; parentheses nest at most
 :data:`MAX_DEPTH` deep; a spec has at most :data:`MAX_BLOCKS` blocks and at most :data:`MAX_WEIGHTS` recurrent
-weights (the ``hidden x hidden`` matrices alone, a lower bound of the parameter count). Anything beyond is a
-:class:`SpecError` naming the value, raised by :func:`parse_spec` before anything is built.
+weights (the ``hidden x hidden`` matrices alone, a lower bound of the parameter count; a ``mingru`` or
+``minlstm`` block has no recurrent matrix and counts ``gates x hidden x hidden`` per layer and direction all
+the same, with 2 and 3 gates). Anything beyond is a :class:`SpecError` naming the value, raised by
+:func:`parse_spec` before anything is built.
 """
 from __future__ import annotations
 
@@ -35,12 +38,16 @@ from typing import Union
 from hybridrnn import errors
 
 __all__ = ["Layer", "Stack", "Parallel", "SpecNode", "SpecError", "parse_spec", "format_spec", "iter_layers",
-           "KINDS", "MAX_UNITS", "MAX_LAYERS", "MAX_DEPTH", "MAX_BLOCKS", "MAX_WEIGHTS"]
+           "KINDS", "CELL_GATES", "MAX_UNITS", "MAX_LAYERS", "MAX_DEPTH", "MAX_BLOCKS", "MAX_WEIGHTS"]
 
 #: spelling in a spec -> (cell kind, bidirectional)
 KINDS: dict[str, tuple[str, bool]] = {
     "lstm": ("lstm", False), "gru": ("gru", False), "bilstm": ("lstm", True), "bigru": ("gru", True),
+    "mingru": ("mingru", False), "minlstm": ("minlstm", False), "bimingru": ("mingru", True),
+    "biminlstm": ("minlstm", True),
 }
+#: cell kinds of :class:`Layer` -> gate blocks per layer (the minimal cells' blocks are input-only: see below)
+CELL_GATES: dict[str, int] = {"lstm": 4, "gru": 3, "mingru": 2, "minlstm": 3}
 
 #: the largest number of units per direction in one layer
 MAX_UNITS = 16384
@@ -56,16 +63,16 @@ MAX_WEIGHTS = 2 ** 30
 
 @dataclass(frozen=True)
 class Layer:
-    """One recurrent layer block: ``kind`` ``"lstm"`` or ``"gru"``, ``hidden`` units per direction,
-    ``layers`` stacked layers inside the block, ``bidirectional``."""
+    """One recurrent layer block: ``kind`` ``"lstm"``, ``"gru"``, ``"mingru"`` or ``"minlstm"``, ``hidden`` units
+    per direction, ``layers`` stacked layers inside the block, ``bidirectional``."""
     kind: str
     hidden: int
     layers: int = 1
     bidirectional: bool = False
 
     def __post_init__(self):
-        if self.kind not in ("lstm", "gru"):
-            raise ValueError(f"Layer.kind must be 'lstm' or 'gru', got {self.kind!r}")
+        if self.kind not in CELL_GATES:
+            raise ValueError(f"Layer.kind must be one of {tuple(CELL_GATES)}, got {self.kind!r}")
         for name in ("hidden", "layers"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -259,7 +266,7 @@ class _Parser:
         self.blocks += 1
         if self.blocks > MAX_BLOCKS:
             raise self.error(start, f"more than {MAX_BLOCKS} blocks in one spec")
-        gates = 4 if kind == "lstm" else 3
+        gates = CELL_GATES[kind]  # minGRU / minLSTM: counted the same way, as a size measure
         self.weights += gates * hidden * hidden * layers * (2 if bidirectional else 1)
         if self.weights > MAX_WEIGHTS:
             raise self.error(start, f"the spec up to '{name}:{size_text}' has {self.weights:,} recurrent weights, "
