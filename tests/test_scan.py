@@ -358,3 +358,19 @@ def test_lstm_input_norm_in_the_kernel_matches_reference_float64(coupled, masked
         with torch.no_grad():
             for a, r in zip(lstm_fast(xg, h0, c0, w, **kw), lstm_ref(xg, h0, c0, w, **kw)):
                 assert (a - r).abs().max().item() < TOL64
+
+
+@pytest.mark.parametrize("masked,dropped", list(itertools.product([False, True], repeat=2)))
+def test_gru_input_norm_in_the_kernel_matches_reference_float64(masked, dropped):
+    xg, h0, w, _, gen = _gru_inputs(torch.float64)
+    b, ln_hh, _ = _ln_params(gen, torch.float64, w.shape[0], with_c=False)
+    _, ln_ih, _ = _ln_params(gen, torch.float64, w.shape[0], with_c=False, bias=False)
+    mask = _mask(torch.float64) if masked else None
+    h_mask = _h_mask(torch.float64, gen) if dropped else None
+    kw = dict(ln_hh=ln_hh, ln_ih=ln_ih, mask=mask, h_mask=h_mask)
+    assert "GRUScan" in type(gru_fast(xg, h0, w, b, **kw)[0].grad_fn).__name__
+    _compare(lambda: gru_fast(xg, h0, w, b, **kw), lambda: gru_ref(xg, h0, w, b, **kw),
+             _leaves(xg, h0, w, b, ln_hh, ln_ih), TOL64)
+    with torch.no_grad():
+        for a, r in zip(gru_fast(xg, h0, w, b, **kw), gru_ref(xg, h0, w, b, **kw)):
+            assert (a - r).abs().max().item() < TOL64

@@ -173,19 +173,21 @@ def gru_scan(xg: Tensor, h0: Tensor, p: GRUParams, *, mask: Optional[Tensor] = N
     require grad, and the paper form with layer norm).
     """
     _check_gru_args(xg, h0, p)
-    if p.ln_ih is not None:
-        xg = gate_layer_norm(xg, p.ln_ih[0], p.ln_ih[1], 3)
-        p = p._replace(ln_ih=None)
     if (p.ln_hh is not None and not p.reset_after) or (mask is not None and mask.requires_grad) or (
             h_mask is not None and h_mask.requires_grad):
         return gru_loop(xg, h0, p, mask=mask, h_mask=h_mask)
+    if p.ln_ih is not None and p.ln_hh is None:      # an input norm alone: applied here, no kernel for it
+        xg = gate_layer_norm(xg, p.ln_ih[0], p.ln_ih[1], 3)
+        p = p._replace(ln_ih=None)
     w_hh, b_hh, reset_after = p.w_hh, p.b_hh, p.reset_after
     gain_hh, bias_hh = p.ln_hh if p.ln_hh is not None else (None, None)
-    tensors = (xg, h0, w_hh, b_hh, gain_hh, bias_hh)
+    gain_ih, bias_ih = p.ln_ih if p.ln_ih is not None else (None, None)   # in the kernel, step by step
+    tensors = (xg, h0, w_hh, b_hh, gain_hh, bias_hh, gain_ih, bias_ih)
     if torch.is_grad_enabled() and any(v is not None and v.requires_grad for v in tensors):
-        return _GRUScan.apply(xg, h0, w_hh, b_hh, reset_after, mask, h_mask, gain_hh, bias_hh)
+        return _GRUScan.apply(xg, h0, w_hh, b_hh, reset_after, mask, h_mask, gain_hh, bias_hh, gain_ih, bias_ih)
+    ln = None if gain_hh is None else (gain_hh, bias_hh, gain_ih, bias_ih)
     with torch.no_grad():
-        out, h_t, _ = _gru_forward(xg, h0, w_hh, b_hh, reset_after, mask, h_mask, save=False, ln=p.ln_hh)
+        out, h_t, _ = _gru_forward(xg, h0, w_hh, b_hh, reset_after, mask, h_mask, save=False, ln=ln)
     return out, h_t
 
 
@@ -561,8 +563,8 @@ def _gru_forward(xg, h0, w_hh, b_hh, reset_after, mask, h_mask, save, ln=None):
     """Forward time loop (call under no_grad). Returns ``out, h_T, saved`` (saved is None unless save).
 
     The equations of :func:`hybridrnn.nn.cells.gru_step` written into preallocated buffers. ``ln``: None, or
-    ``(gain_hh, bias_hh)`` for layer norm of ``W_hh h + b_hh`` per gate block (torch form, ``reset_after``,
-    only). One loop serves every variant, so that the arithmetic is written once; hence its length.
+    ``(gain_hh, bias_hh, gain_ih, bias_ih)`` for layer norm of ``W_hh h + b_hh`` per gate block (torch form,
+    ``reset_after``, only) and, unless ``gain_ih`` is None (xg normalised by the caller), of ``xg``. One loop serves every variant, so that the arithmetic is written once; hence its length.
     """
     T, B, GH = xg.shape
     H = h0.shape[1]
@@ -595,9 +597,10 @@ def _gru_forward(xg, h0, w_hh, b_hh, reset_after, mask, h_mask, save, ln=None):
         RH = torch.empty(n_slots, B, H, **opts)     # r * h_in, the input of W_hn
         rhs = RH.unbind(0)
     if ln is not None:
-        gain_hh, bias_hh = ln
+        gain_hh, bias_hh, gain_ih, bias_ih = ln
         a_buf = torch.empty(B, 3 * H, **opts)        # W_hh h + b_hh before its layer norm
-        steps = ([], [])                             # per step (save): it normalised, and its rstd
+        x_buf = torch.empty(B, 3 * H, **opts)        # LN_ih(xg) of the current step
+        steps = ([], [], [], [])                     # per step (save): a normalised, its rstd; xg the same
     HIN = torch.empty(n_slots, B, H, **opts) if h_mask is not None else None
     hins = HIN.unbind(0) if HIN is not None else None
     if mask is not None:
@@ -624,9 +627,17 @@ def _gru_forward(xg, h0, w_hh, b_hh, reset_after, mask, h_mask, save, ln=None):
                 if save:
                     steps[0].append(normed)
                     steps[1].append(rstd)
-            torch.add(xg_rz[t], hg_rz[s], out=rz)
+            x_rz, x_n = xg_rz[t], xg_n[t]
+            if ln is not None and gain_ih is not None:
+                normed_x, _, rstd_x = torch.native_layer_norm(xg[t].view(B, 3, H), (H,), None, None, LN_EPS)
+                torch.addcmul(bias_ih, normed_x.view(B, 3 * H), gain_ih, out=x_buf)
+                x_rz, x_n = x_buf[:, :2 * H], x_buf[:, 2 * H:]
+                if save:
+                    steps[2].append(normed_x)
+                    steps[3].append(rstd_x)
+            torch.add(x_rz, hg_rz[s], out=rz)
             rz.sigmoid_()
-            n = torch.addcmul(xg_n[t], rs[s], hg_n[s], out=ns[s])
+            n = torch.addcmul(x_n, rs[s], hg_n[s], out=ns[s])
         else:
             if b_rz is None:
                 torch.mm(h_in, w_rz_t, out=hrz)
@@ -654,11 +665,12 @@ def _gru_forward(xg, h0, w_hh, b_hh, reset_after, mask, h_mask, save, ln=None):
 
 class _GRUScan(torch.autograd.Function):
     """The whole-sequence GRU with its hand-written backward. Inputs: ``xg, h0, w_hh, b_hh, reset_after, mask,
-    h_mask`` and, for layer norm (torch form only), ``gain_hh, bias_hh`` (else None)."""
+    h_mask`` and, for layer norm (torch form only), ``gain_hh, bias_hh, gain_ih, bias_ih`` (else None; see
+    :func:`_gru_forward`)."""
 
     @staticmethod
-    def forward(ctx, xg, h0, w_hh, b_hh, reset_after, mask, h_mask, gain_hh, bias_hh):
-        ln = None if gain_hh is None else (gain_hh, bias_hh)
+    def forward(ctx, xg, h0, w_hh, b_hh, reset_after, mask, h_mask, gain_hh, bias_hh, gain_ih, bias_ih):
+        ln = None if gain_hh is None else (gain_hh, bias_hh, gain_ih, bias_ih)
         with torch.no_grad():
             out, h_t, (RZ, N, aux, h_prev, HIN, ln_saved) = _gru_forward(xg, h0, w_hh, b_hh, reset_after, mask,
                                                                          h_mask, save=True, ln=ln)
@@ -666,13 +678,15 @@ class _GRUScan(torch.autograd.Function):
         ctx.reset_after = reset_after
         ctx.has = (b_hh is not None, mask is not None, h_mask is not None, h_prev is not None, ln is not None)
         ctx.ln_steps = ln_saved                      # per-step tensors of our own, never seen by the caller
-        opt = (b_hh, h_prev, HIN, mask, h_mask, gain_hh, bias_hh)
+        ctx.has_ln_ih = gain_ih is not None
+        opt = (b_hh, h_prev, HIN, mask, h_mask, gain_hh, bias_hh, gain_ih, bias_ih)
         ctx.save_for_backward(xg, h0, w_hh, RZ, N, aux, out, *(empty if v is None else v for v in opt))
         return out, h_t
 
     @staticmethod
     def backward(ctx, d_out, d_hT):
-        xg, h0, w_hh, RZ, N, aux, out, b_hh, h_prev, HIN, mask, h_mask, gain_hh, bias_hh = ctx.saved_tensors
+        (xg, h0, w_hh, RZ, N, aux, out, b_hh, h_prev, HIN, mask, h_mask, gain_hh, bias_hh, gain_ih,
+         bias_ih) = ctx.saved_tensors
         has_b, has_mask, has_h_mask, has_h_prev, has_ln = ctx.has
         b_hh = b_hh if has_b else None
         mask = mask if has_mask else None
@@ -680,21 +694,24 @@ class _GRUScan(torch.autograd.Function):
         needs = ctx.needs_input_grad
         if torch.is_grad_enabled():                  # create_graph=True: differentiate the general loop
             grads = _double_backward(
-                lambda x_, h_, w_, b_, g_, bl_: gru_loop(
-                    x_, h_, GRUParams(w_, b_, None if g_ is None else (g_, bl_), ctx.reset_after), mask=mask,
-                    h_mask=h_mask),
-                (xg, h0, w_hh, b_hh, *((gain_hh, bias_hh) if has_ln else (None, None))), (d_out, d_hT),
-                needs[:4] + needs[7:])
+                lambda x_, h_, w_, b_, g_, bl_, gi_, bi_: gru_loop(
+                    x_, h_, GRUParams(w_, b_, None if g_ is None else (g_, bl_), ctx.reset_after,
+                                      None if gi_ is None else (gi_, bi_)), mask=mask, h_mask=h_mask),
+                (xg, h0, w_hh, b_hh, *((gain_hh, bias_hh) if has_ln else (None, None)),
+                 *((gain_ih, bias_ih) if ctx.has_ln_ih else (None, None))), (d_out, d_hT), needs[:4] + needs[7:])
             return grads[:4] + (None, None, None) + grads[4:]
         if not has_h_prev:
             h_prev = _prev_states(h0, out)           # carried state entering each step
         h_in_prev = HIN if has_h_mask else h_prev     # what W_hh multiplied
-        ln = (*ctx.ln_steps, gain_hh) if has_ln else None
+        ln = None
+        if has_ln:
+            xhats, rstds, xxs, rstd_xs = ctx.ln_steps
+            ln = (xhats, rstds, gain_hh, xxs, rstd_xs, gain_ih if ctx.has_ln_ih else None)
         backward = _gru_backward_reset_after if ctx.reset_after else _gru_backward_paper
-        d_xg, d_h0, d_w, d_b, d_gain, d_bias = backward(d_out, d_hT, RZ, N, aux, h_prev, h_in_prev, w_hh, mask,
-                                                        h_mask, ln, needs)
+        d_xg, d_h0, d_w, d_b, *ln_grads = backward(d_out, d_hT, RZ, N, aux, h_prev, h_in_prev, w_hh, mask, h_mask,
+                                                   ln, needs)
         return (d_xg if needs[0] else None, d_h0 if needs[1] else None, d_w, d_b if has_b else None,
-                None, None, None, d_gain, d_bias)
+                None, None, None, *ln_grads)
 
 
 def _gru_factors(RZ: Tensor, N: Tensor, h_prev: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -713,10 +730,11 @@ def _gru_backward_reset_after(d_out, d_hT, RZ, N, HG, h_prev, h_in_prev, w, mask
     """Backward of the torch-form GRU: ``n = tanh(x_n + r * hg_n)``, ``hg = [LN](W_hh h_in + b_hh)``.
 
     The gradient of ``hg`` is ``dHG = g * [k_r, k_z, k_hn]``; ``dxg = [dHG_r, dHG_z, g * k_n]``. ``ln``: None or
-    ``(xhats, rstds, gain_hh)`` (the forward's per-step normalised ``W_hh h + b_hh`` and its rstd); then the
-    recurrent gradient goes through the layer norm first, and the gradients of the norm's gain and bias and of
-    ``b_hh`` are summed in the loop while the step's data is in cache. Returns ``d_xg, d_h0, d_w, d_b,
-    d_gain_hh, d_bias_hh`` (None where not needed). Its length: the buffers of every variant are set up here,
+    ``(xhats, rstds, gain_hh, xxs, rstd_xs, gain_ih)`` (the forward's per-step normalised ``W_hh h + b_hh`` and
+    xg, with their rstd; gain_ih None when xg came normalised); then the recurrent gradient (and that of xg)
+    goes through its layer norm, and the gradients of the norms' gains and biases and of ``b_hh`` are summed in
+    the loop while the step's data is in cache. Returns ``d_xg, d_h0, d_w, d_b, d_gain_hh, d_bias_hh,
+    d_gain_ih, d_bias_ih`` (None where not needed). Its length: the buffers of every variant are set up here,
     so that the per-step arithmetic (``rec_grad``) is written once.
     """
     T, B, H = N.shape
@@ -735,14 +753,20 @@ def _gru_backward_reset_after(d_out, d_hT, RZ, N, HG, h_prev, h_in_prev, w, mask
     dhgs = dHG.unbind(0)
     d_rec = dHG                                       # gradient of W_hh h_in + b_hh
     recs = dHG.view(T, B, 3 * H).unbind(0)            # ... at each step
+    gain_ih = None
     if ln is not None:
-        xhats, rstds, gain_hh = ln
+        xhats, rstds, gain_hh, xxs, rstd_xs, gain_ih = ln
         d_rec = torch.empty(T, B, 3, H, **opts)
         recs, rec_blocks = d_rec.view(T, B, 3 * H).unbind(0), d_rec.unbind(0)
-        sum_b, sum_gain, sum_bias = (torch.zeros(B, 3, H, **opts) for _ in range(3))
+        sum_b, sum_gain, sum_bias, sum_gain_ih, sum_bias_ih = (torch.zeros(B, 3, H, **opts) for _ in range(5))
         u3 = torch.empty(B, 3, H, **opts)
         gain3 = gain_hh.view(3, H)
         zero, one = torch.zeros(B, 3, 1, **opts), torch.ones(B, 3, 1, **opts)
+        if gain_ih is not None:                       # xg's gradient per step, through its norm
+            dX = torch.empty(T, B, 3, H, **opts)
+            dx_blocks, k_ns = dX.unbind(0), k_n.unbind(0)
+            dxn = torch.empty(B, 3, H, **opts)        # gradient of LN_ih(xg) at the step
+            gain3_ih = gain_ih.view(3, H)
 
     def rec_grad(t):
         torch.mul(gbs[t], ks[t], out=dhgs[t])
@@ -752,6 +776,13 @@ def _gru_backward_reset_after(d_out, d_hT, RZ, N, HG, h_prev, h_in_prev, w, mask
             sum_bias.add_(dhgs[t])
             torch.mul(_ln_input_grad(u3, xhats[t], zero, one, None), rstds[t], out=rec_blocks[t])
             sum_b.add_(rec_blocks[t])
+        if gain_ih is not None:
+            dxn[:, :2].copy_(dhgs[t][:, :2])
+            torch.mul(g_steps[t], k_ns[t], out=dxn[:, 2])
+            torch.mul(dxn, gain3_ih, out=u3)
+            sum_gain_ih.addcmul_(dxn, xxs[t])
+            sum_bias_ih.add_(dxn)
+            torch.mul(_ln_input_grad(u3, xxs[t], zero, one, None), rstd_xs[t], out=dx_blocks[t])
 
     tmp = torch.empty(B, H, **opts)
     gh = torch.empty(B, H, **opts)                    # scratch (recurrent gradient before h_mask)
@@ -780,18 +811,20 @@ def _gru_backward_reset_after(d_out, d_hT, RZ, N, HG, h_prev, h_in_prev, w, mask
                 gh.addcmul_(tmp, h_mask)
 
         d_h0 = _gru_masked_backward_loop(d_outs, d_hT, g_steps, zs, mask, rec_grad, add_h_in_grad)
-    dXG = torch.empty(T, B, 3, H, **opts)
-    dXG[:, :, :2].copy_(dHG[:, :, :2])
-    torch.mul(GB[:, :, 0], k_n, out=dXG[:, :, 2])
+    if gain_ih is None:
+        dX = torch.empty(T, B, 3, H, **opts)
+        dX[:, :, :2].copy_(dHG[:, :, :2])
+        torch.mul(GB[:, :, 0], k_n, out=dX[:, :, 2])
     d_rec = d_rec.view(T * B, 3 * H)
     d_w = d_rec.t() @ h_in_prev.reshape(T * B, H) if needs[2] else None
-    d_gain = d_bias = None
+    ln_grads = (None,) * 4
     if ln is None:
         d_b = d_rec.sum(0) if needs[3] else None
     else:
-        d_b, d_gain, d_bias = (v.sum(0).view(3 * H) if need else None
-                               for v, need in ((sum_b, needs[3]), (sum_gain, needs[7]), (sum_bias, needs[8])))
-    return dXG.view(T, B, 3 * H), d_h0, d_w, d_b, d_gain, d_bias
+        d_b, *ln_grads = (v.sum(0).view(3 * H) if (need and (k < 3 or gain_ih is not None)) else None
+                          for k, (v, need) in enumerate(((sum_b, needs[3]), (sum_gain, needs[7]), (sum_bias, needs[8]),
+                                                         (sum_gain_ih, needs[9]), (sum_bias_ih, needs[10]))))
+    return (dX.view(T, B, 3 * H), d_h0, d_w, d_b, *ln_grads)
 
 
 def _gru_masked_backward_loop(d_outs, d_hT, g_steps, zs, mask, step_grads, add_h_in_grad):
@@ -874,7 +907,7 @@ def _gru_backward_paper(d_out, d_hT, RZ, N, RH, h_prev, h_in_prev, w, mask, h_ma
         torch.mm(dxg_flat[:, :, 2 * H:].reshape(T * B, H).t(), RH.reshape(T * B, H), out=d_w[2 * H:])
     if needs[3]:
         d_b = dxg_flat.sum((0, 1))
-    return dxg_flat, d_h0, d_w, d_b, None, None
+    return dxg_flat, d_h0, d_w, d_b, None, None, None, None
 
 
 def _double_backward(reference, inputs, grad_outputs, needs):
