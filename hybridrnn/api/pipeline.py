@@ -20,7 +20,8 @@ from hybridrnn.config import RunConfig, config_to_yaml
 from hybridrnn.errors import RunDirError
 from hybridrnn.train import checkpoint as ckpt
 from hybridrnn.train.callbacks import (Callback, CheckpointCallback, CheckpointWriteError, EarlyStopping,
-                                       ProgressCallback, TensorBoardCallback, written_path)
+                                       GradualUnfreezing, NTASGD, ProgressCallback, TensorBoardCallback,
+                                       written_path)
 from hybridrnn.train.distributed import init_distributed, resolve_device, shutdown_distributed
 from hybridrnn.train.environment import collect_environment
 from hybridrnn.train.plots import plot_learning_curve
@@ -74,6 +75,13 @@ def _callbacks(cfg, task: Task, run_dir: Path, writes: bool, reporter: Progress,
     # order matters: early stopping updates its counter before the checkpoint saves it; the checkpoint is on
     # its way to disk before an extra callback (Optuna pruning) may end the run
     callbacks: list[Callback] = [ProgressCallback(reporter, task.display_metrics)]
+    # a task's own training callbacks (the language model's length-scaled lr for variable BPTT)
+    callbacks += list(getattr(task, "train_callbacks", lambda: [])())
+    # NT-ASGD and unfreezing act before the checkpoint saves their state (and the averaged best weights)
+    if cfg.optimizer == "nt_asgd":
+        callbacks.append(NTASGD(cfg.nt_asgd_interval))
+    if cfg.unfreeze is not None:
+        callbacks.append(GradualUnfreezing(cfg.unfreeze))
     if cfg.patience is not None:
         callbacks.append(EarlyStopping(cfg.patience))
     if writes:

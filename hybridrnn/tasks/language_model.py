@@ -30,9 +30,11 @@ from hybridrnn._io import atomic_write_json, read_json
 from hybridrnn.config import RunConfig, Section
 from hybridrnn.data.text import EOS, load_text_encoder, unigram_perplexity
 from hybridrnn.errors import ConfigError, DataError, RunDirError
-from hybridrnn.nn.language_model import LanguageModel
+from hybridrnn.nn.language_model import LanguageModel, activation_penalties
 from hybridrnn.tasks._common import config_relative, data_path, detach_state, encoder_options, map_state, model_device
 from hybridrnn.tasks.text_config import TokenizerConfig, move_flat_tokenizer_keys
+from hybridrnn.train.callbacks import Callback
+from hybridrnn.train.seeding import epoch_generator
 from hybridrnn.train.task import Task
 
 
@@ -73,6 +75,12 @@ class LMConfig(Section):
     windows_per_epoch: Optional[int] = Field(None, ge=1, description="truncated epochs: each epoch runs this many "
                                              "bptt windows, continuing along the stream where the last one "
                                              "stopped (None: the whole stream every epoch)")
+    ar: float = Field(0.0, ge=0.0, description="activation regularisation: + ar * mean(o_t^2) on the encoder "
+                      "outputs after output dropout (AWD-LSTM: 2)")
+    tar: float = Field(0.0, ge=0.0, description="temporal activation regularisation: + tar * mean((h_t - "
+                       "h_{t-1})^2) on the encoder outputs before output dropout (AWD-LSTM: 1)")
+    variable_bptt: bool = Field(False, description="AWD-LSTM window lengths: N(bptt, 5) with probability 0.95, "
+                                "else N(bptt/2, 5) (at least 1), the lr scaled by length / bptt for that step")
     eval_batch_size: int = Field(16, ge=1)
     max_val_tokens: Optional[int] = Field(None, ge=2, description="score only the first N validation tokens "
                                           "during training (faster epochs; test always scores all)")
@@ -148,6 +156,7 @@ class LanguageModelTask(Task):
         self.texts: dict[str, str] = {}
         self.ids: dict[str, torch.Tensor] = {}
         self._state = None  # carried across training windows
+        self._window_starts: dict[int, int] = {0: 0}   # variable BPTT: epoch -> stream position at its start
 
     # ---- data --------------------------------------------------------------------------------------
     def setup(self, data: Any = None, *, whole: bool = False) -> None:
@@ -183,6 +192,7 @@ class LanguageModelTask(Task):
         return configured
 
     def _encode_all(self) -> None:
+        self._window_starts = {0: 0}
         self.ids = {split: self.encode_text(text, where=split) for split, text in self.texts.items()}
 
     def encode_text(self, text: str, where: str = "text") -> torch.Tensor:
@@ -271,8 +281,13 @@ class LanguageModelTask(Task):
         ``first`` marks a window at the start of the rows (the state is reset there).
 
         With ``lm.windows_per_epoch = W`` epoch ``e`` runs windows ``e*W .. e*W + W - 1`` (modulo the number of
-        windows in the stream), so short epochs still walk through all the data and the state carries on."""
+        windows in the stream), so short epochs still walk through all the data and the state carries on.
+        With ``lm.variable_bptt`` see :meth:`variable_windows`."""
         x, y, _, _ = stream_rows(self.ids["train"], self.config.train.batch_size)
+        if self.config.lm.variable_bptt:
+            for start, length in self.variable_windows(epoch):
+                yield x[:, start:start + length], y[:, start:start + length], start == 0
+            return
         bptt = self.config.lm.bptt
         total = self._stream_windows()
         per_epoch = self.config.lm.windows_per_epoch
@@ -281,15 +296,59 @@ class LanguageModelTask(Task):
             start = w * bptt
             yield x[:, start:start + bptt], y[:, start:start + bptt], start == 0
 
+    def window_lengths(self, epoch: int) -> list[int]:
+        """The ``num_train_batches()`` window lengths of ``epoch`` with ``lm.variable_bptt`` (AWD-LSTM)::
+
+            base = bptt with probability 0.95, else bptt / 2;   length = max(1, int(base + 5 z)),  z ~ N(0, 1)
+
+        drawn from ``epoch_generator(train.seed, epoch)``: the same seed and epoch give the same lengths."""
+        bptt, count = self.config.lm.bptt, self.num_train_batches()
+        gen = epoch_generator(self.config.train.seed, epoch)
+        halve = torch.rand(count, generator=gen, dtype=torch.float64) >= 0.95
+        z = torch.randn(count, generator=gen, dtype=torch.float64)
+        base = torch.where(halve, bptt / 2.0, float(bptt))
+        return [max(1, int(v)) for v in (base + 5.0 * z).tolist()]
+
+    def variable_windows(self, epoch: int) -> list[tuple[int, int]]:
+        """``(start, length)`` of the windows of ``epoch`` with ``lm.variable_bptt``: ``num_train_batches()``
+        windows of :meth:`window_lengths` walking along the rows and continuing across epochs where the last
+        one stopped; a window is cut at the end of the rows and the next starts again at 0 (state reset).
+        The position at the start of ``epoch`` is found by replaying the earlier epochs' lengths (cheap), so
+        a resumed run walks the same windows."""
+        n = (self.ids["train"].numel() - 1) // self.config.train.batch_size
+        cache = self._window_starts
+        first = max(e for e in cache if e <= epoch)
+        pos = cache[first]
+        for e in range(first, epoch + 1):
+            cache[e] = pos
+            windows = []
+            for length in self.window_lengths(e):
+                length = min(length, n - pos)
+                windows.append((pos, length))
+                pos = 0 if pos + length >= n else pos + length
+        return windows
+
+    def train_callbacks(self) -> list[Callback]:
+        """Trainer callbacks this task needs (the pipeline adds them): the length-scaled lr of variable BPTT."""
+        return [LengthScaledLR(self.config.lm.bptt)] if self.config.lm.variable_bptt else []
+
     def training_step(self, model: nn.Module, batch) -> tuple[torch.Tensor, int]:
+        """Cross-entropy of the window's next tokens, plus AR / TAR (``lm.ar``, ``lm.tar``) when set; the state
+        carries over from the previous window (detached) unless this one starts the rows."""
         x, y, first = batch
         state = None if first else self._state
         if state is not None and _state_batch(state) != x.shape[0]:
             state = None   # a different batch size (e.g. the shard of another world size): start afresh
-        logits, state = model(x, state)
+        lm = self.config.lm
+        if lm.ar > 0 or lm.tar > 0:
+            logits, state, (raw, dropped) = model(x, state, return_hidden=True)
+            penalty = activation_penalties(raw, dropped, lm.ar, lm.tar)
+        else:
+            logits, state = model(x, state)
+            penalty = None
         self._state = detach_state(state)   # truncated BPTT: no gradient into the previous window
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
-        return loss, int(y.numel())
+        return (loss if penalty is None else loss + penalty), int(y.numel())
 
     def reset_state(self) -> None:
         self._state = None
@@ -407,3 +466,26 @@ def _state_batch(state) -> int:
     while isinstance(state, (tuple, list)):
         state = state[0]
     return int(state.shape[1])
+
+
+class LengthScaledLR(Callback):
+    """Variable-length BPTT's learning rate (AWD-LSTM): for a window of ``L`` steps every param group's lr is
+    multiplied by ``L / bptt`` for that one step (``on_batch_start``) and restored after it (``on_step_end``),
+    so that short windows (whose mean loss is over fewer tokens) move the weights less."""
+
+    def __init__(self, bptt: int):
+        self.bptt = int(bptt)
+        self.saved: list[float] | None = None
+
+    def on_batch_start(self, trainer, epoch: int, step: int, batch) -> None:
+        scale = batch[0].shape[1] / self.bptt
+        groups = trainer.optimizer.param_groups
+        self.saved = [g["lr"] for g in groups]
+        for g in groups:
+            g["lr"] = g["lr"] * scale
+
+    def on_step_end(self, trainer, epoch: int, step: int, loss: float, items: int) -> None:
+        if self.saved is not None:
+            for g, lr in zip(trainer.optimizer.param_groups, self.saved):
+                g["lr"] = lr
+            self.saved = None

@@ -58,11 +58,36 @@ class FitResult:
 
 
 def build_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer of ``config.optimizer`` over ``params`` (tensors, or param-group dicts; a group's ``lr``
+    wins over ``config.lr``). ``nt_asgd`` is plain SGD without momentum here; the averaging is the
+    :class:`~hybridrnn.train.callbacks.NTASGD` callback."""
+    if config.optimizer == "nt_asgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=0.0, weight_decay=config.weight_decay)
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     if config.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def layer_param_groups(model: nn.Module, params: list[torch.Tensor], config: TrainConfig) -> list[dict[str, Any]]:
+    """Discriminative learning rates (ULMFiT): ``model.layer_groups()`` lists the parameter groups from the input
+    (embedding) to the output (head); group ``k`` below the top trains with ``lr / decay**k``
+    (``decay = train.lr_decay_per_layer``). Each optimizer group keeps its factor as ``lr_scale``, which the
+    Trainer applies to every learning rate the schedule gives. Only parameters in ``params`` are kept."""
+    groups_of = getattr(model, "layer_groups", None)
+    if groups_of is None:
+        raise ConfigError(f"train.lr_decay_per_layer is {config.lr_decay_per_layer} but the model "
+                          f"({type(model).__name__}) has no layer groups (the text classifier has); leave it unset")
+    wanted = {id(p) for p in params}
+    layers = [[p for p in group if id(p) in wanted] for group in groups_of()]
+    layers = [g for g in layers if g]
+    top = len(layers) - 1
+    out = []
+    for k, group in enumerate(layers):
+        scale = float(config.lr_decay_per_layer) ** -(top - k)
+        out.append({"params": group, "lr": config.lr * scale, "lr_scale": scale})
+    return out
 
 
 def check_data(task: Task, config: TrainConfig) -> None:
@@ -119,7 +144,8 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.model = model.to(self.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = build_optimizer(self.params, config)
+        self.optimizer = build_optimizer(self.params if config.lr_decay_per_layer is None
+                                         else layer_param_groups(self.model, self.params, config), config)
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model: nn.Module = DDPModel(self.model, device_ids=ids)
@@ -136,6 +162,9 @@ class Trainer:
         self.should_stop = False
         self.best_state: dict[str, torch.Tensor] | None = None
         self.history: list[dict[str, Any]] = []
+        #: set by a callback's ``on_validation_start`` when the weights it validates are not the model's
+        #: training weights (NT-ASGD's average): the best weights are then ``best_state``, not the model's
+        self.validated_other_weights = False
         self.autocast_device = "cuda" if self.device.type == "cuda" else "cpu"
 
     @property
@@ -152,6 +181,8 @@ class Trainer:
             while self.epoch < self.config.epochs and not self.should_stop:
                 record = self.train_one_epoch(self.epoch)
                 t0 = time.perf_counter()
+                self.validated_other_weights = False
+                self._call("on_validation_start")
                 val = self.validate()
                 record.update({f"val_{k}": float(v) for k, v in val.items()})
                 record["seconds"] = round(record["seconds"] + time.perf_counter() - t0, 6)
@@ -193,7 +224,8 @@ class Trainer:
             if schedule_steps or step == 0:
                 lr = self.schedule.lr(epoch, step)
                 for group in optimizer.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = lr * group["lr_scale"] if "lr_scale" in group else lr
+            self._call("on_batch_start", epoch, step, batch)
             if dist.enabled:
                 batch = task.shard_batch(batch, dist.rank, dist.world_size)
             if batch is not None:
@@ -265,6 +297,7 @@ class Trainer:
         if improved:
             self.best_metric, self.best_epoch = metric, self.epoch
             self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self._call("on_validation_end")
         self.schedule.end_epoch(metric)
         self.history.append(record)
         self._call("on_epoch_end", record)
