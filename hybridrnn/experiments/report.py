@@ -604,7 +604,8 @@ def write_report(out_dir: str | Path) -> tuple[Path, Path]:
     blocks.extend(_task_sections(task, base, plan, results))
     if has_lengths:
         plot_metric_vs_length(results, primary, None, files / "metric_vs_length.png")
-        blocks.append(Block("image", f"{FILES}/metric_vs_length.png", f"{primary} against length (mean ± std over seeds)"))
+        blocks.append(Block("image", f"{FILES}/metric_vs_length.png",
+                            f"{primary} against length (mean ± std over seeds)"))
 
     blocks.append(Block("h2", "Learning curves"))
     if plot_learning_curves(results, root, monitor, files / "learning_curves.png"):
