@@ -384,6 +384,8 @@ def csv_tables(draw):
         for _ in range(draw(st.integers(1, 3))):
             i, j = draw(st.integers(0, n - 1)), draw(st.integers(0, 3))
             rows[i][j] = draw(st.sampled_from(CELL_GARBAGE + ["2020-01-01 00:00+01:00", "2020-01-01 00:00+02:00"]))
+    if rows and rarely(draw, 3):   # one non-finite target value and no other fault: must never load
+        rows[draw(st.integers(0, n - 1))][1] = draw(st.sampled_from(["inf", "-inf", "1e999", "-Infinity"]))
     if rows and rarely(draw):   # swap or repeat a row
         i, j = draw(st.integers(0, n - 1)), draw(st.integers(0, n - 1))
         if draw(st.booleans()):
