@@ -657,7 +657,8 @@ def write_report(out_dir: str | Path) -> tuple[Path, Path]:
 
     if constant:
         blocks.append(Block("h2", "Reference values"))
-        blocks.append(Block("table", _reference_table(results, constant, metric_cols, prefix, has_lengths)))
+        model_metrics = [c for c in results.columns if c.startswith(prefix) and c not in constant]
+        blocks.append(Block("table", _reference_table(results, constant, model_metrics, prefix, has_lengths)))
         blocks.append(Block("p", "These test metrics are the same in every run (to 1e-9)"
                                   + (" of a length" if has_lengths else "") + ", so they are left out of the "
                                   "summary; for forecasting they are the naive, seasonal-naive and linear reference "
