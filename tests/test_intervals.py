@@ -248,8 +248,8 @@ def test_head_options_are_checked():
 
 
 def test_forecast_plot_draws_the_band(hetero_run, tmp_path):
-    run, _ = hetero_run
-    run._load_data(None, "test")
+    run, df = hetero_run
+    run.task.setup(df)                       # the training data's splits (earlier tests evaluated other data)
     lower, upper, label = run.task.plot_band(run.model, "test")
     assert label == "conformal 80%" and lower.shape == upper.shape == (run.task.num_examples("test"), 4, 1)
     assert (upper > lower).all()

@@ -34,6 +34,7 @@ from hybridrnn.data.timeseries import (
     gather_windows,
     load_table,
     one_hot,
+    read_table,
     season_length,
     split_bounds,
     window_origins,
@@ -108,7 +109,7 @@ class ForecastTask(Task):
               time_range: bool = True, rows: slice | None = None) -> SeriesTable:
         d = self._cfg.data
         table_source = source if isinstance(source, pd.DataFrame) else resolve_data_path(str(source))
-        return load_table(table_source, time_column=d.time_column, numeric=d.target + d.covariates,
+        return load_table(table_source, time_column=d.time_column, numeric=d.target + d.covariates + d.future_covariates,
                           categorical=d.categorical, where=d.where if use_where else None,
                           start=d.start if time_range else None, end=d.end if time_range else None,
                           frequency=validate_frequency if validate_frequency is not None else d.frequency,
@@ -187,25 +188,105 @@ class ForecastTask(Task):
         self.scaler = Scaler.fit(d.scaler, table.numeric.iloc[:train_end].to_numpy(), list(table.numeric.columns))
         self.layout = {
             "targets": list(d.target), "covariates": list(d.covariates), "categories": categories,
+            "future_covariates": list(d.future_covariates),
             "calendar": calendar, "calendar_encoding": d.calendar_encoding, "calendar_columns": cal_cols,
             "frequency": table.frequency, "season": int(season), "lookback": w.lookback, "horizon": w.horizon,
             "time_column": d.time_column,
-            "input_size": len(d.target) + len(d.covariates) + sum(len(v) for v in categories.values()) + len(cal_cols),
-            "future_size": len(cal_cols), "bounds": list(bounds), "data_file": data_file,
+            "input_size": len(d.target) + len(d.covariates) + sum(len(v) for v in categories.values())
+                          + len(d.future_covariates) + len(cal_cols),
+            "future_size": len(d.future_covariates) + len(cal_cols), "bounds": list(bounds), "data_file": data_file,
             "last_time": None if table.times is None else str(table.times[train_end - 1]),
             "val_end_time": None if table.times is None else str(table.times[bounds[1] - 1]),
         }
         self.mase_scale = mase_scale(self._targets_original(table)[:train_end], int(season))
 
     def _features(self, table: SeriesTable, times: pd.DatetimeIndex | None = None) -> np.ndarray:
-        """``(rows, input_size)`` float32 model inputs for ``table`` (scaled with the fitted scaler)."""
+        """``(rows, input_size)`` float32 model inputs for ``table`` (scaled with the fitted scaler): scaled targets
+        and past covariates, one-hot categories, then the known-future channels (the model's last
+        ``future_size``): scaled ``data.future_covariates`` and calendar features."""
         lay = self.layout
-        parts = [self.scaler.transform(table.numeric[self.scaler.columns].to_numpy())]
+        scaled = self.scaler.transform(table.numeric[self.scaler.columns].to_numpy())
+        n_past = scaled.shape[1] - len(lay.get("future_covariates", ()))       # future covariates are the last
+        parts = [scaled[:, :n_past]]
         for col, cats in lay["categories"].items():
             parts.append(one_hot(table.categorical[col], cats))
+        parts.append(scaled[:, n_past:])
         if lay["calendar"]:
             parts.append(calendar_features(table.times if times is None else times, lay["calendar"], lay["calendar_encoding"]))
         return np.concatenate(parts, axis=1).astype(np.float32)
+
+    def _observed_part(self, source: Any) -> Any:
+        """``source`` without its trailing rows whose targets are all empty (the horizon rows that carry only the
+        future covariates); ``source`` itself when the run has no ``data.future_covariates``."""
+        if not self.layout.get("future_covariates"):
+            return source
+        raw, _ = read_table(source, header=self._cfg.data.header)
+        keep = np.ones(len(raw), bool)
+        for col, value in (self._cfg.data.where or {}).items():
+            if col in raw.columns:
+                keep &= (raw[col].astype(str) == str(value)).to_numpy()
+        targets = [c for c in self.layout["targets"] if c in raw.columns]
+        if not targets:
+            return source                   # the loader names the missing target column
+        empty = raw[targets].apply(pd.to_numeric, errors="coerce").isna().all(axis=1).to_numpy()
+        rows = np.flatnonzero(keep)
+        cut = len(rows)
+        while cut > 0 and empty[rows[cut - 1]]:
+            cut -= 1
+        drop = rows[cut:]
+        return raw.drop(index=raw.index[drop]).reset_index(drop=True) if len(drop) else source
+
+    def _future_inputs(self, source: Any, last_time: Any, times: pd.DatetimeIndex | None) -> np.ndarray:
+        """``(horizon, future_size)`` known-future inputs of a forecast: the scaled ``data.future_covariates`` of
+        the ``horizon`` rows after the last observed time (read from the input's rows after it, whose targets are
+        empty) and the calendar features of ``times``."""
+        lay = self.layout
+        parts = []
+        names = lay.get("future_covariates", [])
+        if names:
+            values = self._future_covariate_rows(source, last_time, times)
+            index = [self.scaler.columns.index(c) for c in names]
+            parts.append(self.scaler.transform(values, index=index))
+        if lay["calendar"]:
+            parts.append(calendar_features(times, lay["calendar"], lay["calendar_encoding"]))
+        return np.concatenate(parts, axis=1).astype(np.float32)
+
+    def _future_covariate_rows(self, source: Any, last_time: Any, times: pd.DatetimeIndex | None) -> np.ndarray:
+        """``(horizon, len(future_covariates))`` raw values at ``times`` (the forecast's times), from the rows of
+        ``source`` after ``last_time``; a missing row or value is a ``DataError`` naming the column and times."""
+        d, lay = self._cfg.data, self.layout
+        names, H = lay["future_covariates"], lay["horizon"]
+        if times is None:
+            raise ConfigError("data.future_covariates need a time_column (their rows are matched by time)")
+        raw, name = read_table(source, header=d.header)
+        for col, value in (d.where or {}).items():
+            if col in raw.columns:
+                raw = raw[(raw[col].astype(str) == str(value)).to_numpy()]
+        tc = d.time_column
+        stamp = (pd.to_datetime(raw[tc], errors="coerce") if isinstance(tc, str)
+                 else pd.to_datetime(raw[list(tc)].astype(str).agg(" ".join, axis=1), errors="coerce"))
+        missing_cols = [c for c in names if c not in raw.columns]
+        if missing_cols:
+            raise DataError(f"{name}: no column(s) {missing_cols} of data.future_covariates")
+        if getattr(stamp.dt, "tz", None) is not None and times.tz is None:
+            stamp = stamp.dt.tz_localize(None)
+        later = raw[(stamp > pd.Timestamp(last_time)).to_numpy()].copy()
+        later.index = pd.DatetimeIndex(stamp[(stamp > pd.Timestamp(last_time)).to_numpy()])
+        out = np.full((H, len(names)), np.nan)
+        problems = []
+        for j, col in enumerate(names):
+            values = pd.to_numeric(later[col], errors="coerce") if len(later) else pd.Series(dtype=float)
+            found = values[~values.index.duplicated()].reindex(times)
+            out[:, j] = found.to_numpy(np.float64)
+            bad = [str(t) for t, v in zip(times, out[:, j]) if not np.isfinite(v)]
+            if bad:
+                shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+                problems.append(f"{col!r} at {shown}")
+        if problems:
+            raise DataError(f"{name}: the forecast of the {H} rows after {last_time} needs the future covariates "
+                            f"over them, and the input lacks {'; '.join(problems)}: add rows for those times (target "
+                            "cells empty) with the known values")
+        return out
 
     def _targets_original(self, table: SeriesTable) -> np.ndarray:
         return table.numeric[self.layout["targets"]].to_numpy(np.float64)
@@ -445,7 +526,8 @@ class ForecastTask(Task):
         source = data if isinstance(data, pd.DataFrame) else Path(data)
         freq = lay["frequency"]
         L, H = lay["lookback"], lay["horizon"]
-        tail = self._load(source, validate_frequency=freq, use_where=self._has_where_columns(source),
+        observed = self._observed_part(source)
+        tail = self._load(observed, validate_frequency=freq, use_where=self._has_where_columns(source),
                           time_range=False, rows=slice(-L, None))
         if len(tail) < L:
             raise DataError(f"{tail.source}: forecasting needs at least lookback = {L} rows, got {len(tail)}")
@@ -456,7 +538,8 @@ class ForecastTask(Task):
         future = None
         times = None if freq == "steps" else future_times(tail.times[-1], freq, H)
         if lay["future_size"]:
-            future = torch.from_numpy(calendar_features(times, lay["calendar"], lay["calendar_encoding"]))[None]
+            future = torch.from_numpy(self._future_inputs(source, tail.times[-1] if tail.times is not None else None,
+                                                          times))[None]
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()

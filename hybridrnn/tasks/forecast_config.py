@@ -33,6 +33,10 @@ class ForecastDataConfig(Section):
     target: list[str] = Field(..., min_length=1, description="column(s) to forecast")
     covariates: list[str] = Field(default_factory=list, description="numeric past covariates (observed up to the forecast time)")
     categorical: list[str] = Field(default_factory=list, description="categorical past covariates (one-hot, categories from train)")
+    future_covariates: list[str] = Field(default_factory=list, description="numeric covariates known over the horizon "
+                                         "too (a weather forecast, promotions, holidays): the model reads them over the "
+                                         "look-back and the horizon; predict needs their values for the horizon rows "
+                                         "after the last observed target")
     where: dict[str, Union[str, int, float]] = Field(default_factory=dict, description="keep rows with column == value, e.g. {Ticker: AAPL}")
     start: Optional[str] = Field(None, description="keep times >= start")
     end: Optional[str] = Field(None, description="keep times < end")
@@ -48,7 +52,7 @@ class ForecastDataConfig(Section):
     season: Optional[int] = Field(None, ge=1, description="seasonal period in steps (seasonal naive, MASE); None: from the frequency")
     header: bool = Field(True, description="False for a CSV without a header row (columns are then '0', '1', ...)")
 
-    @field_validator("target", "covariates", "categorical", mode="before")
+    @field_validator("target", "covariates", "categorical", "future_covariates", mode="before")
     @classmethod
     def _one_or_many(cls, v):
         return [v] if isinstance(v, str) else v
@@ -69,7 +73,7 @@ class ForecastDataConfig(Section):
     @model_validator(mode="after")
     def _columns_distinct(self):
         seen: dict[str, str] = {}
-        for role in ("target", "covariates", "categorical"):
+        for role in ("target", "covariates", "categorical", "future_covariates"):
             for c in getattr(self, role):
                 if c in seen:
                     raise ValueError(f"column {c!r} is listed in both data.{seen[c]} and data.{role}")
