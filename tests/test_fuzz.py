@@ -21,11 +21,8 @@ import gzip
 import inspect
 import io
 import json
-import math
 import os
 import signal
-import string
-import sys
 import time
 import traceback
 import warnings
@@ -59,7 +56,6 @@ WEIGHTS = {"yaml": 4, "yaml_mutated": 1.5, "csv": 3, "csv_mutated": 1.5, "parque
 #: seconds one example may take before it counts as a hang
 HANG_S = float(os.environ.get("HYBRIDRNN_FUZZ_HANG_S", "20"))
 
-_START = time.monotonic()
 
 
 def examples(name: str) -> int:
@@ -825,8 +821,9 @@ def test_fuzz_specs_that_parse_build(ast, options):
 
 
 def test_fuzz_file_stays_in_its_time_box():
-    """Runs last in this file: every property ran examples, and they stopped within the budget (plus one slow
-    example per property at most). ``pytest -s`` prints the counts."""
+    """Runs last in this file: every property ran examples and none found a crash. ``pytest -s`` prints the
+    counts. (The time box itself is enforced by skipping examples past the budget, not asserted here: tests
+    never assert wall-clock times, which swing several-fold on a shared machine.)"""
     ran = Counter()
     for prop, n in OUTCOME.cases.items():
         ran[prop.split(":")[0]] += n
@@ -835,4 +832,3 @@ def test_fuzz_file_stays_in_its_time_box():
     assert not OUTCOME.findings
     if len(ran) == len(FUZZ_EXAMPLES):   # the whole file ran (not a -k selection)
         assert all(n > 0 for n in ran.values()), ran
-    assert time.monotonic() - _START < FUZZ_BUDGET_S + 2 * HANG_S
