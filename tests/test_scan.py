@@ -353,7 +353,7 @@ def test_lstm_input_norm_in_the_kernel_matches_reference_float64(coupled, masked
     for hh in (ln_hh, (ln_hh[0], None)):
         kw = dict(coupled=coupled, b=b, ln_hh=hh, ln_c=ln_c, ln_ih=ln_ih, mask=mask, h_mask=h_mask)
         assert "LSTMScan" in type(lstm_fast(xg, h0, c0, w, **kw)[0].grad_fn).__name__
-        _compare(lambda: lstm_fast(xg, h0, c0, w, **kw), lambda: lstm_ref(xg, h0, c0, w, **kw),
+        _compare(lambda kw=kw: lstm_fast(xg, h0, c0, w, **kw), lambda kw=kw: lstm_ref(xg, h0, c0, w, **kw),
                  _leaves(xg, h0, c0, w, b, hh, ln_c, ln_ih), TOL64)
         with torch.no_grad():
             for a, r in zip(lstm_fast(xg, h0, c0, w, **kw), lstm_ref(xg, h0, c0, w, **kw)):

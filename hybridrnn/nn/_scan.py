@@ -363,7 +363,7 @@ def _lstm_gate_factors(A: Tensor, TC: Tensor, c_prev: Tensor, coupled: bool) -> 
     entering each step. Returns ``K (T, B, G, H)`` (d pre = [dc, .., dc, dh] * K), ``Kc`` (d of the tanh's input
     = dh * Kc) and the forget gate ``f (T, B, H)``.
     """
-    T, B, G, H = A.shape
+    G = A.shape[2]
     if coupled:
         i, g, o = A.unbind(2)
         f = 1.0 - i
