@@ -5,6 +5,7 @@ state is taken at each sequence's last real step, and mean / max / attention poo
 """
 from __future__ import annotations
 
+import re
 from typing import Optional
 
 import torch
@@ -77,6 +78,15 @@ class SequenceClassifier(nn.Module):
         else:
             self.head = nn.Linear(width, num_classes)
 
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        """The parameters in groups from the input to the output, for discriminative learning rates and gradual
+        unfreezing (ULMFiT): the embedding (token input), then each layer of the encoder
+        (:func:`encoder_layer_groups`), then the pooling attention and the head."""
+        groups = [[self.embedding.weight]] if self.embedding is not None else []
+        groups += encoder_layer_groups(self.encoder)
+        groups.append([p for m in (self.attention, self.head) if m is not None for p in m.parameters()])
+        return groups
+
     def encode(self, x: Tensor, lengths: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Optional[Tensor]]:
         """Encoder outputs ``(batch, time, width)``, the real-step mask ``(batch, time)`` and the lengths."""
         if self.embedding is not None:
@@ -122,3 +132,19 @@ def _mean_pool(outputs: Tensor, mask: Tensor) -> Tensor:
 def _max_pool(outputs: Tensor, mask: Tensor) -> Tensor:
     """Maximum over the real steps: ``(batch, time, width)`` -> ``(batch, width)``."""
     return outputs.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(1)
+
+
+_LAYER = re.compile(r"_l(\d+)(?:_reverse)?$")
+
+
+def encoder_layer_groups(encoder: nn.Module) -> list[list[nn.Parameter]]:
+    """An encoder's parameters grouped by layer, bottom first: one group per stacked block and, inside a
+    multi-layer block, per layer (``weight_ih_l1``, ``weight_hh_l1_reverse``, ... go with layer 1); tensors
+    without a layer suffix (fusion gates, projections) form a group of their block. Order of first appearance
+    in ``named_parameters()``, which follows the data flow."""
+    groups: dict[tuple[str, int], list[nn.Parameter]] = {}
+    for name, p in encoder.named_parameters():
+        prefix, _, leaf = name.rpartition(".")
+        match = _LAYER.search(leaf)
+        groups.setdefault((prefix, int(match.group(1)) if match else -1), []).append(p)
+    return list(groups.values())

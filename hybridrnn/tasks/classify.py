@@ -38,6 +38,7 @@ from hybridrnn.tasks.classify_data import (data_errors, natural_key, read_series
 from hybridrnn.tasks.classify_metrics import (classification_metrics, confusion_matrix, confusion_report,
                                               majority_accuracy)
 from hybridrnn.tasks.classify_plots import plot_attention_rows, plot_confusion_matrix
+from hybridrnn.tasks.classify_transfer import check_vocabulary, load_pretrained, pretrained_run, pretrained_tokenizer
 from hybridrnn.train.task import Task
 
 ARTIFACT = "classes.json"
@@ -67,6 +68,8 @@ class ClassifyTask(Task):
         self.norm: Optional[dict] = None
         self.pretrained: Optional[torch.Tensor] = None
         self.coverage: Optional[Coverage] = None
+        # model.pretrained: the run whose embedding and encoder the first build_model copies (not once loaded)
+        self.transfer_from: Optional[Path] = None
         # data: split -> (texts, labels) or SeriesSet as read; split -> (model inputs, label ids)
         self.raw: dict[str, Any] = {}
         self.splits: dict[str, tuple[list, np.ndarray]] = {}
@@ -138,6 +141,13 @@ class ClassifyTask(Task):
         d = self.config.data
         texts, labels, _ = self.raw["train"]
         self.class_names = sorted(set(labels), key=natural_key)
+        if self.config.model.pretrained:
+            if d.embeddings:
+                raise ConfigError("model.pretrained and data.embeddings both give the embedding; keep one")
+            self.transfer_from = pretrained_run(self.config.model.pretrained)
+            self.encoder = pretrained_tokenizer(self.transfer_from, d.tokenizer)   # the run's vocabulary
+            self.fitted = True
+            return
         self.encoder = d.tokenizer.fit(texts)
         if d.embeddings:
             gen = torch.Generator().manual_seed(self.config.train.seed)
@@ -234,6 +244,7 @@ class ClassifyTask(Task):
         if self.is_text:
             self.encoder = _read_encoder(Path(run_dir) / TEXT_ENCODER, info.get("vocab_size"))
             self.pretrained = None  # the weights come from the checkpoint
+            self.transfer_from = None
         self.fitted = True
         if self.raw:
             self._derive_splits()
@@ -252,6 +263,10 @@ class ClassifyTask(Task):
         if self.pretrained is not None:
             with torch.no_grad():
                 model.embedding.weight.copy_(self.pretrained)
+            model.embedding.weight.requires_grad_(not self.config.data.freeze_embeddings)
+        if self.transfer_from is not None:
+            check_vocabulary(self.transfer_from, self.encoder)
+            load_pretrained(model, self.transfer_from)
             model.embedding.weight.requires_grad_(not self.config.data.freeze_embeddings)
         return model
 

@@ -97,8 +97,9 @@ class SeriesDataConfig(Section):
 class ClassifierConfig(Section):
     """The classifier around the encoder."""
 
-    pooling: Literal["auto", "last", "mean", "max", "attention"] = Field(
-        "auto", description="auto: attention when model.attention is 'self', else last")
+    pooling: Literal["auto", "last", "mean", "max", "attention", "concat"] = Field(
+        "auto", description="auto: attention when model.attention is 'self', else last; concat: [last | max | "
+                            "mean] (ULMFiT)")
     embedding_dim: int = Field(128, ge=1)
     head_hidden: Optional[int] = Field(None, ge=1)
     class_weights: bool = Field(False, description="weight the loss by n / (k * n_c) for imbalanced classes")
