@@ -1,8 +1,11 @@
 """The ``hybridrnn`` command line (typer). Heavy modules (torch, tasks) are imported inside the commands, so that
 ``hybridrnn --help`` answers at once (each such import is marked "start-up time").
 
-Errors caused by the user's input (a bad config, a missing file, a corrupt run directory, a NaN loss) print
-one clean paragraph and exit with code 2; ``hybridrnn --debug ...`` shows the traceback instead.
+Errors caused by the user's input (a :class:`~hybridrnn.errors.HybridRNNError`: a bad config, data file, run
+directory or spec, a NaN loss, a missing extra; an ``OSError`` on a file: missing, read-only, disk full; a task
+feature the task lacks) print one clean paragraph naming the file or key and exit with code 2;
+``hybridrnn --debug ...`` shows the traceback instead. Any other exception, a plain ``ValueError`` included, is
+a bug and shows its traceback.
 """
 from __future__ import annotations
 
