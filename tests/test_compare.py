@@ -85,6 +85,10 @@ def test_compare_writes_results_report_and_resumes(tiny_config, tmp_path, monkey
     assert (results["parameters"] > 0).all() and (results["epochs"] == 2).all()
     assert results["epochs_to_best"].between(1, 2).all()
     assert (results["train_seconds_per_epoch"] > 0).all() and (results["infer_ms_per_sequence"] > 0).all()
+    # timed together at the end (timings.json), each recurrent layer on the path path="auto" picks on CPU
+    assert set(json.loads((out / "timings.json").read_text())) == {p.parent.name for p in out.glob("runs/*/row.json")}
+    paths = dict(zip(results["model"], results["infer_path"]))
+    assert paths == {"lstm:6": "LSTM fused", "(lstm:4|gru:4)[fusion=sum]": "LSTM fused, GRU custom"}
     # lstm:6 on 2 inputs: 4 gates x (6 x (2 + 6) weights + 2 x 6 biases), then a Linear(6, 1) head
     assert results.loc[results["model"] == "lstm:6", "parameters"].iloc[0] == 4 * (6 * (2 + 6) + 2 * 6) + 6 + 1
     # the fusion option reached the model: a summed pair feeds a 4-wide head, a concatenated one an 8-wide head
