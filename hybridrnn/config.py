@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any, Iterable, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
-from hybridrnn.errors import ConfigError  # noqa: E402  (re-exported: the config schema's error)
+from hybridrnn.errors import ConfigError, SpecError  # ConfigError re-exported: the config schema's error
+from hybridrnn.nn.spec import parse_spec
 
 
 class Section(BaseModel):
@@ -56,6 +57,16 @@ class ModelConfig(Section):
                                "matrix, one mask per forward (AWD-LSTM; language model and classifier)")
     pretrained: Optional[str] = Field(None, description="classifier: a language-model (or classifier) run "
                                       "directory whose vocabulary, embedding and encoder weights are loaded")
+
+    @field_validator("encoder")
+    @classmethod
+    def _spec_parses(cls, value: str) -> str:
+        # a malformed spec fails when the config is read (`hybridrnn config show` too), not when a model is built
+        try:
+            parse_spec(value)
+        except SpecError as exc:
+            raise ValueError(str(exc)) from None
+        return value
 
     @model_validator(mode="after")
     def _chrono_needs_tmax(self) -> "ModelConfig":
@@ -300,7 +311,11 @@ def format_validation_error(exc: ValidationError, cls: type[BaseModel], source: 
         elif err["type"] == "missing":
             problems.append(f"{where}: {path}: missing required key")
         else:
-            problems.append(f"{where}: {path}: {err['msg']}, got {err.get('input')!r}")
+            message = err["msg"].removeprefix("Value error, ")
+            if "\n" in message:      # a message with its own layout (a spec with a caret): keep it, indented
+                problems.append(f"{where}: {path}: " + message.replace("\n", "\n    "))
+            else:
+                problems.append(f"{where}: {path}: {message}, got {err.get('input')!r}")
     head = f"invalid config {source}" + (f" ({len(problems)} problems)" if len(problems) > 1 else "")
     return head + ":\n  " + "\n  ".join(problems)
 

@@ -212,3 +212,12 @@ def test_relative_data_paths_are_taken_from_the_config_folder_first(tmp_path, mo
     (tmp_path / "corpus2.txt").write_text("x")                   # not beside the config: kept, found from the cwd
     lm.write_text("task: language_model\ndata: {train: corpus2.txt, level: char}\n")
     assert load_config(lm).data.train == "corpus2.txt"
+
+
+def test_a_malformed_encoder_spec_fails_when_the_config_is_read(tmp_path):
+    path = write(tmp_path, 'task: forecast\ndata: {path: x.csv, target: [y]}\nmodel: {encoder: "(lstm:8|>gru:8"}\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "line 3: model.encoder: invalid encoder spec" in message and "(lstm:8|>gru:8\n" in message
+    assert message.splitlines()[-1].strip() == "^" and "Value error" not in message
