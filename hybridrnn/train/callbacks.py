@@ -138,13 +138,18 @@ class CheckpointCallback(Callback):
     :mod:`hybridrnn.train.checkpoint`). The tensors are snapshotted at once and written and fsynced in a
     background thread while the next epoch trains; fitting returns only once the last write is on disk.
 
-    A write that fails with an ``OSError`` (read-only folder, disk full) stops the run at the next epoch's end
-    (or when fitting ends) with a :class:`CheckpointWriteError` naming the epoch and the file; the checkpoint
-    before it stays whole and loadable."""
+    A write that fails with an ``OSError`` (read-only folder, disk full) stops the run at the next optimiser
+    step (or when fitting ends) with a :class:`CheckpointWriteError` naming the epoch and the file; the
+    checkpoint before it stays whole and loadable."""
 
     def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir)
         self.writer = ckpt.BackgroundWriter()
+        self.failed = False        # set by the writer thread when a checkpoint could not be written
+
+    def on_step_end(self, trainer: "Trainer", epoch: int, step: int, loss: float, items: int) -> None:
+        if self.failed:            # stop at once rather than train an epoch that cannot be saved
+            self.writer.wait()     # raises the CheckpointWriteError
 
     def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any]) -> None:
         run_dir, metrics = self.run_dir, ckpt.jsonl_text(trainer.history)
@@ -160,6 +165,7 @@ class CheckpointCallback(Callback):
                 ckpt.atomic_write_text(run_dir / ckpt.METRICS, metrics)
                 ckpt.write_checkpoint(run_dir, files)
             except OSError as exc:
+                self.failed = True
                 raise CheckpointWriteError(run_dir, epoch, exc) from exc
 
         self.writer.submit(write)
