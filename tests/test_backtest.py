@@ -143,3 +143,18 @@ def test_bad_start_and_stride_are_user_errors(run):
         run.backtest(frame(), stride=0)
     with pytest.raises(ConfigError, match="refit"):
         run.backtest(frame(), refit=0)
+
+
+def test_backtest_of_the_configured_data_reads_it_as_training_did(tmp_path):
+    """Without data, the backtest reads data.path with data.start / end (here: leading missing values that only
+    data.start keeps out) and, by default, starts after the validation part."""
+    df = frame()
+    df.loc[:9, "y"] = np.nan
+    df.to_csv(tmp_path / "s.csv", index=False)
+    cfg = config()
+    cfg["data"].update(path=str(tmp_path / "s.csv"), fill="interpolate", start="2021-03-01 12:00")
+    run = hybridrnn.fit(cfg)
+    bt = run.backtest()
+    assert bt["cutoff"].min() == pd.Timestamp("2021-03-01 12:00") + pd.Timedelta(hours=round(0.8 * 228) - 1)
+    with pytest.raises(DataError, match="leading missing"):
+        run.backtest(df)                                  # a given table is read whole: data.start is not applied

@@ -1,15 +1,26 @@
 """The forecast task: a table of time series -> a trained Forecaster, metrics against baselines, forecasts.
 
-Data layout (the model's input channels, in order): scaled targets, scaled numeric covariates, one-hot
-categorical covariates, calendar features (known-future). Scalers and categories are fitted on the training
-rows only. Windows: origin ``t`` reads rows ``[t - lookback, t)`` and forecasts rows ``[t, t + horizon)``; a
-split's windows have all their targets inside it (their inputs may reach back into the previous split).
+Data layout (the model's input channels, in order): scaled targets, scaled numeric (past) covariates, one-hot
+categorical covariates, then the known-future channels (the Forecaster's last ``future_size``): scaled
+``data.future_covariates`` and calendar features; ``future: (B, horizon, future_size)`` carries those same
+channels over the horizon. Scalers and categories are fitted on the training rows only. Windows: origin ``t``
+reads rows ``[t - lookback, t)`` (and the known-future channels of rows ``[t, t + horizon)``) and forecasts rows
+``[t, t + horizon)``; a split's windows have all their targets inside it (their inputs may reach back into the
+previous split).
 
 ``evaluate(model, split)`` returns flat floats: ``loss`` (the training loss on the scaled data), the model's
 ``mae, mse, rmse, mape, smape, mase`` on the original scale, ``scaled_mae, scaled_mse, scaled_rmse`` on the
 scaled one, the same keys prefixed by each baseline (``naive_``, ``seasonal_naive_``, ``linear_``),
-``best_baseline_mae`` and ``beats_baselines`` (1.0 when the model's MAE is below every baseline's).
+``best_baseline_mae`` and ``beats_baselines`` (1.0 when the model's MAE is below every baseline's); a quantile
+head adds ``pinball``; ``evaluate(..., intervals=, level=0.8)`` adds ``coverage_80, width_80, pinball_80``.
 ``report(model, split)`` gives the same per horizon step as well (JSON-ready).
+
+Heads (``model.loss``): point losses (``mse, mae, huber``), ``quantile`` (``model.quantiles``) and ``gaussian`` /
+``student_t`` (see :mod:`hybridrnn.tasks.forecast_heads`). Intervals: ``"conformal"`` (split-conformal, any
+model: :meth:`ForecastTask.calibrate` after training, ``forecast_conformal.safetensors``) or ``"model"`` (a
+quantile / distribution head's own quantiles); columns are named by quantile level: ``{target}_q0.1`` and
+``{target}_q0.9`` bound the 80% interval. Backtests: :meth:`ForecastTask.backtest_origins` /
+:meth:`ForecastTask.backtest_frame` (used by ``Run.backtest``).
 """
 from __future__ import annotations
 
@@ -676,14 +687,15 @@ class ForecastTask(Task):
     # ------------------------------------------------------------ backtesting (rolling origin)
     def backtest_table(self, data: Any = None) -> SeriesTable:
         """The whole table of ``data`` (None: ``data.path``) for a backtest, validated with the fitted state's
-        frequency (``data.where`` applies when the input has its columns; ``data.start``/``end`` do not)."""
+        frequency (``data.where`` applies when the input has its columns; ``data.start``/``end`` only to the
+        configured data)."""
         if self.layout is None:
             raise RuntimeError("backtest needs setup() or load_artifacts() first")
         source = self._configured_source() if data is None else data
         if not isinstance(source, pd.DataFrame):
             source = Path(source)
         return self._load(source, validate_frequency=self.layout["frequency"],
-                          use_where=data is None or self._has_where_columns(source), time_range=False)
+                          use_where=data is None or self._has_where_columns(source), time_range=data is None)
 
     def backtest_origins(self, table: SeriesTable, start: Any = None, stride: int = 1) -> np.ndarray:
         """Row numbers ``t`` of ``table`` used as forecast origins: the forecast of rows ``[t, t + horizon)``
