@@ -252,6 +252,182 @@ def write_table(records: list[dict], path: Path, wall: float, cpu: float, comple
     atomic_write_text(path, "\n".join(lines))
 
 
+# ---------------------------------------------------------------------------------------------------------
+# issue 12: AWD-LSTM on PTB, and pre-training + fine-tuning (ULMFiT) for SST-2 / MR / TREC
+# ---------------------------------------------------------------------------------------------------------
+CORPORA = ROOT / "runs" / "corpora"
+
+
+def _norm(line: str) -> str:
+    return " ".join(line.lower().split())
+
+
+EVAL_SETS = {"sst2 test": (SHARED / "sst" / "stsa.binary.test", "utf-8"),
+             "mr (all 10,662: its test fold is drawn from it)": (SHARED / "mr" / "rt-polarity.all", "latin-1"),
+             "trec test": (SHARED / "trec" / "TREC.test.all", "latin-1")}
+
+
+def _eval_sentences() -> dict[str, list[str]]:
+    return {name: [_norm(line.split(" ", 1)[1]) for line in path.read_text(encoding=enc).split("\n") if " " in line]
+            for name, (path, enc) in EVAL_SETS.items()}
+
+
+def _grams(tokens: list[str], n: int = 8) -> set[int]:
+    return {hash(tuple(tokens[i:i + n])) for i in range(len(tokens) - n + 1)}
+
+
+def prepare_review_corpus(path: Path = CORPORA / "review_polarity.txt") -> Path:
+    """Every sentence (one per line) of the 2,000 review_polarity reviews, files in sorted order, except those
+    that equal an evaluation sentence or share an 8-gram of tokens with one (the count removed is written to
+    ``PATH.removed``)."""
+    import tarfile
+
+    if path.exists():
+        return path
+    lines = []
+    with tarfile.open(SHARED / "review_polarity" / "review_polarity.tar.gz") as tar:
+        members = sorted((m for m in tar.getmembers() if m.isfile() and m.name.endswith(".txt")
+                          and "/pos/" in m.name or "/neg/" in m.name), key=lambda m: m.name)
+        for m in members:
+            text = tar.extractfile(m).read().decode("utf-8", errors="replace")
+            lines += [_norm(line) for line in text.splitlines() if line.strip()]
+    evaluation = [r for rows in _eval_sentences().values() for r in rows]
+    exact, grams = set(evaluation), set().union(*(_grams(r.split()) for r in evaluation))
+    kept = [line for line in lines if line not in exact and not (_grams(line.split()) & grams)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(kept) + "\n", encoding="utf-8")
+    path.with_suffix(".removed").write_text(f"{len(lines) - len(kept)} of {len(lines)} sentences removed\n")
+    return path
+
+
+def prepare_mr_split() -> tuple[Path, Path]:
+    """MR fold 0 of 10: every 10th line of rt-polarity.all (i % 10 == 0) is test, the rest train."""
+    train, test = CORPORA / "mr.train", CORPORA / "mr.test"
+    if not (train.exists() and test.exists()):
+        lines = [l for l in (SHARED / "mr" / "rt-polarity.all").read_text(encoding="latin-1").split("\n") if l.strip()]
+        CORPORA.mkdir(parents=True, exist_ok=True)
+        train.write_text("\n".join(l for i, l in enumerate(lines) if i % 10) + "\n", encoding="latin-1")
+        test.write_text("\n".join(l for i, l in enumerate(lines) if i % 10 == 0) + "\n", encoding="latin-1")
+    return train, test
+
+
+def overlap_report(corpus: Path, n: int = 8) -> dict:
+    """How many sentences of each evaluation set occur in ``corpus`` (exact, after lower-casing and collapsing
+    whitespace) or share an ``n``-gram of tokens with it."""
+    text = corpus.read_text(encoding="utf-8").split("\n")
+    sentences = set(text)
+    grams = set().union(*(_grams(line.split(), n) for line in text))
+    out = {}
+    for name, rows in _eval_sentences().items():
+        exact = sum(r in sentences for r in rows)
+        shared = sum(bool(_grams(r.split(), n) & grams) for r in rows)
+        out[name] = {"sentences": len(rows), "exact": exact, f"shared_{n}gram": shared}
+    return out
+
+
+def _train_and_score(config: Path, overrides: list[str], out: Path, split: str = "test") -> dict:
+    from hybridrnn.api import load_run, train_run
+    from hybridrnn.api.registry import load_config
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    run_dir = train_run(load_config(config, overrides), out=out).run_dir
+    _, task, model = load_run(run_dir)
+    with torch.no_grad():
+        metrics = task.evaluate(model, split)
+    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return {"metrics": metrics, "history": history, "run_dir": str(run_dir),
+            "wall_seconds": round(time.perf_counter() - t0, 1), "cpu_seconds": round(time.process_time() - c0, 1)}
+
+
+SCRATCH = ["model.pretrained=null", "train.unfreeze=null", "train.lr_decay_per_layer=null"]
+
+
+def transfer_suite(out_root: Path, seeds: list[int], out: Path) -> None:
+    """Pre-train the review LM, then SST-2 / MR / TREC with and without it, ``seeds`` each."""
+    corpus = prepare_review_corpus()
+    prepare_mr_split()
+    overlap = overlap_report(corpus)
+    print(json.dumps(overlap, indent=1), file=sys.stderr)
+    lm_dir = ROOT / "runs" / "reviews_lm"
+    lm = _train_and_score(ROOT / "configs/language_model/reviews_lm.yaml", [], lm_dir, split="val") \
+        if not (lm_dir / "model.safetensors").exists() else {"metrics": {}, "cpu_seconds": 0.0, "history": []}
+    records = {"overlap": overlap, "lm": lm, "runs": []}
+    for seed in seeds:                      # every data set at one seed before the next seed (budget cut-offs)
+        for ds in ("sst2", "mr", "trec"):
+            for pre in (False, True):
+                over = [f"train.seed={seed}", "train.plots=false", "train.progress=none"] + ([] if pre else SCRATCH)
+                r = _train_and_score(ROOT / f"configs/classify/{ds}_pretrained.yaml", over,
+                                     out_root / f"{ds}-{'pre' if pre else 'scratch'}-{seed}")
+                records["runs"].append({"dataset": ds, "seed": seed, "pretrained": pre,
+                                        "accuracy": 100 * r["metrics"]["accuracy"], "cpu_seconds": r["cpu_seconds"],
+                                        "epochs": len(r["history"])})
+                print(f"{ds} seed {seed} {'pretrained' if pre else 'scratch'}: {records['runs'][-1]['accuracy']:.1f} "
+                      f"({r['cpu_seconds']:.0f} CPU s)", file=sys.stderr, flush=True)
+                out.with_suffix(".json").write_text(json.dumps(records, indent=1))
+                write_transfer_table(records, out)
+
+
+TARGETS = {"sst2": (84.0, 82.7), "mr": (78.0, 76.1), "trec": (92.0, 91.2)}
+
+
+def write_transfer_table(records: dict, out: Path) -> None:
+    import statistics
+
+    lm = records["lm"]
+    lines = ["# Pre-training and transfer (issue 12, ULMFiT-style): SST-2, MR, TREC with and without a review LM", "",
+             "`OMP_NUM_THREADS=1 python benchmarks/text.py --suite transfer` -- one thread, shared 2-core machine.", "",
+             "Language model: `configs/language_model/reviews_lm.yaml` (`lstm:128`, tied 128-d embedding, weight drop "
+             "0.2, AR/TAR, Adam) on every sentence of the 2,000 review_polarity reviews (IMDb, Pang & Lee 2004), "
+             f"3 x 150 windows of 32 x 35 = 504k tokens (about a third of one pass); validation perplexity "
+             f"{lm['metrics'].get('perplexity', float('nan')):.1f} on 20k held-out tokens; "
+             f"{lm['cpu_seconds'] / 60:.1f} CPU-min. ULMFiT's second step (fine-tuning the LM on the target "
+             "corpus) is not run.", "",
+             "Overlap of the pre-training text with the evaluation sets (lower-cased, whitespace-collapsed; exact "
+             "sentence and any shared 8-gram of tokens):", "",
+             "| set | sentences | exact in corpus | sharing an 8-gram |", "|---|---|---|---|"]
+    for name, o in records["overlap"].items():
+        lines.append(f"| {name} | {o['sentences']} | {o['exact']} | {o['shared_8gram']} |")
+    lines += ["", "Classifiers: `configs/classify/{sst2,mr,trec}_pretrained.yaml` (`lstm:128`, concat pooling, "
+              "weight drop 0.2, Adam 0.003); *pre-trained*: vocabulary, embedding and LSTM from the LM, gradual "
+              "unfreezing (head, then LSTM, then embedding, one group per epoch), lr / 2.6^k per group; *scratch*: "
+              "the same config with `model.pretrained=null train.unfreeze=null train.lr_decay_per_layer=null` (own "
+              "vocabulary, random init). MR: fold 0 of 10 (every 10th line) as test. Test accuracy %, best "
+              "validation epoch.", "",
+              "| data | seeds | scratch (mean) | pre-trained (mean) | effect | target | CNN-rand | per seed scratch / pre-trained | CPU s |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for ds in ("sst2", "mr", "trec"):
+        rows = [r for r in records["runs"] if r["dataset"] == ds]
+        if not rows:
+            continue
+        sc = [r["accuracy"] for r in rows if not r["pretrained"]]
+        pr = [r["accuracy"] for r in rows if r["pretrained"]]
+        m_sc = statistics.mean(sc) if sc else float("nan")
+        m_pr = statistics.mean(pr) if pr else float("nan")
+        seeds = sorted({r["seed"] for r in rows})
+        per = ", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(sc, pr))
+        lines.append(f"| {ds} | {len(seeds)} | {m_sc:.1f} | {m_pr:.1f} | {m_pr - m_sc:+.1f} | {TARGETS[ds][0]} | "
+                     f"{TARGETS[ds][1]} | {per} | {sum(r['cpu_seconds'] for r in rows):.0f} |")
+    from hybridrnn.data.text import atomic_write_text
+
+    atomic_write_text(out, "\n".join(lines) + "\n")
+
+
+def awd_table(run_dir: Path, out: Path, cpu_seconds: float, test: dict | None) -> None:
+    """The curve of a (partial) ptb_awd run from its metrics.jsonl."""
+    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    lines = ["| epoch | tokens seen | train loss (incl. AR/TAR) | val perplexity (first 20k tokens) | NT-ASGD averaged |",
+             "|---|---|---|---|---|"]
+    for r in history:
+        tokens = r["epoch"] * 265 * 20 * 34.1
+        lines.append(f"| {r['epoch']} | {tokens / 1e3:.0f}k ({tokens / 929_589:.2f} passes) | {r['train_loss']:.3f} | "
+                     f"{r['val_perplexity']:.1f} | {r.get('nt_asgd_averaged', 0)} |")
+    if test:
+        lines += ["", f"Test perplexity of the best weights (whole test split): {test['perplexity']:.1f}."]
+    from hybridrnn.data.text import atomic_write_text
+
+    atomic_write_text(out, "\n".join(lines) + "\n")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--only", default=",".join(GROUPS), help=f"comma-separated groups of {', '.join(GROUPS)}")
@@ -259,7 +435,16 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS / "text.md")
     ap.add_argument("--table-only", action="store_true",
                     help="rewrite the table from the .jsonl next to --out, without training (CPU/wall totals summed)")
+    ap.add_argument("--suite", choices=("anchors", "transfer"), default="anchors",
+                    help="anchors: the table above; transfer: issue 12's pre-training suite (text_transfer.md)")
+    ap.add_argument("--seeds", default="0,1,2", help="transfer suite: classifier seeds")
     args = ap.parse_args(argv)
+    if args.suite == "transfer":
+        torch.set_num_threads(1)
+        out_root = args.keep or ROOT / "runs" / "bench-transfer"
+        transfer_suite(out_root, [int(s) for s in args.seeds.split(",")], RESULTS / "text_transfer.md")
+        print((RESULTS / "text_transfer.md").read_text())
+        return 0
     if args.table_only:
         records = [json.loads(line) for line in args.out.with_suffix(".jsonl").read_text().splitlines() if line]
         write_table(records, args.out, sum(r["total_seconds"] for r in records),
