@@ -249,6 +249,10 @@ def test_a_bad_model_fails_before_any_training(tiny_config, tmp_path):
     with pytest.raises(ValueError, match=r"cannot run on this task:\n.*\(lstm:4\|gru:4\)\[fusion=bogus\]"):
         run_compare(tiny_config, "lstm:4,(lstm:4|gru:4)[fusion=bogus]", 1, out, progress=lambda *_: None)
     assert not (out / "runs").exists()
+    # options the config accepts but the layers refuse (branches of different widths cannot be summed)
+    with pytest.raises(ValueError, match=r"cannot run on this task:\n.*fusion=sum.*equal output sizes"):
+        run_compare(tiny_config, "lstm:4,(lstm:4|gru:8)[fusion=sum]", 1, out, progress=lambda *_: None)
+    assert not (out / "runs").exists()
     dotted = parse_model("gru:8[classifier.pooling=attention,dropout=0.1]")
     assert dotted.overrides() == ["model.encoder=gru:8", "classifier.pooling=attention", "model.dropout=0.1"]
 

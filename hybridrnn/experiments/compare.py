@@ -398,6 +398,22 @@ def write_results_csv(out_dir: Path, rows: list[dict]) -> Path:
     return path
 
 
+def _check_encoder(config) -> None:
+    """Build the config's recurrent encoder alone (on one input feature) so that options the layers refuse
+    (``fusion=sum`` over branches of different widths, ...) fail before any model trains."""
+    import warnings
+
+    from hybridrnn.nn.hybrid import build_encoder
+    from hybridrnn.tasks._common import encoder_options
+
+    model = getattr(config, "model", None)
+    if model is None or not isinstance(getattr(model, "encoder", None), str):
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")      # idle-option warnings come again when the model is built
+        build_encoder(model.encoder, 1, **encoder_options(model))
+
+
 def check_rows(config_path: Path, keys: Sequence[RowKey], overrides: Sequence[str]) -> None:
     """Validate the config of every model (and length) before training any: a ValueError listing each model
     whose options the task refuses, rather than a failure after the other models have trained."""
@@ -407,7 +423,8 @@ def check_rows(config_path: Path, keys: Sequence[RowKey], overrides: Sequence[st
             continue
         seen.add((key.model, key.length))
         try:
-            coerce_config(config_path, list(overrides) + key.overrides())
+            config = coerce_config(config_path, list(overrides) + key.overrides())
+            _check_encoder(config)
         except ValueError as error:     # ConfigError and pydantic's ValidationError are ValueErrors
             where = key.model.label + (f" (length {key.length})" if key.length is not None else "")
             errors.append(f"{where}: {error}")
