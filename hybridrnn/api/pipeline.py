@@ -141,7 +141,6 @@ def train_run(config: RunConfig | dict | str | Path | None = None, *, data: Any 
             try:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 ckpt.atomic_write_text(run_dir / ckpt.CONFIG, config_to_yaml(run_config))
-                ckpt.atomic_write_json(run_dir / ckpt.ENVIRONMENT, collect_environment(device, dist.world_size))
                 if resume is None:
                     task.save_artifacts(run_dir)
             except OSError as exc:
@@ -150,6 +149,13 @@ def train_run(config: RunConfig | dict | str | Path | None = None, *, data: Any 
                                                else "")) from exc
         seed_everything(cfg.seed)
         model = task.build_model()
+        if writes:   # with the path (fused / custom) each recurrent layer of this model runs
+            try:
+                ckpt.atomic_write_json(run_dir / ckpt.ENVIRONMENT,
+                                       collect_environment(device, dist.world_size, model))
+            except OSError as exc:
+                raise RunDirError(f"cannot write the run directory: {_os_reason(exc, run_dir)}; nothing was "
+                                  "trained") from exc
         reporter = make_progress(progress or cfg.progress, enabled=writes)
         trainer = Trainer(task, model, cfg, device=device, dist=dist,
                           callbacks=_callbacks(cfg, task, run_dir, writes, reporter, callbacks))

@@ -93,32 +93,7 @@ def read_ts(path: str | Path) -> SeriesSet:
             continue
         if header.get("timestamps", "false").lower() == "true":
             raise DataError(f"{path}: time-stamped .ts files ('@timeStamps true') are not supported")
-        parts = line.split(":")
-        if len(parts) < 2:
-            raise DataError(f"{path}:{lineno}: expected '<channel>:...:<label>', got {line[:40]!r}")
-        label, channels = parts[-1].strip(), parts[:-1]
-        if not label:
-            raise DataError(f"{path}:{lineno}: the case has no class label after the last ':'")
-        arrays = []
-        for c, chunk in enumerate(channels):
-            if "?" in chunk or "nan" in chunk.lower():
-                raise DataError(f"{path}:{lineno}: channel {c} has missing values ('?' / NaN); "
-                                "fill or drop them before training")
-            try:
-                values = np.asarray([float(v) for v in chunk.split(",")], dtype=np.float64)
-            except ValueError:
-                bad = next((v for v in chunk.split(",") if not _is_float(v)), chunk)
-                raise DataError(f"{path}:{lineno}: channel {c} has a non-numeric value {bad.strip()[:40]!r}") from None
-            with np.errstate(over="ignore"):
-                as32 = values.astype(np.float32)
-            if not np.isfinite(as32).all():
-                j = int(np.flatnonzero(~np.isfinite(as32))[0])
-                raise DataError(f"{path}:{lineno}: channel {c} has {int((~np.isfinite(as32)).sum())} non-finite "
-                                f"value(s) (inf, or beyond float32); first at position {j}: {chunk.split(',')[j].strip()[:40]!r}")
-            arrays.append(as32)
-        lens = {a.size for a in arrays}
-        if len(lens) != 1:
-            raise DataError(f"{path}:{lineno}: channels of one case have different lengths {sorted(lens)}")
+        label, arrays = _parse_case(path, lineno, line)
         if dims is None:
             dims = len(arrays)
         elif len(arrays) != dims:
@@ -142,6 +117,37 @@ def read_ts(path: str | Path) -> SeriesSet:
         names = sorted(set(labels))
     meta = {"problem": header.get("problemname", path.stem), "source": str(path)}
     return SeriesSet(series, labels, names, meta=meta)
+
+
+def _parse_case(path: Path, lineno: int, line: str) -> tuple[str, list[np.ndarray]]:
+    """One ``.ts`` data line ``v,v,...:v,v,...:label`` -> ``(label, [channel values (time,) float32, ...])``."""
+    parts = line.split(":")
+    if len(parts) < 2:
+        raise DataError(f"{path}:{lineno}: expected '<channel>:...:<label>', got {line[:40]!r}")
+    label, channels = parts[-1].strip(), parts[:-1]
+    if not label:
+        raise DataError(f"{path}:{lineno}: the case has no class label after the last ':'")
+    arrays = []
+    for c, chunk in enumerate(channels):
+        if "?" in chunk or "nan" in chunk.lower():
+            raise DataError(f"{path}:{lineno}: channel {c} has missing values ('?' / NaN); "
+                            "fill or drop them before training")
+        try:
+            values = np.asarray([float(v) for v in chunk.split(",")], dtype=np.float64)
+        except ValueError:
+            bad = next((v for v in chunk.split(",") if not _is_float(v)), chunk)
+            raise DataError(f"{path}:{lineno}: channel {c} has a non-numeric value {bad.strip()[:40]!r}") from None
+        with np.errstate(over="ignore"):
+            as32 = values.astype(np.float32)
+        if not np.isfinite(as32).all():
+            j = int(np.flatnonzero(~np.isfinite(as32))[0])
+            raise DataError(f"{path}:{lineno}: channel {c} has {int((~np.isfinite(as32)).sum())} non-finite "
+                            f"value(s) (inf, or beyond float32); first at position {j}: {chunk.split(',')[j].strip()[:40]!r}")
+        arrays.append(as32)
+    lens = {a.size for a in arrays}
+    if len(lens) != 1:
+        raise DataError(f"{path}:{lineno}: channels of one case have different lengths {sorted(lens)}")
+    return label, arrays
 
 
 def _is_float(text: str) -> bool:

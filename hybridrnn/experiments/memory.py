@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from hybridrnn._io import atomic_write_text, new_figure, save_figure
+from hybridrnn.api import load_run
 from hybridrnn.nn.recurrent import GRU, LSTM
 
 SATURATION = 0.1      # a gate value below SATURATION or above 1 - SATURATION counts as saturated
@@ -219,8 +221,6 @@ def memory_diagnostic(run_dir: str | Path, split: str = "test", examples: int = 
                       out: str | Path | None = None) -> dict[str, Any]:
     """Both measurements for a long-range run; writes ``memory.json`` and ``memory.png`` into ``out``
     (default the run directory) and returns what memory.json holds."""
-    from hybridrnn.train.run import load_run
-
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be train, val or test, got {split!r}")
     run_dir = Path(run_dir)
@@ -228,6 +228,7 @@ def memory_diagnostic(run_dir: str | Path, split: str = "test", examples: int = 
     if getattr(task, "name", None) != "long_range":
         raise ValueError(f"{run_dir}: the memory diagnostic reads runs of task 'long_range', this is "
                          f"{getattr(task, 'name', type(task).__name__)!r}")
+    task.setup()    # the run's generated problem, with its fitted state
     x, y = task.examples(split)
     x, y = task.inputs(x[:examples]), y[:examples]
     model.eval()
@@ -248,8 +249,6 @@ def memory_diagnostic(run_dir: str | Path, split: str = "test", examples: int = 
               "gates": [{k: v for k, v in g.items() if k != "values"} for g in gates]}
     out = Path(out) if out is not None else run_dir
     out.mkdir(parents=True, exist_ok=True)
-    from hybridrnn.train.checkpoint import atomic_write_text
-
     atomic_write_text(out / "memory.json", json.dumps(result, indent=2))
     plot_memory(grads, gates, out / "memory.png", title=f"{config.model.encoder} on {task.problem}, T={task.length}")
     return result
@@ -257,12 +256,7 @@ def memory_diagnostic(run_dir: str | Path, split: str = "test", examples: int = 
 
 def plot_memory(grads: dict[str, np.ndarray], gates: list[dict[str, Any]], path: Path, title: str = "") -> Path:
     """Left: gradient norm against step (log scale); right: histograms of the forget/update gates."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig, (left, right) = new_figure(1, 2, figsize=(12, 4.2))
     steps = np.arange(len(grads["state"]))
     for key, style in (("state", "-"), ("hidden", "--")):
         values = np.where(grads[key] > 0, grads[key], np.nan)
@@ -283,11 +277,7 @@ def plot_memory(grads: dict[str, np.ndarray], gates: list[dict[str, Any]], path:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path, tight=False)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from hybridrnn._version import __version__
+from hybridrnn.nn.recurrent import GRU, LSTM
 from hybridrnn.train.trainer import bf16_supported
 
 
@@ -39,7 +40,16 @@ def cpu_model() -> str | None:
     return platform.processor() or None
 
 
-def collect_environment(device: torch.device | str, world_size: int = 1) -> dict[str, Any]:
+def recurrent_paths(model: torch.nn.Module) -> dict[str, str]:
+    """``{module name: "fused" | "custom"}`` for every recurrent layer of ``model`` (what ``path="auto"`` chose)."""
+    return {name or "(model)": module.path for name, module in model.named_modules()
+            if isinstance(module, (LSTM, GRU))}
+
+
+def collect_environment(device: torch.device | str, world_size: int = 1,
+                        model: torch.nn.Module | None = None) -> dict[str, Any]:
+    """Versions, threads, device, platform, command and git commit of this process; with ``model``, also the
+    path each of its recurrent layers runs (``recurrent_paths``)."""
     device = torch.device(device)
     env: dict[str, Any] = {
         "hybridrnn": __version__,
@@ -59,6 +69,8 @@ def collect_environment(device: torch.device | str, world_size: int = 1) -> dict
         "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
         "git_commit": git_commit(),
     }
+    if model is not None:
+        env["recurrent_paths"] = recurrent_paths(model)
     if device.type == "cuda":
         env["cuda"] = torch.version.cuda
         env["gpu"] = torch.cuda.get_device_name(device)
