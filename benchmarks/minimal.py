@@ -162,10 +162,11 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
-def report(speed_rows: list[dict], acc_rows: list[dict], command: str, minutes: float) -> str:
+def report(speed_rows: list[dict], acc_rows: list[dict], runs: list[dict]) -> str:
+    made = "; ".join(f"`{r['command']}` ({r['part']}, {r['minutes']:.1f} minutes of wall time)" for r in runs)
     md = ["# minGRU and minLSTM against the GRU (issue 16, item 4)", "",
-          f"Produced by `{command}` in {minutes:.1f} minutes of wall time on a shared 2-core CPU machine "
-          f"(other processes running), one thread, torch {torch.__version__}, {platform.machine()}.", ""]
+          f"Produced by {made} on a shared 2-core CPU machine (other processes running), one thread, torch "
+          f"{torch.__version__}, {platform.machine()}.", ""]
     if speed_rows:
         md += ["## Training step time (forward + backward), batch 32, input 128, hidden 128", "",
                "Median process CPU time of one step over interleaved rounds (shuffled order, after a warm-up); "
@@ -219,22 +220,26 @@ def report(speed_rows: list[dict], acc_rows: list[dict], command: str, minutes: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only", choices=["speed", "accuracy"], default=None)
+    parser.add_argument("--only", choices=["speed", "accuracy"], default=None,
+                        help="rerun one part; the other is kept from benchmarks/results/minimal.json")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
     torch.set_num_threads(1)
     random.seed(0)
     start = time.perf_counter()
-    speed_rows = speed() if args.only in (None, "speed") else []
-    acc_rows = accuracy(args.seeds) if args.only in (None, "accuracy") else []
+    out_json = RESULTS / "minimal.json"
+    kept = json.loads(out_json.read_text()) if args.only and out_json.exists() else {}
     command = "OMP_NUM_THREADS=1 python benchmarks/minimal.py" + (f" --only {args.only}" if args.only else "") + \
         (f" --seeds {' '.join(map(str, args.seeds))}" if args.seeds != [0, 1, 2] else "")
+    speed_rows = speed() if args.only in (None, "speed") else kept.get("speed", [])
+    acc_rows = accuracy(args.seeds) if args.only in (None, "accuracy") else kept.get("accuracy", [])
     minutes = (time.perf_counter() - start) / 60
+    runs = [r for r in kept.get("runs", []) if args.only is not None and r["part"] != args.only]
+    runs.append({"part": args.only or "all", "command": command, "minutes": minutes})
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = "minimal" if args.only is None else f"minimal_{args.only}"
-    (RESULTS / f"{stem}.json").write_text(json.dumps({"speed": speed_rows, "accuracy": acc_rows}, indent=1) + "\n")
-    (RESULTS / f"{stem}.md").write_text(report(speed_rows, acc_rows, command, minutes))
-    print(f"wrote {RESULTS / stem}.md ({minutes:.1f} min)")
+    out_json.write_text(json.dumps({"speed": speed_rows, "accuracy": acc_rows, "runs": runs}, indent=1) + "\n")
+    (RESULTS / "minimal.md").write_text(report(speed_rows, acc_rows, runs))
+    print(f"wrote {RESULTS / 'minimal.md'} ({minutes:.1f} min)")
 
 
 if __name__ == "__main__":

@@ -38,11 +38,12 @@ Two implementations of the recurrence over the sequence (``path``), one function
   than ``C`` terms, which keeps the float32 cancellation between ``a*_t`` and the ``logcumsumexp`` (both grow
   like ``t``) bounded at long ``T`` (measured at T=4000: largest error 3.8e-5 with blocks of 256 against
   5.9e-4 in one block; the sequential form: 1.3e-6).
-- ``"loop"``: the sequential form ``h_t = a_t h_{t-1} + b_t`` in linear space, one fused multiply-add per step
-  with a hand-written backward (the reverse recurrence ``r_t = dL/dh_t + a_{t+1} r_{t+1}``,
-  ``dL/db_t = r_t``, ``dL/da_t = r_t h_{t-1}``, ``dL/dh_0 = a_1 r_1``). On one CPU thread the parallel scan
-  buys nothing and its ``logcumsumexp`` costs several transcendental functions per element, so this is the
-  faster path there (``benchmarks/results/minimal.md``).
+- ``"loop"``: the sequential form ``h_t = a_t h_{t-1} + b_t`` in linear space, one fused multiply-add per step;
+  the gates and the loop are one autograd node with a hand-written backward (:class:`_MinLoop`: the reverse
+  recurrence ``r_t = dL/dh_t + a_{t+1} r_{t+1}``, then ``dL/db_t = r_t``, ``dL/da_t = r_t h_{t-1}``,
+  ``dL/dh_0 = a_1 r_1`` and the gates' derivatives elementwise). On one CPU thread the parallel scan buys
+  nothing and its ``logcumsumexp`` costs several transcendental functions per element, so this is the faster
+  path there (``benchmarks/results/minimal.md``).
 - ``"auto"`` (default): ``"loop"`` on CPU, ``"log_scan"`` on other devices (a GPU runs the scan in parallel).
 
 :meth:`step` is the sequential form of one step (for streaming and generation).
@@ -50,7 +51,10 @@ Two implementations of the recurrence over the sequence (``path``), one function
 Shapes follow docs/CONTRACTS.md: ``x (B, T, input_size)``, ``lengths (B,)`` in ``1..T`` (padding never reaches a
 state; outputs are 0 there), outputs ``(B, T, D * H)`` (``[forward | backward]``), state ``h (num_layers * D, B,
 H)`` with row ``layer * D + direction``; with ``lengths`` the final state of a sequence is its last real step
-(step 0 for the backward direction). Parameters per layer ``l`` (suffix ``_l{l}``, ``_l{l}_reverse``):
+(step 0 for the backward direction). Padding: the gate inputs of padded steps are set to 0 (so that any value
+there stays finite), the scan runs over all ``T`` steps (it is causal: a real step never reads a later padded
+one; the backward direction first reverses each sequence within its length), the final state is read at each
+sequence's last real step and the outputs are zeroed at padding. Parameters per layer ``l`` (suffix ``_l{l}``, ``_l{l}_reverse``):
 ``weight_ih (G*H, I_l)``, ``bias_ih (G*H,)``, ``G = 2`` (minGRU) or ``3`` (minLSTM), ``I_0 = input_size``,
 ``I_l = D * H``. There is no recurrent weight.
 
