@@ -158,3 +158,12 @@ def test_backtest_of_the_configured_data_reads_it_as_training_did(tmp_path):
     assert bt["cutoff"].min() == pd.Timestamp("2021-03-01 12:00") + pd.Timedelta(hours=round(0.8 * 228) - 1)
     with pytest.raises(DataError, match="leading missing"):
         run.backtest(df)                                  # a given table is read whole: data.start is not applied
+
+
+def test_refit_with_conformal_intervals_calibrates_each_refitted_model(run):
+    bt = run.backtest(frame(), start="2021-03-09 12:00", stride=20, refit=2, intervals="conformal", level=0.8)
+    assert {"forecast_q0.1", "forecast_q0.9"} <= set(bt.columns) and len(bt["cutoff"].unique()) == 2
+    half = bt["forecast_q0.9"] - bt["forecast"]
+    assert np.isfinite(half).all() and (half > 0).all()
+    reused = run.backtest(frame(), start="2021-03-09 12:00", stride=20, intervals="conformal", level=0.8)
+    assert not np.allclose(half, reused["forecast_q0.9"] - reused["forecast"])   # the refitted model's own calibration
