@@ -125,6 +125,17 @@ class Run:
         frame.index.name = "forecaster" if len(rows) > 1 else "model"
         return frame
 
+    def evaluate_series(self, data: Any = None, *, split: str = "test") -> pd.DataFrame:
+        """Forecasting a panel (``data.id_column``): MAE, RMSE and MASE of the model and each baseline per
+        series (one row per series and forecaster, ``windows`` counted), the baselines computed per series."""
+        per = self.report(data, split=split)["report"].get("per_series")
+        if per is None:
+            raise ConfigError("evaluate_series needs a panel run (data.id_column); use evaluate() for one series")
+        rows = {(sid, name): values for sid, by in per.items() for name, values in by.items()}
+        frame = pd.DataFrame.from_dict(rows, orient="index")
+        frame.index = pd.MultiIndex.from_tuples(list(rows), names=["series", "forecaster"])
+        return frame
+
     def report(self, data: Any = None, *, split: str = "test", intervals: str | None = None,
                level: float = 0.8) -> dict:
         """:meth:`metrics` plus ``"report"``: the task's detailed JSON report (per horizon step, each baseline)
@@ -157,6 +168,11 @@ class Run:
         source = None if data is None else _resolve(data)
         task = self.task
         self._splits = None                       # the task's data is replaced by the backtest's table
+        if getattr(task, "panel_state", None) is not None:          # many series (data.id_column)
+            if refit is not None:
+                raise ConfigError("backtest refit of a panel (data.id_column) is not supported yet; leave refit out")
+            with torch.no_grad():
+                return task.backtest_panel(self.model, source, start, stride, **options)
         table = task.backtest_table(source)
         origins = task.backtest_origins(table, start, stride)
         with torch.no_grad():

@@ -25,6 +25,8 @@ quantile / distribution head's own quantiles); columns are named by quantile lev
 from __future__ import annotations
 
 import json
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -71,6 +73,7 @@ from hybridrnn.tasks.forecast_metrics import (
     naive_forecast,
     seasonal_naive_forecast,
 )
+from hybridrnn.tasks.forecast_panel import id_columns, offset_origins, series_frames
 from hybridrnn.tasks.forecast_plots import forecast_plots
 from hybridrnn.train.task import Task, iterate_minibatches
 
@@ -110,6 +113,10 @@ class ForecastTask(Task):
         self.origins: dict[str, np.ndarray] = {}
         self._baseline_cache: dict[str, dict[str, np.ndarray]] = {}
         self._raw: np.ndarray | None = None            # the model's raw output on the last split evaluated
+        self.panel_state: dict[str, dict] | None = None   # fitted state of a panel: per series scaler, MASE, times
+        self.window_series: dict[str, np.ndarray] = {}    # a panel's series index of each window, per split
+        self._current_series: np.ndarray | None = None    # series of the windows being unscaled (a panel)
+        self._solo = False                                # inside _series(): one series, its own scaler
 
     # ------------------------------------------------------------ data
     @property
@@ -155,6 +162,8 @@ class ForecastTask(Task):
         if whole and self.layout is None:
             raise RuntimeError("setup(whole=True) evaluates a trained model: load_artifacts first")
         source = self._configured_source() if data is None else data
+        if id_columns(cfg.data.id_column):
+            return self._setup_panel(source, whole)
         table = self._load(source, validate_frequency=self.layout["frequency"] if self.layout else None,
                            use_where=not whole or self._has_where_columns(source), time_range=not whole)
         self.table = table
@@ -374,6 +383,7 @@ class ForecastTask(Task):
     def predict_windows(self, model: nn.Module, split: str, batch_size: int = 512,
                         with_weights: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """Scaled predictions ``(n, horizon, targets)`` for every window of ``split`` (and attention weights)."""
+        self._current_series = self.window_series.get(split)
         return self._predict_origins(model, self.origins[split], batch_size, with_weights)
 
     def _predict_origins(self, model: nn.Module, origins: np.ndarray, batch_size: int = 512,
@@ -428,13 +438,19 @@ class ForecastTask(Task):
         return out
 
     def _unscale(self, scaled: np.ndarray) -> np.ndarray:
-        return self.scaler.inverse_transform(scaled, index=list(range(self.num_targets)))
+        """Scaled targets ``(n, H, C)`` (or ``(rows, C)``) -> the original scale; in a panel each window with its
+        series' scaler (``self._current_series``: the series of each of the ``n`` windows)."""
+        if self.panel_state is None or self._solo:
+            return self.scaler.inverse_transform(scaled, index=list(range(self.num_targets)))
+        center, scale = self._panel_affine(scaled.shape[0])
+        return scaled * scale[:, None, :] + center[:, None, :]
 
     def _forecasts(self, model: nn.Module, split: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         if self.num_examples(split) == 0:
             raise ValueError(f"split {split!r} has no complete window (lookback {self.layout['lookback']}, "
                              f"horizon {self.layout['horizon']})")
         _, truth = self._target_windows(split)
+        self._current_series = self.window_series.get(split)
         raw, _ = self._predict_raw(model, self.origins[split])
         self._raw = raw                                     # the model's raw output: its loss and its quantiles
         preds = {"model": self.point(raw)}
@@ -467,6 +483,8 @@ class ForecastTask(Task):
         for name, pred in preds.items():
             prefix = "" if name == "model" else f"{name}_"
             orig = forecast_metrics(truth_orig, self._unscale(pred), self.mase_scale)
+            if self.panel_state is not None:            # MASE: each window by its own series' scale
+                orig["mase"] = float(np.mean(np.abs(self._unscale(pred) - truth_orig) / self._panel_mase()[:, None, :]))
             scaled = forecast_metrics(truth, pred)
             out.update({f"{prefix}{k}": v for k, v in orig.items()})
             out.update({f"{prefix}scaled_{k}": scaled[k] for k in ("mae", "mse")})
@@ -484,11 +502,13 @@ class ForecastTask(Task):
         truth, preds = self._forecasts(model, split)
         truth_orig = self._unscale(truth)
         forecasters = {}
+        panel = self.panel_state is not None
         for name, pred in preds.items():
             orig = self._unscale(pred)
+            mase = None if panel else self.mase_scale           # a panel's MASE scale is per series (below)
             forecasters[name] = {
-                "overall": forecast_metrics(truth_orig, orig, self.mase_scale),
-                "per_step": metrics_by_step(truth_orig, orig, self.mase_scale),
+                "overall": forecast_metrics(truth_orig, orig, mase),
+                "per_step": metrics_by_step(truth_orig, orig, mase),
                 "scaled": {"overall": {k: v for k, v in forecast_metrics(truth, pred).items() if k in ("mae", "mse", "rmse")},
                            "per_step": {k: v for k, v in metrics_by_step(truth, pred).items() if k in ("mae", "mse", "rmse")}},
             }
@@ -503,6 +523,11 @@ class ForecastTask(Task):
             extra["intervals"] = {"kind": intervals, "level": level, **interval_metrics(truth_orig, lower, upper, level),
                                   "coverage_per_step": [float(v) for v in inside.mean(axis=(0, 2))],
                                   "width_per_step": [float(v) for v in (upper - lower).mean(axis=(0, 2))]}
+        if panel:
+            extra["per_series"] = self._per_series(truth_orig, preds)
+            for name, pred in preds.items():
+                forecasters[name]["overall"]["mase"] = float(np.mean(np.abs(self._unscale(pred) - truth_orig)
+                                                                     / self._panel_mase()[:, None, :]))
         return {**extra, "split": split, "windows": int(truth.shape[0]), "horizon": self.layout["horizon"],
                 "targets": self.layout["targets"], "season": self.layout["season"], "forecasters": forecasters,
                 "best_baseline": best, "beats_baselines": bool(forecasters["model"]["overall"]["mae"] < baselines[best]),
@@ -535,6 +560,8 @@ class ForecastTask(Task):
         if lay is None:
             raise RuntimeError("forecast needs setup() or load_artifacts() first")
         source = data if isinstance(data, pd.DataFrame) else Path(data)
+        if self.panel_state is not None:
+            return self._forecast_panel(model, source, intervals, level)
         freq = lay["frequency"]
         L, H = lay["lookback"], lay["horizon"]
         observed = self._observed_part(source)
@@ -682,7 +709,232 @@ class ForecastTask(Task):
 
     def _unscale_quantiles(self, scaled: np.ndarray) -> np.ndarray:
         """``(..., targets, Q)`` quantiles on the scaled data -> the original scale (the scalers are affine)."""
+        if self.panel_state is not None and not self._solo:
+            center, scale = self._panel_affine(scaled.shape[0])
+            return scaled * scale[:, None, :, None] + center[:, None, :, None]
         return np.moveaxis(self._unscale(np.moveaxis(scaled, -1, 0)), 0, -1)
+
+    # ------------------------------------------------------------ panels (data.id_column)
+    def _panel_tables(self, source: Any, *, time_range: bool,
+                      frequency: str | None) -> tuple[list[tuple[str, tuple, SeriesTable]], str]:
+        """``[(series id, id values, table), ...]`` of every series of ``source``, each validated as a series of
+        its own on one frequency (the first series' when none is given); a fault names the series."""
+        d = self._cfg.data
+        frames, name = series_frames(source, id_columns(d.id_column), d.where, header=d.header)
+        out = []
+        for sid, values, frame in frames:
+            try:
+                table = self._load(frame, validate_frequency=frequency, use_where=False, time_range=time_range)
+            except DataError as exc:
+                raise DataError(f"{name}: series {sid}: {exc}") from None
+            frequency = frequency or table.frequency
+            out.append((sid, values, table))
+        return out, name
+
+    def _short_series(self, name: str, short: dict[str, str]) -> None:
+        """Too-short series: a ``DataError`` naming them, or (``data.short_series: skip``) a warning naming them."""
+        if not short:
+            return
+        text = "; ".join(f"{sid}: {why}" for sid, why in short.items())
+        if self._cfg.data.short_series == "error":
+            raise DataError(f"{name}: {len(short)} series too short for a window ({text}); drop them from the table "
+                            "or set data.short_series: skip")
+        warnings.warn(f"{name}: skipping {len(short)} series too short for a window ({text})", stacklevel=3)
+
+    def _setup_panel(self, source: Any, whole: bool) -> None:
+        """:meth:`setup` for a panel: every series split by ``data.split`` alike (fractions of its own length, or
+        the same dates), a scaler per series fitted on its training part, windows from every series (never two)."""
+        d, w = self._cfg.data, self._cfg.window
+        L, H = w.lookback, w.horizon
+        if d.future_covariates:
+            raise ConfigError("data.future_covariates with data.id_column (a panel) are not supported yet")
+        fitted = self.layout is not None
+        tables, name = self._panel_tables(source, time_range=not whole,
+                                          frequency=self.layout["frequency"] if fitted else d.frequency)
+        short, kept = {}, []
+        for sid, values, table in tables:
+            if fitted and sid not in self.panel_state:
+                raise DataError(f"{name}: series {sid} was not in the training data (the run knows "
+                                f"{list(self.panel_state)[:10]})")
+            if whole:
+                if len(table) < L + H:
+                    short[sid] = f"{len(table)} rows < lookback + horizon = {L + H}"
+                else:
+                    kept.append((sid, values, table, (0, 0, len(table))))
+                continue
+            try:
+                bounds = split_bounds(len(table), d.split, table.times)
+            except DataError as exc:
+                short[sid] = str(exc)
+                continue
+            if len(window_origins(0, bounds[0], L, H)) == 0:
+                short[sid] = f"a training part of {bounds[0]} rows < lookback + horizon = {L + H}"
+                continue
+            kept.append((sid, values, table, bounds))
+        self._short_series(name, short)
+        if not kept:
+            raise DataError(f"{name}: no series of the panel is long enough for a window")
+        if not fitted:
+            self._fit_panel_state(kept, None if isinstance(source, pd.DataFrame) else str(resolve_data_path(str(source))))
+        self._panel_windows(kept, whole)
+
+    def _fit_panel_state(self, kept: list, data_file: str | None) -> None:
+        """The layout (from the first series, categories from every series' training part) and per series: its
+        scaler and MASE scale (training part only), its last training and validation times."""
+        d = self._cfg.data
+        self._fit_state(kept[0][2], kept[0][3], data_file)
+        lay = self.layout
+        cats = {c: sorted(set().union(*(set(t.categorical[c].iloc[:b[0]]) for _, _, t, b in kept))) for c in d.categorical}
+        lay["categories"] = cats
+        lay["input_size"] = len(d.target) + len(d.covariates) + sum(len(v) for v in cats.values()) + len(lay["calendar_columns"])
+        lay["panel"] = {"id_columns": id_columns(d.id_column), "series": [sid for sid, *_ in kept]}
+        lay["last_time"] = lay["val_end_time"] = None          # per series, in the panel state
+        self.panel_state = {}
+        for sid, values, t, (a, b, _) in kept:
+            self.panel_state[sid] = {
+                "ids": [str(v) for v in values],
+                "scaler": Scaler.fit(d.scaler, t.numeric.iloc[:a].to_numpy(), list(t.numeric.columns)),
+                "mase_scale": mase_scale(self._targets_original(t)[:a], lay["season"]),
+                "last_time": None if t.times is None else str(t.times[a - 1]),
+                "val_end_time": None if t.times is None else str(t.times[b - 1]), "rows": int(len(t))}
+
+    def _panel_windows(self, kept: list, whole: bool) -> None:
+        """Stack the series' features (each scaled by its own scaler) and draw each split's windows per series."""
+        L, H, stride = self.layout["lookback"], self.layout["horizon"], self._cfg.window.stride
+        index = list(self.panel_state)
+        feats, parts = [], {"train": [], "val": [], "test": []}
+        for sid, _, table, (a, b, c) in kept:
+            with self._series(sid):
+                feats.append(self._features(table))
+            parts["train"].append(window_origins(0, a, L, H, stride) if not whole else np.zeros(0, np.int64))
+            parts["val"].append(window_origins(a, b, L, H) if not whole else np.zeros(0, np.int64))
+            parts["test"].append(window_origins(b, c, L, H))
+        ids = np.array([index.index(sid) for sid, *_ in kept], np.int64)
+        self.values = torch.from_numpy(np.concatenate(feats))
+        self.origins, self.window_series = {}, {}
+        for split, p in parts.items():
+            origins, local = offset_origins(p, [len(t) for _, _, t, _ in kept])
+            self.origins[split], self.window_series[split] = origins, ids[local]
+        self.table, self._baseline_cache = None, {}
+        if not whole and self.linear is None:
+            self.linear = LinearBaseline().fit(*self._target_windows("train"))
+
+    @contextmanager
+    def _series(self, sid: str) -> Iterator[dict]:
+        """Within: one series of the panel, its own scaler and MASE scale (single-series code paths apply)."""
+        saved = self.scaler, self.mase_scale, self._solo
+        st = self.panel_state[sid]
+        self.scaler, self.mase_scale, self._solo = st["scaler"], st["mase_scale"], True
+        try:
+            yield st
+        finally:
+            self.scaler, self.mase_scale, self._solo = saved
+
+    def _panel_affine(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(center, scale)``, each ``(n, targets)``: the target scalers of the series of ``n`` windows."""
+        series = self._current_series
+        if series is None or len(series) != n:
+            raise RuntimeError(f"panel: unscaling {n} windows without their series (got "
+                               f"{None if series is None else len(series)})")
+        c = self.num_targets
+        scalers = [st["scaler"] for st in self.panel_state.values()]
+        center = np.stack([sc.center[:c] for sc in scalers])[series]
+        scale = np.stack([sc.scale[:c] for sc in scalers])[series]
+        return center, scale
+
+    def _panel_mase(self) -> np.ndarray:
+        """``(n, targets)``: the MASE scale of each window's series."""
+        return np.stack([st["mase_scale"] for st in self.panel_state.values()])[self._current_series]
+
+    def _per_series(self, truth_orig: np.ndarray, preds: dict[str, np.ndarray]) -> dict[str, dict]:
+        """``{series: {forecaster: {"windows", "mae", "rmse", "mase"}}}`` on the original scale."""
+        series, names = self._current_series, list(self.panel_state)
+        scale = self._panel_mase()
+        unscaled = {k: self._unscale(v) for k, v in preds.items()}
+        out = {}
+        for i in np.unique(series):
+            m = series == i
+            out[names[i]] = {k: {"windows": int(m.sum()), "mae": float(np.abs(v[m] - truth_orig[m]).mean()),
+                                 "rmse": float(np.sqrt(((v[m] - truth_orig[m]) ** 2).mean())),
+                                 "mase": float((np.abs(v[m] - truth_orig[m]) / scale[m][:, None, :]).mean())}
+                             for k, v in unscaled.items()}
+        return out
+
+    @torch.no_grad()
+    def _forecast_panel(self, model: nn.Module, source: Any, intervals: str | None, level: float) -> pd.DataFrame:
+        """:meth:`forecast` for a panel: the ``horizon`` rows after each series' last row, every series of the
+        input (each must be known to the run), with the id column(s) first."""
+        lay, d = self.layout, self._cfg.data
+        L, H, freq = lay["lookback"], lay["horizon"], lay["frequency"]
+        frames, name = series_frames(source, id_columns(d.id_column), d.where, header=d.header)
+        pasts, futures, info = [], [], []
+        for sid, _, frame in frames:
+            if sid not in self.panel_state:
+                raise DataError(f"{name}: series {sid} was not in the training data (the run knows "
+                                f"{list(self.panel_state)[:10]})")
+            st = self.panel_state[sid]
+            try:
+                tail = self._load(frame, validate_frequency=freq, use_where=False, time_range=False, rows=slice(-L, None))
+                if len(tail) < L:
+                    raise DataError(f"forecasting needs at least lookback = {L} rows, got {len(tail)}")
+                if tail.times is not None and st["last_time"]:
+                    check_time_grid(tail.times, st["last_time"], freq, source=name, rows=tail.rows,
+                                    csv=not isinstance(source, pd.DataFrame))
+            except DataError as exc:
+                raise DataError(f"{name}: series {sid}: {exc}") from None
+            with self._series(sid):
+                pasts.append(self._features(tail))
+            times = None if freq == "steps" else future_times(tail.times[-1], freq, H)
+            if lay["future_size"]:
+                futures.append(calendar_features(times, lay["calendar"], lay["calendar_encoding"]))
+            info.append((sid, st, times, tail))
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        try:
+            y, _ = model(torch.from_numpy(np.stack(pasts)).to(device),
+                         torch.from_numpy(np.stack(futures).astype(np.float32)).to(device) if futures else None)
+        finally:
+            model.train(was_training)
+        raw = y.double().cpu().numpy()
+        self._current_series = np.array([list(self.panel_state).index(sid) for sid, *_ in info], np.int64)
+        values = self._unscale(self.point(raw))                                              # (S, H, C)
+        quantiles = self._quantile_columns(raw, values, intervals, level)
+        tc = lay["time_column"]
+        out = []
+        for i, (sid, st, times, tail) in enumerate(info):
+            part = with_quantile_columns(pd.DataFrame(values[i], columns=lay["targets"]), lay["targets"],
+                                         {q: v[i] for q, v in quantiles.items()})
+            if times is None:
+                part.insert(0, "step", np.arange(1, H + 1) + int(tail.rows[-1]))
+            else:
+                part.insert(0, tc if isinstance(tc, str) else "time", times)
+            for j, col in enumerate(id_columns(d.id_column)):
+                part.insert(j, col, st["ids"][j])
+            out.append(part)
+        return pd.concat(out, ignore_index=True)
+
+    def backtest_panel(self, model: nn.Module, data: Any = None, start: Any = None, stride: int = 1,
+                       **options: Any) -> pd.DataFrame:
+        """A backtest of every series of a panel (``id`` = the series), each from its own origins (default: after
+        its own validation part) with its own scaler; a series without an origin follows ``data.short_series``."""
+        source = self._configured_source() if data is None else data
+        tables, name = self._panel_tables(source, time_range=data is None, frequency=self.layout["frequency"])
+        parts, short = [], {}
+        for sid, _, table in tables:
+            if sid not in self.panel_state:
+                raise DataError(f"{name}: series {sid} was not in the training data")
+            with self._series(sid) as st:
+                try:
+                    origins = self.backtest_origins(table, start, stride, last_seen=st["val_end_time"])
+                except DataError as exc:
+                    short[sid] = str(exc)
+                    continue
+                parts.append(self.backtest_frame(model, table, origins, sid, **options))
+        self._short_series(name, short)
+        if not parts:
+            raise DataError(f"{name}: no series has a backtest origin")
+        return pd.concat(parts, ignore_index=True)
 
     # ------------------------------------------------------------ backtesting (rolling origin)
     def backtest_table(self, data: Any = None) -> SeriesTable:
@@ -697,7 +949,8 @@ class ForecastTask(Task):
         return self._load(source, validate_frequency=self.layout["frequency"],
                           use_where=data is None or self._has_where_columns(source), time_range=data is None)
 
-    def backtest_origins(self, table: SeriesTable, start: Any = None, stride: int = 1) -> np.ndarray:
+    def backtest_origins(self, table: SeriesTable, start: Any = None, stride: int = 1,
+                         last_seen: str | None = None) -> np.ndarray:
         """Row numbers ``t`` of ``table`` used as forecast origins: the forecast of rows ``[t, t + horizon)``
         reads only rows ``[t - lookback, t)``. ``start``: the first forecast time (a date; an int row number for
         a ``steps`` series); None: the first origin whose forecast rows all lie after the rows the model was
@@ -709,7 +962,7 @@ class ForecastTask(Task):
             raise ConfigError(f"backtest stride must be a whole number >= 1, got {stride!r}")
         n = len(table)
         if start is None:
-            last_seen = self.layout.get("val_end_time") or self.layout.get("last_time")
+            last_seen = last_seen or self.layout.get("val_end_time") or self.layout.get("last_time")
             first = L if table.times is None or last_seen is None else \
                 int(table.times.searchsorted(pd.Timestamp(last_seen), side="right"))
         elif table.times is None:
@@ -802,6 +1055,10 @@ class ForecastTask(Task):
         coefficients, everything ``predict`` and ``evaluate --input`` need without the training data."""
         payload = {"format": ARTIFACTS_FORMAT, "layout": self.layout, "scaler": self.scaler.to_dict(),
                    "mase_scale": np.asarray(self.mase_scale, np.float64).tolist(), "linear": self.linear.to_dict()}
+        if self.panel_state is not None:
+            payload["panel"] = {sid: {**st, "scaler": st["scaler"].to_dict(),
+                                      "mase_scale": np.asarray(st["mase_scale"], np.float64).tolist()}
+                                for sid, st in self.panel_state.items()}
         atomic_write_text(Path(run_dir) / ARTIFACTS_FILE, json.dumps(payload, indent=1))
 
     def load_artifacts(self, run_dir: Path) -> None:
@@ -816,6 +1073,10 @@ class ForecastTask(Task):
         self.scaler = Scaler.from_dict(payload["scaler"])
         self.mase_scale = np.asarray(payload["mase_scale"], np.float64)
         self.linear = LinearBaseline.from_dict(payload["linear"])
+        if "panel" in payload:
+            self.panel_state = {sid: {**st, "scaler": Scaler.from_dict(st["scaler"]),
+                                      "mase_scale": np.asarray(st["mase_scale"], np.float64)}
+                                for sid, st in payload["panel"].items()}
         self._load_conformal(run_dir)
 
     @torch.no_grad()
@@ -837,6 +1098,9 @@ class ForecastTask(Task):
         return None
 
     def plots(self, model: nn.Module, run_dir: Path) -> list[Path]:
+        if self.panel_state is not None:
+            warnings.warn("forecast plots are drawn for single-series runs only; a panel's are not drawn yet")
+            return []
         return forecast_plots(self, model, Path(run_dir))
 
 

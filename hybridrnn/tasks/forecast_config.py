@@ -38,6 +38,12 @@ class ForecastDataConfig(Section):
                                          "look-back and the horizon; predict needs their values for the horizon rows "
                                          "after the last observed target")
     where: dict[str, Union[str, int, float]] = Field(default_factory=dict, description="keep rows with column == value, e.g. {Ticker: AAPL}")
+    id_column: Optional[Union[str, list[str]]] = Field(
+        None, description="column(s) naming the series of a long table (a panel: one global model over every series, "
+                          "each scaled on its own training part); None: the table is one series")
+    short_series: Literal["error", "skip"] = Field(
+        "error", description="a series of the panel too short for one training window: error (named) or skip "
+                             "(a warning names it)")
     start: Optional[str] = Field(None, description="keep times >= start")
     end: Optional[str] = Field(None, description="keep times < end")
     frequency: Optional[str] = Field(None, description="pandas offset alias ('h', 'D', 'B', ...), 'steps', or None to infer")
@@ -73,6 +79,9 @@ class ForecastDataConfig(Section):
     @model_validator(mode="after")
     def _columns_distinct(self):
         seen: dict[str, str] = {}
+        ids = [self.id_column] if isinstance(self.id_column, str) else list(self.id_column or [])
+        for c in ids:
+            seen[c] = "id_column"
         for role in ("target", "covariates", "categorical", "future_covariates"):
             for c in getattr(self, role):
                 if c in seen:
