@@ -128,3 +128,35 @@ def test_too_short_series_is_an_error_or_a_named_warning():
     assert list(run.task.panel_state) == ["A", "B", "C"]
     with pytest.raises(DataError, match="no id column"):
         hybridrnn.fit(config(id_column="store"), data=df)
+
+
+def test_static_covariates_are_constant_channels_per_series(tmp_path):
+    from hybridrnn.errors import ConfigError
+
+    df = panel()
+    df["region"] = df["unique_id"].map({"A": "north", "B": "north", "C": "south"})
+    df["size"] = df["unique_id"].map({"A": 1.0, "B": 3.0, "C": 8.0})
+    run = hybridrnn.fit(config(static_covariates=["region", "size"]), data=df, out=tmp_path / "s")
+    lay = run.task.layout
+    assert lay["static"]["region"] == {"kind": "categorical", "categories": ["north", "south"]}
+    assert lay["static"]["size"]["kind"] == "numeric" and lay["static_size"] == 3 \
+        and lay["input_size"] == 1 + 3 + len(lay["calendar_columns"])
+    task = run.task
+    task.setup(df)
+    size = (np.array([1.0, 3.0, 8.0]) - 4.0) / np.std([1.0, 3.0, 8.0])
+    start = 0
+    for i, (sid, st) in enumerate(task.panel_state.items()):
+        block = task.values[start:start + st["rows"], 1:4].numpy()      # after the target: region one-hot, size
+        start += st["rows"]
+        expected = [1.0 if sid != "C" else 0.0, 1.0 if sid == "C" else 0.0, size[i]]
+        np.testing.assert_allclose(block, np.tile(expected, (len(block), 1)), rtol=1e-6)
+    out = run.predict(df)
+    pd.testing.assert_frame_equal(hybridrnn.load(tmp_path / "s").predict(df), out)
+    run.task.panel_state["B"]["static"] = {"region": "south", "size": "8.0"}   # the model reads them
+    assert not np.allclose(run.predict(df)["y"][H:2 * H], out["y"][H:2 * H])
+    bad = df.copy()
+    bad.loc[bad.index[-1], "size"] = 9.0
+    with pytest.raises(DataError, match="series C: static covariate 'size' must hold one value"):
+        hybridrnn.fit(config(static_covariates=["size"]), data=bad)
+    with pytest.raises(ConfigError, match="need data.id_column"):
+        hybridrnn.fit(config(id_column=None, static_covariates=["size"]), data=df)

@@ -73,7 +73,8 @@ from hybridrnn.tasks.forecast_metrics import (
     naive_forecast,
     seasonal_naive_forecast,
 )
-from hybridrnn.tasks.forecast_panel import id_columns, offset_origins, series_frames
+from hybridrnn.tasks.forecast_panel import (encode_statics, fit_statics, id_columns, offset_origins, series_frames,
+                                            static_size, static_values)
 from hybridrnn.tasks.forecast_plots import forecast_plots
 from hybridrnn.train.task import Task, iterate_minibatches
 
@@ -117,6 +118,7 @@ class ForecastTask(Task):
         self.window_series: dict[str, np.ndarray] = {}    # a panel's series index of each window, per split
         self._current_series: np.ndarray | None = None    # series of the windows being unscaled (a panel)
         self._solo = False                                # inside _series(): one series, its own scaler
+        self._static: np.ndarray | None = None            # inside _series(): its encoded static covariates
 
     # ------------------------------------------------------------ data
     @property
@@ -230,6 +232,8 @@ class ForecastTask(Task):
         parts = [scaled[:, :n_past]]
         for col, cats in lay["categories"].items():
             parts.append(one_hot(table.categorical[col], cats))
+        if lay.get("static_size"):                                          # a panel's series: constant channels
+            parts.append(np.repeat(self._static[None], len(table), axis=0))
         parts.append(scaled[:, n_past:])
         if lay["calendar"]:
             parts.append(calendar_features(table.times if times is None else times, lay["calendar"], lay["calendar_encoding"]))
@@ -716,20 +720,22 @@ class ForecastTask(Task):
 
     # ------------------------------------------------------------ panels (data.id_column)
     def _panel_tables(self, source: Any, *, time_range: bool,
-                      frequency: str | None) -> tuple[list[tuple[str, tuple, SeriesTable]], str]:
+                      frequency: str | None) -> tuple[list[tuple[str, tuple, SeriesTable]], str, dict]:
         """``[(series id, id values, table), ...]`` of every series of ``source``, each validated as a series of
-        its own on one frequency (the first series' when none is given); a fault names the series."""
+        its own on one frequency (the first series' when none is given), the source's name, and each series'
+        static covariates ``{sid: {column: value}}``; a fault names the series."""
         d = self._cfg.data
         frames, name = series_frames(source, id_columns(d.id_column), d.where, header=d.header)
-        out = []
+        out, statics = [], {}
         for sid, values, frame in frames:
+            statics[sid] = static_values(frame, d.static_covariates, sid, name)
             try:
                 table = self._load(frame, validate_frequency=frequency, use_where=False, time_range=time_range)
             except DataError as exc:
                 raise DataError(f"{name}: series {sid}: {exc}") from None
             frequency = frequency or table.frequency
             out.append((sid, values, table))
-        return out, name
+        return out, name, statics
 
     def _short_series(self, name: str, short: dict[str, str]) -> None:
         """Too-short series: a ``DataError`` naming them, or (``data.short_series: skip``) a warning naming them."""
@@ -749,8 +755,8 @@ class ForecastTask(Task):
         if d.future_covariates:
             raise ConfigError("data.future_covariates with data.id_column (a panel) are not supported yet")
         fitted = self.layout is not None
-        tables, name = self._panel_tables(source, time_range=not whole,
-                                          frequency=self.layout["frequency"] if fitted else d.frequency)
+        tables, name, statics = self._panel_tables(source, time_range=not whole,
+                                                   frequency=self.layout["frequency"] if fitted else d.frequency)
         short, kept = {}, []
         for sid, values, table in tables:
             if fitted and sid not in self.panel_state:
@@ -775,10 +781,11 @@ class ForecastTask(Task):
         if not kept:
             raise DataError(f"{name}: no series of the panel is long enough for a window")
         if not fitted:
-            self._fit_panel_state(kept, None if isinstance(source, pd.DataFrame) else str(resolve_data_path(str(source))))
+            self._fit_panel_state(kept, None if isinstance(source, pd.DataFrame) else str(resolve_data_path(str(source))),
+                                  statics)
         self._panel_windows(kept, whole)
 
-    def _fit_panel_state(self, kept: list, data_file: str | None) -> None:
+    def _fit_panel_state(self, kept: list, data_file: str | None, statics: dict) -> None:
         """The layout (from the first series, categories from every series' training part) and per series: its
         scaler and MASE scale (training part only), its last training and validation times."""
         d = self._cfg.data
@@ -786,13 +793,16 @@ class ForecastTask(Task):
         lay = self.layout
         cats = {c: sorted(set().union(*(set(t.categorical[c].iloc[:b[0]]) for _, _, t, b in kept))) for c in d.categorical}
         lay["categories"] = cats
-        lay["input_size"] = len(d.target) + len(d.covariates) + sum(len(v) for v in cats.values()) + len(lay["calendar_columns"])
+        lay["static"] = fit_statics([statics[sid] for sid, *_ in kept], d.static_covariates)
+        lay["static_size"] = static_size(lay["static"])
+        lay["input_size"] = (len(d.target) + len(d.covariates) + sum(len(v) for v in cats.values()) + lay["static_size"]
+                             + len(lay["calendar_columns"]))
         lay["panel"] = {"id_columns": id_columns(d.id_column), "series": [sid for sid, *_ in kept]}
         lay["last_time"] = lay["val_end_time"] = None          # per series, in the panel state
         self.panel_state = {}
         for sid, values, t, (a, b, _) in kept:
             self.panel_state[sid] = {
-                "ids": [str(v) for v in values],
+                "ids": [str(v) for v in values], "static": statics[sid],
                 "scaler": Scaler.fit(d.scaler, t.numeric.iloc[:a].to_numpy(), list(t.numeric.columns)),
                 "mase_scale": mase_scale(self._targets_original(t)[:a], lay["season"]),
                 "last_time": None if t.times is None else str(t.times[a - 1]),
@@ -822,13 +832,15 @@ class ForecastTask(Task):
     @contextmanager
     def _series(self, sid: str) -> Iterator[dict]:
         """Within: one series of the panel, its own scaler and MASE scale (single-series code paths apply)."""
-        saved = self.scaler, self.mase_scale, self._solo
+        saved = self.scaler, self.mase_scale, self._solo, self._static
         st = self.panel_state[sid]
         self.scaler, self.mase_scale, self._solo = st["scaler"], st["mase_scale"], True
+        if self.layout.get("static"):
+            self._static = encode_statics(st["static"], self.layout["static"])
         try:
             yield st
         finally:
-            self.scaler, self.mase_scale, self._solo = saved
+            self.scaler, self.mase_scale, self._solo, self._static = saved
 
     def _panel_affine(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """``(center, scale)``, each ``(n, targets)``: the target scalers of the series of ``n`` windows."""
@@ -919,7 +931,7 @@ class ForecastTask(Task):
         """A backtest of every series of a panel (``id`` = the series), each from its own origins (default: after
         its own validation part) with its own scaler; a series without an origin follows ``data.short_series``."""
         source = self._configured_source() if data is None else data
-        tables, name = self._panel_tables(source, time_range=data is None, frequency=self.layout["frequency"])
+        tables, name, _ = self._panel_tables(source, time_range=data is None, frequency=self.layout["frequency"])
         parts, short = [], {}
         for sid, _, table in tables:
             if sid not in self.panel_state:

@@ -41,6 +41,9 @@ class ForecastDataConfig(Section):
     id_column: Optional[Union[str, list[str]]] = Field(
         None, description="column(s) naming the series of a long table (a panel: one global model over every series, "
                           "each scaled on its own training part); None: the table is one series")
+    static_covariates: list[str] = Field(default_factory=list, description="columns holding one value per series of "
+                                         "a panel (store size, region): numeric ones standardised across the training "
+                                         "series, others one-hot; constant input channels of every window")
     short_series: Literal["error", "skip"] = Field(
         "error", description="a series of the panel too short for one training window: error (named) or skip "
                              "(a warning names it)")
@@ -58,7 +61,7 @@ class ForecastDataConfig(Section):
     season: Optional[int] = Field(None, ge=1, description="seasonal period in steps (seasonal naive, MASE); None: from the frequency")
     header: bool = Field(True, description="False for a CSV without a header row (columns are then '0', '1', ...)")
 
-    @field_validator("target", "covariates", "categorical", "future_covariates", mode="before")
+    @field_validator("target", "covariates", "categorical", "future_covariates", "static_covariates", mode="before")
     @classmethod
     def _one_or_many(cls, v):
         return [v] if isinstance(v, str) else v
@@ -82,7 +85,9 @@ class ForecastDataConfig(Section):
         ids = [self.id_column] if isinstance(self.id_column, str) else list(self.id_column or [])
         for c in ids:
             seen[c] = "id_column"
-        for role in ("target", "covariates", "categorical", "future_covariates"):
+        if self.static_covariates and not ids:
+            raise ValueError("data.static_covariates hold one value per series: they need data.id_column")
+        for role in ("target", "covariates", "categorical", "future_covariates", "static_covariates"):
             for c in getattr(self, role):
                 if c in seen:
                     raise ValueError(f"column {c!r} is listed in both data.{seen[c]} and data.{role}")

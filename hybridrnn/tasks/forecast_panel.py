@@ -57,3 +57,55 @@ def offset_origins(parts: Sequence[np.ndarray], lengths: Sequence[int]) -> tuple
     series = [np.full(len(p), i, np.int64) for i, p in enumerate(parts)]
     return (np.concatenate(origins) if origins else np.zeros(0, np.int64),
             np.concatenate(series) if series else np.zeros(0, np.int64))
+
+
+def static_values(frame: pd.DataFrame, columns: Sequence[str], sid: str, name: str) -> dict[str, str]:
+    """``{column: value}`` (as text) of a series' static covariates; a column missing, empty or holding more
+    than one value in the series is a ``DataError`` naming the series and the column."""
+    out = {}
+    for col in columns:
+        if col not in frame.columns:
+            raise DataError(f"{name}: no column {col!r} (data.static_covariates)")
+        values = pd.unique(frame[col].dropna().astype(str))
+        if len(values) != 1 or frame[col].isna().any():
+            shown = ", ".join(values[:5]) if len(values) else "none"
+            raise DataError(f"{name}: series {sid}: static covariate {col!r} must hold one value in every row of the "
+                            f"series; it has {len(values)} distinct value(s) ({shown})"
+                            + (" and empty cells" if frame[col].isna().any() else ""))
+        out[col] = str(values[0])
+    return out
+
+
+def fit_statics(per_series: Sequence[dict[str, str]], columns: Sequence[str]) -> dict[str, dict]:
+    """The encoding of static covariates from the training series' values: ``{column: {"kind": "numeric",
+    "mean", "std"}}`` when every value is a number, else ``{"kind": "categorical", "categories": [...]}``."""
+    out = {}
+    for col in columns:
+        values = [s[col] for s in per_series]
+        numbers = pd.to_numeric(pd.Series(values), errors="coerce")
+        if numbers.notna().all():
+            std = float(numbers.std(ddof=0))
+            out[col] = {"kind": "numeric", "mean": float(numbers.mean()), "std": std if std > 1e-12 else 1.0}
+        else:
+            out[col] = {"kind": "categorical", "categories": sorted(set(values))}
+    return out
+
+
+def encode_statics(values: dict[str, str], encoding: dict[str, dict]) -> np.ndarray:
+    """``(static_size,)`` float32: each numeric static standardised, each categorical one-hot (an unseen value:
+    zeros), in the order of ``encoding``."""
+    parts = []
+    for col, enc in encoding.items():
+        if enc["kind"] == "numeric":
+            try:
+                parts.append([(float(values[col]) - enc["mean"]) / enc["std"]])
+            except ValueError:
+                raise DataError(f"static covariate {col!r} was numeric in training; got {values[col]!r}") from None
+        else:
+            parts.append([1.0 if values[col] == c else 0.0 for c in enc["categories"]])
+    return np.asarray([v for p in parts for v in p], np.float32)
+
+
+def static_size(encoding: dict[str, dict]) -> int:
+    """Input channels the static covariates take."""
+    return sum(1 if e["kind"] == "numeric" else len(e["categories"]) for e in encoding.values())
