@@ -160,3 +160,33 @@ def test_static_covariates_are_constant_channels_per_series(tmp_path):
         hybridrnn.fit(config(static_covariates=["size"]), data=bad)
     with pytest.raises(ConfigError, match="need data.id_column"):
         hybridrnn.fit(config(id_column=None, static_covariates=["size"]), data=df)
+
+
+def test_id_embedding_is_a_learned_lookup_of_the_series(tmp_path):
+    import torch
+    from hybridrnn.errors import ConfigError
+    from hybridrnn.tasks.forecast_panel import IdEmbedding
+
+    df = panel()
+    cfg = config()
+    cfg["model"]["id_embedding"] = 4
+    run = hybridrnn.fit(cfg, data=df, out=tmp_path / "e")
+    model = run.model
+    assert isinstance(model, IdEmbedding) and model.embed.weight.shape == (4, 3)
+    lay = run.task.layout
+    assert lay["id_onehot"] == {"start": 1, "num_ids": 3, "dim": 4}
+    task = run.task
+    task.setup(df)
+    past = task._batch(task.origins["test"][:5])["past"]
+    onehot = past[:, :, 1:4]
+    series = task.window_series["test"][:5]
+    torch.testing.assert_close(onehot, torch.nn.functional.one_hot(torch.as_tensor(series), 3).float()[:, None].expand(-1, L, -1))
+    out = run.predict(df)
+    pd.testing.assert_frame_equal(hybridrnn.load(tmp_path / "e").predict(df), out)
+    with torch.no_grad():
+        model.embed.weight[:, 1] += 5.0                                # B's embedding moves: only B's forecast does
+    moved = run.predict(df)
+    assert not np.allclose(moved["y"][H:2 * H], out["y"][H:2 * H])
+    np.testing.assert_array_equal(moved["y"][:H], out["y"][:H])
+    with pytest.raises(ConfigError, match="needs data.id_column"):
+        hybridrnn.fit(dict(cfg, data={**cfg["data"], "id_column": None}), data=df[df["unique_id"] == "A"])

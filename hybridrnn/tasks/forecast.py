@@ -73,7 +73,7 @@ from hybridrnn.tasks.forecast_metrics import (
     naive_forecast,
     seasonal_naive_forecast,
 )
-from hybridrnn.tasks.forecast_panel import (encode_statics, fit_statics, id_columns, offset_origins, series_frames,
+from hybridrnn.tasks.forecast_panel import (IdEmbedding, encode_statics, fit_statics, id_columns, offset_origins, series_frames,
                                             static_size, static_values)
 from hybridrnn.tasks.forecast_plots import forecast_plots
 from hybridrnn.train.task import Task, iterate_minibatches
@@ -119,6 +119,7 @@ class ForecastTask(Task):
         self._current_series: np.ndarray | None = None    # series of the windows being unscaled (a panel)
         self._solo = False                                # inside _series(): one series, its own scaler
         self._static: np.ndarray | None = None            # inside _series(): its encoded static covariates
+        self._id_row: np.ndarray | None = None            # inside _series(): the one-hot of its id (id_embedding)
 
     # ------------------------------------------------------------ data
     @property
@@ -166,6 +167,8 @@ class ForecastTask(Task):
         source = self._configured_source() if data is None else data
         if id_columns(cfg.data.id_column):
             return self._setup_panel(source, whole)
+        if cfg.model.id_embedding:
+            raise ConfigError("model.id_embedding embeds the series id of a panel: it needs data.id_column")
         table = self._load(source, validate_frequency=self.layout["frequency"] if self.layout else None,
                            use_where=not whole or self._has_where_columns(source), time_range=not whole)
         self.table = table
@@ -234,6 +237,8 @@ class ForecastTask(Task):
             parts.append(one_hot(table.categorical[col], cats))
         if lay.get("static_size"):                                          # a panel's series: constant channels
             parts.append(np.repeat(self._static[None], len(table), axis=0))
+        if lay.get("id_onehot"):                                            # the series id, for model.id_embedding
+            parts.append(np.repeat(self._id_row[None], len(table), axis=0))
         parts.append(scaled[:, n_past:])
         if lay["calendar"]:
             parts.append(calendar_features(table.times if times is None else times, lay["calendar"], lay["calendar_encoding"]))
@@ -352,10 +357,13 @@ class ForecastTask(Task):
                                   f"model.strategy direct or parallel without linear_skip (got strategy {m.strategy}"
                                   + (", linear_skip: true)" if m.linear_skip else ")"))
             head["outputs_per_target"] = k_out
-        return Forecaster(lay["input_size"], len(lay["targets"]), lay["horizon"], m.encoder, lookback=lay["lookback"],
-                          future_size=lay["future_size"], attention=m.attention, attention_heads=m.attention_heads,
-                          dropout=m.dropout, norm_channels=len(lay["targets"]) + len(lay["covariates"]),
-                          encoder_options=encoder_options(m), **head)
+        ids = lay.get("id_onehot")
+        size = lay["input_size"] if not ids else lay["input_size"] - ids["num_ids"] + ids["dim"]
+        model = Forecaster(size, len(lay["targets"]), lay["horizon"], m.encoder, lookback=lay["lookback"],
+                           future_size=lay["future_size"], attention=m.attention, attention_heads=m.attention_heads,
+                           dropout=m.dropout, norm_channels=len(lay["targets"]) + len(lay["covariates"]),
+                           encoder_options=encoder_options(m), **head)
+        return model if not ids else IdEmbedding(model, ids["start"], ids["num_ids"], ids["dim"])
 
     def train_batches(self, epoch: int, generator: torch.Generator) -> Iterator[Any]:
         origins = self.origins["train"]
@@ -797,6 +805,10 @@ class ForecastTask(Task):
         lay["static_size"] = static_size(lay["static"])
         lay["input_size"] = (len(d.target) + len(d.covariates) + sum(len(v) for v in cats.values()) + lay["static_size"]
                              + len(lay["calendar_columns"]))
+        if self._cfg.model.id_embedding:
+            lay["id_onehot"] = {"start": lay["input_size"] - len(lay["calendar_columns"]), "num_ids": len(kept),
+                                "dim": int(self._cfg.model.id_embedding)}
+            lay["input_size"] += len(kept)
         lay["panel"] = {"id_columns": id_columns(d.id_column), "series": [sid for sid, *_ in kept]}
         lay["last_time"] = lay["val_end_time"] = None          # per series, in the panel state
         self.panel_state = {}
@@ -832,15 +844,16 @@ class ForecastTask(Task):
     @contextmanager
     def _series(self, sid: str) -> Iterator[dict]:
         """Within: one series of the panel, its own scaler and MASE scale (single-series code paths apply)."""
-        saved = self.scaler, self.mase_scale, self._solo, self._static
+        saved = self.scaler, self.mase_scale, self._solo, self._static, self._id_row
         st = self.panel_state[sid]
         self.scaler, self.mase_scale, self._solo = st["scaler"], st["mase_scale"], True
+        self._id_row = (np.arange(len(self.panel_state)) == list(self.panel_state).index(sid)).astype(np.float32)
         if self.layout.get("static"):
             self._static = encode_statics(st["static"], self.layout["static"])
         try:
             yield st
         finally:
-            self.scaler, self.mase_scale, self._solo, self._static = saved
+            self.scaler, self.mase_scale, self._solo, self._static, self._id_row = saved
 
     def _panel_affine(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """``(center, scale)``, each ``(n, targets)``: the target scalers of the series of ``n`` windows."""

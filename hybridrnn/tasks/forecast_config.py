@@ -133,6 +133,8 @@ class ForecastModelConfig(ModelConfig):
                            "model.quantiles level, pinball loss; the point forecast is the 0.5 quantile); gaussian / "
                            "student_t (location, scale (and degrees of freedom) per step, negative log-likelihood; "
                            "the point forecast is the location)")
+    id_embedding: Optional[int] = Field(None, ge=1, description="a panel (data.id_column): a learned embedding of "
+                                        "this size of the series id, read with every window; None: none")
     quantiles: list[float] = Field(default_factory=lambda: [0.1, 0.5, 0.9], description="quantile levels of "
                                    "loss: quantile, strictly increasing in (0, 1), 0.5 among them; predictions get a "
                                    "{target}_q{level} column each")
@@ -152,7 +154,7 @@ class ForecastModelConfig(ModelConfig):
 #: ForecastModelConfig fields that are keyword arguments of ``hybridrnn.nn.forecaster.Forecaster`` (the head's
 #: options, besides the encoder options every task shares); a new head option is a field here and an argument there
 FORECAST_HEAD_OPTIONS = tuple(k for k in ForecastModelConfig.model_fields if k not in ModelConfig.model_fields
-                              and k not in ("loss", "quantiles", "chosen_by_default"))
+                              and k not in ("loss", "quantiles", "id_embedding", "chosen_by_default"))
 
 #: The recipe a forecast config gets for the fields it leaves out (measured: benchmarks/results/forecast_ltsf.md)
 DEFAULT_RECIPE = {"instance_norm": "last", "channel_independent": "more than one target",

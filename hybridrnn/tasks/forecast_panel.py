@@ -11,6 +11,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+import torch
+from torch import Tensor, nn
 
 from hybridrnn.data.timeseries import read_table
 from hybridrnn.errors import DataError
@@ -109,3 +111,23 @@ def encode_statics(values: dict[str, str], encoding: dict[str, dict]) -> np.ndar
 def static_size(encoding: dict[str, dict]) -> int:
     """Input channels the static covariates take."""
     return sum(1 if e["kind"] == "numeric" else len(e["categories"]) for e in encoding.values())
+
+
+class IdEmbedding(nn.Module):
+    """A forecaster with a learned embedding of the series id (``model.id_embedding``).
+
+    The task puts a one-hot of the series id into channels ``[start, start + num_ids)`` of ``past`` (constant
+    over the look-back); this module replaces them by ``E[id]`` (``E: (num_ids, dim)``, a bias-free linear map of
+    the one-hot, i.e. an embedding lookup) and calls ``inner`` (a Forecaster built for ``input_size - num_ids +
+    dim`` channels). ``forward(past, future)`` keeps the Forecaster's signature and outputs."""
+
+    def __init__(self, inner: nn.Module, start: int, num_ids: int, dim: int):
+        super().__init__()
+        self.inner, self.start, self.num_ids = inner, start, num_ids
+        self.embed = nn.Linear(num_ids, dim, bias=False)
+
+    def forward(self, past: Tensor, future: Tensor | None = None):
+        """past ``(B, L, input_size)`` with the one-hot id at ``[start, start + num_ids)``; see Forecaster."""
+        a, b = self.start, self.start + self.num_ids
+        emb = self.embed(past[:, :, a:b])                                   # (B, L, dim)
+        return self.inner(torch.cat([past[:, :, :a], emb, past[:, :, b:]], dim=2), future)
