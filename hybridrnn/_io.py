@@ -17,7 +17,9 @@ from hybridrnn.errors import RunDirError
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary path in ``path``'s folder, fsync it, then ``os.replace`` it to ``path``."""
+    """Call ``write(tmp)`` on a temporary path in ``path``'s folder, fsync it, then ``os.replace`` it to ``path``.
+
+    An ``OSError`` on the temporary file is raised with ``path`` as its file name (what the user can act on)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -25,6 +27,10 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:   # name the file being written, not its temporary twin (read-only, disk full, ...)
+        if exc.filename is not None and Path(exc.filename) == tmp:
+            raise type(exc)(exc.errno, exc.strerror, str(path)) from exc
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()

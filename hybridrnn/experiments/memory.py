@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from hybridrnn._io import atomic_write_text, new_figure, save_figure
 from hybridrnn.api import load_run
+from hybridrnn.errors import ConfigError, RunDirError
 from hybridrnn.nn.recurrent import GRU, LSTM
 
 SATURATION = 0.1      # a gate value below SATURATION or above 1 - SATURATION counts as saturated
@@ -222,11 +223,11 @@ def memory_diagnostic(run_dir: str | Path, split: str = "test", examples: int = 
     """Both measurements for a long-range run; writes ``memory.json`` and ``memory.png`` into ``out``
     (default the run directory) and returns what memory.json holds."""
     if split not in ("train", "val", "test"):
-        raise ValueError(f"split must be train, val or test, got {split!r}")
+        raise ConfigError(f"split must be train, val or test, got {split!r}")
     run_dir = Path(run_dir)
     config, task, model = load_run(run_dir)
     if getattr(task, "name", None) != "long_range":
-        raise ValueError(f"{run_dir}: the memory diagnostic reads runs of task 'long_range', this is "
+        raise RunDirError(f"{run_dir}: the memory diagnostic reads runs of task 'long_range', this is "
                          f"{getattr(task, 'name', type(task).__name__)!r}")
     task.setup()    # the run's generated problem, with its fitted state
     x, y = task.examples(split)

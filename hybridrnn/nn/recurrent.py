@@ -24,13 +24,14 @@ Both paths use the same parameters (torch's names and shapes), so a model traine
 from __future__ import annotations
 
 import warnings
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, _VF, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from hybridrnn.errors import ConfigError
 from hybridrnn.nn._scan import gru_loop, gru_scan, lstm_loop, lstm_scan
 from hybridrnn.nn.cells import GRUParams, LSTMParams, gru_step, input_projection, lstm_step
 from hybridrnn.nn.dropout import locked_dropout as _locked_dropout
@@ -52,6 +53,25 @@ def auto_path(mode: str, device_type: str) -> str:
     return "custom" if (mode == "GRU" and device_type == "cpu") else "fused"
 
 
+def _check_options(name: str, mode: str, input_size: Any, hidden_size: Any, num_layers: Any, *, dropout: float,
+                   recurrent_dropout: float, path: str, init: str, custom_only: list[str]) -> None:
+    """A layer's sizes and options: a ``ConfigError`` naming the bad one (``custom_only``: the options that
+    need the custom path, refused with ``path='fused'``)."""
+    for label, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{name}: {label} must be an integer >= 1, got {value!r}")
+    for label, value in (("dropout", dropout), ("recurrent_dropout", recurrent_dropout)):
+        if not 0.0 <= float(value) < 1.0:
+            raise ConfigError(f"{name}: {label} must be in [0, 1), got {value!r}")
+    if path not in PATHS:
+        raise ConfigError(f"{name}: path must be one of {PATHS}, got {path!r}")
+    if init not in SCHEMES:
+        raise ConfigError(f"{name}: init must be one of {SCHEMES}, got {init!r}")
+    if path == "fused" and custom_only:
+        raise ConfigError(f"{name}: path='fused' (torch.nn.{mode}) cannot express "
+                          f"{', '.join(custom_only)}; use path='custom' or 'auto'")
+
+
 class _RecurrentBase(nn.Module):
     """Shared machinery of :class:`LSTM` and :class:`GRU` (parameters, paths, validation, conversion)."""
 
@@ -63,23 +83,13 @@ class _RecurrentBase(nn.Module):
                  chrono_tmax: Optional[float], tie_layers: bool, path: str, locked_dropout: bool = False) -> None:
         super().__init__()
         name = type(self).__name__
-        for label, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}: {label} must be an integer >= 1, got {value!r}")
-        for label, value in (("dropout", dropout), ("recurrent_dropout", recurrent_dropout)):
-            if not 0.0 <= float(value) < 1.0:
-                raise ValueError(f"{name}: {label} must be in [0, 1), got {value!r}")
-        if path not in PATHS:
-            raise ValueError(f"{name}: path must be one of {PATHS}, got {path!r}")
-        if init not in SCHEMES:
-            raise ValueError(f"{name}: init must be one of {SCHEMES}, got {init!r}")
-        custom_only = [label for label, on in (
-            ("coupled", coupled), ("layer_norm", layer_norm), ("recurrent_dropout", recurrent_dropout > 0),
-            ("reset_after=False", not reset_after), ("tie_layers", tie_layers),
-            ("locked_dropout", locked_dropout and dropout > 0 and num_layers > 1)) if on]
-        if path == "fused" and custom_only:
-            raise ValueError(f"{name}: path='fused' (torch.nn.{self.mode}) cannot express "
-                             f"{', '.join(custom_only)}; use path='custom' or 'auto'")
+        _check_options(name, self.mode, input_size, hidden_size, num_layers, dropout=dropout,
+                       recurrent_dropout=recurrent_dropout, path=path, init=init, custom_only=[
+                           label for label, on in (
+                               ("coupled", coupled), ("layer_norm", layer_norm),
+                               ("recurrent_dropout", recurrent_dropout > 0), ("reset_after=False", not reset_after),
+                               ("tie_layers", tie_layers),
+                               ("locked_dropout", locked_dropout and dropout > 0 and num_layers > 1)) if on])
         if dropout > 0 and num_layers == 1:
             warnings.warn(f"{name}: dropout={dropout} acts between layers and has no effect with num_layers=1",
                           stacklevel=3)
