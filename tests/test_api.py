@@ -146,3 +146,16 @@ def test_predict_reads_only_the_look_back_and_checks_the_time_grid(tmp_path):
         run.predict(shifted)
     later = new.assign(time=new["time"] + pd.Timedelta(hours=5))   # whole steps later: the same grid
     assert later["time"].iloc[-1] + pd.Timedelta(hours=1) == run.predict(later)["time"].iloc[0]
+
+
+def test_backtest_command_writes_the_long_table_and_its_summary(csv_run):
+    root, frame, new, *_ = csv_run                          # the training CSV is gone: only the run is used
+    frame.to_csv(root / "history.csv", index=False)
+    res = cli("backtest", root / "run", "--input", root / "history.csv", "--output", root / "bt" / "f.csv",
+              "--start", str(frame["time"].iloc[200]), "--stride", "12")
+    assert res.exit_code == 0, res.output
+    table = pd.read_csv(root / "bt" / "f.csv", parse_dates=["cutoff", "time"])
+    assert set(table["cutoff"]) == {frame["time"].iloc[199], frame["time"].iloc[211], frame["time"].iloc[223]}
+    assert (table["time"] > table["cutoff"]).all() and len(table) == 3 * 6
+    assert {"actual", "forecast", "naive", "linear"} <= set(table.columns)
+    assert (root / "bt" / "f.summary.csv").exists() and "MAE" in res.output
