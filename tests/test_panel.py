@@ -92,6 +92,11 @@ def test_predict_returns_every_id_with_its_own_future_times(trained, tmp_path):
         loaded.predict(unknown)
     with_iv = loaded.predict(df, intervals="conformal", level=0.8)
     assert list(with_iv.columns) == ["unique_id", "ds", "y", "y_q0.1", "y_q0.9"]
+    # normalised conformal: one quantile of the scaled residuals, times each series' own scale
+    half = (with_iv["y_q0.9"] - with_iv["y"]).to_numpy().reshape(3, H)
+    scales = np.array([st["scaler"].scale[0] for st in loaded.task.panel_state.values()])
+    np.testing.assert_allclose(half / scales[:, None], np.tile(half[0] / scales[0], (3, 1)), rtol=1e-9)
+    assert loaded.task.conformal["units"] == "scaled"
 
 
 def test_global_model_beats_seasonal_naive_on_every_series(trained):
@@ -190,3 +195,13 @@ def test_id_embedding_is_a_learned_lookup_of_the_series(tmp_path):
     np.testing.assert_array_equal(moved["y"][:H], out["y"][:H])
     with pytest.raises(ConfigError, match="needs data.id_column"):
         hybridrnn.fit(dict(cfg, data={**cfg["data"], "id_column": None}), data=df[df["unique_id"] == "A"])
+
+
+def test_a_panel_from_a_csv_path_evaluates_backtests_and_predicts_from_the_path(tmp_path):
+    df = panel()
+    df.to_csv(tmp_path / "panel.csv", index=False)
+    run = hybridrnn.fit(config(path=str(tmp_path / "panel.csv")))
+    assert np.isfinite(run.metrics()["mae"])
+    assert set(run.backtest(stride=24)["id"]) == {"A", "B", "C"}
+    pd.testing.assert_frame_equal(run.predict(tmp_path / "panel.csv").drop(columns="ds"),
+                                  run.predict(df).drop(columns="ds"))

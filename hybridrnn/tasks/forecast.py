@@ -249,7 +249,7 @@ class ForecastTask(Task):
         future covariates); ``source`` itself when the run has no ``data.future_covariates``."""
         if not self.layout.get("future_covariates"):
             return source
-        raw, _ = read_table(source, header=self._cfg.data.header)
+        raw, _ = read_table(_resolved(source), header=self._cfg.data.header)
         keep = np.ones(len(raw), bool)
         for col, value in (self._cfg.data.where or {}).items():
             if col in raw.columns:
@@ -287,7 +287,7 @@ class ForecastTask(Task):
         names, H = lay["future_covariates"], lay["horizon"]
         if times is None:
             raise ConfigError("data.future_covariates need a time_column (their rows are matched by time)")
-        raw, name = read_table(source, header=d.header)
+        raw, name = read_table(_resolved(source), header=d.header)
         for col, value in (d.where or {}).items():
             if col in raw.columns:
                 raw = raw[(raw[col].astype(str) == str(value)).to_numpy()]
@@ -629,16 +629,20 @@ class ForecastTask(Task):
                             f"(lookback + horizon = {self.layout['lookback'] + self.layout['horizon']} rows)")
         _, truth = self._target_windows("val")
         pred, _ = self.predict_windows(model, "val")
-        residuals = np.abs(self._unscale(pred) - self._unscale(truth))                       # (n, H, C)
+        # a panel's series differ in scale: their residuals are pooled in each series' scaled units and an
+        # interval is that quantile times the series' scale (normalised conformal); one series: original units
+        units = "scaled" if self.panel_state is not None else "original"
+        residuals = np.abs(pred - truth) if units == "scaled" else np.abs(self._unscale(pred) - self._unscale(truth))
         levels = np.asarray(CONFORMAL_LEVELS, np.float64)
         quantiles = conformal_quantiles(residuals, levels)                                    # (k, H, C)
-        self.conformal = {"levels": levels, "quantiles": quantiles, "windows": n}
+        self.conformal = {"levels": levels, "quantiles": quantiles, "windows": n, "units": units}
         if run_dir is not None:
             from safetensors.numpy import save
 
             atomic_write_bytes(Path(run_dir) / CONFORMAL_FILE, save(
                 {"levels": levels, "quantiles": quantiles},
-                metadata={"format": CONFORMAL_FORMAT, "windows": str(n), "targets": json.dumps(self.layout["targets"])}))
+                metadata={"format": CONFORMAL_FORMAT, "windows": str(n), "targets": json.dumps(self.layout["targets"]),
+                          "units": units}))
         return self.conformal
 
     def _load_conformal(self, run_dir: Path) -> None:
@@ -654,14 +658,15 @@ class ForecastTask(Task):
                 if meta.get("format") != CONFORMAL_FORMAT:
                     raise RunDirError(f"{path}: not a hybridrnn conformal calibration ({CONFORMAL_FORMAT!r})")
                 self.conformal = {"levels": f.get_tensor("levels"), "quantiles": f.get_tensor("quantiles"),
-                                  "windows": int(meta["windows"])}
+                                  "windows": int(meta["windows"]), "units": meta.get("units", "original")}
         except RunDirError:
             raise
         except Exception as exc:   # a truncated or foreign file
             raise RunDirError(f"{path}: cannot be read ({exc}); recalibrate with run.calibrate()") from None
 
     def conformal_half_width(self, level: float) -> np.ndarray:
-        """``(horizon, targets)``: the calibrated half width of the level-``level`` split-conformal interval."""
+        """``(horizon, targets)``: the calibrated half width of the level-``level`` split-conformal interval, in
+        original units (a panel: in its series' scaled units, see :meth:`interval_bounds`)."""
         if self.conformal is None:
             raise RunDirError("this run has no conformal calibration (forecast_conformal.safetensors): calibrate "
                               "it with run.calibrate() on its training data (hybridrnn.fit does this after training)")
@@ -689,7 +694,12 @@ class ForecastTask(Task):
             m = self._cfg.model
             qs = self._unscale_quantiles(head_quantiles(raw, m.loss, m.quantiles, interval_quantiles(level)))
             return qs[..., 0], qs[..., 1]
-        half = self.conformal_half_width(level)
+        half = self.conformal_half_width(level)                                              # (H, C)
+        if self.conformal.get("units") == "scaled":                   # a panel: times each window's series scale
+            if self._solo:
+                half = half * self.scaler.scale[:self.num_targets]
+            else:
+                half = half[None] * self._panel_affine(point.shape[0])[1][:, None, :]
         return point - half, point + half
 
     def head_quantile_levels(self) -> list[float]:
@@ -733,7 +743,7 @@ class ForecastTask(Task):
         its own on one frequency (the first series' when none is given), the source's name, and each series'
         static covariates ``{sid: {column: value}}``; a fault names the series."""
         d = self._cfg.data
-        frames, name = series_frames(source, id_columns(d.id_column), d.where, header=d.header)
+        frames, name = series_frames(_resolved(source), id_columns(d.id_column), d.where, header=d.header)
         out, statics = [], {}
         for sid, values, frame in frames:
             statics[sid] = static_values(frame, d.static_covariates, sid, name)
@@ -891,7 +901,7 @@ class ForecastTask(Task):
         input (each must be known to the run), with the id column(s) first."""
         lay, d = self.layout, self._cfg.data
         L, H, freq = lay["lookback"], lay["horizon"], lay["frequency"]
-        frames, name = series_frames(source, id_columns(d.id_column), d.where, header=d.header)
+        frames, name = series_frames(_resolved(source), id_columns(d.id_column), d.where, header=d.header)
         pasts, futures, info = [], [], []
         for sid, _, frame in frames:
             if sid not in self.panel_state:
@@ -1149,3 +1159,8 @@ def with_quantile_columns(frame: pd.DataFrame, targets: list[str], quantiles: di
             out.insert(at, f"{target}_q{quantile_text(q)}", np.asarray(values).reshape(-1, len(targets))[:, c])
             at += 1
     return out
+
+
+def _resolved(source: Any) -> Any:
+    """A DataFrame as it is; a path or a data set name (``shared:NAME``) as the file it names."""
+    return source if isinstance(source, pd.DataFrame) else resolve_data_path(str(source))
