@@ -171,7 +171,8 @@ def report(speed_rows: list[dict], acc_rows: list[dict], runs: list[dict]) -> st
         md += ["## Training step time (forward + backward), batch 32, input 128, hidden 128", "",
                "Median process CPU time of one step over interleaved rounds (shuffled order, after a warm-up); "
                "an epoch of N batches costs N times this. `gru:128 auto` resolves to the custom path on CPU "
-               "(`benchmarks/results/auto_path.md`). `mingru loop` is what `mingru:128` runs by default on CPU.", "",
+               "(`benchmarks/results/auto_path.md`). `mingru loop` is what `mingru:128` runs by default on CPU; `log_scan` is the log-space parallel scan "
+               "with its default blocks of 256 steps.", "",
                "| model | path run | T=100 ms | T=1000 ms | T=4000 ms | vs gru custom (100 / 1000 / 4000) |",
                "|---|---|---|---|---|---|"]
         by = {(r["model"], r["T"]): r for r in speed_rows if "model" in r}
@@ -181,7 +182,11 @@ def report(speed_rows: list[dict], acc_rows: list[dict], runs: list[dict]) -> st
             ratio = " / ".join(f"{c['vs_gru_custom']:.2f}x" if c else "-" for c in cells)
             path = next((c["path_run"] for c in cells if c), "-")
             md.append(f"| {name.split()[0]} ({name.split()[1]}) | {path} | {ms} | {ratio} |")
-        md += ["", f"Repeats per T: {REPEATS}.", "",
+        noise = [abs(by[("gru:128 auto", t)]["ms"] / by[("gru:128 custom", t)]["ms"] - 1) for t in REPEATS
+                 if ("gru:128 auto", t) in by and ("gru:128 custom", t) in by]
+        md += ["", f"Repeats per T: {REPEATS}. The two GRU rows run the same code (auto is custom on CPU): their "
+                   f"difference, up to {100 * max(noise, default=0):.0f}% here, is the measurement noise of this "
+                   f"shared machine.", "",
                "Float32 error of minGRU's outputs against the same model in float64 (largest absolute difference; "
                "the outputs are O(1)):", "", "| T | " + " | ".join(
                    next(r for r in speed_rows if "float32_error" in r)["float32_error"]) + " |",
@@ -220,14 +225,19 @@ def report(speed_rows: list[dict], acc_rows: list[dict], runs: list[dict]) -> st
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only", choices=["speed", "accuracy"], default=None,
-                        help="rerun one part; the other is kept from benchmarks/results/minimal.json")
+    parser.add_argument("--only", choices=["speed", "accuracy", "report"], default=None,
+                        help="rerun one part, keeping the other from benchmarks/results/minimal.json ('report': "
+                             "only rewrite minimal.md from minimal.json)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
     torch.set_num_threads(1)
     random.seed(0)
     start = time.perf_counter()
     out_json = RESULTS / "minimal.json"
+    if args.only == "report":
+        kept = json.loads(out_json.read_text())
+        (RESULTS / "minimal.md").write_text(report(kept["speed"], kept["accuracy"], kept["runs"]))
+        return
     kept = json.loads(out_json.read_text()) if args.only and out_json.exists() else {}
     command = "OMP_NUM_THREADS=1 python benchmarks/minimal.py" + (f" --only {args.only}" if args.only else "") + \
         (f" --seeds {' '.join(map(str, args.seeds))}" if args.seeds != [0, 1, 2] else "")
