@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from hybridrnn._version import __version__
+from hybridrnn.nn.minimal import MinGRU, MinLSTM
 from hybridrnn.nn.recurrent import GRU, LSTM
 from hybridrnn.train.trainer import bf16_supported
 
@@ -41,9 +42,10 @@ def cpu_model() -> str | None:
 
 
 def recurrent_paths(model: torch.nn.Module) -> dict[str, str]:
-    """``{module name: "fused" | "custom"}`` for every recurrent layer of ``model`` (what ``path="auto"`` chose)."""
+    """``{module name: path}`` for every recurrent layer of ``model``: what ``path="auto"`` chose ("fused" or
+    "custom" for LSTM / GRU layers, "loop" or "log_scan" for minGRU / minLSTM)."""
     return {name or "(model)": module.path for name, module in model.named_modules()
-            if isinstance(module, (LSTM, GRU))}
+            if isinstance(module, (LSTM, GRU, MinGRU, MinLSTM))}
 
 
 def collect_environment(device: torch.device | str, world_size: int = 1,
