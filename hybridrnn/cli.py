@@ -379,10 +379,10 @@ def backtest(
     run: Path = typer.Argument(..., help="Run directory of a forecaster."),
     input: str = typer.Option(..., "--input", help="The series to backtest on: a file or a data set name (bundled:NAME, shared:NAME)."),
     output: Path = typer.Option(..., "--output", help="The long table (id, cutoff, time, actual, forecasts) as CSV; the summary goes beside it (*.summary.csv)."),
-    start: Optional[str] = typer.Option(None, "--start", help="First forecast origin (a date, or a row number for a 'steps' series); default: the first one with a full look-back."),
+    start: Optional[str] = typer.Option(None, "--start", help="First forecast time (a date, or a row number for a 'steps' series); default: the first time after the training data's validation part."),
     stride: int = typer.Option(1, "--stride", min=1, help="Steps between forecast origins."),
     refit: Optional[int] = typer.Option(None, "--refit", min=1, help="Retrain the model every N origins on the data before the origin (slow, honest); default: reuse the trained model."),
-    intervals: Optional[str] = typer.Option(None, "--intervals", help="'conformal': add prediction intervals calibrated on the validation windows."),
+    intervals: Optional[str] = typer.Option(None, "--intervals", help="'conformal': intervals calibrated on the validation windows; 'model': the quantiles of a quantile or distribution head."),
     level: float = typer.Option(0.8, "--level", min=0.01, max=0.99, help="Coverage of the intervals."),
 ) -> None:
     """Rolling-origin backtest: forecasts from many origins, each from the data before it, with the baselines

@@ -159,3 +159,12 @@ def test_backtest_command_writes_the_long_table_and_its_summary(csv_run):
     assert (table["time"] > table["cutoff"]).all() and len(table) == 3 * 6
     assert {"actual", "forecast", "naive", "linear"} <= set(table.columns)
     assert (root / "bt" / "f.summary.csv").exists() and "MAE" in res.output
+
+
+def test_a_cli_trained_forecaster_carries_its_conformal_intervals(csv_run):
+    root, frame, new, before_py, _ = csv_run              # trained by `hybridrnn train`, training CSV gone
+    assert (root / "run" / "forecast_conformal.safetensors").exists()
+    got = hybridrnn.load(root / "run").predict(new, intervals="conformal", level=0.8)
+    assert {"y_q0.1", "y_q0.9"} <= set(got.columns)
+    np.testing.assert_array_equal(got["y"].to_numpy(), before_py["y"].to_numpy())
+    assert (got["y_q0.1"] < got["y"]).all() and (got["y"] < got["y_q0.9"]).all()

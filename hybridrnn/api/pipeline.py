@@ -174,6 +174,9 @@ def train_run(config: RunConfig | dict | str | Path | None = None, *, data: Any 
             raise RunDirError(f"training stopped: cannot write {_os_reason(exc, run_dir)}; "
                               f"{_kept_checkpoint(run_dir, writes)}") from exc
         model.eval()
+        if result.history:
+            with torch.no_grad():
+                task.finish_training(model, run_dir if writes else None)
         if writes and result.history:
             if cfg.plots:
                 try:

@@ -184,9 +184,7 @@ class Run:
                 group = origins[i:i + refit]
                 trained = train_run(_refit_config(self.config, table, int(group[0])), data=_refit_data(source, table, int(group[0])),
                                     out=Path(tmp) / f"refit-{i}", progress=progress)
-                with torch.no_grad():
-                    if intervals == "conformal":
-                        trained.task.calibrate(trained.model)
+                with torch.no_grad():      # (train_run calibrated the refitted model's intervals)
                     parts.append(trained.task.backtest_frame(trained.model, table, group, task.series_label(),
                                                              **options))
         return pd.concat(parts, ignore_index=True)
@@ -339,11 +337,7 @@ def fit(config: RunConfig | dict | str | Path, data: Any = None, out: str | Path
     if out is None:
         out = Path(tempfile.mkdtemp(prefix="hybridrnn-")) / "run"
     trained = train_run(config, data=_resolve(data), out=out, overrides=overrides, progress=progress)
-    run = Run(trained.run_dir, trained.config, trained.task, trained.model, has_data=True)
-    if getattr(trained.task, "supports_intervals", False) and trained.task.num_examples("val") > 0:
-        with torch.no_grad():                    # split-conformal intervals, from the validation windows
-            trained.task.calibrate(trained.model, trained.run_dir)
-    return run
+    return Run(trained.run_dir, trained.config, trained.task, trained.model, has_data=True)
 
 
 def load_run(path: str | Path, **options: Any) -> tuple[RunConfig, Task, torch.nn.Module]:

@@ -615,6 +615,12 @@ class ForecastTask(Task):
 
     # ------------------------------------------------------------ split-conformal intervals
     @torch.no_grad()
+    def finish_training(self, model: nn.Module, run_dir: Path | None) -> None:
+        """Calibrate the split-conformal intervals on the validation windows (when there are any), so that every
+        trained run, from the CLI or from Python, carries them."""
+        if self.num_examples("val") > 0:
+            self.calibrate(model, run_dir)
+
     def calibrate(self, model: nn.Module, run_dir: Path | None = None) -> dict[str, Any]:
         """Split-conformal calibration on the validation windows (after training, with the final model): per
         horizon step and target, the absolute residuals ``|y - yhat|`` on the original scale of the ``n``

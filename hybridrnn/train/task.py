@@ -99,6 +99,11 @@ class Task(ABC):
     def load_artifacts(self, run_dir: Path) -> None:
         """Read what ``save_artifacts`` wrote; afterwards ``build_model`` / ``predict`` need no data."""
 
+    def finish_training(self, model: nn.Module, run_dir: Path | None) -> None:
+        """Called once after training with the best weights (eval mode, under ``no_grad``): fit what is fitted
+        on the trained model rather than on the data (e.g. conformal intervals from the validation residuals)
+        and save it in ``run_dir`` when given. Default: nothing."""
+
     def plots(self, model: nn.Module, run_dir: Path) -> list[Path]:
         """Task plots written after training (forecast overlays, attention maps, ...)."""
         return []
