@@ -93,7 +93,19 @@ def run_one(horizon: int, data: str, seed: int, overrides: list[str], tune: bool
 DEFAULTS_DIR = ROOT / "configs" / "forecast" / "defaults"
 
 
-def run_default(path: Path, seed: int) -> dict:
+def _set(d: dict, items: list[str]) -> dict:
+    import yaml
+    for item in items:
+        key, value = item.split("=", 1)
+        *parents, last = key.split(".")
+        node = d
+        for k in parents:
+            node = node.setdefault(k, {})
+        node[last] = yaml.safe_load(value)
+    return d
+
+
+def run_default(path: Path, seed: int, overrides: list[str] = (), tune: bool = False) -> dict:
     """Train a config that names only data, window (and a training budget): the default recipe."""
     import yaml
 
@@ -103,6 +115,7 @@ def run_default(path: Path, seed: int) -> dict:
     torch.set_num_threads(1)
     d = yaml.safe_load(path.read_text())
     d.setdefault("train", {}).update({"seed": seed, "plots": False, "progress": "none"})
+    _set(d, list(overrides))
     cfg = ForecastConfig.model_validate(d, context={"config_dir": str(path.parent)})
     task = ForecastTask(cfg)
     task.setup()
@@ -112,9 +125,16 @@ def run_default(path: Path, seed: int) -> dict:
     result = Trainer(task, model, cfg.train).fit()
     cpu = time.process_time() - cpu0
     with torch.no_grad():
+        val = task.evaluate(model, "val")
+        if tune:
+            row = {"config": path.name, "overrides": list(overrides), "val_mae": val["mae"],
+                   "val_linear_mae": val["linear_mae"], "val_scaled_mse": val["scaled_mse"],
+                   "best_epoch": result.best_epoch, "epochs": result.epochs_run, "cpu_min": cpu / 60}
+            print(json.dumps(row), flush=True)
+            return row
         test = task.evaluate(model, "test")
     m = cfg.model
-    row = {"config": str(path.relative_to(ROOT)), "seed": seed, "lookback": cfg.window.lookback,
+    row = {"config": str(path.relative_to(ROOT)), "seed": seed, "val_mae": val["mae"], "val_linear_mae": val["linear_mae"], "lookback": cfg.window.lookback,
            "horizon": cfg.window.horizon, "targets": len(cfg.data.target),
            "recipe": {k: getattr(m, k) for k in ("encoder", "strategy", "segment", "instance_norm",
                                                   "channel_independent")},
@@ -224,6 +244,9 @@ def main(argv=None) -> int:
         if not args.report_only:
             for path in paths:
                 for seed in args.seeds:
+                    if args.tune:
+                        run_default(path, seed, args.overrides, tune=True)
+                        continue
                     rel = str(path.relative_to(ROOT))
                     if any((r["config"], r["seed"]) == (rel, seed) for r in _read_rows(jsonl)):
                         print(f"{rel} seed {seed}: done before, skipped", flush=True)
@@ -231,7 +254,8 @@ def main(argv=None) -> int:
                     row = run_default(path, seed)
                     with jsonl.open("a") as f:
                         f.write(json.dumps(row) + "\n")
-        write_defaults_report(_read_rows(jsonl))
+        if not args.tune:
+            write_defaults_report(_read_rows(jsonl))
         return 0
     jsonl = RESULTS / "forecast_ltsf.jsonl"
     command = "OMP_NUM_THREADS=1 python benchmarks/forecast_ltsf.py " + " ".join(argv if argv is not None else sys.argv[1:])
