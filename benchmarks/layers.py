@@ -124,8 +124,8 @@ def build_cases(hidden: int, notes: list[str]) -> list[Case]:
     # hybrids, against the same composition of torch modules
     t_stack = (nn.LSTM(H, H, batch_first=True), nn.GRU(H, H, batch_first=True))
     t_par = (nn.LSTM(H, H, batch_first=True), nn.GRU(H, H, batch_first=True))
-    cases.append(Case(f"torch LSTM>GRU", lambda x: t_stack[1](t_stack[0](x)[0])[0], list(t_stack), None))
-    cases.append(Case(f"torch LSTM|GRU (concat)", lambda x: torch.cat([t_par[0](x)[0], t_par[1](x)[0]], 2),
+    cases.append(Case("torch LSTM>GRU", lambda x: t_stack[1](t_stack[0](x)[0])[0], list(t_stack), None))
+    cases.append(Case("torch LSTM|GRU (concat)", lambda x: torch.cat([t_par[0](x)[0], t_par[1](x)[0]], 2),
                       list(t_par), None))
     try:
         from hybridrnn.nn.hybrid import build_encoder

@@ -21,8 +21,6 @@ from hybridrnn.nn.tying import TiedOutput, count_parameters
 
 
 def rows(I: int, H: int, V: int, wide: int) -> list[dict]:
-    lstm = lambda i, h, g=4: g * h * (i + h + 2)  # noqa: E731  W_ih, W_hh, b_ih, b_hh
-    gru = lambda i, h: 3 * h * (i + h + 2)  # noqa: E731
     enc = lambda spec, i, **kw: count_parameters(build_encoder(spec, i, **kw))  # noqa: E731
     out = []
 

@@ -29,7 +29,6 @@ import datetime as dt
 import gc
 import io
 import json
-import math
 import os
 import platform
 import random

@@ -3,7 +3,6 @@ reference loop, gradcheck, step(), conversion, weight tying, bad input.
 
 Everything numeric runs in float64; parity tolerance 1e-10 (absolute) on outputs, states and gradients.
 """
-import types
 
 import pytest
 import torch

@@ -23,7 +23,9 @@ from hybridrnn.api.registry import get_task_class
 from hybridrnn.api.rundir import load_task_state, read_run_config
 from hybridrnn.config import RunConfig
 from hybridrnn.data.registry import resolve_data_path
+from hybridrnn.data.timeseries import read_table
 from hybridrnn.errors import ConfigError, DataError, RunDirError
+from hybridrnn.tasks.forecast_metrics import backtest_summary
 from hybridrnn.train import checkpoint as ckpt
 from hybridrnn.train.export import export_onnx
 from hybridrnn.train.task import Task
@@ -194,8 +196,6 @@ class Run:
         """Per series and horizon step (and over all of them) MAE / RMSE of the model and each baseline, with
         the interval coverage and width when the table has intervals; see
         :func:`hybridrnn.tasks.forecast_metrics.backtest_summary`."""
-        from hybridrnn.tasks.forecast_metrics import backtest_summary
-
         return backtest_summary(frame)
 
     @property
@@ -276,8 +276,6 @@ def _refit_data(source: Any, table: Any, origin: int) -> Any:
     (no times to cut by) its rows before the origin's row."""
     if table.times is not None:
         return source
-    from hybridrnn.data.timeseries import read_table
-
     frame, _ = read_table(source if source is not None else table.source)
     return frame.iloc[:int(table.rows[origin])].reset_index(drop=True)
 

@@ -521,7 +521,7 @@ def _offset(frequency: str):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return pd.tseries.frequencies.to_offset(frequency)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError):
         raise ConfigError(f"unknown frequency {frequency!r} (data.frequency); use a pandas offset alias such as "
                           f"'h', 'D', 'B', '15min', 'MS', or 'steps'") from None
 

@@ -18,6 +18,9 @@ import numpy as np
 import pandas as pd
 
 from hybridrnn.data.registry import DataFileNotFoundError
+from hybridrnn.data.timeseries import (
+    read_table,  # the CSV reader that refuses malformed files
+)
 from hybridrnn.errors import DataError
 
 
@@ -169,8 +172,6 @@ def read_series_table(path: str | Path, id_column: str, label_column: str, featu
     defaults to every other numeric column. A series whose rows disagree on the label is an error, as are a
     missing id, label or feature value and a non-finite feature value (:class:`DataError` naming the row).
     """
-    from hybridrnn.data.timeseries import read_table   # the CSV reader that refuses malformed files
-
     path = Path(path)
     if not path.is_file():
         raise DataFileNotFoundError(f"CSV file not found: {path}")

@@ -28,6 +28,7 @@ import re
 import shutil
 import statistics
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
@@ -42,8 +43,10 @@ from hybridrnn.config import EXPERIMENT_SECTIONS, read_yaml
 from hybridrnn.errors import ConfigError
 from hybridrnn.experiments.report import write_report
 from hybridrnn.experiments.results import BASE_COLUMNS, ROW_FILE, summarise_training
+from hybridrnn.nn.hybrid import build_encoder
 from hybridrnn.nn.spec import parse_spec
 from hybridrnn.nn.tying import count_parameters
+from hybridrnn.tasks._common import encoder_options
 
 TIMINGS_FILE = "timings.json"
 #: rounds of the interleaved inference timing at the end of a comparison (the report shows their median)
@@ -401,11 +404,6 @@ def write_results_csv(out_dir: Path, rows: list[dict]) -> Path:
 def _check_encoder(config) -> None:
     """Build the config's recurrent encoder alone (on one input feature) so that options the layers refuse
     (``fusion=sum`` over branches of different widths, ...) fail before any model trains."""
-    import warnings
-
-    from hybridrnn.nn.hybrid import build_encoder
-    from hybridrnn.tasks._common import encoder_options
-
     model = getattr(config, "model", None)
     if model is None or not isinstance(getattr(model, "encoder", None), str):
         return

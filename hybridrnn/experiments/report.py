@@ -29,9 +29,9 @@ import pandas as pd
 from scipy.stats import ttest_ind
 
 from hybridrnn._io import atomic_write_text, save_figure
-from hybridrnn.api import get_task_class
-from hybridrnn.errors import ConfigError, HybridRNNError, RunDirError
+from hybridrnn.api import coerce_config, get_task_class
 from hybridrnn.config import read_yaml
+from hybridrnn.errors import ConfigError, HybridRNNError, RunDirError
 from hybridrnn.experiments.results import BASE_COLUMNS, epoch_records
 
 #: metric names (after the val_/test_ prefix) where larger is better; every other metric is minimised
@@ -487,8 +487,6 @@ def _reference_table(results: pd.DataFrame, constant: list[str], model_metrics: 
 def _task_sections(task_name: str, base: dict, plan: dict, results: pd.DataFrame) -> list[Block]:
     """The task's own report sections (``Task.report_sections``), as blocks; none when the task cannot be
     built from the comparison's config (an unknown task, a missing extra)."""
-    from hybridrnn.api import coerce_config
-
     if not task_name or not base:
         return []
     try:
