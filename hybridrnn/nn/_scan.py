@@ -388,7 +388,8 @@ def _lstm_gate_factors(A: Tensor, TC: Tensor, c_prev: Tensor, coupled: bool) -> 
 
 
 def _lstm_backward_loop(d_out, d_hT, d_cT, K, Kc, f, w, mask, h_mask, ln):
-    """Reverse time loop of the LSTM backward (call under no_grad).
+    """Reverse time loop of the LSTM backward (call under no_grad). One loop serves every variant (masks, layer
+    norm), so that the arithmetic is written once and each step's tensors stay hot; hence its length.
 
     ``ln``: None, or ``(xhats, rstds, gain_hh, xcs, rstd_cs, gain_c, xxs, rstd_xs, gain_ih)``: the forward's
     per-step normalised recurrent part ``(B, G, H)``, cell ``(B, H)`` and input part (empty lists and None
@@ -727,7 +728,8 @@ def _gru_factors(RZ: Tensor, N: Tensor, h_prev: Tensor) -> tuple[Tensor, Tensor,
 
 
 def _gru_backward_reset_after(d_out, d_hT, RZ, N, HG, h_prev, h_in_prev, w, mask, h_mask, ln, needs):
-    """Backward of the torch-form GRU: ``n = tanh(x_n + r * hg_n)``, ``hg = [LN](W_hh h_in + b_hh)``.
+    """Backward of the torch-form GRU: ``n = tanh(x_n + r * hg_n)``, ``hg = [LN](W_hh h_in + b_hh)``. One loop
+    serves every variant (masks, layer norm), so that the arithmetic is written once; hence its length.
 
     The gradient of ``hg`` is ``dHG = g * [k_r, k_z, k_hn]``; ``dxg = [dHG_r, dHG_z, g * k_n]``. ``ln``: None or
     ``(xhats, rstds, gain_hh, xxs, rstd_xs, gain_ih)`` (the forward's per-step normalised ``W_hh h + b_hh`` and
