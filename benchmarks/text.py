@@ -326,42 +326,55 @@ def overlap_report(corpus: Path, n: int = 8) -> dict:
 
 
 def _train_and_score(config: Path, overrides: list[str], out: Path, split: str = "test") -> dict:
-    from hybridrnn.api import load_run, train_run
+    from hybridrnn.api import train_run
     from hybridrnn.api.registry import load_config
 
     t0, c0 = time.perf_counter(), time.process_time()
-    run_dir = train_run(load_config(config, overrides), out=out).run_dir
-    _, task, model = load_run(run_dir)
+    trained = train_run(load_config(config, overrides), out=out)    # best weights, eval mode, data in the task
+    run_dir = trained.run_dir
     with torch.no_grad():
-        metrics = task.evaluate(model, split)
+        metrics = trained.task.evaluate(trained.model, split)
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return {"metrics": metrics, "history": history, "run_dir": str(run_dir),
             "wall_seconds": round(time.perf_counter() - t0, 1), "cpu_seconds": round(time.process_time() - c0, 1)}
 
 
 SCRATCH = ["model.pretrained=null", "train.unfreeze=null", "train.lr_decay_per_layer=null"]
+#: variants of the classifier config: scratch, the ULMFiT recipe as written, and the LM's weights as a plain
+#: initialisation (every layer trains from epoch 1 at one rate: the ablation of gradual unfreezing + decay)
+VARIANTS = {"scratch": SCRATCH, "ulmfit": [], "plain": ["train.unfreeze=null", "train.lr_decay_per_layer=null"]}
 
 
-def transfer_suite(out_root: Path, seeds: list[int], out: Path) -> None:
-    """Pre-train the review LM, then SST-2 / MR / TREC with and without it, ``seeds`` each."""
+def transfer_suite(out_root: Path, seeds: list[int], out: Path, variants: tuple[str, ...] = ("scratch", "ulmfit"),
+                   append: bool = False) -> None:
+    """Pre-train the review LM, then SST-2 / MR / TREC with and without it, ``seeds`` each (``append``: add
+    the runs to the records already in ``out``'s .json, e.g. another variant)."""
     corpus = prepare_review_corpus()
     prepare_mr_split()
     overlap = overlap_report(corpus)
     print(json.dumps(overlap, indent=1), file=sys.stderr)
     lm_dir = ROOT / "runs" / "reviews_lm"
-    lm = _train_and_score(ROOT / "configs/language_model/reviews_lm.yaml", [], lm_dir, split="val") \
-        if not (lm_dir / "model.safetensors").exists() else {"metrics": {}, "cpu_seconds": 0.0, "history": []}
+    if (lm_dir / "model.safetensors").exists():       # pre-trained before: its record from metrics.jsonl
+        history = [json.loads(line) for line in (lm_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        best = min(history, key=lambda r: r["val_loss"])
+        lm = {"metrics": {"perplexity": best["val_perplexity"]}, "history": history, "run_dir": str(lm_dir),
+              "cpu_seconds": float(os.environ.get("REVIEWS_LM_CPU_SECONDS", "nan"))}
+    else:
+        lm = _train_and_score(ROOT / "configs/language_model/reviews_lm.yaml", [], lm_dir, split="val")
     records = {"overlap": overlap, "lm": lm, "runs": []}
+    if append:
+        records = json.loads(out.with_suffix(".json").read_text())
     for seed in seeds:                      # every data set at one seed before the next seed (budget cut-offs)
         for ds in ("sst2", "mr", "trec"):
-            for pre in (False, True):
-                over = [f"train.seed={seed}", "train.plots=false", "train.progress=none"] + ([] if pre else SCRATCH)
+            for variant in variants:
+                pre = variant != "scratch"
+                over = [f"train.seed={seed}", "train.plots=false", "train.progress=none"] + VARIANTS[variant]
                 r = _train_and_score(ROOT / f"configs/classify/{ds}_pretrained.yaml", over,
-                                     out_root / f"{ds}-{'pre' if pre else 'scratch'}-{seed}")
-                records["runs"].append({"dataset": ds, "seed": seed, "pretrained": pre,
+                                     out_root / f"{ds}-{variant}-{seed}")
+                records["runs"].append({"dataset": ds, "seed": seed, "pretrained": pre, "variant": variant,
                                         "accuracy": 100 * r["metrics"]["accuracy"], "cpu_seconds": r["cpu_seconds"],
                                         "epochs": len(r["history"])})
-                print(f"{ds} seed {seed} {'pretrained' if pre else 'scratch'}: {records['runs'][-1]['accuracy']:.1f} "
+                print(f"{ds} seed {seed} {variant}: {records['runs'][-1]['accuracy']:.1f} "
                       f"({r['cpu_seconds']:.0f} CPU s)", file=sys.stderr, flush=True)
                 out.with_suffix(".json").write_text(json.dumps(records, indent=1))
                 write_transfer_table(records, out)
@@ -399,14 +412,24 @@ def write_transfer_table(records: dict, out: Path) -> None:
         rows = [r for r in records["runs"] if r["dataset"] == ds]
         if not rows:
             continue
-        sc = [r["accuracy"] for r in rows if not r["pretrained"]]
-        pr = [r["accuracy"] for r in rows if r["pretrained"]]
+        sc = [r["accuracy"] for r in rows if r.get("variant", "scratch" if not r["pretrained"] else "ulmfit") == "scratch"]
+        pr = [r["accuracy"] for r in rows if r.get("variant", "scratch" if not r["pretrained"] else "ulmfit") == "ulmfit"]
         m_sc = statistics.mean(sc) if sc else float("nan")
         m_pr = statistics.mean(pr) if pr else float("nan")
         seeds = sorted({r["seed"] for r in rows})
         per = ", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(sc, pr))
         lines.append(f"| {ds} | {len(seeds)} | {m_sc:.1f} | {m_pr:.1f} | {m_pr - m_sc:+.1f} | {TARGETS[ds][0]} | "
                      f"{TARGETS[ds][1]} | {per} | {sum(r['cpu_seconds'] for r in rows):.0f} |")
+    plain = [r for r in records["runs"] if r.get("variant") == "plain"]
+    if plain:
+        lines += ["", "Ablation (*plain*: the LM's vocabulary and weights as initialisation, every layer trained from "
+                  "epoch 1 at one rate: `train.unfreeze=null train.lr_decay_per_layer=null`):", "",
+                  "| data | seed | scratch | ULMFiT recipe | plain init | CPU s |", "|---|---|---|---|---|---|"]
+        for r in plain:
+            same = {v: x["accuracy"] for x in records["runs"] if x["dataset"] == r["dataset"] and x["seed"] == r["seed"]
+                    for v in [x.get("variant", "scratch" if not x["pretrained"] else "ulmfit")]}
+            lines.append(f"| {r['dataset']} | {r['seed']} | {same.get('scratch', float('nan')):.1f} | "
+                         f"{same.get('ulmfit', float('nan')):.1f} | {r['accuracy']:.1f} | {r['cpu_seconds']:.0f} |")
     from hybridrnn.data.text import atomic_write_text
 
     atomic_write_text(out, "\n".join(lines) + "\n")
@@ -438,11 +461,14 @@ def main(argv=None) -> int:
     ap.add_argument("--suite", choices=("anchors", "transfer"), default="anchors",
                     help="anchors: the table above; transfer: issue 12's pre-training suite (text_transfer.md)")
     ap.add_argument("--seeds", default="0,1,2", help="transfer suite: classifier seeds")
+    ap.add_argument("--variants", default="scratch,ulmfit", help=f"transfer suite: of {', '.join(VARIANTS)}")
+    ap.add_argument("--append", action="store_true", help="transfer suite: add to text_transfer.json's runs")
     args = ap.parse_args(argv)
     if args.suite == "transfer":
         torch.set_num_threads(1)
         out_root = args.keep or ROOT / "runs" / "bench-transfer"
-        transfer_suite(out_root, [int(s) for s in args.seeds.split(",")], RESULTS / "text_transfer.md")
+        transfer_suite(out_root, [int(s) for s in args.seeds.split(",")], RESULTS / "text_transfer.md",
+                       tuple(args.variants.split(",")), args.append)
         print((RESULTS / "text_transfer.md").read_text())
         return 0
     if args.table_only:
