@@ -109,6 +109,63 @@ def _os_reason(exc: OSError, run_dir: Path) -> str:
     return f"{path}: {exc.strerror or exc}{code}"
 
 
+def _unwritable_run_dir(exc: OSError, run_dir: Path, note: str = "") -> RunDirError:
+    """The error for a run directory that cannot be written before training (``note``: what a resumed run kept)."""
+    return RunDirError(f"cannot write the run directory: {_os_reason(exc, run_dir)}; nothing was trained"
+                       + (f" ({note})" if note else ""))
+
+
+def _write_config_and_state(run_dir: Path, run_config: RunConfig, task: Task, resumed: bool) -> None:
+    """Make the run directory and write its ``config.yaml`` and, for a new run, the task's fitted state
+    (``Task.save_artifacts``); a RunDirError when they cannot be written."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt.atomic_write_text(run_dir / ckpt.CONFIG, config_to_yaml(run_config))
+        if not resumed:
+            task.save_artifacts(run_dir)
+    except OSError as exc:
+        raise _unwritable_run_dir(exc, run_dir, _kept_checkpoint(run_dir, True) if resumed else "") from exc
+
+
+def _write_environment(run_dir: Path, device: torch.device, world_size: int, model: torch.nn.Module) -> None:
+    """``environment.json``, with the path (fused / custom) each recurrent layer of ``model`` runs; a RunDirError
+    when it cannot be written."""
+    try:
+        ckpt.atomic_write_json(run_dir / ckpt.ENVIRONMENT, collect_environment(device, world_size, model))
+    except OSError as exc:
+        raise _unwritable_run_dir(exc, run_dir) from exc
+
+
+def _after_training(task: Task, model: torch.nn.Module, result: FitResult, run_config: RunConfig, run_dir: Path,
+                    writes: bool, reporter: Progress, started: float) -> None:
+    """What follows a run that trained at least one epoch: the task's ``finish_training`` (every process), then,
+    where this process writes, the learning curve and the task's plots (``train.plots``) and the summary table
+    (``started``: ``time.perf_counter()`` when training began)."""
+    if not result.history:
+        return
+    with torch.no_grad():
+        task.finish_training(model, run_dir if writes else None)
+    if not writes:
+        return
+    if run_config.train.plots:
+        _write_plots(task, model, result, run_config, run_dir)
+    reporter.summary(summary_rows(run_dir, run_config, result, model, time.perf_counter() - started,
+                                  task.display_metrics))
+
+
+def _write_plots(task: Task, model: torch.nn.Module, result: FitResult, run_config: RunConfig,
+                 run_dir: Path) -> None:
+    """The learning curve and the task's plots of the trained model; a RunDirError when they cannot be written."""
+    try:
+        plot_learning_curve(result.history, run_dir / ckpt.LEARNING_CURVE, result.monitor,
+                            title=f"{run_config.task}: {run_config.model.encoder}")
+        with torch.no_grad():
+            task.plots(model, run_dir)
+    except OSError as exc:
+        raise RunDirError(f"training finished, but the plots cannot be written: "
+                          f"{_os_reason(exc, run_dir)}; {_kept_checkpoint(run_dir, True)}") from exc
+
+
 def train_run(config: RunConfig | dict | str | Path | None = None, *, data: Any = None, out: str | Path | None = None,
               overrides: Iterable[str] = (), resume: str | Path | None = None, progress: str | None = None,
               callbacks: Sequence[Callback] = ()) -> Trained:
@@ -138,24 +195,11 @@ def train_run(config: RunConfig | dict | str | Path | None = None, *, data: Any 
             load_task_state(task, run_dir)
         task.setup(data)
         if writes:
-            try:
-                run_dir.mkdir(parents=True, exist_ok=True)
-                ckpt.atomic_write_text(run_dir / ckpt.CONFIG, config_to_yaml(run_config))
-                if resume is None:
-                    task.save_artifacts(run_dir)
-            except OSError as exc:
-                raise RunDirError(f"cannot write the run directory: {_os_reason(exc, run_dir)}; nothing was "
-                                  "trained" + (f" ({_kept_checkpoint(run_dir, writes)})" if resume is not None
-                                               else "")) from exc
+            _write_config_and_state(run_dir, run_config, task, resumed=resume is not None)
         seed_everything(cfg.seed)
         model = task.build_model()
-        if writes:   # with the path (fused / custom) each recurrent layer of this model runs
-            try:
-                ckpt.atomic_write_json(run_dir / ckpt.ENVIRONMENT,
-                                       collect_environment(device, dist.world_size, model))
-            except OSError as exc:
-                raise RunDirError(f"cannot write the run directory: {_os_reason(exc, run_dir)}; nothing was "
-                                  "trained") from exc
+        if writes:
+            _write_environment(run_dir, device, dist.world_size, model)
         reporter = make_progress(progress or cfg.progress, enabled=writes)
         trainer = Trainer(task, model, cfg, device=device, dist=dist,
                           callbacks=_callbacks(cfg, task, run_dir, writes, reporter, callbacks))
@@ -174,21 +218,7 @@ def train_run(config: RunConfig | dict | str | Path | None = None, *, data: Any 
             raise RunDirError(f"training stopped: cannot write {_os_reason(exc, run_dir)}; "
                               f"{_kept_checkpoint(run_dir, writes)}") from exc
         model.eval()
-        if result.history:
-            with torch.no_grad():
-                task.finish_training(model, run_dir if writes else None)
-        if writes and result.history:
-            if cfg.plots:
-                try:
-                    plot_learning_curve(result.history, run_dir / ckpt.LEARNING_CURVE, result.monitor,
-                                        title=f"{run_config.task}: {run_config.model.encoder}")
-                    with torch.no_grad():
-                        task.plots(model, run_dir)
-                except OSError as exc:
-                    raise RunDirError(f"training finished, but the plots cannot be written: "
-                                      f"{_os_reason(exc, run_dir)}; {_kept_checkpoint(run_dir, writes)}") from exc
-            reporter.summary(summary_rows(run_dir, run_config, result, model, time.perf_counter() - t0,
-                                          task.display_metrics))
+        _after_training(task, model, result, run_config, run_dir, writes, reporter, t0)
     finally:
         shutdown_distributed()
     return Trained(run_dir, run_config, task, model, result)

@@ -42,11 +42,12 @@ from hybridrnn.api import coerce_config, load_run, train_run
 from hybridrnn.config import EXPERIMENT_SECTIONS, read_yaml
 from hybridrnn.errors import ConfigError
 from hybridrnn.experiments.report import write_report
-from hybridrnn.experiments.results import BASE_COLUMNS, ROW_FILE, summarise_training
+from hybridrnn.experiments.results import BASE_COLUMNS, PLAN_FILE, ROW_FILE, label_slug, summarise_training
 from hybridrnn.nn.hybrid import build_encoder
 from hybridrnn.nn.spec import parse_spec
 from hybridrnn.nn.tying import count_parameters
 from hybridrnn.tasks._common import encoder_options
+from hybridrnn.train.checkpoint import STATE
 
 TIMINGS_FILE = "timings.json"
 #: rounds of the interleaved inference timing at the end of a comparison (the report shows their median)
@@ -190,7 +191,7 @@ class RowKey:
 
     @property
     def run_id(self) -> str:
-        slug = re.sub(r"[^A-Za-z0-9]+", "_", self.model.label).strip("_")[:40]
+        slug = label_slug(self.model.label)[:40]
         digest = hashlib.sha1(self.model.label.encode()).hexdigest()[:8]
         tail = f"-L{self.length}" if self.length is not None else ""
         return f"{slug}-{digest}{tail}-s{self.seed}"
@@ -337,7 +338,7 @@ def time_rows(out_dir: Path, keys: Iterable[RowKey], rounds: int = 15, warmup: i
 def _run_row(key: RowKey, config_path: Path, run_dir: Path, overrides: Sequence[str], task_name: str) -> dict:
     """Train (or resume) one row's run, evaluate it and return the row."""
     all_overrides = list(overrides) + key.overrides()
-    resume = run_dir if (run_dir / "state.json").is_file() else None
+    resume = run_dir if (run_dir / STATE).is_file() else None
     if resume is None and run_dir.exists():
         shutil.rmtree(run_dir)    # a run killed before its first checkpoint: start it again
     started = time.perf_counter()
@@ -467,7 +468,7 @@ def run_compare(config_path: str | os.PathLike, models: str | Sequence[str | dic
             "seeds": seed_list, "lengths": length_list, "overrides": list(overrides), "metrics": metrics,
             "rows": [{"run_id": k.run_id, "model": k.model.label, "seed": k.seed, "length": k.length}
                      for k in keys]}
-    atomic_write_text(out_dir / "compare.json", json.dumps(plan, indent=2))
+    atomic_write_text(out_dir / PLAN_FILE, json.dumps(plan, indent=2))
 
     check_rows(config_path, keys, overrides)
     for number, key in enumerate(keys, 1):

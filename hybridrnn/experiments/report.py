@@ -32,7 +32,7 @@ from hybridrnn._io import atomic_write_text, save_figure
 from hybridrnn.api import coerce_config, get_task_class
 from hybridrnn.config import read_yaml
 from hybridrnn.errors import ConfigError, HybridRNNError, RunDirError
-from hybridrnn.experiments.results import BASE_COLUMNS, epoch_records
+from hybridrnn.experiments.results import BASE_COLUMNS, epoch_records, label_slug, read_plan
 
 #: metric names (after the val_/test_ prefix) where larger is better; every other metric is minimised
 HIGHER_IS_BETTER = ("accuracy", "acc", "f1", "auc", "r2", "precision", "recall", "solved", "bleu", "beats_baselines")
@@ -75,12 +75,8 @@ def _md_cell(value: str) -> str:
 def render_markdown(blocks: list[Block]) -> str:
     out = []
     for b in blocks:
-        if b.kind == "h1":
-            out.append(f"# {b.content}\n")
-        elif b.kind == "h2":
-            out.append(f"## {b.content}\n")
-        elif b.kind == "h3":
-            out.append(f"### {b.content}\n")
+        if b.kind in ("h1", "h2", "h3"):
+            out.append(f"{'#' * int(b.kind[1])} {b.content}\n")
         elif b.kind == "p":
             out.append(f"{b.content}\n")
         elif b.kind == "table":
@@ -271,12 +267,14 @@ def _save(fig, path: Path) -> None:
     save_figure(fig, path)      # atomic, mode 0644 like every other file hybridrnn writes
 
 
-def _legend(ax, entries: int) -> None:
-    """A legend inside the axes for a few entries, to the right of them for more (so it hides no line)."""
+def _legend(ax, entries: int, **kwargs) -> None:
+    """A legend inside the axes for a few entries, to the right of them for more (so it hides no line);
+    ``kwargs`` go to ``ax.legend`` (``handles``, ...)."""
+    kwargs.setdefault("fontsize", 8)
     if entries > 4:
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, **kwargs)
     else:
-        ax.legend(fontsize=8)
+        ax.legend(**kwargs)
 
 
 def _colors(models: list[str]) -> dict[str, Any]:
@@ -327,12 +325,7 @@ def plot_learning_curves(results: pd.DataFrame, root: Path, monitor: str, path: 
             if len(shown_seeds) > 1:
                 handles += [Line2D([], [], color="0.3", ls=styles[s], lw=1.3, label=f"seed {s}")
                             for s in shown_seeds]
-            entries = len(handles)
-            kwargs = dict(fontsize=8, handlelength=2.6)
-            if entries > 4:
-                ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, **kwargs)
-            else:
-                ax.legend(handles=handles, **kwargs)
+            _legend(ax, len(handles), handles=handles, handlelength=2.6)
     if drew:
         _save(fig, path)
     else:
@@ -400,7 +393,7 @@ def plot_metric_vs_length(results: pd.DataFrame, metric: str, threshold: Optiona
 
 def _task_info(root: Path) -> tuple[str, str, str, dict]:
     """(task name, monitor, mode, base config dict) of a comparison folder."""
-    plan = json.loads((root / "compare.json").read_text()) if (root / "compare.json").is_file() else {}
+    plan = read_plan(root)
     config = Path(plan.get("train_config", root / "base_config.yaml"))
     base = read_yaml(config) if config.is_file() else {}
     task = str(base.get("task", ""))
@@ -502,9 +495,68 @@ def _task_sections(task_name: str, base: dict, plan: dict, results: pd.DataFrame
     return blocks
 
 
-def write_report(out_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``report.md`` and ``report.html`` for the comparison in ``out_dir``; returns their paths."""
-    root = Path(out_dir)
+# ---------------------------------------------------------------------------------------------------------
+# the report's sections, each a list of blocks
+# ---------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class _Comparison:
+    """What the sections of a report read: the results table and the setting of the comparison."""
+
+    root: Path
+    results: pd.DataFrame
+    task: str
+    monitor: str
+    mode: str               # "min" or "max": the direction of the task's monitored metric
+    base: dict              # the base config of the runs
+    plan: dict              # compare.json
+    hardware: str           # where the models were timed ('' when no run says)
+    split: str              # "test", or "val" for a task without a test split
+
+    @property
+    def primary(self) -> str:
+        return f"{self.split}_{self.monitor}"
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.split}_"
+
+    @property
+    def files(self) -> Path:
+        return self.root / FILES
+
+    @property
+    def has_lengths(self) -> bool:
+        return bool(self.results["length"].notna().any())
+
+    @property
+    def group(self) -> list[str]:
+        return ["length", "model"] if self.has_lengths else ["model"]
+
+    def maximise(self, column: str) -> bool:
+        """Whether larger values of ``column`` are better (the task's direction for its monitored metric)."""
+        if column in (self.primary, f"val_{self.monitor}"):
+            return self.mode == "max"
+        return higher_is_better(column)
+
+    def best_run(self, runs: pd.DataFrame) -> pd.Series:
+        """The row of ``runs`` with the best primary metric."""
+        column = runs[self.primary]
+        return runs.loc[column.idxmax() if self.mode == "max" else column.idxmin()]
+
+
+@dataclass(frozen=True)
+class _Columns:
+    """The results columns the report shows."""
+
+    metrics: list[str]      # the summary's metrics, the primary one first
+    costs: list[str]        # the "Size and cost" table's columns
+    same: list[str]         # metrics equal to the primary one in every run (named, not shown)
+    constant: list[str]     # metrics that do not depend on the model (the reference values)
+
+
+def _load_results(root: Path) -> pd.DataFrame:
+    """``root/results.csv``, checked: it exists, has rows and has the columns every report reads."""
     csv = root / "results.csv"
     if not csv.is_file():
         raise RunDirError(f"{csv} does not exist: run the comparison first")
@@ -514,155 +566,246 @@ def write_report(out_dir: str | Path) -> tuple[Path, Path]:
     missing = [c for c in ("model", "seed", "length", "parameters", "run_dir") if c not in results.columns]
     if missing:
         raise RunDirError(f"{csv}: missing columns {missing} (expected {BASE_COLUMNS})")
+    return results
+
+
+def _load_comparison(root: Path) -> _Comparison:
+    """The checked results and the setting of the comparison in ``root``."""
+    results = _load_results(root)
     task, monitor, mode, base = _task_info(root)
     hardware = _hardware(root, results)
-    plan = json.loads((root / "compare.json").read_text()) if (root / "compare.json").is_file() else {}
+    plan = read_plan(root)
     # the test split, or the validation split for a task without one (a character corpus with a val fraction)
     split = "test" if f"test_{monitor}" in results.columns else "val"
-    primary = f"{split}_{monitor}"
-    if primary not in results.columns:
-        raise RunDirError(f"{csv}: no column test_{monitor} or val_{monitor} for the task's monitored metric "
-                         f"{monitor!r}")
-    prefix = f"{split}_"
-    files = root / FILES
-    files.mkdir(exist_ok=True)
-    has_lengths = results["length"].notna().any()
-    group = ["length", "model"] if has_lengths else ["model"]
+    if f"{split}_{monitor}" not in results.columns:
+        raise RunDirError(f"{root / 'results.csv'}: no column test_{monitor} or val_{monitor} for the task's "
+                         f"monitored metric {monitor!r}")
+    return _Comparison(root, results, task, monitor, mode, base, plan, hardware, split)
 
-    blocks: list[Block] = [Block("h1", f"Comparison: {task or 'task'}")]
-    data = base.get("data", {}) if isinstance(base.get("data"), dict) else {}
-    train = base.get("train", {}) if isinstance(base.get("train"), dict) else {}
-    blocks.append(Block("p", f"Config `{plan.get('config', '?')}`; data: "
-                              + (", ".join(f"{k}={v}" for k, v in data.items()) or "defaults")
-                              + "; training: " + (", ".join(f"{k}={v}" for k, v in train.items()) or "defaults")
-                              + (f"; overrides: {', '.join(plan['overrides'])}" if plan.get("overrides") else "")
-                              + f". {results['seed'].nunique()} seed(s) per model, {len(results)} runs."))
 
-    metric_cols = [c for c in results.columns if c.startswith(prefix) and not c.endswith("_solved")
-                   and c != f"{prefix}solved"]
-    if plan.get("metrics"):     # compare.metrics: the metrics the summary shows
-        missing = [m for m in plan["metrics"] if f"{prefix}{m}" not in results.columns]
-        if missing:
-            raise ConfigError(f"compare.metrics names {missing}, which the task does not report; it reports "
-                             f"{sorted(c[len(prefix):] for c in results.columns if c.startswith(prefix))}")
-        metric_cols = [f"{prefix}{m}" for m in plan["metrics"]]
+def _requested_metrics(c: _Comparison) -> list[str]:
+    """The metric columns of the split that ``compare.metrics`` names, or by default all of them but the solved
+    flags; a ConfigError for a name the task does not report."""
+    results, prefix = c.results, c.prefix
+    if not c.plan.get("metrics"):
+        return [col for col in results.columns if col.startswith(prefix) and not col.endswith("_solved")
+                and col != f"{prefix}solved"]
+    missing = [m for m in c.plan["metrics"] if f"{prefix}{m}" not in results.columns]
+    if missing:
+        raise ConfigError(f"compare.metrics names {missing}, which the task does not report; it reports "
+                         f"{sorted(col[len(prefix):] for col in results.columns if col.startswith(prefix))}")
+    return [f"{prefix}{m}" for m in c.plan["metrics"]]
+
+
+def _columns(c: _Comparison) -> _Columns:
+    """Which metrics the summary shows (and in which order), which it leaves out, and the cost columns."""
+    results, primary = c.results, c.primary
+    metrics = _requested_metrics(c)
     # a metric equal to the primary one in every row (the adding problem's MSE is its loss) says nothing new
-    same = [c for c in metric_cols if c != primary and
-            np.allclose(results[c].to_numpy(float), results[primary].to_numpy(float), equal_nan=True)]
-    metric_cols = [primary] + [c for c in metric_cols if c != primary and c not in same]
+    same = [col for col in metrics if col != primary and
+            np.allclose(results[col].to_numpy(float), results[primary].to_numpy(float), equal_nan=True)]
+    metrics = [primary] + [col for col in metrics if col != primary and col not in same]
     # a metric that is the same in every run (of a length) describes the data, not the models: the task's
     # reference baselines (naive forecasts); it goes to a table of its own (a model's flag such as
     # beats_baselines is the models' result even when every model has it)
-    constant = [c for c in metric_cols[1:] if not _is_flag(c)
-                and _is_constant(results, c, "length" if has_lengths else None)]
-    metric_cols = [c for c in metric_cols if c not in constant]
-    if f"val_{monitor}" in results.columns and split == "test":
-        metric_cols.insert(1, f"val_{monitor}")
-    metric_cols = [c for c in metric_cols if not _is_flag(c)] + [c for c in metric_cols if _is_flag(c)]
-    metric_cols = [c for c in metric_cols if c in results.columns and results[c].notna().any()]
-    cost_cols = [c for c in ("parameters", "train_seconds_per_epoch", "epochs_to_best", "infer_ms_per_sequence")
-                 if c in results.columns and results[c].notna().any()]
-    blocks.append(Block("h2", "Summary"))
-    if split == "val":
+    constant = [col for col in metrics[1:] if not _is_flag(col)
+                and _is_constant(results, col, "length" if c.has_lengths else None)]
+    metrics = [col for col in metrics if col not in constant]
+    if f"val_{c.monitor}" in results.columns and c.split == "test":
+        metrics.insert(1, f"val_{c.monitor}")
+    metrics = [col for col in metrics if not _is_flag(col)] + [col for col in metrics if _is_flag(col)]
+    metrics = [col for col in metrics if col in results.columns and results[col].notna().any()]
+    costs = [col for col in ("parameters", "train_seconds_per_epoch", "epochs_to_best", "infer_ms_per_sequence")
+             if col in results.columns and results[col].notna().any()]
+    return _Columns(metrics, costs, same, constant)
+
+
+def _title(c: _Comparison) -> list[Block]:
+    """The title and the setup: config, data, training, overrides, seeds and runs."""
+    base, plan, results = c.base, c.plan, c.results
+    data = base.get("data", {}) if isinstance(base.get("data"), dict) else {}
+    train = base.get("train", {}) if isinstance(base.get("train"), dict) else {}
+    return [Block("h1", f"Comparison: {c.task or 'task'}"),
+            Block("p", f"Config `{plan.get('config', '?')}`; data: "
+                       + (", ".join(f"{k}={v}" for k, v in data.items()) or "defaults")
+                       + "; training: " + (", ".join(f"{k}={v}" for k, v in train.items()) or "defaults")
+                       + (f"; overrides: {', '.join(plan['overrides'])}" if plan.get("overrides") else "")
+                       + f". {results['seed'].nunique()} seed(s) per model, {len(results)} runs.")]
+
+
+def _summary(c: _Comparison, columns: _Columns) -> list[Block]:
+    """The "Summary" section: the metric tables, the size and cost table, and how to read them."""
+    blocks = [Block("h2", "Summary")]
+    if c.split == "val":
         blocks.append(Block("p", "The task has no test split: the summary and the plots use the validation split "
                                  "(which also chose each run's best epoch, so the figures are optimistic)."))
-    maximise = lambda col: (mode == "max") if col in (primary, f"val_{monitor}") else higher_is_better(col)
-    # the metrics (primary first, with the test against the best), then the other metrics, then the costs:
-    # several narrow tables rather than one that needs scrolling at 1280 px
-    tables = -(-len(metric_cols) // METRICS_PER_TABLE)
-    size = -(-len(metric_cols) // tables)          # as even as can be: 9 metrics -> 5 + 4, not 4 + 4 + 1
-    keys = len(group) + 1       # the group columns and "seeds"
-    for start in range(0, len(metric_cols), size):
-        chunk = metric_cols[start:start + size]
-        header, rows = summary_table(results, chunk, primary, group, maximise)
-        if start:       # the test against the best is in the first table only
+    return blocks + _metric_tables(c, columns.metrics) + _cost_table(c, columns.costs) + [_summary_note(c, columns)]
+
+
+def _metric_tables(c: _Comparison, metrics: list[str]) -> list[Block]:
+    """The metrics (primary first, with the test against the best in the first table only): several narrow
+    tables rather than one that needs scrolling at 1280 px."""
+    tables = -(-len(metrics) // METRICS_PER_TABLE)
+    size = -(-len(metrics) // tables)          # as even as can be: 9 metrics -> 5 + 4, not 4 + 4 + 1
+    keys = len(c.group) + 1       # the group columns and "seeds"
+    blocks = []
+    for start in range(0, len(metrics), size):
+        chunk = metrics[start:start + size]
+        header, rows = summary_table(c.results, chunk, c.primary, c.group, c.maximise)
+        if start:
             header, rows = header[:keys + len(chunk)], [r[:keys + len(chunk)] for r in rows]
         blocks.append(Block("table", (header, rows)))
-    if cost_cols:
-        header, rows = summary_table(results, cost_cols, primary, group, maximise)
-        header = header[:len(group)] + [COST_COLUMNS.get(c, c) for c in cost_cols]
-        rows = [r[:len(group)] + r[keys:keys + len(cost_cols)] for r in rows]
-        blocks.append(Block("h3", "Size and cost"))
-        blocks.append(Block("table", (header, rows)))
+    return blocks
+
+
+def _cost_table(c: _Comparison, costs: list[str]) -> list[Block]:
+    """The "Size and cost" table (no seeds column, no test): none when the results have no cost column."""
+    if not costs:
+        return []
+    keys = len(c.group) + 1       # the group columns and "seeds"
+    header, rows = summary_table(c.results, costs, c.primary, c.group, c.maximise)
+    header = header[:len(c.group)] + [COST_COLUMNS.get(col, col) for col in costs]
+    rows = [r[:len(c.group)] + r[keys:keys + len(costs)] for r in rows]
+    return [Block("h3", "Size and cost"), Block("table", (header, rows))]
+
+
+def _summary_note(c: _Comparison, columns: _Columns) -> Block:
+    """How to read the summary: bold, the test against the best, how inference was timed and where."""
+    results, primary, same = c.results, c.primary, columns.same
     paths = sorted(set(results["infer_path"].dropna().astype(str)) - {""}) if "infer_path" in results.columns else []
-    blocks.append(Block("p", f"Mean ± standard deviation over seeds; the best of each column in bold "
-                              f"(lowest, except for accuracy-like metrics){' within each length' if has_lengths else ''}. "
-                              f"'differs from best' compares each model's per-seed `{primary}` with the best model's "
-                              f"by Welch's two-sided t-test: 'yes' means p < {SIGNIFICANCE_LEVEL}, a difference "
-                              f"larger than the seed spread; 'no' means the seeds cannot tell them apart. "
-                              + (f"`{primary}` equals {', '.join(f'`{c}`' for c in same)} in every run. " if same else "")
-                              + "Inference time: one forward pass with the loss (no gradient) on one training batch "
-                              "of `train.batch_size` sequences, per sequence (divided by the batch size); every "
-                              "model was timed at the end of the comparison, after warm-up passes, in interleaved "
-                              "rounds of shuffled order on one thread, and the figure is the median of the rounds"
-                              + (f"; recurrent layers on their fastest path (`path=auto`): {'; '.join(paths)}"
-                                 if paths else "") + "."
-                              + (f" Timed on {hardware}." if hardware else "")))
+    return Block("p", f"Mean ± standard deviation over seeds; the best of each column in bold "
+                      f"(lowest, except for accuracy-like metrics){' within each length' if c.has_lengths else ''}. "
+                      f"'differs from best' compares each model's per-seed `{primary}` with the best model's "
+                      f"by Welch's two-sided t-test: 'yes' means p < {SIGNIFICANCE_LEVEL}, a difference "
+                      f"larger than the seed spread; 'no' means the seeds cannot tell them apart. "
+                      + (f"`{primary}` equals {', '.join(f'`{col}`' for col in same)} in every run. " if same else "")
+                      + "Inference time: one forward pass with the loss (no gradient) on one training batch "
+                      "of `train.batch_size` sequences, per sequence (divided by the batch size); every "
+                      "model was timed at the end of the comparison, after warm-up passes, in interleaved "
+                      "rounds of shuffled order on one thread, and the figure is the median of the rounds"
+                      + (f"; recurrent layers on their fastest path (`path=auto`): {'; '.join(paths)}"
+                         if paths else "") + "."
+                      + (f" Timed on {c.hardware}." if c.hardware else ""))
 
-    blocks.extend(_task_sections(task, base, plan, results))
-    if has_lengths:
-        plot_metric_vs_length(results, primary, None, files / "metric_vs_length.png")
-        blocks.append(Block("image", f"{FILES}/metric_vs_length.png",
-                            f"{primary} against length (mean ± std over seeds)"))
 
-    blocks.append(Block("h2", "Learning curves"))
-    if plot_learning_curves(results, root, monitor, files / "learning_curves.png"):
-        blocks.append(Block("image", f"{FILES}/learning_curves.png", f"validation {monitor} per epoch, every seed"))
+def _metric_against_length(c: _Comparison) -> list[Block]:
+    """For a comparison over lengths: the primary metric against length."""
+    if not c.has_lengths:
+        return []
+    plot_metric_vs_length(c.results, c.primary, None, c.files / "metric_vs_length.png")
+    return [Block("image", f"{FILES}/metric_vs_length.png", f"{c.primary} against length (mean ± std over seeds)")]
+
+
+def _learning_curves(c: _Comparison) -> list[Block]:
+    """The "Learning curves" section: every run's validation metric per epoch."""
+    blocks = [Block("h2", "Learning curves")]
+    if plot_learning_curves(c.results, c.root, c.monitor, c.files / "learning_curves.png"):
+        blocks.append(Block("image", f"{FILES}/learning_curves.png", f"validation {c.monitor} per epoch, every seed"))
     else:
         blocks.append(Block("p", "No per-epoch validation metrics were found in the runs' metrics.jsonl."))
+    return blocks
 
-    blocks.append(Block("h2", "Accuracy against size and cost"))
+
+def _size_and_cost_plots(c: _Comparison) -> list[Block]:
+    """The primary metric against parameter count and (where the results have it) against training time."""
+    results, primary, files = c.results, c.primary, c.files
+    blocks = [Block("h2", "Accuracy against size and cost")]
     plot_metric_against(results, "parameters", "parameters", primary, files / "metric_vs_parameters.png")
     blocks.append(Block("image", f"{FILES}/metric_vs_parameters.png", f"{primary} against parameter count"))
     time_col = "train_seconds"
     if time_col in results.columns and results[time_col].notna().any():
         plot_metric_against(results, time_col, "training seconds", primary, files / "metric_vs_time.png")
         blocks.append(Block("image", f"{FILES}/metric_vs_time.png", f"{primary} against training time"))
+    return blocks
 
-    # the task's own plots, from the best run (the longest length when comparing over lengths)
-    pool = results[results["length"] == results["length"].max()] if has_lengths else results
-    pool = pool[pool[primary].notna()]
-    if not pool.empty:
-        best = pool.loc[pool[primary].idxmax() if mode == "max" else pool[primary].idxmin()]
-        run_dir = root / str(best["run_dir"])
-        pngs = sorted(run_dir.glob("*.png")) if run_dir.is_dir() else []
-        if pngs:
-            blocks.append(Block("h2", f"Task plots of the best run: {best['model']}, seed {int(best['seed'])}"
-                                      + (f", length {int(best['length'])}" if has_lengths else "")))
-            for png in pngs:
-                target = files / f"best_{png.name}"
-                shutil.copyfile(png, target)
-                blocks.append(Block("image", f"{FILES}/{target.name}", png.stem.replace("_", " ")))
-        # plots the best run does not make (attention maps of attention models): from each such model's best run
-        shown = {png.name for png in pngs}
-        extra = []
-        for model in dict.fromkeys(pool["model"]):
-            if model == best["model"]:
-                continue
-            runs = pool[pool["model"] == model]
-            mine = runs.loc[runs[primary].idxmax() if mode == "max" else runs[primary].idxmin()]
-            mine_dir = root / str(mine["run_dir"])
-            for png in sorted(mine_dir.glob("*.png")) if mine_dir.is_dir() else []:
-                if png.name not in shown:
-                    slug = re.sub(r"[^A-Za-z0-9]+", "_", str(model)).strip("_")
-                    target = files / f"{slug}_{png.name}"
-                    shutil.copyfile(png, target)
-                    extra.append(Block("image", f"{FILES}/{target.name}",
-                                       f"{png.stem.replace('_', ' ')}: {model}, seed {int(mine['seed'])}"))
-        if extra:
-            blocks.append(Block("h2", "Plots only some models make (each from its best run)"))
-            blocks.extend(extra)
 
-    if constant:
-        blocks.append(Block("h2", "Reference values"))
-        model_metrics = [c for c in results.columns if c.startswith(prefix) and c not in constant]
-        blocks.append(Block("table", _reference_table(results, constant, model_metrics, prefix, has_lengths)))
-        blocks.append(Block("p", "These test metrics are the same in every run (to 1e-9)"
-                                  + (" of a length" if has_lengths else "") + ", so they are left out of the "
-                                  "summary; for forecasting they are the naive, seasonal-naive and linear reference "
-                                  "forecasts, which do not depend on the model."))
+def _task_plots(c: _Comparison) -> list[Block]:
+    """The task's own plots of the best run (of the longest length when comparing over lengths), then those
+    plots that the best run does not make, each from the best run of a model that makes it."""
+    results = c.results
+    pool = results[results["length"] == results["length"].max()] if c.has_lengths else results
+    pool = pool[pool[c.primary].notna()]
+    if pool.empty:
+        return []
+    best = c.best_run(pool)
+    blocks, shown = _best_run_plots(c, best)
+    extra = _plots_of_other_models(c, pool, best, shown)
+    if extra:
+        blocks.append(Block("h2", "Plots only some models make (each from its best run)"))
+        blocks.extend(extra)
+    return blocks
 
+
+def _run_pngs(c: _Comparison, run: pd.Series) -> list[Path]:
+    run_dir = c.root / str(run["run_dir"])
+    return sorted(run_dir.glob("*.png")) if run_dir.is_dir() else []
+
+
+def _copied_image(c: _Comparison, png: Path, name: str, caption: str) -> Block:
+    """An image block of ``png`` copied into the report's figures as ``name``."""
+    target = c.files / name
+    shutil.copyfile(png, target)
+    return Block("image", f"{FILES}/{target.name}", caption)
+
+
+def _best_run_plots(c: _Comparison, best: pd.Series) -> tuple[list[Block], set[str]]:
+    """The plots of the best run under a heading (none when it has none), and the names of its plot files."""
+    pngs = _run_pngs(c, best)
+    blocks = []
+    if pngs:
+        blocks.append(Block("h2", f"Task plots of the best run: {best['model']}, seed {int(best['seed'])}"
+                                  + (f", length {int(best['length'])}" if c.has_lengths else "")))
+        blocks += [_copied_image(c, png, f"best_{png.name}", png.stem.replace("_", " ")) for png in pngs]
+    return blocks, {png.name for png in pngs}
+
+
+def _plots_of_other_models(c: _Comparison, pool: pd.DataFrame, best: pd.Series, shown: set[str]) -> list[Block]:
+    """Plots the best run does not make (attention maps of attention models): from each such model's best run."""
+    blocks = []
+    for model in dict.fromkeys(pool["model"]):
+        if model == best["model"]:
+            continue
+        mine = c.best_run(pool[pool["model"] == model])
+        for png in _run_pngs(c, mine):
+            if png.name not in shown:
+                blocks.append(_copied_image(c, png, f"{label_slug(str(model))}_{png.name}",
+                                            f"{png.stem.replace('_', ' ')}: {model}, seed {int(mine['seed'])}"))
+    return blocks
+
+
+def _reference_values(c: _Comparison, columns: _Columns) -> list[Block]:
+    """The "Reference values" section: the metrics that are the same for every model (none: no section)."""
+    constant = columns.constant
+    if not constant:
+        return []
+    model_metrics = [col for col in c.results.columns if col.startswith(c.prefix) and col not in constant]
+    return [Block("h2", "Reference values"),
+            Block("table", _reference_table(c.results, constant, model_metrics, c.prefix, c.has_lengths)),
+            Block("p", "These test metrics are the same in every run (to 1e-9)"
+                       + (" of a length" if c.has_lengths else "") + ", so they are left out of the "
+                       "summary; for forecasting they are the naive, seasonal-naive and linear reference "
+                       "forecasts, which do not depend on the model.")]
+
+
+def _write_documents(root: Path, blocks: list[Block], task: str) -> tuple[Path, Path]:
+    """Render ``blocks`` to ``root/report.md`` and ``root/report.html``; returns their paths."""
     md_path, html_path = root / "report.md", root / "report.html"
     atomic_write_text(md_path, render_markdown(blocks))
     atomic_write_text(html_path, render_html(blocks, root, f"hybridrnn comparison: {task}"))
     return md_path, html_path
+
+
+def write_report(out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``report.md`` and ``report.html`` for the comparison in ``out_dir``; returns their paths."""
+    comparison = _load_comparison(Path(out_dir))
+    comparison.files.mkdir(exist_ok=True)
+    blocks = _title(comparison)
+    columns = _columns(comparison)      # a ConfigError for a compare.metrics name the task does not report
+    blocks += _summary(comparison, columns)
+    blocks += _task_sections(comparison.task, comparison.base, comparison.plan, comparison.results)
+    blocks += _metric_against_length(comparison)
+    blocks += _learning_curves(comparison)
+    blocks += _size_and_cost_plots(comparison)
+    blocks += _task_plots(comparison)
+    blocks += _reference_values(comparison, columns)
+    return _write_documents(comparison.root, blocks, comparison.task)

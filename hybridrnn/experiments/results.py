@@ -1,4 +1,5 @@
-"""The comparison's results: the columns of ``results.csv`` and what each run's ``metrics.jsonl`` says.
+"""The comparison's results: the plan (``compare.json``), the columns of ``results.csv``, what each run's
+``metrics.jsonl`` says, and a model label as part of a file name.
 
 Shared by the harness that fills the table (:mod:`hybridrnn.experiments.compare`) and the report that reads it
 (:mod:`hybridrnn.experiments.report`).
@@ -7,16 +8,31 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Optional
 
 from hybridrnn.errors import RunDirError
 
 ROW_FILE = "row.json"
+#: the plan of a comparison (config, models, seeds, lengths, overrides, metrics), in the comparison's folder
+PLAN_FILE = "compare.json"
 #: leading columns of results.csv (metric columns val_* and test_* follow)
 BASE_COLUMNS = ["model", "encoder", "options", "seed", "length", "task", "parameters", "epochs",
                 "epochs_to_best", "train_seconds", "train_seconds_per_epoch", "infer_ms_per_batch",
                 "infer_ms_per_sequence", "infer_path", "run_dir"]
+
+
+def read_plan(out_dir: Path) -> dict[str, Any]:
+    """The plan of the comparison in ``out_dir`` (its ``compare.json``); ``{}`` when there is none."""
+    path = Path(out_dir) / PLAN_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def label_slug(label: str) -> str:
+    """A model label as part of a file name: every run of characters other than letters and digits becomes one
+    ``_`` (``(lstm:8|gru:8)[fusion=gate]`` -> ``lstm_8_gru_8_fusion_gate``)."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", label).strip("_")
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
