@@ -190,7 +190,8 @@ def main() -> None:
     os.chdir(ROOT)
     torch.set_num_threads(1)
     from hybridrnn.experiments.compare import run_compare
-    from hybridrnn.experiments.report import SOLVED, longest_solved
+    from hybridrnn.tasks.long_range_config import SOLVED_CRITERIA as SOLVED
+    from hybridrnn.tasks.long_range_report import longest_solved
 
     H = args.hidden
     models = [f"lstm:{H}", f"gru:{H}", f"lstm:{H}>gru:{H}", f"(lstm:{H}|gru:{H})"]
