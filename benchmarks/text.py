@@ -419,7 +419,7 @@ def write_transfer_table(records: dict, out: Path) -> None:
         seeds = sorted({r["seed"] for r in rows})
         per = ", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(sc, pr))
         lines.append(f"| {ds} | {len(seeds)} | {m_sc:.1f} | {m_pr:.1f} | {m_pr - m_sc:+.1f} | {TARGETS[ds][0]} | "
-                     f"{TARGETS[ds][1]} | {per} | {sum(r['cpu_seconds'] for r in rows):.0f} |")
+                     f"{TARGETS[ds][1]} | {per} | {sum(r['cpu_seconds'] for r in rows if r.get('variant') != 'plain'):.0f} |")
     plain = [r for r in records["runs"] if r.get("variant") == "plain"]
     if plain:
         lines += ["", "Ablation (*plain*: the LM's vocabulary and weights as initialisation, every layer trained from "
@@ -430,6 +430,8 @@ def write_transfer_table(records: dict, out: Path) -> None:
                     for v in [x.get("variant", "scratch" if not x["pretrained"] else "ulmfit")]}
             lines.append(f"| {r['dataset']} | {r['seed']} | {same.get('scratch', float('nan')):.1f} | "
                          f"{same.get('ulmfit', float('nan')):.1f} | {r['accuracy']:.1f} | {r['cpu_seconds']:.0f} |")
+    if records.get("notes"):        # the reading of the figures, written by whoever ran the suite (kept in the .json)
+        lines += [""] + list(records["notes"])
     from hybridrnn.data.text import atomic_write_text
 
     atomic_write_text(out, "\n".join(lines) + "\n")
