@@ -29,6 +29,8 @@ step config show; hybridrnn config show "$REPO/configs/quickstart.yaml" > /dev/n
 step train; hybridrnn train "$REPO/configs/quickstart.yaml" --out run --set train.epochs=2 --progress none > /dev/null
 step evaluate; hybridrnn evaluate run > /dev/null
 step predict; hybridrnn predict run --input bundled:seattle_weather --output forecast.csv
+step backtest; hybridrnn backtest run --input bundled:seattle_weather --output bt.csv --stride 30 > /dev/null
+test -s bt.summary.csv
 step compare; hybridrnn compare "$REPO/configs/quickstart.yaml" --models lstm:4,gru:4 --seeds 2 --out cmp \
   --set train.epochs=1 > /dev/null
 test -s cmp/report.html
