@@ -192,7 +192,16 @@ def write_report(rows: list[dict], command: str) -> None:
           "7 variables and the horizon. Mean ± standard deviation over seeds. CPU minutes: process time of one run "
           "(training incl. the validation passes), one thread (`OMP_NUM_THREADS=1`, torch 2.13 CPU), on a 2-core "
           "machine shared with other jobs (wall time is longer and not comparable).", "",
-          f"Recipes: `configs/forecast/ett/etth1_segrnn_{{96,192,336,720}}.yaml`. Command: `{command}`", ""]
+          f"Recipes: `configs/forecast/ett/etth1_segrnn_{{96,192,336,720}}.yaml` (GRU 256, segment 24, parallel "
+          "decoding, channel independence with a channel embedding, last-value instance normalisation, dropout 0.5, "
+          "Adam 1e-3, batch 256; 8 epochs at H96 / H192, 5 at H336 / H720 to fit the CPU budget). Commands (each "
+          "appends its rows; the table shows every row so far, the seeds column says how many ran): "
+          f"{command}", "",
+          "Tuning (validation split of ETTh1 H96 only, seed 0, 10 epochs, `--tune`): last-value normalisation "
+          "val MSE 0.667 against 0.692 for mean/std normalisation (`instance_norm: standard`); a cosine schedule "
+          "0.670 against 0.667 for a constant rate (kept constant). GRU 512 (SegRNN's width) was not tried: its "
+          "H720 epoch costs ~140 CPU s against ~68 s at 256. Test figures were read only after the recipe was "
+          "fixed.", ""]
     for data in ("etth1", "etth2"):
         drows = [r for r in rows if r["data"] == data and not r["overrides"] and "mse" in r]
         if not drows:
@@ -272,8 +281,9 @@ def main(argv=None) -> int:
                     with jsonl.open("a") as f:
                         f.write(json.dumps(row) + "\n")
     if not args.tune:
-        write_report(_read_rows(jsonl), "OMP_NUM_THREADS=1 python benchmarks/forecast_ltsf.py "
-                     "[--data etth2] --horizons 96 192 336 720 --seeds 0 1 2")
+        write_report(_read_rows(jsonl), "; ".join(f"`OMP_NUM_THREADS=1 python benchmarks/forecast_ltsf.py {c}`" for c in (
+            "--horizons 96 192 336 720 --seeds 0", "--horizons 96 --seeds 1 2", "--horizons 192 --seeds 1 2",
+            "--horizons 336 --seeds 1 2", "--data etth2 --horizons 96 --seeds 0")))
     return 0
 
 
