@@ -430,6 +430,13 @@ def write_transfer_table(records: dict, out: Path) -> None:
                     for v in [x.get("variant", "scratch" if not x["pretrained"] else "ulmfit")]}
             lines.append(f"| {r['dataset']} | {r['seed']} | {same.get('scratch', float('nan')):.1f} | "
                          f"{same.get('ulmfit', float('nan')):.1f} | {r['accuracy']:.1f} | {r['cpu_seconds']:.0f} |")
+        for ds in dict.fromkeys(r["dataset"] for r in plain):
+            seeds = {r["seed"] for r in plain if r["dataset"] == ds}
+            mean = {v: statistics.mean(x["accuracy"] for x in records["runs"] if x["dataset"] == ds and x["seed"] in seeds
+                                       and x.get("variant", "scratch" if not x["pretrained"] else "ulmfit") == v)
+                    for v in ("scratch", "ulmfit", "plain")}
+            lines.append(f"| {ds} | mean of {len(seeds)} | {mean['scratch']:.1f} | {mean['ulmfit']:.1f} | "
+                         f"{mean['plain']:.1f} ({mean['plain'] - mean['scratch']:+.1f}) | |")
     if records.get("notes"):        # the reading of the figures, written by whoever ran the suite (kept in the .json)
         lines += [""] + list(records["notes"])
     from hybridrnn.data.text import atomic_write_text
