@@ -76,7 +76,7 @@ def _callbacks(cfg, task: Task, run_dir: Path, writes: bool, reporter: Progress,
     # its way to disk before an extra callback (Optuna pruning) may end the run
     callbacks: list[Callback] = [ProgressCallback(reporter, task.display_metrics)]
     # a task's own training callbacks (the language model's length-scaled lr for variable BPTT)
-    callbacks += list(getattr(task, "train_callbacks", lambda: [])())
+    callbacks += task.train_callbacks()
     # NT-ASGD and unfreezing act before the checkpoint saves their state (and the averaged best weights)
     if cfg.optimizer == "nt_asgd":
         callbacks.append(NTASGD(cfg.nt_asgd_interval))

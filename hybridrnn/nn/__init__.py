@@ -10,7 +10,7 @@ _EXPORTS = {
     # cells and layers
     "LSTMCell": "cells", "GRUCell": "cells",
     "LSTM": "recurrent", "GRU": "recurrent",
-    "MinGRU": "minimal", "MinLSTM": "minimal",
+    "MinGRU": "minimal", "MinLSTM": "minimal", "WeightDrop": "weight_drop",
     "init_recurrent_": "init",
     # hybrid encoders
     "parse_spec": "spec", "SpecError": "spec",

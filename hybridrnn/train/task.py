@@ -15,6 +15,8 @@ from torch import nn
 if TYPE_CHECKING:
     import pandas as pd
 
+    from hybridrnn.train.callbacks import Callback
+
 
 class Task(ABC):
     """One learning problem: its data, its fitted state, its model, loss and metrics.
@@ -98,6 +100,11 @@ class Task(ABC):
 
     def load_artifacts(self, run_dir: Path) -> None:
         """Read what ``save_artifacts`` wrote; afterwards ``build_model`` / ``predict`` need no data."""
+
+    def train_callbacks(self) -> list["Callback"]:
+        """Trainer callbacks the task itself needs (e.g. the language model's variable-length BPTT); the run
+        pipeline adds them after its own. Default: none."""
+        return []
 
     def finish_training(self, model: nn.Module, run_dir: Path | None) -> None:
         """Called once after training with the best weights (eval mode, under ``no_grad``): fit what is fitted
