@@ -50,14 +50,20 @@ from hybridrnn.data.timeseries import (
     read_table,
     season_length,
     split_bounds,
+    table_columns,
     window_origins,
 )
 from hybridrnn.errors import ConfigError, DataError, RunDirError
 from hybridrnn.nn.forecaster import Forecaster
 from hybridrnn.tasks._common import encoder_options
 from hybridrnn.tasks.forecast_config import FORECAST_HEAD_OPTIONS, ForecastConfig
-from hybridrnn.tasks.forecast_heads import (DISTRIBUTION_LOSSES, head_loss, head_outputs, head_quantiles,
-                                            point_forecast)
+from hybridrnn.tasks.forecast_heads import (
+    DISTRIBUTION_LOSSES,
+    head_loss,
+    head_outputs,
+    head_quantiles,
+    point_forecast,
+)
 from hybridrnn.tasks.forecast_metrics import (
     BASELINES,
     LinearBaseline,
@@ -66,15 +72,23 @@ from hybridrnn.tasks.forecast_metrics import (
     interval_coverage,
     interval_quantiles,
     interval_width,
-    pinball_loss,
-    quantile_text,
     mase_scale,
     metrics_by_step,
     naive_forecast,
+    pinball_loss,
+    quantile_text,
     seasonal_naive_forecast,
 )
-from hybridrnn.tasks.forecast_panel import (IdEmbedding, encode_statics, fit_statics, id_columns, offset_origins, series_frames,
-                                            static_size, static_values)
+from hybridrnn.tasks.forecast_panel import (
+    IdEmbedding,
+    encode_statics,
+    fit_statics,
+    id_columns,
+    offset_origins,
+    series_frames,
+    static_size,
+    static_values,
+)
 from hybridrnn.tasks.forecast_plots import forecast_plots
 from hybridrnn.train.task import Task, iterate_minibatches
 
@@ -141,12 +155,8 @@ class ForecastTask(Task):
         where = self._cfg.data.where
         if not where:
             return False
-        if isinstance(source, pd.DataFrame):
-            columns = source.columns
-        elif str(source).lower().endswith((".csv", ".gz", ".txt")):
-            columns = pd.read_csv(source, nrows=0).columns
-        else:
-            return True
+        columns = table_columns(source if isinstance(source, pd.DataFrame) else resolve_data_path(str(source)),
+                                header=self._cfg.data.header)
         return all(c in columns for c in where)
 
     def _configured_source(self) -> str:
@@ -459,7 +469,7 @@ class ForecastTask(Task):
 
     def _forecasts(self, model: nn.Module, split: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         if self.num_examples(split) == 0:
-            raise ValueError(f"split {split!r} has no complete window (lookback {self.layout['lookback']}, "
+            raise DataError(f"split {split!r} has no complete window (lookback {self.layout['lookback']}, "
                              f"horizon {self.layout['horizon']})")
         _, truth = self._target_windows(split)
         self._current_series = self.window_series.get(split)
