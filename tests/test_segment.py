@@ -193,3 +193,12 @@ def test_segment_model_beats_the_linear_baseline_on_a_seasonal_series():
     with torch.no_grad():
         mse = float(((m(torch.tensor(x_te, dtype=torch.float32))[0].double().numpy() - y_te) ** 2).mean())
     assert mse < 0.98 * linear_mse, (mse, linear_mse)
+
+
+def test_a_min_cell_encoder_gets_its_gated_counterpart_as_decoder_kind():
+    from hybridrnn.nn.hybrid import build_encoder
+    from hybridrnn.nn.segment import last_block_kind
+
+    assert last_block_kind(build_encoder("lstm:4>mingru:4", 3)) == "gru"
+    assert last_block_kind(build_encoder("gru:4>minlstm:4", 3)) == "lstm"
+    assert last_block_kind(build_encoder("minlstm:4>gru:4", 3)) == "gru"

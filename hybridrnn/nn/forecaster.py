@@ -67,8 +67,18 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from hybridrnn.nn.segment import (DECODERS, ParallelDecoder, SegmentEmbedding, check_segment, is_bidirectional,
-                                  last_block_kind)
+from hybridrnn.errors import ConfigError
+from hybridrnn.nn import attention as att
+from hybridrnn.nn.hybrid import build_encoder
+from hybridrnn.nn.segment import (
+    DECODERS,
+    ParallelDecoder,
+    SegmentEmbedding,
+    check_segment,
+    is_bidirectional,
+    last_block_kind,
+)
+from hybridrnn.nn.spec import iter_layers, parse_spec
 
 STRATEGIES = ("direct", "recursive", "seq2seq", "parallel", "rmf")
 INSTANCE_NORMS = (False, True, "standard", "last")
@@ -80,12 +90,10 @@ def _make_encoder(encoder: Any, input_size: int, options: dict) -> nn.Module:
         if getattr(encoder, "input_size", input_size) != input_size:
             raise ValueError(f"encoder input_size {encoder.input_size} differs from the forecaster's {input_size}")
         return encoder
-    from hybridrnn.nn.hybrid import build_encoder
     return build_encoder(encoder, input_size, **options)
 
 
 def _make_attention(kind: Optional[str], query_size: int, key_size: int, heads: int) -> Optional[nn.Module]:
-    from hybridrnn.nn import attention as att
     if kind is None:
         return None
     if kind == "additive":
@@ -106,7 +114,6 @@ def _default_embed(encoder: Any) -> int:
     block's hidden size in the spec (``gru:512`` -> 512, as SegRNN's ``d_model``)."""
     if isinstance(encoder, nn.Module):
         return int(encoder.input_size)
-    from hybridrnn.nn.spec import iter_layers, parse_spec
     return next(iter_layers(parse_spec(encoder))).hidden
 
 
@@ -178,9 +185,9 @@ class _Core(nn.Module):
             self.init_state = nn.Linear(d, d)
             self.combine = nn.Linear(2 * d, d) if attention in ("dot", "general") else None
             self.head = nn.Linear(2 * d if bahdanau else d, num_targets)
-        self.skip = nn.Linear(lookback, horizon) if linear_skip else None
         if linear_skip and lookback is None:
-            raise ValueError("linear_skip needs the lookback")
+            raise ConfigError("linear_skip maps the look-back to the horizon, so it needs the lookback")
+        self.skip = nn.Linear(lookback, horizon) if linear_skip else None
 
     def forward(self, past: Tensor, future: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
         x = past if self.embed is None else self.embed(past)      # (B, L, F) or segments (B, L/W, E)

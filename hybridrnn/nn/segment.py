@@ -28,6 +28,9 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor, nn
 
+from hybridrnn.nn.recurrent import GRU, LSTM
+from hybridrnn.nn.spec import iter_layers, parse_spec
+
 DECODERS = (None, "shared", "gru", "lstm")
 
 
@@ -67,7 +70,6 @@ def is_bidirectional(encoder: nn.Module) -> bool:
     """Whether any block of the encoder is bidirectional (it then has no ``step``)."""
     spec = getattr(encoder, "spec", None)
     if spec is not None:
-        from hybridrnn.nn.spec import iter_layers, parse_spec
         return any(layer.bidirectional for layer in iter_layers(parse_spec(spec)))
     return bool(getattr(encoder, "bidirectional", False)) or any(
         backward for _, backward in getattr(encoder, "output_layout", ()))
@@ -75,20 +77,20 @@ def is_bidirectional(encoder: nn.Module) -> bool:
 
 def last_block_kind(encoder: nn.Module) -> str:
     """``"lstm"`` or ``"gru"``: the cell kind of the encoder's last block in spec order (for a parallel group, the
-    last branch)."""
+    last branch); a minGRU / minLSTM block maps to its gated counterpart (a decoder cell needs a recurrence)."""
     spec = getattr(encoder, "spec", None)
     if spec is not None:
-        from hybridrnn.nn.spec import iter_layers, parse_spec
-        return list(iter_layers(parse_spec(spec)))[-1].kind
-    name = type(encoder).__name__.lower()
-    return "lstm" if "lstm" in name else "gru"
+        kind = list(iter_layers(parse_spec(spec)))[-1].kind
+    else:
+        name = type(encoder).__name__.lower()
+        kind = "lstm" if "lstm" in name else "gru"
+    return "lstm" if kind in ("lstm", "minlstm") else "gru"
 
 
 def fast_step_ok(layer: Any) -> bool:
     """Whether ``layer`` is a plain one-layer unidirectional GRU / LSTM (layer or cell) whose step is torch's
     equations on ``weight_ih_l0 / weight_hh_l0 / bias_ih_l0 / bias_hh_l0`` (no layer norm, coupled gate, recurrent
     dropout, or GRU reset-before), so that :meth:`ParallelDecoder._fast_step` computes exactly its step."""
-    from hybridrnn.nn.recurrent import GRU, LSTM
     if not isinstance(layer, (GRU, LSTM)):
         return False
     return (layer.num_layers == 1 and not layer.bidirectional and not layer.layer_norm and not layer.coupled
