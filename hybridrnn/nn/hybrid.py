@@ -59,10 +59,19 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from hybridrnn.errors import ConfigError
+from hybridrnn.nn.checks import check_lengths, input_error
 from hybridrnn.nn.dropout import locked_dropout as _locked_dropout
 from hybridrnn.nn.minimal import MinGRU, MinLSTM
 from hybridrnn.nn.recurrent import GRU, LSTM
-from hybridrnn.nn.spec import Layer, Parallel, SpecNode, Stack, format_spec, iter_layers, parse_spec
+from hybridrnn.nn.spec import (
+    Layer,
+    Parallel,
+    SpecNode,
+    Stack,
+    format_spec,
+    iter_layers,
+    parse_spec,
+)
 
 __all__ = ["build_encoder", "StackedEncoder", "ParallelEncoder", "GateFusion", "FUSIONS", "final_output_by_layout",
            "merge_layout"]
@@ -95,8 +104,7 @@ def _num_blocks(module: nn.Module) -> int:
     return getattr(module, "num_blocks", 1)
 
 
-def _fail(owner: str, what: str, expected: str, got) -> ValueError:
-    return ValueError(f"{owner}: expected {what} {expected}, got {got}")
+_fail = input_error    # the one message shape of recurrent input errors (hybridrnn.nn.checks)
 
 
 def _check_x(owner: str, x: Tensor, input_size: int) -> None:
@@ -109,16 +117,7 @@ def _check_x(owner: str, x: Tensor, input_size: int) -> None:
 
 
 def _check_lengths(owner: str, lengths, batch: int, time: int) -> Tensor:
-    if not isinstance(lengths, Tensor):
-        lengths = torch.as_tensor(lengths)
-    if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
-        raise _fail(owner, "lengths", "an integer tensor", f"dtype {lengths.dtype}")
-    if tuple(lengths.shape) != (batch,):
-        raise _fail(owner, "lengths", f"of shape ({batch},)", f"shape {tuple(lengths.shape)}")
-    bad = lengths[(lengths < 1) | (lengths > time)]
-    if bad.numel():
-        raise _fail(owner, "lengths", f"in 1..{time} (the time axis of x)", f"values {bad.tolist()}")
-    return lengths.long()
+    return check_lengths(owner, lengths, batch, time)[0]
 
 
 def _split_state(owner: str, state, children: Sequence[nn.Module]) -> list:

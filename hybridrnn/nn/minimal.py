@@ -69,6 +69,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hybridrnn.nn.checks import check_lengths, input_error
 from hybridrnn.nn.dropout import locked_dropout as _locked_dropout
 
 __all__ = ["MinGRU", "MinLSTM", "g", "log_g", "log_space_scan", "linear_scan", "PATHS", "INITS"]
@@ -329,7 +330,7 @@ class _MinRecurrent(nn.Module):
 
     # ----------------------------------------------------------------------------------------- validation
     def _fail(self, what: str, expected: str, got) -> ValueError:
-        return ValueError(f"{type(self).__name__}: expected {what} {expected}, got {got}")
+        return input_error(type(self).__name__, what, expected, got)
 
     def _check_x(self, x) -> None:
         if not isinstance(x, Tensor):
@@ -341,19 +342,7 @@ class _MinRecurrent(nn.Module):
 
     def _check_lengths(self, lengths, batch: int, time: int) -> tuple[Tensor, bool]:
         """Validated lengths ``(B,)`` int64 and whether every sequence is full."""
-        if not isinstance(lengths, Tensor):
-            try:
-                lengths = torch.as_tensor(lengths)
-            except (TypeError, ValueError, RuntimeError) as exc:
-                raise self._fail("lengths", f"a ({batch},) integer tensor", repr(lengths)) from exc
-        if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
-            raise self._fail("lengths", "an integer tensor", f"dtype {lengths.dtype}")
-        if tuple(lengths.shape) != (batch,):
-            raise self._fail("lengths", f"of shape ({batch},) (one per sequence)", f"shape {tuple(lengths.shape)}")
-        bad = lengths[(lengths < 1) | (lengths > time)]
-        if bad.numel():
-            raise self._fail("lengths", f"in 1..{time} (the time axis of x)", f"values {bad.tolist()}")
-        return lengths.long(), bool((lengths == time).all())
+        return check_lengths(type(self).__name__, lengths, batch, time)
 
     def _check_state(self, state, batch: int, rows: int) -> None:
         expected = (rows, batch, self.hidden_size)

@@ -28,12 +28,19 @@ from typing import Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, _VF, nn
+from torch import _VF, Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from hybridrnn.errors import ConfigError
 from hybridrnn.nn._scan import gru_loop, gru_scan, lstm_loop, lstm_scan
-from hybridrnn.nn.cells import GRUParams, LSTMParams, gru_step, input_projection, lstm_step
+from hybridrnn.nn.cells import (
+    GRUParams,
+    LSTMParams,
+    gru_step,
+    input_projection,
+    lstm_step,
+)
+from hybridrnn.nn.checks import check_lengths, input_error
 from hybridrnn.nn.dropout import locked_dropout as _locked_dropout
 from hybridrnn.nn.init import SCHEMES, init_recurrent_
 
@@ -200,7 +207,7 @@ class _RecurrentBase(nn.Module):
 
     # ----------------------------------------------------------------------------------------- validation
     def _fail(self, what: str, expected: str, got) -> ValueError:
-        return ValueError(f"{type(self).__name__}: expected {what} {expected}, got {got}")
+        return input_error(type(self).__name__, what, expected, got)
 
     def _check_x(self, x: Tensor) -> None:
         if not isinstance(x, Tensor):
@@ -216,21 +223,7 @@ class _RecurrentBase(nn.Module):
 
     def _check_lengths(self, lengths, batch: int, time: int) -> tuple[Tensor, bool]:
         """Validated lengths ``(B,)`` int64, and whether every sequence is full (no padding at all)."""
-        if not isinstance(lengths, Tensor):
-            try:
-                lengths = torch.as_tensor(lengths)
-            except (TypeError, ValueError, RuntimeError) as exc:
-                raise self._fail("lengths", f"a ({batch},) integer tensor", repr(lengths)) from exc
-        if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
-            raise self._fail("lengths", "an integer tensor", f"dtype {lengths.dtype}")
-        if lengths.shape != (batch,):
-            raise self._fail("lengths", f"of shape ({batch},) (one per sequence)", f"shape {tuple(lengths.shape)}")
-        low, high = torch.aminmax(lengths)
-        low, high = int(low), int(high)
-        if low < 1 or high > time:
-            bad = lengths[(lengths < 1) | (lengths > time)].tolist()
-            raise self._fail("lengths", f"in 1..{time} (the time axis of x)", f"values {bad}")
-        return lengths.long(), low == time
+        return check_lengths(type(self).__name__, lengths, batch, time)
 
     def _check_state(self, state, batch: int, rows: int) -> None:
         expected = (rows, batch, self.hidden_size)
