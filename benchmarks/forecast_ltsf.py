@@ -20,10 +20,12 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # benchmarks/ helpers
+from _train import fit_in_memory  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -65,16 +67,9 @@ def load(horizon: int, data: str, seed: int, overrides: list[str]):
 
 def run_one(horizon: int, data: str, seed: int, overrides: list[str], tune: bool) -> dict:
     from hybridrnn.tasks.forecast import ForecastTask
-    from hybridrnn.train.trainer import Trainer
-    torch.set_num_threads(1)
     cfg = load(horizon, data, seed, overrides)
-    task = ForecastTask(cfg)
-    task.setup()
-    torch.manual_seed(seed)
-    model = task.build_model()
-    cpu0, wall0 = time.process_time(), time.perf_counter()
-    result = Trainer(task, model, cfg.train).fit()
-    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    fitted = fit_in_memory(ForecastTask(cfg), seed)
+    task, model, result, cpu, wall = fitted.task, fitted.model, fitted.result, fitted.cpu_s, fitted.wall_s
     with torch.no_grad():
         val = task.evaluate(model, "val")
         test = None if tune else task.evaluate(model, "test")
@@ -111,19 +106,12 @@ def run_default(path: Path, seed: int, overrides: list[str] = (), tune: bool = F
 
     from hybridrnn.tasks.forecast import ForecastTask
     from hybridrnn.tasks.forecast_config import ForecastConfig
-    from hybridrnn.train.trainer import Trainer
-    torch.set_num_threads(1)
     d = yaml.safe_load(path.read_text())
     d.setdefault("train", {}).update({"seed": seed, "plots": False, "progress": "none"})
     _set(d, list(overrides))
     cfg = ForecastConfig.model_validate(d, context={"config_dir": str(path.parent)})
-    task = ForecastTask(cfg)
-    task.setup()
-    torch.manual_seed(seed)
-    model = task.build_model()
-    cpu0 = time.process_time()
-    result = Trainer(task, model, cfg.train).fit()
-    cpu = time.process_time() - cpu0
+    fitted = fit_in_memory(ForecastTask(cfg), seed)
+    task, model, result, cpu = fitted.task, fitted.model, fitted.result, fitted.cpu_s
     with torch.no_grad():
         val = task.evaluate(model, "val")
         if tune:
@@ -275,7 +263,6 @@ def main(argv=None) -> int:
             write_defaults_report(_read_rows(jsonl))
         return 0
     jsonl = RESULTS / "forecast_ltsf.jsonl"
-    command = "OMP_NUM_THREADS=1 python benchmarks/forecast_ltsf.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if not args.report_only:
         for h in args.horizons:
             for seed in args.seeds:

@@ -24,8 +24,13 @@ import statistics
 import time
 from pathlib import Path
 
+import sys
+
 import torch
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # benchmarks/ helpers
+from _train import fit_in_memory  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -114,7 +119,6 @@ def _config(path: Path, overrides: dict) -> dict:
 
 def run(task_name: str, encoder: str, seed: int) -> dict:
     """Train one model on the short budget; test metrics and CPU seconds."""
-    from hybridrnn.train.trainer import Trainer
     common = {"model.encoder": encoder, "train.seed": seed, "train.plots": False, "train.progress": "none",
               "train.num_threads": 1}
     if task_name == "adding":
@@ -130,14 +134,8 @@ def run(task_name: str, encoder: str, seed: int) -> dict:
         d = _config(ROOT / "configs/compare/etth1_ot.yaml", common)
         metrics = ("scaled_mse", "scaled_mae")
     cfg = ConfigClass.model_validate(d)
-    torch.set_num_threads(1)
-    task = TaskClass(cfg)
-    task.setup()
-    torch.manual_seed(seed)
-    model = task.build_model()
-    cpu0 = time.process_time()
-    result = Trainer(task, model, cfg.train).fit()
-    cpu = time.process_time() - cpu0
+    fitted = fit_in_memory(TaskClass(cfg), seed)
+    task, model, result, cpu = fitted.task, fitted.model, fitted.result, fitted.cpu_s
     with torch.no_grad():
         test = task.evaluate(model, "test")
     row = {"task": task_name, "encoder": encoder, "seed": seed, "epochs": result.epochs_run, "cpu_s": cpu,
