@@ -300,6 +300,52 @@ def prepare_review_corpus(path: Path = CORPORA / "review_polarity.txt") -> Path:
     return path
 
 
+TEST_SETS = {"sst2 test": (SHARED / "sst" / "stsa.binary.test", "utf-8"),
+             "mr test (fold 0)": (CORPORA / "mr.test", "latin-1"),
+             "trec test": (SHARED / "trec" / "TREC.test.all", "latin-1")}
+#: the labelled training text of the three target tasks, read without labels (ULMFiT's target corpus)
+TARGET_TRAIN = [(SHARED / "sst" / "stsa.fine.train", "utf-8"), (CORPORA / "mr.train", "latin-1"),
+                (SHARED / "trec" / "TREC.train.all", "latin-1")]
+
+
+def prepare_target_corpus(path: Path = CORPORA / "review_plus_target.txt") -> Path:
+    """The review corpus plus the training sentences of SST (the SST-5 training split, which holds SST-2's),
+    MR (folds 1-9) and TREC, labels stripped, each target sentence written twice, at the start and at the end
+    (ULMFiT's second step, LM fine-tuning on the target text, folded into one pre-training run by up-weighting
+    it); the last 2% of the review sentences go to ``PATH.val.txt`` instead, the LM's validation text. A target sentence
+    equal to a *test* sentence of SST-2, MR fold 0 or TREC, or sharing an 8-gram of tokens with one, is left
+    out (SST and MR are both rottentomatoes snippets, so MR's training folds hold SST-2 test sentences); the
+    count left out is written to ``PATH.removed``."""
+    if path.exists():
+        return path
+    reviews = prepare_review_corpus().read_text(encoding="utf-8").rstrip("\n").split("\n")
+    prepare_mr_split()
+    tests = [_norm(line.split(" ", 1)[1]) for f, enc in TEST_SETS.values()
+             for line in f.read_text(encoding=enc).split("\n") if " " in line]
+    exact, grams = set(tests), set().union(*(_grams(r.split()) for r in tests))
+    target = [_norm(line.split(" ", 1)[1]) for f, enc in TARGET_TRAIN
+              for line in f.read_text(encoding=enc).split("\n") if " " in line]
+    kept = [t for t in target if t not in exact and not (_grams(t.split()) & grams)]
+    cut = int(len(reviews) * 0.98)          # the last 2% of the reviews: validation, never a target sentence
+    path.write_text("\n".join(kept + reviews[:cut] + kept) + "\n", encoding="utf-8")
+    path.with_suffix(".val.txt").write_text("\n".join(reviews[cut:]) + "\n", encoding="utf-8")
+    path.with_suffix(".removed").write_text(f"{len(target) - len(kept)} of {len(target)} target training sentences "
+                                            "removed (equal to a test sentence or sharing an 8-gram with one)\n")
+    return path
+
+
+def test_overlap_report(corpus: Path, n: int = 8) -> dict:
+    """``overlap_report`` against the three *test* sets (the target corpus holds MR's training folds by design)."""
+    text = corpus.read_text(encoding="utf-8").split("\n")
+    sentences, grams = set(text), set().union(*(_grams(line.split(), n) for line in text))
+    out = {}
+    for name, (f, enc) in TEST_SETS.items():
+        rows = [_norm(line.split(" ", 1)[1]) for line in f.read_text(encoding=enc).split("\n") if " " in line]
+        out[name] = {"sentences": len(rows), "exact": sum(r in sentences for r in rows),
+                     f"shared_{n}gram": sum(bool(_grams(r.split(), n) & grams) for r in rows)}
+    return out
+
+
 def prepare_mr_split() -> tuple[Path, Path]:
     """MR fold 0 of 10: every 10th line of rt-polarity.all (i % 10 == 0) is test, the rest train."""
     train, test = CORPORA / "mr.train", CORPORA / "mr.test"
@@ -381,6 +427,85 @@ def transfer_suite(out_root: Path, seeds: list[int], out: Path, variants: tuple[
 
 
 TARGETS = {"sst2": (84.0, 82.7), "mr": (78.0, 76.1), "trec": (92.0, 91.2)}
+
+
+def _lm_record(lm_dir: Path, config: Path) -> dict:
+    """Train the language model of ``config`` into ``lm_dir``, or read back the record of an earlier run there."""
+    if not (lm_dir / "model.safetensors").exists():
+        return _train_and_score(config, [], lm_dir, split="val")
+    history = [json.loads(line) for line in (lm_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    best = min(history, key=lambda r: r["val_loss"])
+    return {"metrics": {"perplexity": best["val_perplexity"]}, "history": history, "run_dir": str(lm_dir),
+            "cpu_seconds": float("nan")}
+
+
+def target_transfer_suite(out_root: Path, seeds: list[int], out: Path = RESULTS / "text_transfer_target.md") -> None:
+    """ULMFiT with the target text: the LM of ``configs/language_model/text_lm.yaml`` on the review corpus plus
+    the (test-filtered) training sentences of SST, MR and TREC, then each classifier from scratch and with the
+    LM's vocabulary and weights as a plain initialisation (every layer from epoch 1, one rate: the variant the
+    review-only LM measured best), ``seeds`` each."""
+    corpus = prepare_target_corpus()
+    records = {"overlap": test_overlap_report(corpus), "removed": corpus.with_suffix(".removed").read_text().strip(),
+               "runs": []}
+    print(json.dumps(records["overlap"], indent=1), file=sys.stderr)
+    lm_dir = ROOT / "runs" / "text_lm"
+    records["lm"] = _lm_record(lm_dir, ROOT / "configs/language_model/text_lm.yaml")
+    for seed in seeds:
+        for ds in ("sst2", "mr", "trec"):
+            for variant in ("scratch", "plain"):
+                over = [f"train.seed={seed}", "train.plots=false", "train.progress=none"] + VARIANTS[variant]
+                over += [] if variant == "scratch" else [f"model.pretrained={lm_dir}"]
+                r = _train_and_score(ROOT / f"configs/classify/{ds}_pretrained.yaml", over,
+                                     out_root / f"{ds}-target-{variant}-{seed}")
+                records["runs"].append({"dataset": ds, "seed": seed, "variant": variant, "epochs": len(r["history"]),
+                                        "accuracy": 100 * r["metrics"]["accuracy"], "cpu_seconds": r["cpu_seconds"]})
+                print(f"{ds} seed {seed} {variant}: {records['runs'][-1]['accuracy']:.1f} "
+                      f"({r['cpu_seconds']:.0f} CPU s)", file=sys.stderr, flush=True)
+                out.with_suffix(".json").write_text(json.dumps(records, indent=1))
+                write_target_table(records, out)
+
+
+def write_target_table(records: dict, out: Path) -> None:
+    import statistics
+
+    from hybridrnn.data.text import atomic_write_text
+
+    def mean_sd(xs: list[float]) -> str:
+        return f"{statistics.mean(xs):.1f} ± {statistics.stdev(xs):.1f}" if len(xs) > 1 else (f"{xs[0]:.1f}" if xs else "")
+
+    lm = records["lm"]
+    lines = ["# Pre-training with the target text (issue 12, ULMFiT steps 1 + 2 in one LM run): SST-2, MR, TREC", "",
+             "`OMP_NUM_THREADS=1 python benchmarks/text.py --suite transfer-target` -- one thread, shared 2-core "
+             "machine.", "",
+             "Language model: `configs/language_model/text_lm.yaml` (`lstm:128`, tied 128-d embedding, weight drop "
+             "0.2, AR/TAR, Adam) on `runs/corpora/review_plus_target.txt`: every review_polarity sentence (as in "
+             "`text_transfer.md`) plus, twice each, the training sentences of SST (SST-5 train, labels stripped), MR "
+             f"(folds 1-9) and TREC (train). {records['removed']}. Best validation perplexity "
+             f"{lm['metrics'].get('perplexity', float('nan')):.1f}; {lm['cpu_seconds'] / 60:.1f} CPU-min.", "",
+             "Overlap of the LM corpus with the test sets (exact sentence / any shared 8-gram of tokens):", "",
+             "| test set | sentences | exact in corpus | sharing an 8-gram |", "|---|---|---|---|"]
+    lines += [f"| {n} | {o['sentences']} | {o['exact']} | {o['shared_8gram']} |" for n, o in records["overlap"].items()]
+    lines += ["", "Classifiers: `configs/classify/{sst2,mr,trec}_pretrained.yaml` with "
+              "`train.unfreeze=null train.lr_decay_per_layer=null`; *scratch* also `model.pretrained=null` (own "
+              "vocabulary, random init); *pre-trained* `model.pretrained=runs/text_lm` (the LM's vocabulary, "
+              "embedding and LSTM as initialisation). Test accuracy % with the best-validation weights, mean ± sd "
+              "over seeds.", "",
+              "| data | seeds | scratch | pre-trained | effect | target | CNN-rand | per seed scratch / pre-trained | CPU s |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for ds in ("sst2", "mr", "trec"):
+        sc = [r["accuracy"] for r in records["runs"] if r["dataset"] == ds and r["variant"] == "scratch"]
+        pr = [r["accuracy"] for r in records["runs"] if r["dataset"] == ds and r["variant"] == "plain"]
+        if not sc:
+            continue
+        effect = f"{statistics.mean(pr) - statistics.mean(sc):+.1f}" if pr else ""
+        per = ", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(sc, pr))
+        cpu = sum(r["cpu_seconds"] for r in records["runs"] if r["dataset"] == ds)
+        lines.append(f"| {ds} | {len(sc)} | {mean_sd(sc)} | {mean_sd(pr)} | {effect} | {TARGETS[ds][0]} | "
+                     f"{TARGETS[ds][1]} | {per} | {cpu:.0f} |")
+    if records.get("notes"):
+        lines += [""] + list(records["notes"])
+    atomic_write_text(out, "\n".join(lines) + "\n")
+
 
 
 def write_transfer_table(records: dict, out: Path) -> None:
@@ -520,7 +645,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS / "text.md")
     ap.add_argument("--table-only", action="store_true",
                     help="rewrite the table from the .jsonl next to --out, without training (CPU/wall totals summed)")
-    ap.add_argument("--suite", choices=("anchors", "transfer", "awd-table"), default="anchors",
+    ap.add_argument("--suite", choices=("anchors", "transfer", "transfer-target", "awd-table"), default="anchors",
                     help="anchors: the table above; transfer: issue 12's pre-training suite (text_transfer.md); "
                          "awd-table: text_awd.md from the PTB AWD run in --keep (see write_awd_results)")
     ap.add_argument("--seeds", default="0,1,2", help="transfer suite: classifier seeds")
@@ -530,6 +655,11 @@ def main(argv=None) -> int:
     if args.suite == "awd-table":
         write_awd_results(args.keep or ROOT / "scratch" / "ptb_awd")
         print((RESULTS / "text_awd.md").read_text())
+        return 0
+    if args.suite == "transfer-target":
+        torch.set_num_threads(1)
+        target_transfer_suite(args.keep or ROOT / "runs" / "bench-transfer", [int(x) for x in args.seeds.split(",")])
+        print((RESULTS / "text_transfer_target.md").read_text())
         return 0
     if args.suite == "transfer":
         torch.set_num_threads(1)
