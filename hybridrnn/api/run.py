@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -25,7 +26,9 @@ from hybridrnn.config import RunConfig
 from hybridrnn.data.registry import resolve_data_path
 from hybridrnn.data.timeseries import read_table
 from hybridrnn.errors import ConfigError, DataError, RunDirError
+from hybridrnn.tasks.forecast import refit_groups
 from hybridrnn.tasks.forecast_metrics import backtest_summary
+from hybridrnn.tasks.forecast_panel import id_columns, series_frames
 from hybridrnn.train import checkpoint as ckpt
 from hybridrnn.train.export import export_onnx
 from hybridrnn.train.task import Task
@@ -171,10 +174,10 @@ class Run:
         task = self.task
         self._splits = None                       # the task's data is replaced by the backtest's table
         if getattr(task, "panel_state", None) is not None:          # many series (data.id_column)
-            if refit is not None:
-                raise ConfigError("backtest refit of a panel (data.id_column) is not supported yet; leave refit out")
-            with torch.no_grad():
-                return task.backtest_panel(self.model, source, start, stride, **options)
+            if refit is None:
+                with torch.no_grad():
+                    return task.backtest_panel(self.model, source, start, stride, **options)
+            return self._refit_panel_backtest(source, start, stride, refit, progress, options)
         table = task.backtest_table(source)
         origins = task.backtest_origins(table, start, stride)
         with torch.no_grad():
@@ -190,6 +193,31 @@ class Run:
                     parts.append(trained.task.backtest_frame(trained.model, table, group, task.series_label(),
                                                              **options))
         return pd.concat(parts, ignore_index=True)
+
+    def _refit_panel_backtest(self, source: Any, start: Any, stride: int, refit: int, progress: str | None,
+                              options: dict) -> pd.DataFrame:
+        """A panel backtest with a model retrained every ``refit`` distinct origin times (see
+        :func:`hybridrnn.tasks.forecast.refit_groups`): each model is trained on every series' rows before its
+        group's first origin only, and forecasts each series at its origins of the group with the refitted
+        per-series state. Rows come out by series (in the panel's order), then origin, as without refitting."""
+        task = self.task
+        plan = task.panel_backtest_plan(source, start, stride)
+        source = task.backtest_source(source)
+        parts = []
+        with tempfile.TemporaryDirectory(prefix="hybridrnn-refit-") as tmp:
+            for i, (first, group) in enumerate(refit_groups(plan, refit)):
+                try:
+                    trained = train_run(_refit_panel_config(self.config, first),
+                                        data=_refit_panel_data(self.config, source, first),
+                                        out=Path(tmp) / f"refit-{i}", progress=progress)
+                    with torch.no_grad():      # (train_run calibrated the refitted model's intervals)
+                        parts.append(trained.task.panel_backtest_frames(trained.model, group, **options))
+                except DataError as exc:
+                    raise DataError(f"backtest refit on the rows before {first}: {exc}") from None
+        order = {sid: k for k, (sid, _, _) in enumerate(plan)}
+        out = pd.concat(parts, ignore_index=True)
+        rank = out["id"].map(order).to_numpy()
+        return out.iloc[np.lexsort((out.index.to_numpy(), out["cutoff"].to_numpy(), rank))].reset_index(drop=True)
 
     @staticmethod
     def backtest_summary(frame: pd.DataFrame) -> pd.DataFrame:
@@ -269,6 +297,35 @@ def _refit_config(config: RunConfig, table: Any, origin: int) -> RunConfig:
             d.split = [parts[0] / (parts[0] + parts[1]), parts[1] / (parts[0] + parts[1]), 0.0]
     cfg.train.plots = False
     return cfg
+
+
+def _refit_panel_config(config: RunConfig, first: Any) -> RunConfig:
+    """The config of a panel model retrained for a group of origins whose first is at ``first`` (a time; a row
+    number for a ``steps`` panel): every series' data before it (``data.end``), split into train and validation
+    parts (fractions rescaled, dates kept; no test part), no plots. A split by row counts is a ``ConfigError``:
+    the series of a panel cut at one time have different lengths."""
+    cfg = config.model_copy(deep=True)
+    d = cfg.data
+    if not isinstance(first, (int, np.integer)):
+        d.end = str(first if d.end is None else min(pd.Timestamp(first), pd.Timestamp(d.end)))
+    if not isinstance(d.split, dict):
+        parts = [float(p) for p in d.split]
+        if all(p.is_integer() for p in parts) and sum(parts) > 1:
+            raise ConfigError(f"backtest refit of a panel needs data.split as fractions or dates, got row counts "
+                              f"{d.split}: the series cut at each origin have different lengths")
+        d.split = [parts[0] / (parts[0] + parts[1]), parts[1] / (parts[0] + parts[1]), 0.0]
+    cfg.train.plots = False
+    return cfg
+
+
+def _refit_panel_data(config: RunConfig, source: Any, first: Any) -> Any:
+    """What a panel refit trains on: the backtest's input as it is (``data.end`` cuts every series at the time
+    ``first``), or for a ``steps`` panel each series' first ``first`` rows."""
+    if not isinstance(first, (int, np.integer)):
+        return source
+    d = config.data
+    frames, _ = series_frames(source, id_columns(d.id_column), d.where, header=d.header)
+    return pd.concat([frame.iloc[:int(first)] for _, _, frame in frames], ignore_index=True)
 
 
 def _refit_data(source: Any, table: Any, origin: int) -> Any:

@@ -130,6 +130,7 @@ class ForecastTask(Task):
         self._raw: np.ndarray | None = None            # the model's raw output on the last split evaluated
         self.panel_state: dict[str, dict] | None = None   # fitted state of a panel: per series scaler, MASE, times
         self.window_series: dict[str, np.ndarray] = {}    # a panel's series index of each window, per split
+        self.panel_tables: list[tuple[str, SeriesTable, int]] = []  # a panel's (series, table, first stacked row)
         self._current_series: np.ndarray | None = None    # series of the windows being unscaled (a panel)
         self._solo = False                                # inside _series(): one series, its own scaler
         self._static: np.ndarray | None = None            # inside _series(): its encoded static covariates
@@ -275,29 +276,34 @@ class ForecastTask(Task):
         drop = rows[cut:]
         return raw.drop(index=raw.index[drop]).reset_index(drop=True) if len(drop) else source
 
-    def _future_inputs(self, source: Any, last_time: Any, times: pd.DatetimeIndex | None) -> np.ndarray:
+    def _future_inputs(self, source: Any, last_time: Any, times: pd.DatetimeIndex | None,
+                       label: str | None = None) -> np.ndarray:
         """``(horizon, future_size)`` known-future inputs of a forecast: the scaled ``data.future_covariates`` of
         the ``horizon`` rows after the last observed time (read from the input's rows after it, whose targets are
-        empty) and the calendar features of ``times``."""
+        empty) and the calendar features of ``times``. ``label``: how errors name the input (a panel: its file
+        and the series id); default: the input's own name."""
         lay = self.layout
         parts = []
         names = lay.get("future_covariates", [])
         if names:
-            values = self._future_covariate_rows(source, last_time, times)
+            values = self._future_covariate_rows(source, last_time, times, label)
             index = [self.scaler.columns.index(c) for c in names]
             parts.append(self.scaler.transform(values, index=index))
         if lay["calendar"]:
             parts.append(calendar_features(times, lay["calendar"], lay["calendar_encoding"]))
         return np.concatenate(parts, axis=1).astype(np.float32)
 
-    def _future_covariate_rows(self, source: Any, last_time: Any, times: pd.DatetimeIndex | None) -> np.ndarray:
+    def _future_covariate_rows(self, source: Any, last_time: Any, times: pd.DatetimeIndex | None,
+                               label: str | None = None) -> np.ndarray:
         """``(horizon, len(future_covariates))`` raw values at ``times`` (the forecast's times), from the rows of
-        ``source`` after ``last_time``; a missing row or value is a ``DataError`` naming the column and times."""
+        ``source`` after ``last_time``; a missing row or value is a ``DataError`` naming the input (``label``, e.g.
+        ``file: series B``), the column and the times."""
         d, lay = self._cfg.data, self.layout
         names, H = lay["future_covariates"], lay["horizon"]
         if times is None:
             raise ConfigError("data.future_covariates need a time_column (their rows are matched by time)")
         raw, name = read_table(_resolved(source), header=d.header)
+        name = label or name
         for col, value in (d.where or {}).items():
             if col in raw.columns:
                 raw = raw[(raw[col].astype(str) == str(value)).to_numpy()]
@@ -786,8 +792,6 @@ class ForecastTask(Task):
         the same dates), a scaler per series fitted on its training part, windows from every series (never two)."""
         d, w = self._cfg.data, self._cfg.window
         L, H = w.lookback, w.horizon
-        if d.future_covariates:
-            raise ConfigError("data.future_covariates with data.id_column (a panel) are not supported yet")
         fitted = self.layout is not None
         tables, name, statics = self._panel_tables(source, time_range=not whole,
                                                    frequency=self.layout["frequency"] if fitted else d.frequency)
@@ -830,9 +834,9 @@ class ForecastTask(Task):
         lay["static"] = fit_statics([statics[sid] for sid, *_ in kept], d.static_covariates)
         lay["static_size"] = static_size(lay["static"])
         lay["input_size"] = (len(d.target) + len(d.covariates) + sum(len(v) for v in cats.values()) + lay["static_size"]
-                             + len(lay["calendar_columns"]))
+                             + lay["future_size"])              # future covariates and calendar: the last channels
         if self._cfg.model.id_embedding:
-            lay["id_onehot"] = {"start": lay["input_size"] - len(lay["calendar_columns"]), "num_ids": len(kept),
+            lay["id_onehot"] = {"start": lay["input_size"] - lay["future_size"], "num_ids": len(kept),
                                 "dim": int(self._cfg.model.id_embedding)}
             lay["input_size"] += len(kept)
         lay["panel"] = {"id_columns": id_columns(d.id_column), "series": [sid for sid, *_ in kept]}
@@ -864,6 +868,8 @@ class ForecastTask(Task):
             origins, local = offset_origins(p, [len(t) for _, _, t, _ in kept])
             self.origins[split], self.window_series[split] = origins, ids[local]
         self.table, self._baseline_cache = None, {}
+        offsets = np.concatenate([[0], np.cumsum([len(t) for _, _, t, _ in kept])[:-1]]).astype(int)
+        self.panel_tables = [(sid, table, int(off)) for (sid, _, table, _), off in zip(kept, offsets)]
         if not whole and self.linear is None:
             self.linear = LinearBaseline().fit(*self._target_windows("train"))
 
@@ -924,8 +930,10 @@ class ForecastTask(Task):
                 raise DataError(f"{name}: series {sid} was not in the training data (the run knows "
                                 f"{list(self.panel_state)[:10]})")
             st = self.panel_state[sid]
+            label = f"{name}: series {sid}"
             try:
-                tail = self._load(frame, validate_frequency=freq, use_where=False, time_range=False, rows=slice(-L, None))
+                tail = self._load(self._observed_part(frame), validate_frequency=freq, use_where=False,
+                                  time_range=False, rows=slice(-L, None))
                 if len(tail) < L:
                     raise DataError(f"forecasting needs at least lookback = {L} rows, got {len(tail)}")
                 if tail.times is not None and st["last_time"]:
@@ -933,11 +941,12 @@ class ForecastTask(Task):
                                     csv=not isinstance(source, pd.DataFrame))
             except DataError as exc:
                 raise DataError(f"{name}: series {sid}: {exc}") from None
+            times = None if freq == "steps" else future_times(tail.times[-1], freq, H)
             with self._series(sid):
                 pasts.append(self._features(tail))
-            times = None if freq == "steps" else future_times(tail.times[-1], freq, H)
-            if lay["future_size"]:
-                futures.append(calendar_features(times, lay["calendar"], lay["calendar_encoding"]))
+                if lay["future_size"]:
+                    last = None if tail.times is None else tail.times[-1]
+                    futures.append(self._future_inputs(frame, last, times, label))
             info.append((sid, st, times, tail))
         device = next(model.parameters()).device
         was_training = model.training
@@ -969,22 +978,48 @@ class ForecastTask(Task):
                        **options: Any) -> pd.DataFrame:
         """A backtest of every series of a panel (``id`` = the series), each from its own origins (default: after
         its own validation part) with its own scaler; a series without an origin follows ``data.short_series``."""
+        return self.panel_backtest_frames(model, self.panel_backtest_plan(data, start, stride), **options)
+
+    def backtest_source(self, data: Any = None) -> Any:
+        """What a backtest reads: ``data`` (a DataFrame as it is, a path or data set name as its file), or the
+        configured ``data.path`` when ``data`` is None."""
+        return _resolved(self._configured_source() if data is None else data)
+
+    def panel_backtest_plan(self, data: Any = None, start: Any = None,
+                            stride: int = 1) -> list[tuple[str, SeriesTable, np.ndarray]]:
+        """``[(series id, its whole table, its origins), ...]`` of a panel backtest over ``data`` (None: the
+        configured data; see :meth:`backtest_origins`), every series known to the run; a series without an
+        origin is an error or a named warning (``data.short_series``)."""
+        if self.panel_state is None:
+            raise RuntimeError("panel_backtest_plan needs a panel run (data.id_column) set up or loaded")
         source = self._configured_source() if data is None else data
         tables, name, _ = self._panel_tables(source, time_range=data is None, frequency=self.layout["frequency"])
-        parts, short = [], {}
+        plan, short = [], {}
         for sid, _, table in tables:
             if sid not in self.panel_state:
                 raise DataError(f"{name}: series {sid} was not in the training data")
-            with self._series(sid) as st:
-                try:
-                    origins = self.backtest_origins(table, start, stride, last_seen=st["val_end_time"])
-                except DataError as exc:
-                    short[sid] = str(exc)
-                    continue
-                parts.append(self.backtest_frame(model, table, origins, sid, **options))
+            try:
+                origins = self.backtest_origins(table, start, stride, last_seen=self.panel_state[sid]["val_end_time"])
+            except DataError as exc:
+                short[sid] = str(exc)
+                continue
+            plan.append((sid, table, origins))
         self._short_series(name, short)
-        if not parts:
+        if not plan:
             raise DataError(f"{name}: no series has a backtest origin")
+        return plan
+
+    def panel_backtest_frames(self, model: nn.Module, plan: list[tuple[str, SeriesTable, np.ndarray]],
+                              **options: Any) -> pd.DataFrame:
+        """The long table of :meth:`backtest_frame` for each ``(series id, table, origins)`` of ``plan``, each
+        series with this task's fitted state of that series (scaler, static covariates, id)."""
+        parts = []
+        for sid, table, origins in plan:
+            if sid not in self.panel_state:
+                raise DataError(f"{table.source}: series {sid} is not known to this model (it knows "
+                                f"{list(self.panel_state)[:10]})")
+            with self._series(sid):
+                parts.append(self.backtest_frame(model, table, origins, sid, **options))
         return pd.concat(parts, ignore_index=True)
 
     # ------------------------------------------------------------ backtesting (rolling origin)
@@ -1137,6 +1172,7 @@ class ForecastTask(Task):
         a quantile head, the 80% interval of a distribution head, else the 80% conformal interval once
         calibrated; None without any."""
         m = self._cfg.model
+        self._current_series = self.window_series.get(split)          # a panel: each window's series
         if m.loss in DISTRIBUTION_LOSSES:
             raw, _ = self._predict_raw(model, self.origins[split])
             levels = [m.quantiles[0], m.quantiles[-1]] if m.loss == "quantile" else list(interval_quantiles(0.8))
@@ -1149,9 +1185,8 @@ class ForecastTask(Task):
         return None
 
     def plots(self, model: nn.Module, run_dir: Path) -> list[Path]:
-        if self.panel_state is not None:
-            warnings.warn("forecast plots are drawn for single-series runs only; a panel's are not drawn yet")
-            return []
+        """The forecast plots of the test split (a panel: one small axis per series, see
+        :func:`hybridrnn.tasks.forecast_plots.forecast_plots`)."""
         return forecast_plots(self, model, Path(run_dir))
 
 
@@ -1180,3 +1215,29 @@ def with_quantile_columns(frame: pd.DataFrame, targets: list[str], quantiles: di
 def _resolved(source: Any) -> Any:
     """A DataFrame as it is; a path or a data set name (``shared:NAME``) as the file it names."""
     return source if isinstance(source, pd.DataFrame) else resolve_data_path(str(source))
+
+
+def refit_groups(plan: list[tuple[str, SeriesTable, np.ndarray]],
+                 every: int) -> list[tuple[Any, list[tuple[str, SeriesTable, np.ndarray]]]]:
+    """A panel backtest's origins in groups for refitting: the distinct origin times (a ``steps`` panel: row
+    numbers) of all series in order, ``every`` of them per group; returns ``[(the group's first origin time,
+    [(series id, table, its origins in the group), ...]), ...]``. A model refitted for a group is trained on the
+    rows before its first origin time in every series, so no forecast of the group sees a row at or after its
+    own origin."""
+    def keys(table: SeriesTable, origins: np.ndarray) -> np.ndarray:
+        return np.asarray(origins, np.int64) if table.times is None else table.times[origins].as_unit("ns").asi8
+
+    stamps = np.unique(np.concatenate([keys(t, o) for _, t, o in plan]))
+    out = []
+    for i in range(0, len(stamps), every):
+        lo = stamps[i]
+        hi = stamps[min(i + every, len(stamps)) - 1]
+        part = []
+        for sid, table, origins in plan:
+            k = keys(table, origins)
+            mine = origins[(k >= lo) & (k <= hi)]
+            if len(mine):
+                part.append((sid, table, mine))
+        first = int(lo) if plan[0][1].times is None else pd.Timestamp(lo, tz=plan[0][1].times.tz)
+        out.append((first, part))
+    return out
