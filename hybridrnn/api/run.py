@@ -163,7 +163,9 @@ class Run:
         and per series with :meth:`backtest_summary`. ``start``: the first forecast time (default: the first one
         after the training data's validation part); ``stride``: every ``stride``-th origin. ``refit=N``: retrain
         the model (through :func:`hybridrnn.api.pipeline.train_run`, the config's settings, rows before the
-        origin only) every ``N`` origins, the baselines' fitted state with it; None reuses this run's model.
+        origin only) every ``N`` origins, the baselines' fitted state with it (a panel: every ``N`` distinct origin
+        times of all its series, each model trained on every series' rows before its group's first origin); None
+        reuses this run's model.
         intervals / level: the model's interval as ``forecast_q{lo}`` / ``forecast_q{hi}`` columns (a refitted
         model is calibrated on its own validation windows)."""
         self._require("supports_backtest", "backtest")

@@ -20,7 +20,11 @@ Heads (``model.loss``): point losses (``mse, mae, huber``), ``quantile`` (``mode
 model: :meth:`ForecastTask.calibrate` after training, ``forecast_conformal.safetensors``) or ``"model"`` (a
 quantile / distribution head's own quantiles); columns are named by quantile level: ``{target}_q0.1`` and
 ``{target}_q0.9`` bound the 80% interval. Backtests: :meth:`ForecastTask.backtest_origins` /
-:meth:`ForecastTask.backtest_frame` (used by ``Run.backtest``).
+:meth:`ForecastTask.backtest_frame` (used by ``Run.backtest``); a panel's: :meth:`ForecastTask.panel_backtest_plan`
+/ :meth:`ForecastTask.panel_backtest_frames`, and :func:`refit_groups` for refitting.
+
+Panels (``data.id_column``): each series has its own rows in ``self.values`` (stacked), its own scaler, and its
+own trailing rows of ``data.future_covariates`` at predict time (see :mod:`hybridrnn.tasks.forecast_panel`).
 """
 from __future__ import annotations
 
