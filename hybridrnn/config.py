@@ -106,8 +106,14 @@ class TrainConfig(Section):
     patience: Optional[int] = Field(None, ge=1, description="early stopping patience in epochs; None disables")
     min_delta: float = Field(0.0, ge=0.0, description="early stopping: smallest change that counts as better")
     seed: int = 0
-    bf16: bool = Field(False, description="bfloat16 autocast for forward and loss (CUDA, or a CPU with AMX / "
-                                          "AVX512-BF16; refused before training elsewhere)")
+    bf16: bool = Field(False, description=(
+        "bfloat16 autocast for forward and loss (CUDA, or a CPU with AMX / AVX512-BF16; refused before training "
+        "elsewhere). Master weights, gradients and optimizer state stay float32. On CPU the matmuls that were "
+        "measured faster in bf16 run in it: linear layers and heads, the recurrent layers' hoisted input "
+        "projection, and the custom scan's recurrent weight gradient (one matmul over all steps); the recurrence "
+        "itself (per-step products, gate maths, cell and hidden state) stays float32, and the fused (oneDNN) "
+        "path runs in float32 (its bf16 LSTM rounds the cell state to bf16). Measured at B32 H128 T200: "
+        "1.0-1.2x faster than float32, not more (benchmarks/results/bf16.md)"))
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
     num_threads: Optional[int] = Field(None, ge=1, description="torch intra-op threads; None keeps torch's")
     tensorboard: bool = Field(False, description="also log to RUN/tensorboard (needs the 'tensorboard' extra)")

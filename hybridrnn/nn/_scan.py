@@ -29,16 +29,89 @@ How the fused kernels work (figures in ``benchmarks/results/layers.md``):
   CPUs than the small per-step ops). The paper-form GRU with layer norm has no fused kernel (general loop).
 - Double backward (``create_graph=True``) is supported by recomputing the sequence with the general loop
   (slow, but exact); ``mask``/``h_mask`` that require gradients also go to the general loop.
+- bfloat16 (``train.bf16`` on a CPU with native bf16: :func:`bf16_matmuls`): the matmuls listed in
+  :data:`BF16_PARTS` run in bf16 (the weight gradient ``dW_hh``); the recurrence stays float32
+  (``benchmarks/results/bf16.md``).
 """
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+import functools
+import threading
+from typing import Iterator, Optional
 
 import torch
 from torch import Tensor
 
 from hybridrnn.nn.cells import (LN_EPS, GRUGates, GRUParams, LSTMGates, LSTMParams, gate_layer_norm, gru_step,
                                 lstm_step)
+
+# ----------------------------------------------------------------------------------------------------------
+# bfloat16 recurrent matmuls (train.bf16 on a CPU with native bf16)
+# ----------------------------------------------------------------------------------------------------------
+
+_LOW = threading.local()
+# Which of the fused kernels' matmuls run in bf16 under bf16_matmuls: "weight", the one ``dG^T @ H`` over all
+# T*B rows that gives ``dW_hh`` (1.8-1.9x faster in bf16 at B32 H128 T200). Also implemented, off because they
+# were measured slower on an AVX512-BF16 CPU (benchmarks/results/bf16.md; ``python benchmarks/bf16.py`` measures
+# each part on another CPU): "forward", the per-step ``h @ W_hh^T``, and "backward", the per-step ``dG @ W_hh``
+# (x0.7-0.87: at batch 32 oneDNN's bf16 product is only ~20% faster than float32, less than the cast of the
+# float32 operand and the separate float32 add cost).
+BF16_PARTS = frozenset({"weight"})
+
+
+@contextlib.contextmanager
+def bf16_matmuls(enabled: bool = True) -> Iterator[None]:
+    """Within the block the fused scans (:func:`lstm_scan`, :func:`gru_scan`) on float32 CPU tensors run the
+    recurrent matmuls named in :data:`BF16_PARTS` in bfloat16, everything else in float32.
+
+    ``"weight"``: ``dW_hh = bf16(dG)^T @ bf16(H)``, one matmul over all ``T*B`` rows (``dG (T*B, G*H)`` the
+    gradients of the recurrent pre-activations, ``H (T*B, H)`` the states that ``W_hh`` multiplied), float32
+    accumulation in oneDNN, the result rounded to bf16 by torch's CPU matmul (no bf16 x bf16 -> float32 matmul
+    on CPU) and returned as float32: a relative error of at most 2^-9 per element of the gradient.
+    ``"forward"``: per step ``pre_t = xg_t + bf16(h_{t-1}) @ bf16(W_hh)^T``, the sum with ``xg_t`` in float32;
+    ``"backward"``: per step ``dh_{t-1} = d_out_t + bf16(dG_t) @ bf16(W_hh)``. ``W_hh`` is cast once per
+    sequence. Always float32: the gate maths, the cell state, ``h_t`` (the bf16 copy feeds only the product),
+    the master weights, their gradients and the optimizer state. Only on a CPU whose oneDNN runs bf16 natively
+    (AVX512-BF16 / AMX): elsewhere bf16 is emulated and slower, and the block changes nothing. The general loops
+    (options without a fused kernel) and the paper-form GRU stay float32.
+    """
+    previous = getattr(_LOW, "on", False)
+    _LOW.on = bool(enabled) and _native_bf16()
+    try:
+        yield
+    finally:
+        _LOW.on = previous
+
+
+@functools.lru_cache(maxsize=None)
+def _native_bf16() -> bool:
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def _low_dtype(*tensors: Tensor) -> Optional[torch.dtype]:
+    """bf16 when :func:`bf16_matmuls` is on and the tensors are float32 on CPU, else None (float32 matmuls)."""
+    if getattr(_LOW, "on", False) and all(v.dtype == torch.float32 and v.device.type == "cpu" for v in tensors):
+        return torch.bfloat16
+    return None
+
+
+def _low(lp: Optional[torch.dtype], part: str) -> Optional[torch.dtype]:
+    """``lp`` if the matmul ``part`` (one of :data:`BF16_PARTS`' names) runs in it, else None."""
+    return lp if (lp is not None and part in BF16_PARTS) else None
+
+
+def _weight_grad(d: Tensor, x: Optional[Tensor], lp: Optional[torch.dtype], d_low: Optional[Tensor] = None,
+                 x_low: Optional[Tensor] = None) -> Tensor:
+    """``d^T @ x`` summed over all rows, ``d (N, A)``, ``x (N, B)`` -> ``(A, B)`` float32: the weight gradient
+    of a whole sequence in one matmul. With ``lp`` (and "weight" in :data:`BF16_PARTS`) on the bf16 copies
+    ``d_low`` / ``x_low`` (cast here when not given; ``x`` may then be None when ``x_low`` is given)."""
+    lp = _low(lp, "weight")
+    if lp is None:
+        return d.t() @ x
+    d_low = d.to(lp) if d_low is None else d_low
+    x_low = x.to(lp) if x_low is None else x_low
+    return (d_low.t() @ x_low).float()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -143,12 +216,13 @@ def lstm_scan(xg: Tensor, h0: Tensor, c0: Tensor, p: LSTMParams, *, mask: Option
         elif bias_hh is not None:                    # (None: the caller folded it into xg)
             xg = xg + bias_hh
     tensors = (xg, h0, c0, w_hh, b_hh, gain_hh, gain_c, bias_c, gain_ih, bias_ih)
+    lp = _low_dtype(xg, w_hh)
     if torch.is_grad_enabled() and any(v is not None and v.requires_grad for v in tensors):
         return _LSTMScan.apply(xg, h0, c0, w_hh, coupled, mask, h_mask, b_hh, gain_hh, gain_c, bias_c, gain_ih,
-                               bias_ih)
+                               bias_ih, lp)
     ln = None if gain_hh is None else (b_hh, gain_hh, gain_c, bias_c, gain_ih, bias_ih)
     with torch.no_grad():
-        out, h_t, c_t, _ = _lstm_forward(xg, h0, c0, w_hh, coupled, mask, h_mask, save=False, ln=ln)
+        out, h_t, c_t, _ = _lstm_forward(xg, h0, c0, w_hh, coupled, mask, h_mask, save=False, ln=ln, lp=lp)
     return out, h_t, c_t
 
 
@@ -183,11 +257,13 @@ def gru_scan(xg: Tensor, h0: Tensor, p: GRUParams, *, mask: Optional[Tensor] = N
     gain_hh, bias_hh = p.ln_hh if p.ln_hh is not None else (None, None)
     gain_ih, bias_ih = p.ln_ih if p.ln_ih is not None else (None, None)   # in the kernel, step by step
     tensors = (xg, h0, w_hh, b_hh, gain_hh, bias_hh, gain_ih, bias_ih)
+    lp = _low_dtype(xg, w_hh) if reset_after else None
     if torch.is_grad_enabled() and any(v is not None and v.requires_grad for v in tensors):
-        return _GRUScan.apply(xg, h0, w_hh, b_hh, reset_after, mask, h_mask, gain_hh, bias_hh, gain_ih, bias_ih)
+        return _GRUScan.apply(xg, h0, w_hh, b_hh, reset_after, mask, h_mask, gain_hh, bias_hh, gain_ih, bias_ih,
+                              lp)
     ln = None if gain_hh is None else (gain_hh, bias_hh, gain_ih, bias_ih)
     with torch.no_grad():
-        out, h_t, _ = _gru_forward(xg, h0, w_hh, b_hh, reset_after, mask, h_mask, save=False, ln=ln)
+        out, h_t, _ = _gru_forward(xg, h0, w_hh, b_hh, reset_after, mask, h_mask, save=False, ln=ln, lp=lp)
     return out, h_t
 
 
@@ -237,8 +313,11 @@ def _ln_input_grad(grad: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, weight: 
     return _LN_BACKWARD(grad, x, [x.shape[-1]], mean, rstd, weight, None, _INPUT_GRAD_ONLY)[0]
 
 
-def _lstm_forward(xg, h0, c0, w_hh, coupled, mask, h_mask, save, ln=None):
+def _lstm_forward(xg, h0, c0, w_hh, coupled, mask, h_mask, save, ln=None, lp=None):
     """Forward time loop (call under no_grad). Returns ``out, h_T, c_T, saved`` (saved is None unless save).
+
+    ``lp``: None, or bf16 for the per-step ``h @ W_hh^T`` in bf16 (:func:`bf16_matmuls`); the bf16 copies of
+    the multiplied states are kept (save) for the weight gradient.
 
     The equations of :func:`hybridrnn.nn.cells.lstm_step` written into preallocated buffers. ``ln``: None, or
     ``(b_hh, gain_hh, gain_c, bias_c, gain_ih, bias_ih)`` for layer norm: ``pre = xg' + gain_hh * norm(W_hh h +
@@ -281,6 +360,12 @@ def _lstm_forward(xg, h0, c0, w_hh, coupled, mask, h_mask, save, ln=None):
         a_buf = torch.empty(B, GH, **opts)           # W_hh h + b_hh, before its layer norm
         c_buf = torch.empty(B, H, **opts)            # LN_c(c), the input of the output tanh
         steps = ([], [], [], [], [], [])             # per step (save): normalised a, its rstd; of c; of xg
+    lp = _low(lp, "forward")
+    HB = None
+    if lp is not None:                               # bf16 h_in (kept for dW_hh when save), W_hh^T, product
+        w_lp, mm_buf = w_t.to(lp), torch.empty(B, GH, dtype=lp, device=xg.device)
+        HB = torch.empty(T if save else 1, B, H, dtype=lp, device=xg.device)
+        hbs = HB.unbind(0) if save else [HB[0]] * T
     if mask is not None:
         ms = mask.unbind(0)
         hn = torch.empty(B, H, **opts)
@@ -301,10 +386,18 @@ def _lstm_forward(xg, h0, c0, w_hh, coupled, mask, h_mask, save, ln=None):
             h_in = torch.mul(h, h_mask, out=HIN[t] if save else HIN)
         else:
             h_in = h
+        if lp is not None:                           # bf16 product, float32 sum
+            rec = torch.mm(hbs[t].copy_(h_in), w_lp, out=mm_buf)
         if ln is None:
-            torch.addmm(xgs[t], h_in, w_t, out=pre)
+            if lp is None:
+                torch.addmm(xgs[t], h_in, w_t, out=pre)
+            else:
+                torch.add(xgs[t], rec, out=pre)
         else:
-            a_t = torch.mm(h_in, w_t, out=a_buf) if b_hh is None else torch.addmm(b_hh, h_in, w_t, out=a_buf)
+            if lp is None:
+                a_t = torch.mm(h_in, w_t, out=a_buf) if b_hh is None else torch.addmm(b_hh, h_in, w_t, out=a_buf)
+            else:
+                a_t = a_buf.copy_(rec) if b_hh is None else torch.add(b_hh, rec, out=a_buf)
             normed, _, rstd = torch.native_layer_norm(a_t.view(B, G, H), (H,), None, None, LN_EPS)
             if gain_ih is None:
                 torch.addcmul(xgs[t], normed.view(B, GH), gain_hh, out=pre)
@@ -352,7 +445,7 @@ def _lstm_forward(xg, h0, c0, w_hh, coupled, mask, h_mask, save, ln=None):
             h_prev_in = HC[:-1]
         else:
             h_prev_in = None                         # built in backward from h0 and out
-        saved = (A, TC, C, h_prev_in, None if ln is None else steps)
+        saved = (A, TC, C, h_prev_in, None if ln is None else steps, HB)
     return out, h_t, c_t, saved
 
 
@@ -387,7 +480,7 @@ def _lstm_gate_factors(A: Tensor, TC: Tensor, c_prev: Tensor, coupled: bool) -> 
     return K, Kc, f
 
 
-def _lstm_backward_loop(d_out, d_hT, d_cT, K, Kc, f, w, mask, h_mask, ln):
+def _lstm_backward_loop(d_out, d_hT, d_cT, K, Kc, f, w, mask, h_mask, ln, lp=None):
     """Reverse time loop of the LSTM backward (call under no_grad). One loop serves every variant (masks, layer
     norm), so that the arithmetic is written once and each step's tensors stay hot; hence its length.
 
@@ -398,9 +491,11 @@ def _lstm_backward_loop(d_out, d_hT, d_cT, K, Kc, f, w, mask, h_mask, ln):
     layer norm, else ``(T, B, G*H)``), ``sums`` (layer norm: the per-row sums, each ``(B, ...)``, of the
     gradients of ``b_hh``, ``gain_hh``, ``gain_c``, ``bias_c``, ``gain_ih``, ``bias_ih``, accumulated in the
     loop while the step's data is in cache; else None),
-    ``d_h0``, ``d_c0``. With ``mask`` the carried state is ``lerp(old, new, m)`` and the output ``h_new * m``;
-    without, the loop saves three ops a step. Its length: the buffers of every variant are set up here, so that
-    the per-step arithmetic (``gate_grads``) is written once.
+    ``d_h0``, ``d_c0``, ``dA_low`` (with ``lp`` for "backward": the bf16 copy of ``dA`` that the per-step
+    ``dA_t @ W_hh`` multiplied, for the weight gradient; else None). With ``mask`` the carried state is
+    ``lerp(old, new, m)`` and the output ``h_new * m``; without, the loop saves three ops a step. Its length:
+    the buffers of every variant are set up here, so that the per-step arithmetic (``gate_grads``) is written
+    once.
     """
     T, B, G, H = K.shape
     opts = dict(dtype=K.dtype, device=K.device)
@@ -435,6 +530,14 @@ def _lstm_backward_loop(d_out, d_hT, d_cT, K, Kc, f, w, mask, h_mask, ln):
         gain_gh = gain_hh.view(G, H)
         zero_g, one_g = torch.zeros(B, G, 1, **opts), torch.ones(B, G, 1, **opts)
         zero_c, one_c = torch.zeros(B, 1, **opts), torch.ones(B, 1, **opts)
+    lp = _low(lp, "backward")
+    dA_low = None
+    if lp is not None:                               # bf16 copies of dA (kept for dW_hh) and W_hh, product
+        dA_low = torch.empty(T, B, G * H, dtype=lp, device=K.device)
+        w_lp, mm_buf, lows = w.to(lp), torch.empty(B, H, dtype=lp, device=K.device), dA_low.unbind(0)
+
+    def low_mm(t):                                   # bf16(dA_t) @ bf16(W_hh), float32 accumulation, bf16
+        return torch.mm(lows[t].copy_(recs[t]), w_lp, out=mm_buf)
 
     def gate_grads(t):                               # from dh and the carried dc: dc_new, dG[t], recs[t]
         if ln is None:
@@ -462,14 +565,19 @@ def _lstm_backward_loop(d_out, d_hT, d_cT, K, Kc, f, w, mask, h_mask, ln):
         torch.add(d_outs[T - 1], d_hT, out=dh)
         for t in range(T - 1, -1, -1):
             if t < T - 1:
-                if h_mask is None:
+                if lp is not None:
+                    if h_mask is None:
+                        torch.add(d_outs[t], low_mm(t + 1), out=dh)
+                    else:
+                        torch.addcmul(d_outs[t], low_mm(t + 1), h_mask, out=dh)
+                elif h_mask is None:
                     torch.addmm(d_outs[t], recs[t + 1], w, out=dh)
                 else:
                     torch.mm(recs[t + 1], w, out=tmp)
                     torch.addcmul(d_outs[t], tmp, h_mask, out=dh)
                 dc.mul_(fs[t + 1])
             gate_grads(t)
-        d_h0 = recs[0] @ w
+        d_h0 = recs[0] @ w if lp is None else low_mm(0).float()
         if h_mask is not None:
             d_h0.mul_(h_mask)
         d_c0 = dc * fs[0]
@@ -485,27 +593,34 @@ def _lstm_backward_loop(d_out, d_hT, d_cT, K, Kc, f, w, mask, h_mask, ln):
             gate_grads(t)
             gc.mul_(m1s[t]).addcmul_(dc, fs[t])
             gh.mul_(m1s[t])
-            if h_mask is None:
+            if lp is not None:
+                if h_mask is None:
+                    gh.add_(low_mm(t))
+                else:
+                    gh.addcmul_(low_mm(t), h_mask)
+            elif h_mask is None:
                 gh.addmm_(recs[t], w)
             else:
                 torch.mm(recs[t], w, out=tmp)
                 gh.addcmul_(tmp, h_mask)
         d_h0, d_c0 = gh, gc
-    return dX, dA, sums, d_h0, d_c0
+    return dX, dA, sums, d_h0, d_c0, dA_low
 
 
 class _LSTMScan(torch.autograd.Function):
     """The whole-sequence LSTM with its hand-written backward. Inputs: ``xg, h0, c0, w_hh, coupled, mask, h_mask``
     and, for layer norm, ``b_hh, gain_hh, gain_c, bias_c, gain_ih, bias_ih`` (else None; see
-    :func:`_lstm_forward`)."""
+    :func:`_lstm_forward`), and ``lp`` (None, or bf16 for the recurrent matmuls: :func:`bf16_matmuls`)."""
 
     @staticmethod
-    def forward(ctx, xg, h0, c0, w_hh, coupled, mask, h_mask, b_hh, gain_hh, gain_c, bias_c, gain_ih, bias_ih):
+    def forward(ctx, xg, h0, c0, w_hh, coupled, mask, h_mask, b_hh, gain_hh, gain_c, bias_c, gain_ih, bias_ih,
+                lp=None):
         ln = None if gain_hh is None else (b_hh, gain_hh, gain_c, bias_c, gain_ih, bias_ih)
         with torch.no_grad():
-            out, h_t, c_t, (A, TC, C, h_prev_in, ln_saved) = _lstm_forward(xg, h0, c0, w_hh, coupled, mask,
-                                                                           h_mask, save=True, ln=ln)
+            out, h_t, c_t, (A, TC, C, h_prev_in, ln_saved, HB) = _lstm_forward(xg, h0, c0, w_hh, coupled, mask,
+                                                                               h_mask, save=True, ln=ln, lp=lp)
         empty = out.new_empty(0)
+        ctx.lp, ctx.h_low = lp, HB                   # HB: our own bf16 copy of the multiplied states, or None
         ctx.coupled = coupled
         ctx.has = (mask is not None, h_mask is not None, h_prev_in is not None, ln is not None, b_hh is not None)
         ctx.ln_steps = ln_saved                      # per-step tensors of our own, never seen by the caller
@@ -533,7 +648,7 @@ class _LSTMScan(torch.autograd.Function):
                 (xg, h0, c0, w_hh, b_hh, *((gain_hh, gain_c, bias_c) if has_ln else (None,) * 3),
                  *((gain_ih, bias_ih) if ctx.has_ln_ih else (None, None))),
                 (d_out, d_hT, d_cT), needs[:4] + needs[7:])
-            return grads[:4] + (None, None, None) + grads[4:]
+            return grads[:4] + (None, None, None) + grads[4:] + (None,)
         T, B, H = out.shape
         G = A.shape[2]
         K, Kc, f = _lstm_gate_factors(A, TC, C[:-1], ctx.coupled)
@@ -541,27 +656,34 @@ class _LSTMScan(torch.autograd.Function):
         if has_ln:
             xhats, rstds, xcs, rstd_cs, xxs, rstd_xs = ctx.ln_steps
             ln = (xhats, rstds, gain_hh, xcs, rstd_cs, gain_c, xxs, rstd_xs, gain_ih if ctx.has_ln_ih else None)
-        dX, dA, sums, d_h0, d_c0 = _lstm_backward_loop(d_out, d_hT, d_cT, K, Kc, f, w_hh, mask, h_mask, ln)
+        dX, dA, sums, d_h0, d_c0, dA_low = _lstm_backward_loop(d_out, d_hT, d_cT, K, Kc, f, w_hh, mask, h_mask,
+                                                               ln, ctx.lp)
         d_w = None
         if needs[3]:
-            if not has_h_prev_in:
-                h_prev_in = _prev_states(h0, out)
-            d_w = dA.reshape(T * B, G * H).t() @ h_prev_in.reshape(T * B, H)
+            h_low = None if ctx.h_low is None else ctx.h_low.view(T * B, H)
+            rows = None
+            if h_low is None or _low(ctx.lp, "weight") is None:
+                rows = (h_prev_in if has_h_prev_in else _prev_states(h0, out)).reshape(T * B, H)
+            d_w = _weight_grad(dA.reshape(T * B, G * H), rows, ctx.lp,
+                               None if dA_low is None else dA_low.view(T * B, G * H), h_low)
         ln_grads = (None,) * 6
         if has_ln:          # b_hh, gain_hh, gain_c, bias_c (, gain_ih, bias_ih): sums over the batch rows
             ln_grads = tuple(v.sum(0).reshape(-1) if (need and (k > 0 or has_b)) else None
                              for k, (v, need) in enumerate(zip(sums, needs[7:13])))
             ln_grads += (None,) * (6 - len(ln_grads))
         return (dX.view(T, B, G * H) if needs[0] else None, d_h0 if needs[1] else None,
-                d_c0 if needs[2] else None, d_w, None, None, None) + ln_grads
+                d_c0 if needs[2] else None, d_w, None, None, None) + ln_grads + (None,)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # GRU
 # ----------------------------------------------------------------------------------------------------------
 
-def _gru_forward(xg, h0, w_hh, b_hh, reset_after, mask, h_mask, save, ln=None):
+def _gru_forward(xg, h0, w_hh, b_hh, reset_after, mask, h_mask, save, ln=None, lp=None):
     """Forward time loop (call under no_grad). Returns ``out, h_T, saved`` (saved is None unless save).
+
+    ``lp`` (torch form only): None, or bf16 for the per-step ``h @ W_hh^T`` in bf16 (:func:`bf16_matmuls`);
+    the bf16 copies of the multiplied states are kept (save) for the weight gradient.
 
     The equations of :func:`hybridrnn.nn.cells.gru_step` written into preallocated buffers. ``ln``: None, or
     ``(gain_hh, bias_hh, gain_ih, bias_ih)`` for layer norm of ``W_hh h + b_hh`` per gate block (torch form,
@@ -604,6 +726,12 @@ def _gru_forward(xg, h0, w_hh, b_hh, reset_after, mask, h_mask, save, ln=None):
         steps = ([], [], [], [])                     # per step (save): a normalised, its rstd; xg the same
     HIN = torch.empty(n_slots, B, H, **opts) if h_mask is not None else None
     hins = HIN.unbind(0) if HIN is not None else None
+    lp = _low(lp, "forward") if reset_after else None
+    HB = None
+    if lp is not None:                               # bf16 h_in (kept for dW_hh when save), W_hh^T, product
+        w_lp, mm_buf = w_t.to(lp), torch.empty(B, 3 * H, dtype=lp, device=xg.device)
+        HB = torch.empty(n_slots, B, H, dtype=lp, device=xg.device)
+        hbs = HB.unbind(0)
     if mask is not None:
         ms = mask.unbind(0)
         hn = torch.empty(B, H, **opts)
@@ -618,7 +746,13 @@ def _gru_forward(xg, h0, w_hh, b_hh, reset_after, mask, h_mask, save, ln=None):
         rz = rzs[s]
         if reset_after:
             target = hgs[s] if ln is None else a_buf
-            if b_hh is None:
+            if lp is not None:                       # bf16 product, float32 sum
+                rec = torch.mm(hbs[s].copy_(h_in), w_lp, out=mm_buf)
+                if b_hh is None:
+                    target.copy_(rec)
+                else:
+                    torch.add(b_hh, rec, out=target)
+            elif b_hh is None:
                 torch.mm(h_in, w_t, out=target)
             else:
                 torch.addmm(b_hh, h_in, w_t, out=target)
@@ -660,22 +794,23 @@ def _gru_forward(xg, h0, w_hh, b_hh, reset_after, mask, h_mask, save, ln=None):
     saved = None
     if save:
         h_prev = HC[:-1] if mask is not None else None
-        saved = (RZ, N, HG if reset_after else RH, h_prev, HIN, None if ln is None else steps)
+        saved = (RZ, N, HG if reset_after else RH, h_prev, HIN, None if ln is None else steps, HB)
     return out, h_t, saved
 
 
 class _GRUScan(torch.autograd.Function):
     """The whole-sequence GRU with its hand-written backward. Inputs: ``xg, h0, w_hh, b_hh, reset_after, mask,
     h_mask`` and, for layer norm (torch form only), ``gain_hh, bias_hh, gain_ih, bias_ih`` (else None; see
-    :func:`_gru_forward`)."""
+    :func:`_gru_forward`), and ``lp`` (None, or bf16 for the recurrent matmuls: :func:`bf16_matmuls`)."""
 
     @staticmethod
-    def forward(ctx, xg, h0, w_hh, b_hh, reset_after, mask, h_mask, gain_hh, bias_hh, gain_ih, bias_ih):
+    def forward(ctx, xg, h0, w_hh, b_hh, reset_after, mask, h_mask, gain_hh, bias_hh, gain_ih, bias_ih, lp=None):
         ln = None if gain_hh is None else (gain_hh, bias_hh, gain_ih, bias_ih)
         with torch.no_grad():
-            out, h_t, (RZ, N, aux, h_prev, HIN, ln_saved) = _gru_forward(xg, h0, w_hh, b_hh, reset_after, mask,
-                                                                         h_mask, save=True, ln=ln)
+            out, h_t, (RZ, N, aux, h_prev, HIN, ln_saved, HB) = _gru_forward(
+                xg, h0, w_hh, b_hh, reset_after, mask, h_mask, save=True, ln=ln, lp=lp)
         empty = out.new_empty(0)
+        ctx.lp, ctx.h_low = lp, HB                   # HB: our own bf16 copy of the multiplied states, or None
         ctx.reset_after = reset_after
         ctx.has = (b_hh is not None, mask is not None, h_mask is not None, h_prev is not None, ln is not None)
         ctx.ln_steps = ln_saved                      # per-step tensors of our own, never seen by the caller
@@ -700,7 +835,7 @@ class _GRUScan(torch.autograd.Function):
                                       None if gi_ is None else (gi_, bi_)), mask=mask, h_mask=h_mask),
                 (xg, h0, w_hh, b_hh, *((gain_hh, bias_hh) if has_ln else (None, None)),
                  *((gain_ih, bias_ih) if ctx.has_ln_ih else (None, None))), (d_out, d_hT), needs[:4] + needs[7:])
-            return grads[:4] + (None, None, None) + grads[4:]
+            return grads[:4] + (None, None, None) + grads[4:] + (None,)
         if not has_h_prev:
             h_prev = _prev_states(h0, out)           # carried state entering each step
         h_in_prev = HIN if has_h_mask else h_prev     # what W_hh multiplied
@@ -708,11 +843,14 @@ class _GRUScan(torch.autograd.Function):
         if has_ln:
             xhats, rstds, xxs, rstd_xs = ctx.ln_steps
             ln = (xhats, rstds, gain_hh, xxs, rstd_xs, gain_ih if ctx.has_ln_ih else None)
-        backward = _gru_backward_reset_after if ctx.reset_after else _gru_backward_paper
-        d_xg, d_h0, d_w, d_b, *ln_grads = backward(d_out, d_hT, RZ, N, aux, h_prev, h_in_prev, w_hh, mask, h_mask,
-                                                   ln, needs)
+        if ctx.reset_after:
+            d_xg, d_h0, d_w, d_b, *ln_grads = _gru_backward_reset_after(
+                d_out, d_hT, RZ, N, aux, h_prev, h_in_prev, w_hh, mask, h_mask, ln, needs, ctx.lp, ctx.h_low)
+        else:
+            d_xg, d_h0, d_w, d_b, *ln_grads = _gru_backward_paper(d_out, d_hT, RZ, N, aux, h_prev, h_in_prev, w_hh,
+                                                                  mask, h_mask, ln, needs)
         return (d_xg if needs[0] else None, d_h0 if needs[1] else None, d_w, d_b if has_b else None,
-                None, None, None, *ln_grads)
+                None, None, None, *ln_grads, None)
 
 
 def _gru_factors(RZ: Tensor, N: Tensor, h_prev: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -727,7 +865,8 @@ def _gru_factors(RZ: Tensor, N: Tensor, h_prev: Tensor) -> tuple[Tensor, Tensor,
     return r, z, k_n, k_z
 
 
-def _gru_backward_reset_after(d_out, d_hT, RZ, N, HG, h_prev, h_in_prev, w, mask, h_mask, ln, needs):
+def _gru_backward_reset_after(d_out, d_hT, RZ, N, HG, h_prev, h_in_prev, w, mask, h_mask, ln, needs, lp=None,
+                              h_low=None):
     """Backward of the torch-form GRU: ``n = tanh(x_n + r * hg_n)``, ``hg = [LN](W_hh h_in + b_hh)``. One loop
     serves every variant (masks, layer norm), so that the arithmetic is written once; hence its length.
 
@@ -735,7 +874,9 @@ def _gru_backward_reset_after(d_out, d_hT, RZ, N, HG, h_prev, h_in_prev, w, mask
     ``(xhats, rstds, gain_hh, xxs, rstd_xs, gain_ih)`` (the forward's per-step normalised ``W_hh h + b_hh`` and
     xg, with their rstd; gain_ih None when xg came normalised); then the recurrent gradient (and that of xg)
     goes through its layer norm, and the gradients of the norms' gains and biases and of ``b_hh`` are summed in
-    the loop while the step's data is in cache. Returns ``d_xg, d_h0, d_w, d_b, d_gain_hh, d_bias_hh,
+    the loop while the step's data is in cache. ``lp``: None or bf16 (:func:`bf16_matmuls`) for the per-step
+    ``dA_t @ W_hh`` and ``dW_hh``, ``h_low`` the forward's bf16 copy of ``h_in_prev`` (or None). Returns
+    ``d_xg, d_h0, d_w, d_b, d_gain_hh, d_bias_hh,
     d_gain_ih, d_bias_ih`` (None where not needed). Its length: the buffers of every variant are set up here,
     so that the per-step arithmetic (``rec_grad``) is written once.
     """
@@ -788,25 +929,49 @@ def _gru_backward_reset_after(d_out, d_hT, RZ, N, HG, h_prev, h_in_prev, w, mask
 
     tmp = torch.empty(B, H, **opts)
     gh = torch.empty(B, H, **opts)                    # scratch (recurrent gradient before h_mask)
+    lp_step = _low(lp, "backward")
+    d_rec_low = None
+    if lp_step is not None:                           # bf16 copies of d_rec (kept for dW_hh) and W_hh, product
+        d_rec_low = torch.empty(T, B, 3 * H, dtype=lp_step, device=N.device)
+        w_lp, mm_buf, lows = w.to(lp_step), torch.empty(B, H, dtype=lp_step, device=N.device), d_rec_low.unbind(0)
+
+    def low_mm(t):                                    # bf16(d_rec_t) @ bf16(W_hh), float32 accumulation, bf16
+        return torch.mm(lows[t].copy_(recs[t]), w_lp, out=mm_buf)
+
     if mask is None:
         torch.add(d_outs[T - 1], d_hT, out=g_steps[T - 1])
         for t in range(T - 1, -1, -1):
             if t < T - 1:
                 torch.addcmul(d_outs[t], g_steps[t + 1], zs[t + 1], out=tmp)
-                if h_mask is None:
+                if lp_step is not None:
+                    if h_mask is None:
+                        torch.add(tmp, low_mm(t + 1), out=g_steps[t])
+                    else:
+                        torch.addcmul(tmp, low_mm(t + 1), h_mask, out=g_steps[t])
+                elif h_mask is None:
                     torch.addmm(tmp, recs[t + 1], w, out=g_steps[t])
                 else:
                     torch.mm(recs[t + 1], w, out=gh)
                     torch.addcmul(tmp, gh, h_mask, out=g_steps[t])
             rec_grad(t)
         d_h0 = g_steps[0] * zs[0]
-        if h_mask is None:
+        if lp_step is not None:
+            if h_mask is None:
+                d_h0.add_(low_mm(0))
+            else:
+                d_h0.addcmul_(low_mm(0), h_mask)
+        elif h_mask is None:
             d_h0.addmm_(recs[0], w)
         else:
             d_h0.addcmul_(recs[0] @ w, h_mask)
     else:
         def add_h_in_grad(t, gh):
-            if h_mask is None:
+            if lp_step is not None:
+                if h_mask is None:
+                    gh.add_(low_mm(t))
+                else:
+                    gh.addcmul_(low_mm(t), h_mask)
+            elif h_mask is None:
                 gh.addmm_(recs[t], w)
             else:
                 torch.mm(recs[t], w, out=tmp)
@@ -818,7 +983,11 @@ def _gru_backward_reset_after(d_out, d_hT, RZ, N, HG, h_prev, h_in_prev, w, mask
         dX[:, :, :2].copy_(dHG[:, :, :2])
         torch.mul(GB[:, :, 0], k_n, out=dX[:, :, 2])
     d_rec = d_rec.view(T * B, 3 * H)
-    d_w = d_rec.t() @ h_in_prev.reshape(T * B, H) if needs[2] else None
+    d_w = None
+    if needs[2]:
+        d_w = _weight_grad(d_rec, h_in_prev.reshape(T * B, H), lp,
+                           None if d_rec_low is None else d_rec_low.view(T * B, 3 * H),
+                           None if h_low is None else h_low.view(T * B, H))
     ln_grads = (None,) * 4
     if ln is None:
         d_b = d_rec.sum(0) if needs[3] else None

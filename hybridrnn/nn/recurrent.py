@@ -32,7 +32,7 @@ from torch import _VF, Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from hybridrnn.errors import ConfigError
-from hybridrnn.nn._scan import gru_loop, gru_scan, lstm_loop, lstm_scan
+from hybridrnn.nn._scan import bf16_matmuls, gru_loop, gru_scan, lstm_loop, lstm_scan
 from hybridrnn.nn.cells import (
     GRUParams,
     LSTMParams,
@@ -262,7 +262,22 @@ class _RecurrentBase(nn.Module):
             return h, torch.zeros(rows, batch, self.hidden_size, dtype=x.dtype, device=x.device)
         return h
 
+    def _in_weight_dtype(self, x: Tensor, state):
+        """``x`` and ``state`` in the weights' dtype: under autocast the input may come in low precision (from an
+        autocast layer before this one), but the recurrent state is kept in the weights' dtype."""
+        dtype = self._flat_weights()[0].dtype
+        if state is not None:
+            state = tuple(s.to(dtype) for s in state) if self.mode == "LSTM" else state.to(dtype)
+        return x.to(dtype), state
+
     def _forward_fused(self, x: Tensor, state, lengths: Optional[Tensor]):
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # float32 inside CPU autocast: oneDNN's bf16 LSTM rounds the cell state to bf16 at every step (a
+            # cell that should reach 200 stops at 32) and fails on CPUs without native bf16; torch's CPU GRU
+            # would cast at every step (benchmarks/results/bf16.md)
+            x, state = self._in_weight_dtype(x, state)
+            with torch.autocast("cpu", enabled=False):
+                return self._forward_fused(x, state, lengths)
         if state is None:
             state = self._zeros_state(x, x.shape[0])
         is_lstm = self.mode == "LSTM"
@@ -292,6 +307,8 @@ class _RecurrentBase(nn.Module):
         recurrence = recurrence or self._recurrence
         batch, time = x.shape[0], x.shape[1]
         is_lstm = self.mode == "LSTM"
+        if torch.is_autocast_enabled(x.device.type):
+            x, state = self._in_weight_dtype(x, state)
         if state is None:
             state = self._zeros_state(x, batch)
         h0 = state[0] if is_lstm else state
@@ -306,11 +323,13 @@ class _RecurrentBase(nn.Module):
                 rev_index = torch.where(real, lengths.unsqueeze(0) - 1 - steps, steps)
                 batch_index = torch.arange(batch, device=x.device).unsqueeze(0)
         dropout_on = self.training and self.recurrent_dropout > 0
-        # Under autocast the input projections run in low precision, but the recurrence runs in the state's dtype
-        # (as torch's fused kernels do on CPU): the scan kernels write into buffers of one dtype, and a bf16
-        # recurrence would accumulate rounding over the time steps.
+        # Under autocast the input projections run in low precision, but the recurrence runs in the state's dtype:
+        # the scan kernels write into buffers of one dtype, and a bf16 state would accumulate rounding over the
+        # time steps. Under CPU bf16 autocast the scans' matmuls that pay in bf16 run in it (bf16_matmuls).
         device_type = x.device.type
         autocast_on = torch.is_autocast_enabled(device_type)
+        low_matmuls = (autocast_on and device_type == "cpu"
+                       and torch.get_autocast_dtype(device_type) == torch.bfloat16)
         layer_in = x.transpose(0, 1)  # (T, B, F)
         h_n, c_n = [], []
         for layer in range(self.num_layers):
@@ -325,7 +344,7 @@ class _RecurrentBase(nn.Module):
                     keep = 1.0 - self.recurrent_dropout
                     h_mask = torch.bernoulli(x.new_full((batch, self.hidden_size), keep)).div_(keep)
                 if autocast_on:
-                    with torch.autocast(device_type, enabled=False):
+                    with torch.autocast(device_type, enabled=False), bf16_matmuls(low_matmuls):
                         out, h_last, c_last = recurrence(xg.to(h0.dtype), h0[row],
                                                          None if c0 is None else c0[row], layer, d, mask, h_mask)
                 else:

@@ -123,8 +123,8 @@ def check_bf16(config: TrainConfig, device: torch.device) -> None:
     if config.bf16 and not bf16_supported(device):
         what = "this GPU" if device.type == "cuda" else "this CPU (it has neither AVX512-BF16 nor AMX)"
         raise ConfigError(f"train.bf16 is true but {what} has no native bfloat16 arithmetic: bf16 autocast would "
-                          "be emulated (measured 2-7x slower than fp32 on such a CPU, benchmarks/results/bf16.md) "
-                          "and oneDNN's fused LSTM kernel cannot run in bf16 at all. Set train.bf16: false.")
+                          "be emulated (measured 2-7x slower than fp32 on such a CPU, benchmarks/results/bf16.md). "
+                          "Set train.bf16: false.")
 
 
 class Trainer:
