@@ -32,6 +32,7 @@ from torch import _VF, Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from hybridrnn.errors import ConfigError
+from hybridrnn.nn import _compiled
 from hybridrnn.nn._scan import bf16_matmuls, gru_loop, gru_scan, lstm_loop, lstm_scan
 from hybridrnn.nn.cells import (
     GRUParams,
@@ -517,10 +518,40 @@ class _RecurrentBase(nn.Module):
         if self.tie_layers:
             parts.append("tie_layers=True")
         parts.append(f"path={self.path!r}" + (" (auto)" if self._path_request == "auto" else ""))
+        parts.extend(self._compiled_repr())
         return ", ".join(parts)
 
     def _option_repr(self) -> list[str]:
         return []
+
+    # ----------------------------------------------------------------------------------------- compiled kernels
+    @property
+    def _plain_cell(self) -> bool:
+        """No option beyond torch's cell (coupled, layer norm, the paper-form GRU): what the compiled kernels run."""
+        return not (self.coupled or self.layer_norm) and self.reset_after
+
+    def _compiled_step(self, x_t: Tensor, state) -> tuple[Any, list[Tensor]]:
+        """``(kernels, weights)`` when ``step()`` runs the compiled kernel, ``(None, [])`` otherwise: a plain cell,
+        no dropout between layers in training, and :func:`hybridrnn.nn._compiled.step_kernels` (CPU,
+        float32/64, nothing for autograd to record, kernel built)."""
+        if not self._plain_cell or (self.training and self.dropout > 0 and self.num_layers > 1):
+            return None, []
+        weights = self._flat_weights()
+        return _compiled.step_kernels(x_t, state, weights), weights
+
+    def _compiled_sequence_ok(self, xg: Tensor, h0: Tensor, mask, h_mask) -> bool:
+        """Whether one layer and direction's recurrence runs the compiled loop instead of the fused scan: a plain
+        cell without padding mask or recurrent dropout, and :func:`hybridrnn.nn._compiled.sequence_ok` (CPU,
+        float32/64, batch <= ``_compiled.MAX_BATCH``, kernel built)."""
+        return (mask is None and h_mask is None and self._plain_cell
+                and _compiled.sequence_ok(xg, h0, self._p(0, 0, "weight_hh")))
+
+    def _compiled_repr(self) -> list[str]:
+        """Where the compiled kernels run, for ``repr`` (nothing when disabled or the build failed)."""
+        if not self._plain_cell or _compiled.disabled() or _compiled.build_error() is not None:
+            return []
+        where = f"step(), batch<={_compiled.MAX_BATCH}" if self.path == "custom" else "step()"
+        return [f"compiled={where!r}"]
 
     def _step_checks(self, x_t: Tensor, state) -> int:
         # step() is called once per token at batch 1, where a microsecond counts: the common valid case is
@@ -615,12 +646,20 @@ class LSTM(_RecurrentBase):
                           self.coupled, self._ln_ih(layer, d, fold))
 
     def _recurrence(self, xg, h0, c0, layer, d, mask, h_mask):
-        return lstm_scan(xg, h0, c0, self._cell_params(layer, d), mask=mask, h_mask=h_mask)
+        p = self._cell_params(layer, d)
+        if self._compiled_sequence_ok(xg, h0, mask, h_mask) and p.b_hh is None:   # b_hh folded into xg
+            return _compiled.lstm_sequence(xg, h0, c0, p.w_hh)
+        return lstm_scan(xg, h0, c0, p, mask=mask, h_mask=h_mask)
 
     def step(self, x_t: Tensor, state: Optional[LSTMState] = None) -> tuple[Tensor, LSTMState]:
         """One time step of a unidirectional LSTM: x_t ``(B, input_size)``, state ``(h, c)`` each
         ``(num_layers, B, H)`` or None. Returns ``(y_t (B, H), (h, c))``. Does not go through ``nn.LSTM``."""
         batch = self._step_checks(x_t, state)
+        kernels, weights = self._compiled_step(x_t, state)
+        if kernels is not None:   # one C++ call for every layer (hybridrnn.nn._compiled)
+            h, c = (_compiled.NO_STATE[0],) * 2 if state is None else state
+            y, h, c = kernels.lstm_step(x_t, h, c, weights, self.bias)
+            return y, (h, c)
         if state is None:
             state = self._zeros_state(x_t, batch)
         plain = not (self.coupled or self.layer_norm)
@@ -690,13 +729,20 @@ class GRU(_RecurrentBase):
                          self._ln_ih(layer, d, fold))
 
     def _recurrence(self, xg, h0, c0, layer, d, mask, h_mask):
-        out, h = gru_scan(xg, h0, self._cell_params(layer, d), mask=mask, h_mask=h_mask)
+        p = self._cell_params(layer, d)
+        if self._compiled_sequence_ok(xg, h0, mask, h_mask):
+            out, h = _compiled.gru_sequence(xg, h0, p.w_hh, p.b_hh)
+        else:
+            out, h = gru_scan(xg, h0, p, mask=mask, h_mask=h_mask)
         return out, h, None
 
     def step(self, x_t: Tensor, state: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         """One time step of a unidirectional GRU: x_t ``(B, input_size)``, state h ``(num_layers, B, H)`` or None.
         Returns ``(y_t (B, H), h)``. Does not go through ``nn.GRU``."""
         batch = self._step_checks(x_t, state)
+        kernels, weights = self._compiled_step(x_t, state)
+        if kernels is not None:   # one C++ call for every layer (hybridrnn.nn._compiled)
+            return kernels.gru_step(x_t, _compiled.NO_STATE[0] if state is None else state, weights, self.bias)
         if state is None:
             state = self._zeros_state(x_t, batch)
         plain = self.reset_after and not self.layer_norm

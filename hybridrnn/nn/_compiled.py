@@ -1,0 +1,267 @@
+"""The compiled small-batch path: LSTM / GRU time loops and ``step()`` as one C++ call each.
+
+At batch 1, hidden 64 the pure-torch custom path spends most of its time dispatching a dozen small ops per
+step from Python. The kernels in ``csrc/rnn_small.cpp`` run a whole step (both matrix products and the gate
+maths, every layer) or a whole sequence (forward, and the backward with the same hand-derived gradients as
+:mod:`hybridrnn.nn._scan`) in one call. Figures: ``benchmarks/results/small_batch.md``.
+
+The extension is built with ``torch.utils.cpp_extension.load`` when first needed (about a minute on two cores,
+once) into a per-user cache, ``$HYBRIDRNN_CACHE_DIR`` or ``$XDG_CACHE_HOME/hybridrnn`` (default
+``~/.cache/hybridrnn``), under ``extensions/<key>``; the key hashes the source, the torch and Python versions,
+the compiler flags and the CPU's feature flags (the code is compiled for the building machine's CPU), so a
+changed source or another machine builds afresh. It is never the only path: if the build fails (no compiler,
+no ninja, ...) one ``RuntimeWarning`` says why and every caller uses the pure-torch path;
+``HYBRIDRNN_NO_COMPILE=1`` forces that fallback without trying.
+
+What runs here (the layers in :mod:`hybridrnn.nn.recurrent` decide, with :func:`step_kernels` /
+:func:`sequence_ok`): the plain cells only, i.e. the LSTM without ``coupled``/``layer_norm`` and the GRU in
+torch's ``reset_after`` form without ``layer_norm``, on the CPU in float32 or float64; ``step()`` when autograd
+need not record it (grad mode off, or nothing requires grad) and no dropout acts between layers; sequences up
+to :data:`MAX_BATCH` sequences without lengths (padding masks) or ``recurrent_dropout``, with autograd.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+import os
+import platform
+import shutil
+import sys
+import threading
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+from hybridrnn.nn import _scan
+from hybridrnn.nn._scan import gru_loop, lstm_loop
+from hybridrnn.nn.cells import GRUParams, LSTMParams
+
+SOURCE = Path(__file__).resolve().parent / "csrc" / "rnn_small.cpp"
+CFLAGS = ("-O3", "-march=native", "-fopenmp-simd")
+# Sequences of at most this many rows run the compiled loop; larger batches run hybridrnn.nn._scan, whose
+# matrix products (MKL/oneDNN) win there (benchmarks/results/small_batch.md).
+MAX_BATCH = 8
+ENV_DISABLE = "HYBRIDRNN_NO_COMPILE"
+_FLOATS = (torch.float32, torch.float64)
+NO_STATE = (torch.empty(0),)   # the kernels' "zero state" argument (one shared empty tensor: no allocation per call)
+
+_log = logging.getLogger(__name__)
+_lock = threading.Lock()
+_module: Any = None          # the built extension
+_tried = False               # a build was attempted (successfully or not) in this process
+_error: Optional[str] = None  # why the build failed
+
+
+def disabled() -> bool:
+    """Whether ``HYBRIDRNN_NO_COMPILE`` asks for the pure-torch path (any value but empty or ``0``)."""
+    return os.environ.get(ENV_DISABLE, "") not in ("", "0")
+
+
+def kernels() -> Any:
+    """The built extension module, or None (disabled, or the build failed: warned once per process)."""
+    if _tried:
+        return None if (_module is None or disabled()) else _module
+    if disabled():
+        return None
+    _build()
+    return _module
+
+
+def build_error() -> Optional[str]:
+    """Why the build failed (None: it worked, or was not tried)."""
+    return _error
+
+
+def cache_dir() -> Path:
+    """Where built extensions are kept: ``$HYBRIDRNN_CACHE_DIR`` or ``$XDG_CACHE_HOME/hybridrnn``."""
+    root = os.environ.get("HYBRIDRNN_CACHE_DIR")
+    if root:
+        return Path(root)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hybridrnn"
+
+
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith(("flags", "Features")):
+                    return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def build_key() -> str:
+    """Hash of everything the built library depends on: source, torch and Python versions, flags, CPU flags."""
+    digest = hashlib.sha256(SOURCE.read_bytes())
+    for part in (torch.__version__, sys.version, platform.machine(), " ".join(CFLAGS), _cpu_flags()):
+        digest.update(part.encode())
+    return digest.hexdigest()[:16]
+
+
+def _build() -> None:
+    global _module, _tried, _error
+    with _lock:
+        if _tried:
+            return
+        try:
+            key = build_key()
+            directory = cache_dir() / "extensions" / key
+            directory.mkdir(parents=True, exist_ok=True)
+            # torch.utils.cpp_extension imports setuptools: loaded here, only when a build is wanted.
+            cpp_extension = importlib.import_module("torch.utils.cpp_extension")
+            _log.info("hybridrnn: loading the compiled small-batch kernel from %s (the first build takes about "
+                      "a minute)", directory)
+            path = os.environ.get("PATH", "")
+            ninja_dir = _pip_ninja_dir()
+            if ninja_dir and shutil.which("ninja") is None:   # pip's ninja, outside an activated venv
+                os.environ["PATH"] = ninja_dir + os.pathsep + path
+            try:
+                _module = cpp_extension.load(name=f"hybridrnn_rnn_small_{key}", sources=[str(SOURCE)],
+                                             extra_cflags=list(CFLAGS), build_directory=str(directory),
+                                             verbose=False)
+            finally:
+                os.environ["PATH"] = path
+        except Exception as exc:  # noqa: BLE001 - any failure means: use the pure-torch path
+            lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+            first = next((ln for ln in lines if "error" in ln.lower()), "")
+            last = lines[-1] if lines else ""
+            _error = f"{type(exc).__name__}: {first}{' ... ' + last if last != first else ''}"[:500]
+            _module = None
+            warnings.warn(f"hybridrnn: the compiled small-batch kernel could not be built ({_error}); using the "
+                          f"pure-torch path (set {ENV_DISABLE}=1 to skip the build)", RuntimeWarning, stacklevel=3)
+        finally:
+            _tried = True
+
+
+def _pip_ninja_dir() -> Optional[str]:
+    try:
+        ninja = importlib.import_module("ninja")
+    except ImportError:
+        return None
+    return getattr(ninja, "BIN_DIR", None)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# when the kernels apply
+# ----------------------------------------------------------------------------------------------------------
+
+_functorch_wrapped = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
+
+
+def _plain_eager(t: Tensor) -> bool:
+    """Whether ``t`` is a plain tensor in eager mode, whose memory the kernels may read: not traced
+    (``torch.jit.trace``, dynamo / ``torch.export`` / the ONNX exporter, where tensors are fake or symbolic), not
+    wrapped by a ``torch.func`` transform (``vmap``, ``grad``). Anything else runs the pure-torch path."""
+    if type(t) is not Tensor or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    return _functorch_wrapped is None or not _functorch_wrapped(t)
+
+
+def step_kernels(x_t: Tensor, state: Any, weights: list[Tensor]) -> Any:
+    """The kernels if a plain cell's ``step()`` can run them, else None: x_t ``(B, I)`` on the CPU in float32 or
+    float64, eager (:func:`_plain_eager`) and no graph to record (grad mode off, or nothing requires grad). The
+    kernel itself checks that the weights and state are on the CPU in x_t's dtype (an error, as torch's cell
+    would raise)."""
+    if not x_t.is_cpu or x_t.dtype not in _FLOATS or not _plain_eager(x_t):
+        return None
+    if torch.is_grad_enabled() and (x_t.requires_grad or any(w.requires_grad for w in weights) or (
+            state is not None and any(s.requires_grad for s in (state if isinstance(state, tuple) else (state,))))):
+        return None
+    return kernels()
+
+
+def sequence_ok(xg: Tensor, h0: Tensor, w_hh: Tensor) -> bool:
+    """Whether a plain cell's whole-sequence recurrence can run the compiled loop: xg ``(T, B, G*H)`` with
+    ``B <= MAX_BATCH`` on the CPU, xg, h0 and w_hh of one float dtype, outside ``bf16_matmuls``, eager
+    (:func:`_plain_eager`)."""
+    return (_plain_eager(xg) and xg.shape[1] <= MAX_BATCH and xg.device.type == "cpu" and xg.dtype in _FLOATS
+            and h0.dtype == xg.dtype and w_hh.dtype == xg.dtype and w_hh.device.type == "cpu"
+            and not _bf16_matmuls_on() and kernels() is not None)
+
+
+def _bf16_matmuls_on() -> bool:
+    """Inside :func:`hybridrnn.nn._scan.bf16_matmuls` the scans run their matmuls in bf16 (``train.bf16``): the
+    sequence is left to them."""
+    return bool(getattr(getattr(_scan, "_LOW", None), "on", False))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# whole sequences (autograd)
+# ----------------------------------------------------------------------------------------------------------
+
+def _needs_graph(*tensors: Optional[Tensor]) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def lstm_sequence(xg: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The LSTM recurrence over a sequence (plain cell): xg ``(T, B, 4H)`` the input projection with both biases,
+    h0, c0 ``(B, H)``, w_hh ``(4H, H)`` -> ``out (T, B, H)``, ``h_T``, ``c_T`` ``(B, H)``. Same contract as
+    :func:`hybridrnn.nn._scan.lstm_scan` without options; gradients to all four inputs."""
+    if _needs_graph(xg, h0, c0, w_hh):
+        return _LSTMSequence.apply(xg, h0, c0, w_hh)
+    out, h_t, c_t = kernels().lstm_forward(xg, h0, c0, w_hh, False)[:3]
+    return out, h_t, c_t
+
+
+def gru_sequence(xg: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    """The GRU recurrence over a sequence (torch's reset-after form): xg ``(T, B, 3H)`` the input projection
+    ``W_ih x + b_ih``, h0 ``(B, H)``, w_hh ``(3H, H)``, b_hh ``(3H,)`` or None -> ``out (T, B, H)``, ``h_T``.
+    Same contract as :func:`hybridrnn.nn._scan.gru_scan` without options; gradients to all inputs."""
+    if _needs_graph(xg, h0, w_hh, b_hh):
+        return _GRUSequence.apply(xg, h0, w_hh, b_hh)
+    out, h_t = kernels().gru_forward(xg, h0, w_hh, _bias_or_empty(b_hh, w_hh), False)[:2]
+    return out, h_t
+
+
+def _bias_or_empty(b_hh: Optional[Tensor], like: Tensor) -> Tensor:
+    return like.new_empty(0) if b_hh is None else b_hh
+
+
+def _reference_grads(run, inputs: tuple, grads: tuple) -> tuple:
+    """Gradients of ``run(*inputs)`` with a graph (backward with ``create_graph=True``): the general loop."""
+    wanted = [x for x in inputs if x is not None and x.requires_grad]
+    outputs = run(*inputs)
+    found = iter(torch.autograd.grad(outputs, wanted, grads, create_graph=True, allow_unused=True))
+    return tuple(next(found) if (x is not None and x.requires_grad) else None for x in inputs)
+
+
+class _LSTMSequence(torch.autograd.Function):
+    """Whole-sequence LSTM: forward keeps the gate activations, cells and their tanh; backward in C++."""
+
+    @staticmethod
+    def forward(ctx, xg, h0, c0, w_hh):
+        out, h_t, c_t, acts, cs, tcs = kernels().lstm_forward(xg, h0, c0, w_hh, True)
+        ctx.save_for_backward(xg, h0, c0, w_hh, out, acts, cs, tcs)
+        return out, h_t, c_t
+
+    @staticmethod
+    def backward(ctx, d_out, d_h, d_c):
+        xg, h0, c0, w_hh, out, acts, cs, tcs = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return _reference_grads(lambda *a: lstm_loop(a[0], a[1], a[2], LSTMParams(a[3])),
+                                    (xg, h0, c0, w_hh), (d_out, d_h, d_c))
+        return tuple(kernels().lstm_backward(d_out, d_h, d_c, acts, cs, tcs, out, h0, c0, w_hh))
+
+
+class _GRUSequence(torch.autograd.Function):
+    """Whole-sequence GRU: forward keeps ``(r, z, n, W_hn h + b_hn)``; backward in C++."""
+
+    @staticmethod
+    def forward(ctx, xg, h0, w_hh, b_hh):
+        out, h_t, acts = kernels().gru_forward(xg, h0, w_hh, _bias_or_empty(b_hh, w_hh), True)
+        ctx.save_for_backward(xg, h0, w_hh, b_hh, out, acts)
+        return out, h_t
+
+    @staticmethod
+    def backward(ctx, d_out, d_h):
+        xg, h0, w_hh, b_hh, out, acts = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return _reference_grads(lambda *a: gru_loop(a[0], a[1], GRUParams(a[2], a[3])),
+                                    (xg, h0, w_hh, b_hh), (d_out, d_h))
+        d_xg, d_h0, d_w, d_b = kernels().gru_backward(d_out, d_h, acts, out, h0, w_hh)
+        return d_xg, d_h0, d_w, (d_b if b_hh is not None else None)

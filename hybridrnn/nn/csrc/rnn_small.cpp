@@ -1,0 +1,567 @@
+// Small-batch LSTM / GRU kernels for hybridrnn (built on first use by hybridrnn/nn/_compiled.py).
+//
+// One call per time step (step()) or per sequence (the whole time loop), so a step costs no Python or
+// per-op dispatch: at batch 1, hidden 64 that overhead is most of the time of the pure-torch path. The matrix
+// products are plain loops that the compiler vectorises (-O3, `omp simd`); the float gate non-linearities use
+// a vectorisable exp (Cephes polynomial, about 1 ulp) instead of scalar libm calls; double uses libm (the
+// float64 parity tests compare with torch to 1e-10). Check with -fopt-info-vec that the gate loops stay
+// vectorised after a change (std::min/max, floor() or a memcpy bit cast inside them stopped it with GCC 12).
+//
+// Layouts (all contiguous, row-major, batch-major inside a step, as in hybridrnn.nn._scan):
+//   LSTM gates (i, f, g, o), G = 4; GRU gates (r, z, n), G = 3, torch's reset-after form
+//   n = tanh(x_n + r * (W_hn h + b_hn)), h' = (1 - z) * n + z * h.
+//   xg (T, B, G*H): the hoisted input projection (for the LSTM with b_hh already added).
+#include <ATen/ATen.h>
+#include <torch/csrc/utils/pybind.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <tuple>
+#include <vector>
+
+namespace {
+
+// ------------------------------------------------------------------------------------------------ maths
+inline float exp_f(float x) {
+    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);   // (no std::min/max: they block vectorising)
+    // n = round(x / ln 2) by the 1.5 * 2^23 trick: plain arithmetic, which vectorises where floor() does not
+    const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    const float r2 = r * r;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r2 + r + 1.0f;
+    const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+    return p * __builtin_bit_cast(float, bits);
+}
+
+inline float sigm(float x) { return 1.0f / (1.0f + exp_f(-x)); }
+inline double sigm(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+
+inline float tanh_s(float x) {
+    const float ax = std::fabs(x);
+    const float e = exp_f(2.0f * (ax < 9.0f ? ax : 9.0f));
+    const float big = 1.0f - 2.0f / (e + 1.0f);
+    const float z = x * x;
+    const float small = ((((-5.70498872745e-3f * z + 2.06390887954e-2f) * z - 5.37397155531e-2f) * z
+                          + 1.33314422036e-1f) * z - 3.33332819422e-1f) * z * ax + ax;
+    const float r = ax < 0.625f ? small : big;
+    return std::copysign(r, x);
+}
+inline double tanh_s(double x) { return std::tanh(x); }
+
+// ------------------------------------------------------------------------------------------------ products
+// out[b, n] (+)= sum_k in[b, k] * W[n, k]; W (N, K) row-major (torch's weight layout): dots over k, four rows
+// at a time (independent accumulators, one load of x for four rows).
+template <typename T>
+void mv_dot(const T* in, int64_t B, int64_t K, const T* W, int64_t N, T* out, bool accumulate) {
+    for (int64_t b = 0; b < B; ++b) {
+        const T* x = in + b * K;
+        T* o = out + b * N;
+        int64_t n = 0;
+        for (; n + 4 <= N; n += 4) {
+            const T* w0 = W + n * K;
+            const T* w1 = w0 + K;
+            const T* w2 = w1 + K;
+            const T* w3 = w2 + K;
+            T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+            for (int64_t k = 0; k < K; ++k) {
+                const T xk = x[k];
+                s0 += xk * w0[k];
+                s1 += xk * w1[k];
+                s2 += xk * w2[k];
+                s3 += xk * w3[k];
+            }
+            if (accumulate) {
+                o[n] += s0; o[n + 1] += s1; o[n + 2] += s2; o[n + 3] += s3;
+            } else {
+                o[n] = s0; o[n + 1] = s1; o[n + 2] = s2; o[n + 3] = s3;
+            }
+        }
+        for (; n < N; ++n) {
+            const T* w = W + n * K;
+            T s = 0;
+#pragma omp simd reduction(+ : s)
+            for (int64_t k = 0; k < K; ++k) s += x[k] * w[k];
+            o[n] = accumulate ? o[n] + s : s;
+        }
+    }
+}
+
+// out[b, :N] += sum_k in[b, k] * M[k, :N]; M (K, N) row-major (a transposed weight, or W itself for dW h).
+// Blocks of NB columns: the block's accumulators stay in registers over k, and the block of M (K x NB) stays
+// in cache for every row b.
+template <typename T>
+void mv_axpy(const T* in, int64_t B, int64_t K, const T* M, int64_t N, T* out) {
+    constexpr int64_t NB = 64;
+    int64_t n0 = 0;
+    for (; n0 + NB <= N; n0 += NB) {
+        for (int64_t b = 0; b < B; ++b) {
+            const T* x = in + b * K;
+            T* o = out + b * N + n0;
+            T acc[NB];
+#pragma omp simd
+            for (int64_t j = 0; j < NB; ++j) acc[j] = o[j];
+            for (int64_t k = 0; k < K; ++k) {
+                const T a = x[k];
+                const T* m = M + k * N + n0;
+#pragma omp simd
+                for (int64_t j = 0; j < NB; ++j) acc[j] += a * m[j];
+            }
+#pragma omp simd
+            for (int64_t j = 0; j < NB; ++j) o[j] = acc[j];
+        }
+    }
+    if (n0 == N) return;
+    for (int64_t b = 0; b < B; ++b) {
+        const T* x = in + b * K;
+        T* o = out + b * N;
+        for (int64_t k = 0; k < K; ++k) {
+            const T a = x[k];
+            const T* m = M + k * N;
+#pragma omp simd
+            for (int64_t n = n0; n < N; ++n) o[n] += a * m[n];
+        }
+    }
+}
+
+template <typename T>
+T* scratch(size_t n) {
+    thread_local std::vector<T> buf;
+    if (buf.size() < n) buf.resize(n);
+    return buf.data();
+}
+
+// ------------------------------------------------------------------------------------------------ gate maths
+// LSTM: gates (B, 4H) pre-activations -> h, c (B, H) in place of c; acts (B, 4H) activations and tc = tanh(c')
+// kept when not null.
+template <typename T, bool Save>
+void lstm_gates(const T* gates, int64_t B, int64_t H, const T* c_prev, T* h, T* c, T* acts, T* tc) {
+    for (int64_t b = 0; b < B; ++b) {
+        const T* g = gates + b * 4 * H;
+        const T* cp = c_prev + b * H;
+        T* hb = h + b * H;
+        T* cb = c + b * H;
+        T* ab = Save ? acts + b * 4 * H : nullptr;
+        T* tb = Save ? tc + b * H : nullptr;
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) {
+            const T i = sigm(g[j]);
+            const T f = sigm(g[H + j]);
+            const T gg = tanh_s(g[2 * H + j]);
+            const T o = sigm(g[3 * H + j]);
+            const T cn = f * cp[j] + i * gg;
+            const T t = tanh_s(cn);
+            cb[j] = cn;
+            hb[j] = o * t;
+            if constexpr (Save) {
+                ab[j] = i;
+                ab[H + j] = f;
+                ab[2 * H + j] = gg;
+                ab[3 * H + j] = o;
+                tb[j] = t;
+            }
+        }
+    }
+}
+
+// GRU: xg (B, 3H) input part, gh (B, 3H) recurrent part W_hh h + b_hh -> h (B, H); acts (B, 4H) = (r, z, n,
+// gh_n) kept when not null.
+template <typename T, bool Save>
+void gru_gates(const T* xg, const T* gh, int64_t B, int64_t H, const T* h_prev, T* h, T* acts) {
+    for (int64_t b = 0; b < B; ++b) {
+        const T* x = xg + b * 3 * H;
+        const T* r_ = gh + b * 3 * H;
+        const T* hp = h_prev + b * H;
+        T* hb = h + b * H;
+        T* ab = Save ? acts + b * 4 * H : nullptr;
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) {
+            const T r = sigm(x[j] + r_[j]);
+            const T z = sigm(x[H + j] + r_[H + j]);
+            const T hn = r_[2 * H + j];
+            const T n = tanh_s(x[2 * H + j] + r * hn);
+            hb[j] = n + z * (hp[j] - n);
+            if constexpr (Save) {
+                ab[j] = r;
+                ab[H + j] = z;
+                ab[2 * H + j] = n;
+                ab[3 * H + j] = hn;
+            }
+        }
+    }
+}
+
+// Calls f(float{}) or f(double{}) (not AT_DISPATCH: `omp simd` pragmas cannot sit inside a macro argument).
+template <typename F>
+void dispatch(at::ScalarType st, F&& f) {
+    if (st == at::kDouble) f(double{});
+    else f(float{});
+}
+
+void check_cpu(const at::Tensor& t, const char* what) {
+    TORCH_CHECK(t.device().is_cpu(), "hybridrnn compiled kernel: ", what, " must be on the CPU");
+    TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble,
+                "hybridrnn compiled kernel: ", what, " must be float32 or float64");
+}
+
+// Every tensor on the CPU with x's dtype, and the shapes a step needs: weights per layer (G*H, I_l), (G*H, H)
+// [, (G*H,), (G*H,)]; states (L, B, H) or empty.
+void check_step(const at::Tensor& x, const std::vector<at::Tensor>& weights, int64_t per, int64_t G,
+                std::initializer_list<const at::Tensor*> states) {
+    check_cpu(x, "x");
+    TORCH_CHECK(x.dim() == 2 && !weights.empty() && weights.size() % per == 0,
+                "hybridrnn compiled step: x must be (B, I) and weights a list of ", per, " tensors per layer");
+    const int64_t L = static_cast<int64_t>(weights.size()) / per;
+    const int64_t H = weights[1].size(1);
+    const auto dtype = x.scalar_type();
+    int64_t I = x.size(1);
+    for (int64_t l = 0; l < L; ++l) {
+        for (int64_t j = 0; j < per; ++j) {
+            const at::Tensor& w = weights[l * per + j];
+            TORCH_CHECK(w.device().is_cpu() && w.scalar_type() == dtype,
+                        "hybridrnn compiled step: every weight must be on the CPU with x's dtype ", dtype);
+            const bool ok = j == 0 ? (w.dim() == 2 && w.size(0) == G * H && w.size(1) == I)
+                          : j == 1 ? (w.dim() == 2 && w.size(0) == G * H && w.size(1) == H)
+                                   : (w.dim() == 1 && w.size(0) == G * H);
+            TORCH_CHECK(ok, "hybridrnn compiled step: weight ", j, " of layer ", l, " has shape ", w.sizes());
+        }
+        I = H;
+    }
+    for (const at::Tensor* s : states) {
+        if (!s->numel()) continue;
+        TORCH_CHECK(s->device().is_cpu() && s->scalar_type() == dtype && s->dim() == 3 && s->size(0) == L
+                        && s->size(1) == x.size(0) && s->size(2) == H,
+                    "hybridrnn compiled step: a state must be (", L, ", ", x.size(0), ", ", H, ") on the CPU in ",
+                    dtype, ", got ", s->sizes(), " ", s->scalar_type());
+    }
+}
+
+// xg (T >= 1, B, G*H), h0 (and c0) (B, H), w_hh (G*H, H): on the CPU, one float dtype.
+void check_sequence(const at::Tensor& xg, const at::Tensor& h0, const at::Tensor& w_hh, int64_t G,
+                    std::initializer_list<const at::Tensor*> more) {
+    check_cpu(xg, "xg");
+    TORCH_CHECK(xg.dim() == 3 && xg.size(0) >= 1 && h0.dim() == 2 && h0.size(0) == xg.size(1)
+                    && xg.size(2) == G * h0.size(1),
+                "hybridrnn compiled sequence: xg must be (T, B, ", G, "*H) and h0 (B, H), got ", xg.sizes(), " and ",
+                h0.sizes());
+    TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) == G * h0.size(1) && w_hh.size(1) == h0.size(1),
+                "hybridrnn compiled sequence: w_hh must be (", G, "*H, H), got ", w_hh.sizes());
+    for (const at::Tensor* t : {&h0, &w_hh}) {
+        TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == xg.scalar_type(),
+                    "hybridrnn compiled sequence: every tensor must be on the CPU with xg's dtype");
+    }
+    for (const at::Tensor* t : more) {
+        TORCH_CHECK(t->sizes() == h0.sizes() && t->device().is_cpu() && t->scalar_type() == xg.scalar_type(),
+                    "hybridrnn compiled sequence: c0 must be like h0");
+    }
+}
+
+// ------------------------------------------------------------------------------------------------ step()
+// x (B, I); h, c (L, B, H), or empty tensors for zeros (a pybind optional costs microseconds per call); weights: per layer w_ih, w_hh[, b_ih, b_hh].
+// Returns (y (B, H) = h'[L-1], h' (L, B, H), c' (L, B, H)).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_step(const at::Tensor& x_in, const at::Tensor& h_in,
+                                                       const at::Tensor& c_in,
+                                                       const std::vector<at::Tensor>& weights, bool has_bias) {
+    const int64_t per = has_bias ? 4 : 2;
+    check_step(x_in, weights, per, 4, {&h_in, &c_in});
+    const int64_t L = static_cast<int64_t>(weights.size()) / per;
+    const int64_t B = x_in.size(0);
+    const int64_t H = weights[1].size(1);
+    at::Tensor x = x_in.contiguous();
+    at::Tensor h_out = at::empty({L, B, H}, x.options());
+    at::Tensor c_out = at::empty({L, B, H}, x.options());
+    dispatch(x.scalar_type(), [&](auto tag) {
+        using T = decltype(tag);
+        at::Tensor h0 = h_in.numel() ? h_in.contiguous() : at::Tensor();
+        at::Tensor c0 = c_in.numel() ? c_in.contiguous() : at::Tensor();
+        T* gates = scratch<T>(static_cast<size_t>(B * 4 * H + B * H));
+        T* zeros = gates + B * 4 * H;
+        const T* inp = x.data_ptr<T>();
+        int64_t I = x.size(1);
+        for (int64_t l = 0; l < L; ++l) {
+            at::Tensor w_ih = weights[l * per].contiguous(), w_hh = weights[l * per + 1].contiguous();
+            const T* hp;
+            const T* cp;
+            if (h0.defined()) {
+                hp = h0.data_ptr<T>() + l * B * H;
+                cp = c0.data_ptr<T>() + l * B * H;
+            } else {
+                std::fill(zeros, zeros + B * H, T(0));
+                hp = cp = zeros;
+            }
+            mv_dot(inp, B, I, w_ih.data_ptr<T>(), 4 * H, gates, false);
+            mv_dot(hp, B, H, w_hh.data_ptr<T>(), 4 * H, gates, true);
+            if (has_bias) {
+                const T* bi = weights[l * per + 2].data_ptr<T>();
+                const T* bh = weights[l * per + 3].data_ptr<T>();
+                for (int64_t b = 0; b < B; ++b) {
+                    T* g = gates + b * 4 * H;
+#pragma omp simd
+                    for (int64_t n = 0; n < 4 * H; ++n) g[n] += bi[n] + bh[n];
+                }
+            }
+            T* hl = h_out.data_ptr<T>() + l * B * H;
+            lstm_gates<T, false>(gates, B, H, cp, hl, c_out.data_ptr<T>() + l * B * H, nullptr, nullptr);
+            inp = hl;
+            I = H;
+        }
+    });
+    return {h_out.select(0, L - 1), h_out, c_out};
+}
+
+// x (B, I); h (L, B, H) or empty (zeros); weights as in lstm_step (rows r, z, n). Returns (y (B, H), h' (L, B, H)).
+std::tuple<at::Tensor, at::Tensor> gru_step(const at::Tensor& x_in, const at::Tensor& h_in,
+                                            const std::vector<at::Tensor>& weights, bool has_bias) {
+    const int64_t per = has_bias ? 4 : 2;
+    check_step(x_in, weights, per, 3, {&h_in});
+    const int64_t L = static_cast<int64_t>(weights.size()) / per;
+    const int64_t B = x_in.size(0);
+    const int64_t H = weights[1].size(1);
+    at::Tensor x = x_in.contiguous();
+    at::Tensor h_out = at::empty({L, B, H}, x.options());
+    dispatch(x.scalar_type(), [&](auto tag) {
+        using T = decltype(tag);
+        at::Tensor h0 = h_in.numel() ? h_in.contiguous() : at::Tensor();
+        T* gi = scratch<T>(static_cast<size_t>(2 * B * 3 * H + B * H));
+        T* gh = gi + B * 3 * H;
+        T* zeros = gh + B * 3 * H;
+        const T* inp = x.data_ptr<T>();
+        int64_t I = x.size(1);
+        for (int64_t l = 0; l < L; ++l) {
+            at::Tensor w_ih = weights[l * per].contiguous(), w_hh = weights[l * per + 1].contiguous();
+            const T* hp;
+            if (h0.defined()) {
+                hp = h0.data_ptr<T>() + l * B * H;
+            } else {
+                std::fill(zeros, zeros + B * H, T(0));
+                hp = zeros;
+            }
+            mv_dot(inp, B, I, w_ih.data_ptr<T>(), 3 * H, gi, false);
+            mv_dot(hp, B, H, w_hh.data_ptr<T>(), 3 * H, gh, false);
+            if (has_bias) {
+                const T* bi = weights[l * per + 2].data_ptr<T>();
+                const T* bh = weights[l * per + 3].data_ptr<T>();
+                for (int64_t b = 0; b < B; ++b) {
+                    T* a = gi + b * 3 * H;
+                    T* r = gh + b * 3 * H;
+#pragma omp simd
+                    for (int64_t n = 0; n < 3 * H; ++n) {
+                        a[n] += bi[n];
+                        r[n] += bh[n];
+                    }
+                }
+            }
+            T* hl = h_out.data_ptr<T>() + l * B * H;
+            gru_gates<T, false>(gi, gh, B, H, hp, hl, nullptr);
+            inp = hl;
+            I = H;
+        }
+    });
+    return {h_out.select(0, L - 1), h_out};
+}
+
+// ------------------------------------------------------------------------------------------------ sequences
+// LSTM forward over a sequence: xg (T, B, 4H) with b_hh added, h0, c0 (B, H), w_hh (4H, H).
+// Returns (out (T, B, H), h_T, c_T, acts (T, B, 4H), cs (T, B, H), tcs (T, B, H)); the last three are empty
+// unless save (what the backward needs: gate activations, cells, tanh of cells).
+std::vector<at::Tensor> lstm_forward(const at::Tensor& xg_in, const at::Tensor& h0_in, const at::Tensor& c0_in,
+                                     const at::Tensor& w_hh, bool save) {
+    check_sequence(xg_in, h0_in, w_hh, 4, {&c0_in});
+    const int64_t T_ = xg_in.size(0), B = xg_in.size(1), H = h0_in.size(1);
+    at::Tensor xg = xg_in.contiguous(), h0 = h0_in.contiguous(), c0 = c0_in.contiguous();
+    at::Tensor wt = w_hh.t().contiguous();   // (H, 4H): rows of the product are contiguous
+    auto opt = xg.options();
+    at::Tensor out = at::empty({T_, B, H}, opt);
+    at::Tensor cs = at::empty({save ? T_ : 1, B, H}, opt);
+    at::Tensor acts = save ? at::empty({T_, B, 4 * H}, opt) : at::empty({0}, opt);
+    at::Tensor tcs = save ? at::empty({T_, B, H}, opt) : at::empty({0}, opt);
+    dispatch(xg.scalar_type(), [&](auto tag) {
+        using T = decltype(tag);
+        T* gates = scratch<T>(static_cast<size_t>(B * 4 * H));
+        const T* x = xg.data_ptr<T>();
+        const T* w = wt.data_ptr<T>();
+        const T* hp = h0.data_ptr<T>();
+        const T* cp = c0.data_ptr<T>();
+        T* o = out.data_ptr<T>();
+        T* c = cs.data_ptr<T>();
+        for (int64_t t = 0; t < T_; ++t) {
+            std::memcpy(gates, x + t * B * 4 * H, sizeof(T) * B * 4 * H);
+            mv_axpy(hp, B, H, w, 4 * H, gates);
+            T* ct = save ? c + t * B * H : c;
+            T* ht = o + t * B * H;
+            if (save)
+                lstm_gates<T, true>(gates, B, H, cp, ht, ct, acts.data_ptr<T>() + t * B * 4 * H,
+                                    tcs.data_ptr<T>() + t * B * H);
+            else
+                lstm_gates<T, false>(gates, B, H, cp, ht, ct, nullptr, nullptr);
+            hp = ht;
+            cp = ct;   // without save the cell buffer is reused in place: lstm_gates reads c_prev[j] before it
+                       // writes c[j], element by element
+        }
+    });
+    at::Tensor c_T = save ? cs[T_ - 1].clone() : cs[0].clone();
+    return {out, out[T_ - 1].clone(), c_T, acts, cs, tcs};
+}
+
+// LSTM backward: gradients of (out, h_T, c_T) -> (d xg (T, B, 4H), d h0, d c0, d w_hh).
+std::vector<at::Tensor> lstm_backward(const at::Tensor& d_out_in, const at::Tensor& d_hT_in, const at::Tensor& d_cT_in,
+                                      const at::Tensor& acts, const at::Tensor& cs, const at::Tensor& tcs,
+                                      const at::Tensor& out, const at::Tensor& h0_in, const at::Tensor& c0_in,
+                                      const at::Tensor& w_hh_in) {
+    const int64_t T_ = acts.size(0), B = acts.size(1), H = acts.size(2) / 4;
+    at::Tensor d_out = d_out_in.contiguous(), h0 = h0_in.contiguous(), c0 = c0_in.contiguous();
+    at::Tensor w_hh = w_hh_in.contiguous();
+    at::Tensor dG = at::empty({T_, B, 4 * H}, acts.options());
+    at::Tensor dh = d_hT_in.contiguous().clone();
+    at::Tensor dc = d_cT_in.contiguous().clone();
+    dispatch(acts.scalar_type(), [&](auto tag) {
+        using T = decltype(tag);
+        const T* A = acts.data_ptr<T>();
+        const T* C = cs.data_ptr<T>();
+        const T* TC = tcs.data_ptr<T>();
+        const T* dO = d_out.data_ptr<T>();
+        const T* w = w_hh.data_ptr<T>();
+        T* dg_all = dG.data_ptr<T>();
+        T* dhc = dh.data_ptr<T>();
+        T* dcc = dc.data_ptr<T>();
+        for (int64_t t = T_ - 1; t >= 0; --t) {
+            T* dg = dg_all + t * B * 4 * H;
+            const T* cprev = t > 0 ? C + (t - 1) * B * H : c0.data_ptr<T>();
+            for (int64_t b = 0; b < B; ++b) {
+                const T* a = A + (t * B + b) * 4 * H;
+                const T* tc = TC + (t * B + b) * H;
+                const T* cp = cprev + b * H;
+                const T* go = dO + (t * B + b) * H;
+                T* g = dg + b * 4 * H;
+                T* dhb = dhc + b * H;
+                T* dcb = dcc + b * H;
+#pragma omp simd
+                for (int64_t j = 0; j < H; ++j) {
+                    const T i = a[j], f = a[H + j], gg = a[2 * H + j], o = a[3 * H + j], th = tc[j];
+                    const T dht = go[j] + dhb[j];
+                    const T dct = dcb[j] + dht * o * (T(1) - th * th);
+                    g[j] = dct * gg * i * (T(1) - i);
+                    g[H + j] = dct * cp[j] * f * (T(1) - f);
+                    g[2 * H + j] = dct * i * (T(1) - gg * gg);
+                    g[3 * H + j] = dht * th * o * (T(1) - o);
+                    dcb[j] = dct * f;
+                }
+            }
+            std::fill(dhc, dhc + B * H, T(0));
+            mv_axpy(dg, B, 4 * H, w, H, dhc);   // d h_{t-1} = dG_t W_hh
+        }
+    });
+    at::Tensor h_prev = at::cat({h0.unsqueeze(0), out.narrow(0, 0, T_ - 1)}, 0).view({T_ * B, H});
+    at::Tensor dW = at::mm(dG.view({T_ * B, 4 * H}).t(), h_prev);
+    return {dG, dh, dc, dW};
+}
+
+// GRU forward: xg (T, B, 3H) (input part with b_ih), h0 (B, H), w_hh (3H, H), b_hh (3H) or empty.
+// Returns (out (T, B, H), h_T, acts (T, B, 4H) = (r, z, n, W_hn h + b_hn) or empty unless save).
+std::vector<at::Tensor> gru_forward(const at::Tensor& xg_in, const at::Tensor& h0_in, const at::Tensor& w_hh,
+                                    const at::Tensor& b_hh, bool save) {
+    check_sequence(xg_in, h0_in, w_hh, 3, {});
+    TORCH_CHECK(!b_hh.numel() || (b_hh.dim() == 1 && b_hh.size(0) == w_hh.size(0) && b_hh.device().is_cpu()
+                                  && b_hh.scalar_type() == xg_in.scalar_type()),
+                "hybridrnn compiled GRU: b_hh must be (3H,) like w_hh's rows, got ", b_hh.sizes());
+    const int64_t T_ = xg_in.size(0), B = xg_in.size(1), H = h0_in.size(1);
+    at::Tensor xg = xg_in.contiguous(), h0 = h0_in.contiguous();
+    at::Tensor wt = w_hh.t().contiguous();   // (H, 3H)
+    at::Tensor bias = b_hh.numel() ? b_hh.contiguous() : b_hh;
+    auto opt = xg.options();
+    at::Tensor out = at::empty({T_, B, H}, opt);
+    at::Tensor acts = save ? at::empty({T_, B, 4 * H}, opt) : at::empty({0}, opt);
+    dispatch(xg.scalar_type(), [&](auto tag) {
+        using T = decltype(tag);
+        T* gh = scratch<T>(static_cast<size_t>(B * 3 * H));
+        const T* x = xg.data_ptr<T>();
+        const T* w = wt.data_ptr<T>();
+        const T* bh = bias.numel() ? bias.data_ptr<T>() : nullptr;
+        const T* hp = h0.data_ptr<T>();
+        T* o = out.data_ptr<T>();
+        for (int64_t t = 0; t < T_; ++t) {
+            for (int64_t b = 0; b < B; ++b) {
+                T* g = gh + b * 3 * H;
+                if (bh) std::memcpy(g, bh, sizeof(T) * 3 * H);
+                else std::fill(g, g + 3 * H, T(0));
+            }
+            mv_axpy(hp, B, H, w, 3 * H, gh);
+            T* ht = o + t * B * H;
+            if (save)
+                gru_gates<T, true>(x + t * B * 3 * H, gh, B, H, hp, ht, acts.data_ptr<T>() + t * B * 4 * H);
+            else
+                gru_gates<T, false>(x + t * B * 3 * H, gh, B, H, hp, ht, nullptr);
+            hp = ht;
+        }
+    });
+    return {out, out[T_ - 1].clone(), acts};
+}
+
+// GRU backward: gradients of (out, h_T) -> (d xg (T, B, 3H), d h0, d w_hh, d b_hh).
+std::vector<at::Tensor> gru_backward(const at::Tensor& d_out_in, const at::Tensor& d_hT_in, const at::Tensor& acts,
+                                     const at::Tensor& out, const at::Tensor& h0_in, const at::Tensor& w_hh_in) {
+    const int64_t T_ = acts.size(0), B = acts.size(1), H = acts.size(2) / 4;
+    at::Tensor d_out = d_out_in.contiguous(), h0 = h0_in.contiguous(), w_hh = w_hh_in.contiguous();
+    at::Tensor dX = at::empty({T_, B, 3 * H}, acts.options());
+    at::Tensor dR = at::empty({T_, B, 3 * H}, acts.options());   // gradient of W_hh h + b_hh
+    at::Tensor dh = d_hT_in.contiguous().clone();
+    dispatch(acts.scalar_type(), [&](auto tag) {
+        using T = decltype(tag);
+        const T* A = acts.data_ptr<T>();
+        const T* O = out.data_ptr<T>();
+        const T* dO = d_out.data_ptr<T>();
+        const T* w = w_hh.data_ptr<T>();
+        T* dhc = dh.data_ptr<T>();
+        for (int64_t t = T_ - 1; t >= 0; --t) {
+            const T* hprev = t > 0 ? O + (t - 1) * B * H : h0.data_ptr<T>();
+            T* dr_t = dR.data_ptr<T>() + t * B * 3 * H;
+            for (int64_t b = 0; b < B; ++b) {
+                const T* a = A + (t * B + b) * 4 * H;
+                const T* hp = hprev + b * H;
+                const T* go = dO + (t * B + b) * H;
+                T* dx = dX.data_ptr<T>() + (t * B + b) * 3 * H;
+                T* dr = dr_t + b * 3 * H;
+                T* dhb = dhc + b * H;
+#pragma omp simd
+                for (int64_t j = 0; j < H; ++j) {
+                    const T r = a[j], z = a[H + j], n = a[2 * H + j], hn = a[3 * H + j];
+                    const T dht = go[j] + dhb[j];
+                    const T dnp = dht * (T(1) - z) * (T(1) - n * n);
+                    const T drp = dnp * hn * r * (T(1) - r);
+                    const T dzp = dht * (hp[j] - n) * z * (T(1) - z);
+                    dx[j] = drp;
+                    dx[H + j] = dzp;
+                    dx[2 * H + j] = dnp;
+                    dr[j] = drp;
+                    dr[H + j] = dzp;
+                    dr[2 * H + j] = dnp * r;
+                    dhb[j] = dht * z;
+                }
+            }
+            mv_axpy(dr_t, B, 3 * H, w, H, dhc);   // d h_{t-1} += dR_t W_hh
+        }
+    });
+    at::Tensor h_prev = at::cat({h0.unsqueeze(0), out.narrow(0, 0, T_ - 1)}, 0).view({T_ * B, H});
+    at::Tensor dRf = dR.view({T_ * B, 3 * H});
+    return {dX, dh, at::mm(dRf.t(), h_prev), dRf.sum(0)};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+    m.doc() = "hybridrnn small-batch LSTM/GRU kernels (step and whole-sequence forward/backward)";
+    m.def("lstm_step", &lstm_step, "one LSTM step over all layers");
+    m.def("gru_step", &gru_step, "one GRU step over all layers");
+    m.def("lstm_forward", &lstm_forward, "LSTM forward over a sequence");
+    m.def("lstm_backward", &lstm_backward, "LSTM backward over a sequence");
+    m.def("gru_forward", &gru_forward, "GRU forward over a sequence");
+    m.def("gru_backward", &gru_backward, "GRU backward over a sequence");
+}

@@ -1,0 +1,249 @@
+"""The compiled small-batch kernels (hybridrnn.nn._compiled): parity with torch and the pure-torch path in
+float64 (values and gradients), where they are used and where the layers fall back, and the fallback itself
+(HYBRIDRNN_NO_COMPILE=1, a failed build)."""
+from __future__ import annotations
+
+import shutil
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from hybridrnn.nn import _compiled
+from hybridrnn.nn._scan import gru_loop, lstm_loop
+from hybridrnn.nn.cells import GRUParams, LSTMParams
+from hybridrnn.nn.recurrent import GRU, LSTM
+
+F64 = torch.float64
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    """The built extension; a skip only where there is no C++ compiler, a failure for any other build error."""
+    if _compiled.disabled():
+        pytest.skip("HYBRIDRNN_NO_COMPILE is set")
+    module = _compiled.kernels()
+    if module is None:
+        if shutil.which("c++") is None and shutil.which("g++") is None:
+            pytest.skip(f"no C++ compiler: {_compiled.build_error()}")
+        pytest.fail(f"the compiled kernel did not build: {_compiled.build_error()}")
+    return module
+
+
+def _count_calls(monkeypatch, name: str) -> list:
+    calls = []
+    original = getattr(_compiled, name)
+
+    def wrapper(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(_compiled, name, wrapper)
+    return calls
+
+
+def _max_diff(a, b) -> float:
+    return max((u - v).abs().max().item() for u, v in zip(a, b))
+
+
+@pytest.mark.parametrize("cls", [LSTM, GRU])
+@pytest.mark.parametrize("layers,bias,bidirectional", [(1, True, False), (2, False, True), (3, True, False)])
+def test_sequence_matches_torch_float64(kernels, monkeypatch, cls, layers, bias, bidirectional):
+    torch.manual_seed(0)
+    ours = cls(3, 5, layers, bias=bias, bidirectional=bidirectional, path="custom").to(F64)
+    ref = ours.to_torch()
+    calls = _count_calls(monkeypatch, "lstm_sequence" if cls is LSTM else "gru_sequence")
+    x = torch.randn(2, 7, 3, dtype=F64, requires_grad=True)
+    h0 = torch.randn(layers * (2 if bidirectional else 1), 2, 5, dtype=F64, requires_grad=True)
+    state = (h0, torch.randn_like(h0).requires_grad_()) if cls is LSTM else h0
+    out, last = ours(x, state)
+    out_ref, last_ref = ref(x, state)
+    flat = (out, *last) if cls is LSTM else (out, last)
+    flat_ref = (out_ref, *last_ref) if cls is LSTM else (out_ref, last_ref)
+    assert calls and _max_diff(flat, flat_ref) < 1e-10
+    weights = [torch.randn_like(t) for t in flat]
+    wrt = [x, *(state if cls is LSTM else (state,))]
+    grads = torch.autograd.grad(flat, wrt + list(ours.parameters()), weights)
+    grads_ref = torch.autograd.grad(flat_ref, wrt + list(ref.parameters()), weights)
+    assert _max_diff(grads, grads_ref) < 1e-10
+
+
+def test_gradcheck_lstm_sequence(kernels):
+    torch.manual_seed(1)
+    xg = torch.randn(4, 2, 12, dtype=F64, requires_grad=True)
+    h0, c0 = (torch.randn(2, 3, dtype=F64, requires_grad=True) for _ in range(2))
+    w = (0.5 * torch.randn(12, 3, dtype=F64)).requires_grad_()
+    assert torch.autograd.gradcheck(_compiled.lstm_sequence, (xg, h0, c0, w))
+
+
+def test_gradcheck_gru_sequence(kernels):
+    torch.manual_seed(2)
+    xg = torch.randn(4, 2, 9, dtype=F64, requires_grad=True)
+    h0 = torch.randn(2, 3, dtype=F64, requires_grad=True)
+    w = (0.5 * torch.randn(9, 3, dtype=F64)).requires_grad_()
+    b = torch.randn(9, dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(_compiled.gru_sequence, (xg, h0, w, b))
+    assert torch.autograd.gradcheck(lambda *a: _compiled.gru_sequence(*a, None), (xg, h0, w))
+
+
+def test_double_backward_matches_the_general_loop(kernels):
+    torch.manual_seed(3)
+    xg = torch.randn(5, 2, 12, dtype=F64, requires_grad=True)
+    h0, c0 = torch.randn(2, 3, dtype=F64), torch.randn(2, 3, dtype=F64)
+    w = (0.5 * torch.randn(12, 3, dtype=F64)).requires_grad_()
+    grads = []
+    for run in (lambda: _compiled.lstm_sequence(xg, h0, c0, w)[0], lambda: lstm_loop(xg, h0, c0, LSTMParams(w))[0]):
+        (gx,) = torch.autograd.grad(run().pow(2).sum(), [xg], create_graph=True)
+        grads.append(torch.autograd.grad(gx.pow(2).sum(), [w])[0])
+    assert (grads[0] - grads[1]).abs().max() < 1e-10
+    xg3 = torch.randn(5, 2, 9, dtype=F64, requires_grad=True)
+    w3, b3 = (0.5 * torch.randn(9, 3, dtype=F64)).requires_grad_(), torch.randn(9, dtype=F64)
+    grads = []
+    for run in (lambda: _compiled.gru_sequence(xg3, h0, w3, b3)[0], lambda: gru_loop(xg3, h0, GRUParams(w3, b3))[0]):
+        (gx,) = torch.autograd.grad(run().pow(2).sum(), [xg3], create_graph=True)
+        grads.append(torch.autograd.grad(gx.pow(2).sum(), [w3])[0])
+    assert (grads[0] - grads[1]).abs().max() < 1e-10
+
+
+@pytest.mark.parametrize("cls", [LSTM, GRU])
+@pytest.mark.parametrize("layers,bias", [(1, True), (2, False), (3, True)])
+def test_step_matches_torch_float64(kernels, monkeypatch, cls, layers, bias):
+    torch.manual_seed(4)
+    ours = cls(4, 6, layers, bias=bias).to(F64).eval()
+    ref = ours.to_torch()
+    calls = _count_calls(monkeypatch, "kernels")
+    x = torch.randn(3, 5, 4, dtype=F64)
+    with torch.no_grad():
+        out_ref, last_ref = ref(x)
+        state = None
+        for t in range(5):
+            y, state = ours.step(x[:, t], state)
+            assert (y - out_ref[:, t]).abs().max() < 1e-10
+    assert calls
+    flat = state if cls is LSTM else (state,)
+    flat_ref = last_ref if cls is LSTM else (last_ref,)
+    assert _max_diff(flat, flat_ref) < 1e-10
+
+
+@pytest.mark.parametrize("cls", [LSTM, GRU])
+def test_float32_close_to_torch(kernels, cls):
+    torch.manual_seed(5)
+    ours = cls(8, 16, 2, path="custom")
+    ref = ours.to_torch()
+    x = torch.randn(1, 50, 8, requires_grad=True)
+    out, _ = ours(x)
+    out_ref, _ = ref(x)
+    assert (out - out_ref).abs().max() < 1e-5
+    g = torch.autograd.grad(out.sum(), [x, *ours.parameters()])
+    g_ref = torch.autograd.grad(out_ref.sum(), [x, *ref.parameters()])
+    assert _max_diff(g, g_ref) < 1e-4
+    ours.eval()
+    with torch.no_grad():
+        y, _ = ours.step(x[:, 0].detach())
+    assert (y - out_ref[:, 0]).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("cls,options", [
+    (LSTM, {"layer_norm": True}), (LSTM, {"coupled": True}), (GRU, {"reset_after": False}),
+    (GRU, {"layer_norm": True}), (LSTM, {"recurrent_dropout": 0.3})])
+def test_options_the_kernels_lack_fall_back(kernels, monkeypatch, cls, options):
+    layer = cls(3, 4, **options).to(F64)
+    seq_calls = _count_calls(monkeypatch, "lstm_sequence" if cls is LSTM else "gru_sequence")
+    layer(torch.randn(2, 5, 3, dtype=F64))[0].sum().backward()
+    layer.eval()
+    with torch.no_grad():
+        layer.step(torch.randn(2, 3, dtype=F64))
+    assert not seq_calls
+    # recurrent dropout acts only in training: in eval mode the plain cell runs the compiled loop
+    assert ("compiled=" in repr(layer)) == ("recurrent_dropout" in options)
+
+
+@pytest.mark.parametrize("cls", [LSTM, GRU])
+def test_lengths_and_large_batches_fall_back(kernels, monkeypatch, cls):
+    layer = cls(3, 4, path="custom").to(F64)
+    calls = _count_calls(monkeypatch, "lstm_sequence" if cls is LSTM else "gru_sequence")
+    layer(torch.randn(2, 5, 3, dtype=F64), lengths=torch.tensor([5, 3]))
+    layer(torch.randn(_compiled.MAX_BATCH + 1, 5, 3, dtype=F64))
+    assert not calls
+    layer(torch.randn(_compiled.MAX_BATCH, 5, 3, dtype=F64))
+    assert calls
+
+
+@pytest.mark.parametrize("cls", [LSTM, GRU])
+def test_step_with_a_graph_falls_back_and_keeps_gradients(kernels, monkeypatch, cls):
+    layer = cls(3, 4).to(F64)
+    monkeypatch.setattr(_compiled, "kernels", lambda: pytest.fail("compiled step() cannot record a graph"))
+    y, _ = layer.step(torch.randn(2, 3, dtype=F64))
+    y.sum().backward()
+    assert layer.weight_hh_l0.grad is not None
+
+
+@pytest.mark.parametrize("cls", [LSTM, GRU])
+def test_no_compile_env_gives_the_fallback_with_the_same_results(kernels, monkeypatch, cls):
+    torch.manual_seed(6)
+    layer = cls(3, 5, 2, path="custom").to(F64)
+    x = torch.randn(2, 6, 3, dtype=F64, requires_grad=True)
+    results = []
+    for env in ("0", "1"):
+        monkeypatch.setenv(_compiled.ENV_DISABLE, env)
+        seq_calls = _count_calls(monkeypatch, "lstm_sequence" if cls is LSTM else "gru_sequence")
+        out, _ = layer(x)
+        grads = torch.autograd.grad(out.pow(2).sum(), [x, *layer.parameters()])
+        with torch.no_grad():
+            y, _ = layer.step(x[:, 0])
+        assert bool(seq_calls) == (env == "0")
+        assert ("compiled=" in repr(layer)) == (env == "0")
+        results.append((out, *grads, y))
+    assert _compiled.kernels() is None
+    assert _max_diff(results[0], results[1]) < 1e-10
+
+
+def test_failed_build_warns_once_and_falls_back(monkeypatch, tmp_path):
+    bad = tmp_path / "bad.cpp"
+    bad.write_text("#error deliberately broken\n")
+    for name, value in (("SOURCE", bad), ("_tried", False), ("_module", None), ("_error", None)):
+        monkeypatch.setattr(_compiled, name, value)
+    monkeypatch.setenv("HYBRIDRNN_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv(_compiled.ENV_DISABLE, raising=False)
+    with pytest.warns(RuntimeWarning, match="could not be built"):
+        assert _compiled.kernels() is None
+    assert _compiled.build_error()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _compiled.kernels() is None          # no second warning, no second build
+        layer = LSTM(3, 4).eval()
+        with torch.no_grad():
+            y, _ = layer.step(torch.randn(1, 3))
+        out, _ = LSTM(3, 4, path="custom")(torch.randn(1, 4, 3))
+    assert y.shape == (1, 4) and out.shape == (1, 4, 4)
+
+
+def test_build_key_follows_the_source(monkeypatch, tmp_path):
+    key = _compiled.build_key()
+    other = tmp_path / "other.cpp"
+    other.write_bytes(_compiled.SOURCE.read_bytes() + b"\n// changed\n")
+    monkeypatch.setattr(_compiled, "SOURCE", other)
+    assert _compiled.build_key() != key
+
+
+def test_layers_match_nn_modules_built_from_torch(kernels):
+    """from_torch + the compiled path against torch.nn.LSTM / GRU at batch 1 (the case the kernels are for)."""
+    torch.manual_seed(7)
+    for torch_cls, cls in ((nn.LSTM, LSTM), (nn.GRU, GRU)):
+        ref = torch_cls(4, 8, 2, batch_first=True).to(F64)
+        ours = cls.from_torch(ref, path="custom")
+        x = torch.randn(1, 20, 4, dtype=F64)
+        assert (ours(x)[0] - ref(x)[0]).abs().max() < 1e-10
+
+
+@pytest.mark.parametrize("cls", [LSTM, GRU])
+def test_traced_calls_run_the_pure_torch_path(kernels, monkeypatch, cls):
+    layer = cls(3, 4, path="custom").to(F64).eval()
+    x = torch.randn(1, 5, 3, dtype=F64)
+    monkeypatch.setattr(_compiled, "kernels", lambda: pytest.fail("the kernels cannot read traced tensors"))
+    with torch.no_grad():
+        traced = torch.jit.trace(layer, (x,), check_trace=False, strict=False)
+    monkeypatch.undo()
+    with torch.no_grad():
+        assert (traced(x)[0] - layer(x)[0]).abs().max() < 1e-12
