@@ -247,3 +247,23 @@ def test_traced_calls_run_the_pure_torch_path(kernels, monkeypatch, cls):
     monkeypatch.undo()
     with torch.no_grad():
         assert (traced(x)[0] - layer(x)[0]).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("cls", [LSTM, GRU])
+@pytest.mark.parametrize("dtype,tol", [(F64, 1e-10), (torch.float32, 2e-5)])
+def test_blocked_products_at_wider_sizes(kernels, cls, dtype, tol):
+    """Hidden 70 and batch 5: the kernels' 64-column blocks, row blocks and remainders all run."""
+    torch.manual_seed(8)
+    ours = cls(70, 70, path="custom").to(dtype)
+    ref = ours.to_torch()
+    x = torch.randn(5, 4, 70, dtype=dtype, requires_grad=True)
+    out, _ = ours(x)
+    out_ref, _ = ref(x)
+    assert (out - out_ref).abs().max() < tol
+    g = torch.autograd.grad(out.pow(2).sum(), [x, *ours.parameters()])
+    g_ref = torch.autograd.grad(out_ref.pow(2).sum(), [x, *ref.parameters()])
+    assert _max_diff(g, g_ref) < 10 * tol
+    ours.eval()
+    with torch.no_grad():
+        y, _ = ours.step(x[:, 0])
+    assert (y - out_ref[:, 0]).abs().max() < tol

@@ -95,29 +95,41 @@ void mv_dot(const T* in, int64_t B, int64_t K, const T* W, int64_t N, T* out, bo
     }
 }
 
+// RB rows of out[:, n0:n0+NB] += in @ M[:, n0:n0+NB]: the RB x NB accumulators stay in registers over k, and
+// each row of M's block is loaded once for the RB rows.
+template <typename T, int RB, int64_t NB>
+inline void axpy_rows(const T* in, int64_t K, const T* M, int64_t N, T* out, int64_t n0) {
+    T acc[RB][NB];
+    for (int r = 0; r < RB; ++r) {
+#pragma omp simd
+        for (int64_t j = 0; j < NB; ++j) acc[r][j] = out[r * N + n0 + j];
+    }
+    for (int64_t k = 0; k < K; ++k) {
+        const T* m = M + k * N + n0;
+        for (int r = 0; r < RB; ++r) {
+            const T a = in[r * K + k];
+#pragma omp simd
+            for (int64_t j = 0; j < NB; ++j) acc[r][j] += a * m[j];
+        }
+    }
+    for (int r = 0; r < RB; ++r) {
+#pragma omp simd
+        for (int64_t j = 0; j < NB; ++j) out[r * N + n0 + j] = acc[r][j];
+    }
+}
+
 // out[b, :N] += sum_k in[b, k] * M[k, :N]; M (K, N) row-major (a transposed weight, or W itself for dW h).
-// Blocks of NB columns: the block's accumulators stay in registers over k, and the block of M (K x NB) stays
-// in cache for every row b.
+// Blocks of 64 columns by 4 rows (float; 2 for double): 16 AVX-512 accumulators, measured 1.5-2x faster than
+// one row at a time for batch >= 4 (20-40 GFLOP/s on one core: reading M from L2 bounds it at batch 1).
 template <typename T>
 void mv_axpy(const T* in, int64_t B, int64_t K, const T* M, int64_t N, T* out) {
     constexpr int64_t NB = 64;
+    constexpr int RB = sizeof(T) == 4 ? 4 : 2;
     int64_t n0 = 0;
     for (; n0 + NB <= N; n0 += NB) {
-        for (int64_t b = 0; b < B; ++b) {
-            const T* x = in + b * K;
-            T* o = out + b * N + n0;
-            T acc[NB];
-#pragma omp simd
-            for (int64_t j = 0; j < NB; ++j) acc[j] = o[j];
-            for (int64_t k = 0; k < K; ++k) {
-                const T a = x[k];
-                const T* m = M + k * N + n0;
-#pragma omp simd
-                for (int64_t j = 0; j < NB; ++j) acc[j] += a * m[j];
-            }
-#pragma omp simd
-            for (int64_t j = 0; j < NB; ++j) o[j] = acc[j];
-        }
+        int64_t b = 0;
+        for (; b + RB <= B; b += RB) axpy_rows<T, RB, NB>(in + b * K, K, M, N, out + b * N, n0);
+        for (; b < B; ++b) axpy_rows<T, 1, NB>(in + b * K, K, M, N, out + b * N, n0);
     }
     if (n0 == N) return;
     for (int64_t b = 0; b < B; ++b) {
@@ -265,7 +277,8 @@ void check_sequence(const at::Tensor& xg, const at::Tensor& h0, const at::Tensor
 }
 
 // ------------------------------------------------------------------------------------------------ step()
-// x (B, I); h, c (L, B, H), or empty tensors for zeros (a pybind optional costs microseconds per call); weights: per layer w_ih, w_hh[, b_ih, b_hh].
+// x (B, I); h, c (L, B, H), or empty tensors for zeros (a pybind optional costs microseconds per call);
+// weights: per layer w_ih, w_hh[, b_ih, b_hh].
 // Returns (y (B, H) = h'[L-1], h' (L, B, H), c' (L, B, H)).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_step(const at::Tensor& x_in, const at::Tensor& h_in,
                                                        const at::Tensor& c_in,
