@@ -17,7 +17,10 @@ What runs here (the layers in :mod:`hybridrnn.nn.recurrent` decide, with :func:`
 :func:`sequence_ok`): the plain cells only, i.e. the LSTM without ``coupled``/``layer_norm`` and the GRU in
 torch's ``reset_after`` form without ``layer_norm``, on the CPU in float32 or float64; ``step()`` when autograd
 need not record it (grad mode off, or nothing requires grad) and no dropout acts between layers; sequences up
-to :data:`MAX_BATCH` sequences without lengths (padding masks) or ``recurrent_dropout``, with autograd.
+to :data:`MAX_BATCH` sequences without lengths (padding masks) or ``recurrent_dropout``, with autograd (a
+double backward, ``create_graph=True``, differentiates the general loop of :mod:`hybridrnn.nn._scan`). Traced
+or exported calls (``torch.jit.trace``, dynamo / ``torch.export`` / ONNX), ``torch.func`` transforms and the
+scans' ``bf16_matmuls`` blocks run the pure-torch path. The kernels hold the GIL and use one thread.
 """
 from __future__ import annotations
 
