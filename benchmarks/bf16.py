@@ -55,8 +55,8 @@ from hybridrnn.nn import GRU, LSTM, _scan  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 B, T, H = 32, 200, 128
 INPUTS = (32, 128)
-LAYER_ROUNDS = 7
-PART_ROUNDS = 9
+LAYER_ROUNDS = 11
+PART_ROUNDS = 25
 ETT = dict(config=ROOT / "configs" / "forecast" / "ett" / "etth1_univariate_ot.yaml", encoders=("lstm:128", "gru:128"),
            overrides=("window.stride=4", "model.segment=1", "model.segment_embed=0", "model.linear_skip=false",
                       "train.epochs=4", "train.patience=null", "train.lr=0.002"), metric="scaled_mse")

@@ -112,8 +112,8 @@ class TrainConfig(Section):
         "measured faster in bf16 run in it: linear layers and heads, the recurrent layers' hoisted input "
         "projection, and the custom scan's recurrent weight gradient (one matmul over all steps); the recurrence "
         "itself (per-step products, gate maths, cell and hidden state) stays float32, and the fused (oneDNN) "
-        "path runs in float32 (its bf16 LSTM rounds the cell state to bf16). Measured at B32 H128 T200: "
-        "1.0-1.2x faster than float32, not more (benchmarks/results/bf16.md)"))
+        "path runs in float32 (its bf16 LSTM rounds the cell state to bf16). Measured training speed-up at B32 "
+        "H128 T200 on an AVX512-BF16 CPU: ~1.0x for an LSTM, 1.07-1.13x for a GRU (benchmarks/results/bf16.md)"))
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
     num_threads: Optional[int] = Field(None, ge=1, description="torch intra-op threads; None keeps torch's")
     tensorboard: bool = Field(False, description="also log to RUN/tensorboard (needs the 'tensorboard' extra)")
