@@ -154,8 +154,7 @@ def build_path_cases(hidden: int, notes: list[str]) -> list[Case]:
         cases.append(Case(f"torch.nn.{kind}", lambda x, m=ref: m(x)[0], [ref], None))
         for path in ("fused", "custom", "auto"):
             module = cls(hidden, hidden, path=path)
-            note = f"runs {module.path}" if path == "auto" else ""
-            cases.append(Case(f"{kind} {path}", lambda x, m=module: m(x)[0], [module], f"torch.nn.{kind}", note))
+            cases.append(Case(f"{kind} {path}", lambda x, m=module: m(x)[0], [module], f"torch.nn.{kind}", ""))
     return cases
 
 
@@ -342,6 +341,8 @@ def render_markdown(meta: dict, rows: list[dict], step_rows: list[dict]) -> str:
 
 def auto_rows(rows: list[dict]) -> list[dict]:
     """Per kind, size and mode: the fused, custom and auto ratios to torch, and auto against the faster path."""
+    from hybridrnn.nn.recurrent import GRU, LSTM
+
     by = {(r["case"], r["batch"], r["hidden"]): r for r in rows}
     out = []
     for kind in ("LSTM", "GRU"):
@@ -350,7 +351,8 @@ def auto_rows(rows: list[dict]) -> list[dict]:
                 fused, custom, auto = (by[(f"{kind} {p}", b, h)] for p in ("fused", "custom", "auto"))
                 ratios = {p: r[f"{mode}_ratio"] for p, r in (("fused", fused), ("custom", custom), ("auto", auto))}
                 faster = min(("fused", "custom"), key=lambda p: ratios[p])
-                runs = auto["note"].removeprefix("runs ")
+                layer = (LSTM if kind == "LSTM" else GRU)(h, h)       # path="auto": what it runs at this size
+                runs = layer.runs_path(b, grad=mode == "train")
                 out.append({"kind": kind, "batch": b, "hidden": h, "steps": t, "mode": mode, **ratios,
                             "faster": faster, "auto_runs": runs, "choice_vs_faster": ratios[runs] / ratios[faster],
                             "auto_vs_faster": ratios["auto"] / ratios[faster]})
@@ -360,9 +362,11 @@ def auto_rows(rows: list[dict]) -> list[dict]:
 def render_auto(meta: dict, table: list[dict]) -> str:
     worst = max(table, key=lambda r: r["choice_vs_faster"])
     lines = ["# path=\"auto\": the rule and its measurements", "",
-             "Rule (`hybridrnn.nn.recurrent.auto_path`, used when the options allow both paths): **on CPU a GRU runs "
-             "the custom scan, an LSTM runs fused (oneDNN); on a GPU both run fused (cuDNN).** A layer re-decides "
-             "when it moves to another device; `repr` shows `path='custom' (auto)`.", "",
+             "Rule (`hybridrnn.nn.recurrent.auto_path` and `AUTO_COMPILED_LSTM_BATCH`, used when the options allow both paths): **on CPU a GRU runs "
+             "the custom scan (the compiled loop up to batch 16), an LSTM runs fused (oneDNN) except batches up to 8 in "
+             "training and batch 1 in inference, which run the compiled custom loop; on a GPU both run fused "
+             "(cuDNN).** A layer re-decides when it moves to another device; `repr` shows `path='custom' (auto)` "
+             "and where the compiled loop runs; `layer.runs_path(batch, grad)` says which path a batch takes.", "",
              f"Command: `{meta['command']}`  ", f"Date: {meta['date']}  ",
              f"torch {meta['torch']}, {meta['threads']} thread(s), CPU: {meta['cpu']}, clock: {meta['clock']}  ",
              f"Load average before / after: {meta['load_before']} / {meta['load_after']}  ",

@@ -267,3 +267,41 @@ def test_blocked_products_at_wider_sizes(kernels, cls, dtype, tol):
     with torch.no_grad():
         y, _ = ours.step(x[:, 0])
     assert (y - out_ref[:, 0]).abs().max() < tol
+
+
+def test_auto_lstm_runs_small_batches_on_the_compiled_loop(kernels, monkeypatch):
+    """path="auto" keeps oneDNN for an LSTM but runs batches up to AUTO_COMPILED_LSTM_BATCH (training, inference)
+    on the compiled loop, with the same values and gradients as oneDNN (float64); padding and larger batches
+    stay on oneDNN."""
+    from hybridrnn.nn.recurrent import AUTO_COMPILED_LSTM_BATCH
+
+    torch.manual_seed(7)
+    layer = LSTM(3, 5, 2).to(F64)
+    assert layer.path == "fused"
+    reference = layer.to_torch()
+    train_max, infer_max = AUTO_COMPILED_LSTM_BATCH
+    calls = _count_calls(monkeypatch, "lstm_sequence")
+    x = torch.randn(train_max, 6, 3, dtype=F64, requires_grad=True)
+    out, (h, c) = layer(x)
+    assert len(calls) == 2                                   # one per layer
+    ref, (rh, rc) = reference(x)
+    assert _max_diff((out, h, c), (ref, rh, rc)) < 1e-10
+    grads = torch.autograd.grad(out.pow(2).sum(), [x, *layer.parameters()])
+    ref_grads = torch.autograd.grad(ref.pow(2).sum(), [x, *reference.parameters()])
+    assert _max_diff(grads, ref_grads) < 1e-10
+    calls.clear()
+    layer(torch.randn(train_max + 1, 6, 3, dtype=F64))       # above the training limit: oneDNN
+    layer(torch.randn(2, 6, 3, dtype=F64), lengths=torch.tensor([6, 4]))
+    assert not calls
+    with torch.no_grad():
+        layer(torch.randn(infer_max + 1, 6, 3, dtype=F64))   # above the inference limit: oneDNN
+        assert not calls
+        out, _ = layer(torch.randn(infer_max, 6, 3, dtype=F64))
+        assert calls
+    assert "custom at batch<=" in repr(layer)
+    assert [layer.runs_path(b, grad) for b, grad in ((train_max, True), (train_max + 1, True), (infer_max, False),
+                                                      (infer_max + 1, False))] == ["custom", "fused", "custom", "fused"]
+    calls.clear()
+    fused = LSTM(3, 5, path="fused").to(F64)                # asked for by name: never switched
+    fused(torch.randn(1, 6, 3, dtype=F64))
+    assert not calls

@@ -55,10 +55,19 @@ def auto_path(mode: str, device_type: str) -> str:
     The rule was measured (``benchmarks/results/auto_path.md``, ``python benchmarks/layers.py --auto-grid``: one
     thread, batch 1 and 32, hidden 64 and 128, 200 steps, training and inference): on CPU a GRU runs the custom
     scan, which is as fast as oneDNN's GRU in inference and faster in training at every point of the grid; an
-    LSTM runs oneDNN, several times faster than the custom scan at batch 1 and in inference. On a GPU both run
-    cuDNN (``"fused"``).
+    LSTM runs oneDNN, several times faster than the pure-torch custom scan at batch 1 and in inference. On a GPU
+    both run cuDNN (``"fused"``). Since the compiled small-batch loop (:mod:`hybridrnn.nn._compiled`), an
+    ``auto`` LSTM on the CPU still runs its small batches on the custom path (:data:`AUTO_COMPILED_LSTM_BATCH`,
+    :meth:`_RecurrentBase.runs_path`).
     """
     return "custom" if (mode == "GRU" and device_type == "cpu") else "fused"
+
+
+#: Under ``path="auto"`` a CPU LSTM runs batches up to this size on the compiled custom loop instead of oneDNN:
+#: (training, inference). Measured (``benchmarks/results/small_batch.md``, hidden 64, 200 steps, one thread): the
+#: compiled loop trains in 0.48x / 0.78x / 0.78x / 0.93x / 1.00x ``nn.LSTM``'s time at batch 1 / 2 / 4 / 8 / 16
+#: and infers in 0.73x at batch 1 but 1.19x at batch 2.
+AUTO_COMPILED_LSTM_BATCH = (8, 1)
 
 
 def _check_options(name: str, mode: str, input_size: Any, hidden_size: Any, num_layers: Any, *, dropout: float,
@@ -252,9 +261,28 @@ class _RecurrentBase(nn.Module):
         full = True
         if lengths is not None:
             lengths, full = self._check_lengths(lengths, batch, time)
-        if self.path == "fused":
+        if self.path == "fused" and not self._small_batch_compiled(x, full):
             return self._forward_fused(x, state, None if full else lengths)
         return self._forward_custom(x, state, None if full else lengths)
+
+    def _small_batch_compiled(self, x: Tensor, full: bool) -> bool:
+        """Whether this forward of an ``auto`` LSTM on the fused path runs the compiled custom loop instead
+        (:meth:`runs_path`): x ``(B, T, F)`` on the CPU in float32/64, eager, no padding, no autocast."""
+        return (full and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+                and _compiled._plain_eager(x) and not torch.is_autocast_enabled("cpu")
+                and self._auto_small_batch(x.shape[0], torch.is_grad_enabled()))
+
+    def _auto_small_batch(self, batch: int, grad: bool) -> bool:
+        if self._path_request != "auto" or self.mode != "LSTM" or self.path != "fused" or not self._plain_cell:
+            return False
+        return (batch <= AUTO_COMPILED_LSTM_BATCH[0 if grad else 1] and self._flat_weights()[0].device.type == "cpu"
+                and not _compiled.disabled() and _compiled.kernels() is not None)
+
+    def runs_path(self, batch: int, grad: bool) -> str:
+        """The path a forward of ``batch`` unpadded float sequences runs, ``grad`` telling whether autograd records
+        it (training) or not (inference): ``self.path``, except that an ``auto`` LSTM on the CPU runs small
+        batches (:data:`AUTO_COMPILED_LSTM_BATCH`) on the compiled custom loop, faster than oneDNN there."""
+        return "custom" if self.path == "custom" or self._auto_small_batch(batch, grad) else "fused"
 
     def _zeros_state(self, x: Tensor, batch: int):
         rows = self.num_layers * self.num_directions
@@ -550,7 +578,13 @@ class _RecurrentBase(nn.Module):
         """Where the compiled kernels run, for ``repr`` (nothing when disabled or the build failed)."""
         if not self._plain_cell or _compiled.disabled() or _compiled.build_error() is not None:
             return []
-        where = f"step(), batch<={_compiled.MAX_BATCH}" if self.path == "custom" else "step()"
+        if self.path == "custom":
+            where = f"step(), batch<={_compiled.MAX_BATCH}"
+        elif self._path_request == "auto" and self.mode == "LSTM":
+            train, infer = AUTO_COMPILED_LSTM_BATCH
+            where = f"step(), custom at batch<={train} training / batch<={infer} inference"
+        else:
+            where = "step()"
         return [f"compiled={where!r}"]
 
     def _step_checks(self, x_t: Tensor, state) -> int:
