@@ -439,25 +439,31 @@ def _lm_record(lm_dir: Path, config: Path) -> dict:
             "cpu_seconds": float("nan")}
 
 
-def target_transfer_suite(out_root: Path, seeds: list[int], out: Path = RESULTS / "text_transfer_target.md") -> None:
+def target_transfer_suite(out_root: Path, seeds: list[int], out: Path = RESULTS / "text_transfer_target.md",
+                          datasets: tuple[str, ...] = ("sst2", "mr", "trec"), extra: tuple[str, ...] = ()) -> None:
     """ULMFiT with the target text: the LM of ``configs/language_model/text_lm.yaml`` on the review corpus plus
     the (test-filtered) training sentences of SST, MR and TREC, then each classifier from scratch and with the
     LM's vocabulary and weights as a plain initialisation (every layer from epoch 1, one rate: the variant the
-    review-only LM measured best), ``seeds`` each."""
+    review-only LM measured best), ``seeds`` each; ``extra`` overrides for both (e.g. ``train.epochs=10``), whose
+    runs are added to those already in ``out``'s .json as rows of their own."""
     corpus = prepare_target_corpus()
     records = {"overlap": test_overlap_report(corpus), "removed": corpus.with_suffix(".removed").read_text().strip(),
                "runs": []}
+    earlier = json.loads(out.with_suffix(".json").read_text()) if extra and out.with_suffix(".json").exists() else None
+    if earlier:
+        records["runs"] = earlier["runs"]
     print(json.dumps(records["overlap"], indent=1), file=sys.stderr)
     lm_dir = ROOT / "runs" / "text_lm"
-    records["lm"] = _lm_record(lm_dir, ROOT / "configs/language_model/text_lm.yaml")
+    records["lm"] = earlier["lm"] if earlier else _lm_record(lm_dir, ROOT / "configs/language_model/text_lm.yaml")
     for seed in seeds:
-        for ds in ("sst2", "mr", "trec"):
+        for ds in datasets:
             for variant in ("scratch", "plain"):
-                over = [f"train.seed={seed}", "train.plots=false", "train.progress=none"] + VARIANTS[variant]
+                over = [f"train.seed={seed}", "train.plots=false", "train.progress=none", *extra] + VARIANTS[variant]
                 over += [] if variant == "scratch" else [f"model.pretrained={lm_dir}"]
                 r = _train_and_score(ROOT / f"configs/classify/{ds}_pretrained.yaml", over,
-                                     out_root / f"{ds}-target-{variant}-{seed}")
+                                     out_root / f"{ds}-target-{variant}-{seed}{'-'.join(('',) + extra)}")
                 records["runs"].append({"dataset": ds, "seed": seed, "variant": variant, "epochs": len(r["history"]),
+                                        "extra": " ".join(extra),
                                         "accuracy": 100 * r["metrics"]["accuracy"], "cpu_seconds": r["cpu_seconds"]})
                 print(f"{ds} seed {seed} {variant}: {records['runs'][-1]['accuracy']:.1f} "
                       f"({r['cpu_seconds']:.0f} CPU s)", file=sys.stderr, flush=True)
@@ -492,15 +498,14 @@ def write_target_table(records: dict, out: Path) -> None:
               "over seeds.", "",
               "| data | seeds | scratch | pre-trained | effect | target | CNN-rand | per seed scratch / pre-trained | CPU s |",
               "|---|---|---|---|---|---|---|---|---|"]
-    for ds in ("sst2", "mr", "trec"):
-        sc = [r["accuracy"] for r in records["runs"] if r["dataset"] == ds and r["variant"] == "scratch"]
-        pr = [r["accuracy"] for r in records["runs"] if r["dataset"] == ds and r["variant"] == "plain"]
-        if not sc:
-            continue
+    for ds, extra in dict.fromkeys((r["dataset"], r.get("extra", "")) for r in records["runs"]):
+        same = [r for r in records["runs"] if r["dataset"] == ds and r.get("extra", "") == extra]
+        sc = [r["accuracy"] for r in same if r["variant"] == "scratch"]
+        pr = [r["accuracy"] for r in same if r["variant"] == "plain"]
         effect = f"{statistics.mean(pr) - statistics.mean(sc):+.1f}" if pr else ""
         per = ", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(sc, pr))
-        cpu = sum(r["cpu_seconds"] for r in records["runs"] if r["dataset"] == ds)
-        lines.append(f"| {ds} | {len(sc)} | {mean_sd(sc)} | {mean_sd(pr)} | {effect} | {TARGETS[ds][0]} | "
+        cpu = sum(r["cpu_seconds"] for r in same)
+        lines.append(f"| {ds}{f' ({extra})' if extra else ''} | {len(sc)} | {mean_sd(sc)} | {mean_sd(pr)} | {effect} | {TARGETS[ds][0]} | "
                      f"{TARGETS[ds][1]} | {per} | {cpu:.0f} |")
     if records.get("notes"):
         lines += [""] + list(records["notes"])
@@ -570,72 +575,44 @@ def write_transfer_table(records: dict, out: Path) -> None:
 
 
 def write_awd_results(run: Path, out: Path = RESULTS / "text_awd.md") -> None:
-    """``text_awd.md`` from a (partial) ``ptb_awd`` run made with the commands it lists: the curve from
-    ``RUN/metrics.jsonl``, the two test evaluations (``RUN_test_e7.json``, ``RUN_test_final.json``: the output of
-    ``hybridrnn evaluate RUN --json``) and the CPU time (``RUN_cpu.json``: {"total": s, "detail": text}), with a
-    log-linear extrapolation of the validation loss."""
-    import numpy as np
+    """``text_awd.md`` from a ``ptb_awd`` run made with the commands it lists: the curve from ``RUN/metrics.jsonl``,
+    the test evaluation ``RUN_test.json`` (the output of ``hybridrnn evaluate RUN --json``), the CPU time and
+    the commands ``RUN_cpu.json`` ({"total": s, "detail": text, "commands": [...]}) and the reading, written by
+    whoever ran it, ``RUN_notes.md``."""
     from hybridrnn.api import load_run
     from hybridrnn.nn.tying import count_parameters
 
     _, _, model = load_run(run)
-    NPARAMS = count_parameters(model)
     hist = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if l.strip()]
-    test7 = json.loads((run.parent / f"{run.name}_test_e7.json").read_text())
-    final = run.parent / f"{run.name}_test_final.json"
-    test_final = json.loads(final.read_text()) if final.exists() else None
+    test = json.loads((run.parent / f"{run.name}_test.json").read_text())
     cpu = json.loads((run.parent / f"{run.name}_cpu.json").read_text())
+    notes = run.parent / f"{run.name}_notes.md"
     P = 265 * 20 * 34.1 / 929_589      # passes per epoch (variable BPTT mean length 0.975 * 35)
-    passes = np.array([r["epoch"] * P for r in hist]); loss = np.array([r["val_loss"] for r in hist])
-    # power law in the passes: loss = a + b * passes^-c is too much for 14 points; fit log-loss linear in log-passes on
-    # the last 7 points (the SGD phase), the usual shape of an LM curve in its first passes
-    k = 7
-    ratio = hist[-1]["val_perplexity"] / test_final["perplexity"]
-    slope, icpt = np.polyfit(np.log(passes[-k:]), loss[-k:], 1)
-    pred = lambda p: math.exp(icpt + slope * math.log(p))
-    lines = ["# PTB word level with the AWD-LSTM options (issue 12): a 20-CPU-minute slice of the one-hour recipe", "",
-     f"Recipe: `configs/language_model/ptb_awd.yaml` (`lstm:400>lstm:200`, tied 200-d embedding, {NPARAMS:,} parameters; "
-     "weight drop 0.3, locked dropout 0.3 in / 0.2 between / 0.3 out, embedding dropout 0.05, AR 2, TAR 1, variable BPTT "
-     "around 35, NT-ASGD with interval 5, SGD lr 20, clip 0.25, batch 20).", "",
-     "**The full one-hour, 2-core run is pending**: it did not fit this session. What ran (one thread, on a shared "
-     "2-core machine whose other load varied from ~5 to ~1 busy cores):", "",
-     "```",
-     "OMP_NUM_THREADS=1 hybridrnn train configs/language_model/ptb_awd.yaml --out scratch/ptb_awd --progress plain \\",
-     "    --set train.num_threads=1 --set lm.windows_per_epoch=265 --set lm.max_val_tokens=20000 --set train.epochs=7 \\",
-     "    --set train.plots=false",
-     "hybridrnn evaluate scratch/ptb_awd --json                      # test after 7 short epochs",
-     "OMP_NUM_THREADS=1 hybridrnn train --resume scratch/ptb_awd --set train.epochs=14",
-     "hybridrnn evaluate scratch/ptb_awd --json                      # test after 14",
-     "```", "",
-     f"Each short epoch is 265 windows of 20 x ~34 tokens = {P:.2f} passes of the 929k training tokens; validation "
-     "scores the first 20k validation tokens (`lm.max_val_tokens`), test the whole test split with the best weights. "
-     f"CPU time: {cpu['total'] / 60:.1f} CPU-min ({cpu['detail']}).", "",
-     "| epoch | passes | train loss (with AR/TAR) | val perplexity | NT-ASGD averaged |", "|---|---|---|---|---|"]
-    for r, p in zip(hist, passes):
-        lines.append(f"| {r['epoch']} | {p:.2f} | {r['train_loss']:.3f} | {r['val_perplexity']:.1f} | {r.get('nt_asgd_averaged', 0)} |")
-    lines += ["", f"Test perplexity (whole test split, best weights): **{test7['perplexity']:.1f}** after epoch 7 "
-              f"({7 * P:.2f} passes)" + (f", **{test_final['perplexity']:.1f}** after epoch {len(hist)} ({passes[-1]:.2f} passes)." if test_final else "."),
-              "", "Reading:", "",
-              f"- Per pass early on, this recipe is about where the earlier Adam rows of `text.md` were (test 296 for "
-              f"`lstm:200x2`, 247.5 for `lstm:200>gru:200` at 0.53 passes; here val 347, about 300 test, at 0.58): SGD at "
-              f"lr 20 under heavy dropout starts slowly, then keeps going: test {test7['perplexity']:.0f} at 1.36 passes, "
-              f"{test_final['perplexity']:.0f} at 2.72.",
-              "- NT-ASGD did not trigger: one epoch (11) failed to improve, but the non-monotone condition compares with "
-              "the best of all but the last 5 epochs, which the curve is still far below. Averaging starts once the SGD "
-              "curve flattens; the recipe's full run is where it acts.",
-              f"- Where the curve is heading: a straight line of val loss against log(passes) through the last {k} points "
-              f"(slope {slope:.3f} nats per e-fold of passes) gives val perplexity ~{pred(14):.0f} at 14 passes and "
-              f"~{pred(28):.0f} at 28; val runs {ratio:.2f}x test at the last epoch (first 20k val tokens vs the whole "
-              f"test split), so ~{pred(14) / ratio:.0f} test at 14 passes. So the target (test < 100) is within reach of the "
-              "recipe only if (a) one 2-core hour really buys ~14 passes (measured: 5.4 CPU-min per pass at one thread, so "
-              "14 passes are 75 CPU-min; the 2-thread speed-up was not measured) and (b) the curve stays log-linear to "
-              "there. LM curves usually flatten above such a line later on (the model's capacity and over-fitting), which is "
-              "where NT-ASGD's averaging (typically a few perplexity points) and the dropouts earn their keep; a bend "
-              "before 14 passes would leave it above 100. Verdict: plausible, not shown; the full run is pending.",
-              "- If the hour falls short, the cheapest levers (not tried here, no budget): a faster start (higher lr or "
-              "Adam for the first passes), less input/output dropout while the model still under-fits, and "
-              "`train.epochs` sized from a measured 2-thread pass time.", ""]
-    out.write_text("\n".join(lines) + "\n")
+    best = min(hist, key=lambda r: r["val_loss"])
+    averaging = next((r["epoch"] for r in hist if r.get("nt_asgd_averaged")), None)
+    lines = ["# PTB word level with the AWD-LSTM options (issue 12)", "",
+             f"Recipe: `configs/language_model/ptb_awd.yaml` (`lstm:400>lstm:200`, tied 200-d embedding, "
+             f"{count_parameters(model):,} parameters; weight drop 0.3, locked dropout 0.3 in / 0.2 between / 0.3 out, "
+             "embedding dropout 0.05, AR 2, TAR 1, variable BPTT around 35, NT-ASGD with interval 5, SGD lr 20, clip "
+             "0.25, batch 20), one thread:", "", "```", *cpu["commands"], "```", "",
+             f"Each short epoch is 265 windows of 20 x ~34 tokens = {P:.2f} passes of the 929k training tokens; "
+             f"validation scores the first 20k validation tokens (`lm.max_val_tokens`), test the whole test split "
+             f"(82k tokens) with the best weights (the averaged ones once NT-ASGD averages). CPU time: "
+             f"{cpu['total'] / 60:.1f} CPU-min ({cpu['detail']}).", "",
+             f"**Test perplexity {test['perplexity']:.1f}** after {len(hist)} epochs ({len(hist) * P:.1f} passes), best "
+             f"validation perplexity {best['val_perplexity']:.1f} (epoch {best['epoch']}); NT-ASGD started averaging "
+             f"at epoch {averaging}. Anchors: Zaremba et al. 2014 small 2x200 LSTM 114.5 (13 epochs), AWD-LSTM 57.3 "
+             "(3x1150, 750 epochs).", "",
+             "| epoch | passes | train loss (with AR/TAR) | val perplexity | NT-ASGD averaged |", "|---|---|---|---|---|"]
+    for r in hist:
+        if r["epoch"] % 5 == 0 or r["epoch"] <= 2 or r["epoch"] >= len(hist) - 2 or r["epoch"] == averaging:
+            lines.append(f"| {r['epoch']} | {r['epoch'] * P:.2f} | {r['train_loss']:.3f} | {r['val_perplexity']:.1f} | "
+                         f"{r.get('nt_asgd_averaged', 0)} |")
+    if notes.exists():
+        lines += ["", notes.read_text().strip()]
+    from hybridrnn.data.text import atomic_write_text
+
+    atomic_write_text(out, "\n".join(lines) + "\n")
 
 
 def main(argv=None) -> int:
@@ -650,15 +627,19 @@ def main(argv=None) -> int:
                          "awd-table: text_awd.md from the PTB AWD run in --keep (see write_awd_results)")
     ap.add_argument("--seeds", default="0,1,2", help="transfer suite: classifier seeds")
     ap.add_argument("--variants", default="scratch,ulmfit", help=f"transfer suite: of {', '.join(VARIANTS)}")
+    ap.add_argument("--datasets", default="sst2,mr,trec", help="transfer-target suite: which classifiers")
+    ap.add_argument("--extra", action="append", default=[], help="transfer-target suite: a config override for "
+                    "both variants (repeatable), its runs added as rows of their own")
     ap.add_argument("--append", action="store_true", help="transfer suite: add to text_transfer.json's runs")
     args = ap.parse_args(argv)
     if args.suite == "awd-table":
-        write_awd_results(args.keep or ROOT / "scratch" / "ptb_awd")
+        write_awd_results(args.keep or ROOT / "scratch" / "ptb_awd_full")
         print((RESULTS / "text_awd.md").read_text())
         return 0
     if args.suite == "transfer-target":
         torch.set_num_threads(1)
-        target_transfer_suite(args.keep or ROOT / "runs" / "bench-transfer", [int(x) for x in args.seeds.split(",")])
+        target_transfer_suite(args.keep or ROOT / "runs" / "bench-transfer", [int(x) for x in args.seeds.split(",")],
+                              datasets=tuple(args.datasets.split(",")), extra=tuple(args.extra))
         print((RESULTS / "text_transfer_target.md").read_text())
         return 0
     if args.suite == "transfer":
