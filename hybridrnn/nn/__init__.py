@@ -1,4 +1,6 @@
-"""hybridrnn.nn: pure-torch recurrent modules (no I/O).
+"""hybridrnn.nn: recurrent modules in torch, with no I/O of data, configs or runs. The one exception is
+``_compiled``, which builds its small-batch C++ kernel once into a cache folder (``~/.cache/hybridrnn``) and
+falls back to the pure-torch path where it cannot.
 
 Names are imported lazily from their submodules, so ``import hybridrnn.nn`` stays cheap.
 """
