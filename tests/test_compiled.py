@@ -145,7 +145,7 @@ def test_float32_close_to_torch(kernels, cls):
 
 
 @pytest.mark.parametrize("cls,options", [
-    (LSTM, {"layer_norm": True}), (LSTM, {"coupled": True}), (GRU, {"reset_after": False}),
+    (LSTM, {"coupled": True}), (GRU, {"reset_after": False}),
     (GRU, {"layer_norm": True}), (LSTM, {"recurrent_dropout": 0.3})])
 def test_options_the_kernels_lack_fall_back(kernels, monkeypatch, cls, options):
     layer = cls(3, 4, **options).to(F64)
@@ -161,13 +161,103 @@ def test_options_the_kernels_lack_fall_back(kernels, monkeypatch, cls, options):
 
 @pytest.mark.parametrize("cls", [LSTM, GRU])
 def test_lengths_and_large_batches_fall_back(kernels, monkeypatch, cls):
+    """Padding masks always take the scan; batches above MAX_BATCH only with more intra-op threads than were
+    measured (batch_limit)."""
     layer = cls(3, 4, path="custom").to(F64)
     calls = _count_calls(monkeypatch, "lstm_sequence" if cls is LSTM else "gru_sequence")
     layer(torch.randn(2, 5, 3, dtype=F64), lengths=torch.tensor([5, 3]))
+    assert not calls
+    monkeypatch.setattr(_compiled, "MEASURED_THREADS", 0)         # as if torch had more threads than measured
+    assert _compiled.batch_limit() == _compiled.MAX_BATCH
     layer(torch.randn(_compiled.MAX_BATCH + 1, 5, 3, dtype=F64))
     assert not calls
     layer(torch.randn(_compiled.MAX_BATCH, 5, 3, dtype=F64))
-    assert calls
+    assert len(calls) == 1
+    monkeypatch.setattr(_compiled, "MEASURED_THREADS", torch.get_num_threads())
+    assert _compiled.batch_limit() is None
+    layer(torch.randn(4 * _compiled.MAX_BATCH, 5, 3, dtype=F64))
+    assert len(calls) == 2
+    assert "compiled='step(), sequences'" in repr(layer)
+
+
+def _ln_params(B, H, has_b, in_norm, dtype=F64):
+    torch.manual_seed(11)
+
+    def make(*shape):
+        return torch.randn(*shape, dtype=dtype, requires_grad=True)
+
+    p = LSTMParams(make(4 * H, H), make(4 * H) if has_b else None, (make(4 * H), None), (make(H), make(H)), False,
+                   (make(4 * H), make(4 * H)) if in_norm else None)
+    return p, (make(6, B, 4 * H), make(B, H), make(B, H))
+
+
+def _ln_tensors(p, inputs):
+    return [v for v in (*inputs, p.w_hh, p.b_hh, p.ln_hh[0], *p.ln_c, *(p.ln_ih or ())) if v is not None]
+
+
+@pytest.mark.parametrize("gemm", [False, True])
+@pytest.mark.parametrize("has_b,in_norm", [(True, True), (False, True), (True, False), (False, False)])
+def test_layer_norm_lstm_sequence_matches_the_general_loop_float64(kernels, monkeypatch, has_b, in_norm, gemm):
+    """The compiled layer-norm LSTM (with and without the recurrent bias and the in-kernel input norm) against the
+    autograd loop of cells.lstm_step, values and every gradient to 1e-10; ``gemm``: the products through torch's
+    sgemm (two threads, from batch 1), else the kernel's own loops; batch 17 runs the row blocks and remainders."""
+    if gemm:
+        previous_rows, previous_threads = kernels.gemm_rows(), torch.get_num_threads()
+        kernels.set_gemm_rows(1)
+        torch.set_num_threads(2)
+    try:
+        for B in (1, 17):
+            p, (xg, h0, c0) = _ln_params(B, 5, has_b, in_norm)
+            assert _compiled.ln_sequence_ok(p)
+            tensors = _ln_tensors(p, (xg, h0, c0))
+            weight = torch.linspace(-1, 1, 6 * B * 5, dtype=F64).view(6, B, 5)
+            results = []
+            for run in (_compiled.lstm_ln_sequence, lstm_loop):
+                out, h_t, c_t = run(xg, h0, c0, p)
+                loss = (out * weight).sum() + h_t.pow(2).sum() + (0.3 * c_t).sum()
+                results.append((out, h_t, c_t, *torch.autograd.grad(loss, tensors)))
+            assert _max_diff(results[0], results[1]) < 1e-10
+            with torch.no_grad():
+                assert _max_diff(_compiled.lstm_ln_sequence(xg, h0, c0, p), results[1][:3]) < 1e-10
+    finally:
+        if gemm:
+            kernels.set_gemm_rows(previous_rows)
+            torch.set_num_threads(previous_threads)
+
+
+def test_layer_norm_lstm_gradcheck_and_double_backward(kernels):
+    p, (xg, h0, c0) = _ln_params(2, 3, True, True)
+
+    def run(x, w, gain):
+        return _compiled.lstm_ln_sequence(x, h0, c0, p._replace(w_hh=w, ln_hh=(gain, None)))[0]
+
+    inputs = (xg.detach()[:3].requires_grad_(), p.w_hh, p.ln_hh[0])
+    assert torch.autograd.gradcheck(run, inputs)
+    assert torch.autograd.gradgradcheck(run, inputs)
+
+
+def test_layer_norm_lstm_layer_runs_the_compiled_loop_with_the_fallback_results(kernels, monkeypatch):
+    """A 2-layer bidirectional LSTM(layer_norm=True) runs one compiled call per layer and direction at a batch above
+    MAX_BATCH, with the values and gradients of the pure-torch scan (float64, 1e-10); padding masks and recurrent
+    dropout take the scan."""
+    torch.manual_seed(12)
+    layer = LSTM(3, 5, 2, bidirectional=True, layer_norm=True).to(F64)
+    assert "compiled='sequences'" in repr(layer)
+    calls = _count_calls(monkeypatch, "lstm_ln_sequence")
+    x = torch.randn(_compiled.MAX_BATCH + 3, 4, 3, dtype=F64, requires_grad=True)
+    results = []
+    for env in ("0", "1"):
+        monkeypatch.setenv(_compiled.ENV_DISABLE, env)
+        out, (h, c) = layer(x)
+        results.append((out, h, c, *torch.autograd.grad(out.pow(2).sum() + c.sum(), [x, *layer.parameters()])))
+    assert len(calls) == 4
+    assert _max_diff(results[0], results[1]) < 1e-10
+    monkeypatch.setenv(_compiled.ENV_DISABLE, "0")
+    calls.clear()
+    layer(x, lengths=torch.tensor([4, 2] + [3] * (x.shape[0] - 2)))
+    dropped = LSTM(3, 5, layer_norm=True, recurrent_dropout=0.2).to(F64)
+    dropped(x)
+    assert not calls
 
 
 @pytest.mark.parametrize("cls", [LSTM, GRU])

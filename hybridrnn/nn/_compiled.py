@@ -14,13 +14,16 @@ no ninja, ...) one ``RuntimeWarning`` says why and every caller uses the pure-to
 ``HYBRIDRNN_NO_COMPILE=1`` forces that fallback without trying.
 
 What runs here (the layers in :mod:`hybridrnn.nn.recurrent` decide, with :func:`step_kernels` /
-:func:`sequence_ok`): the plain cells only, i.e. the LSTM without ``coupled``/``layer_norm`` and the GRU in
-torch's ``reset_after`` form without ``layer_norm``, on the CPU in float32 or float64; ``step()`` when autograd
-need not record it (grad mode off, or nothing requires grad) and no dropout acts between layers; sequences up
-to :data:`MAX_BATCH` sequences without lengths (padding masks) or ``recurrent_dropout``, with autograd (a
-double backward, ``create_graph=True``, differentiates the general loop of :mod:`hybridrnn.nn._scan`). Traced
+:func:`sequence_ok`): the plain cells, i.e. the LSTM without ``coupled``/``layer_norm`` and the GRU in
+torch's ``reset_after`` form without ``layer_norm``, and the layer-norm LSTM (sequences only), on the CPU in
+float32 or float64; ``step()`` of a plain cell when autograd need not record it (grad mode off, or nothing
+requires grad) and no dropout acts between layers; sequences without lengths (padding masks) or
+``recurrent_dropout`` (plain cells up to :func:`batch_limit` sequences, the layer-norm LSTM at any batch), with
+autograd (a double backward, ``create_graph=True``, differentiates the general loop of
+:mod:`hybridrnn.nn._scan`). Products of batches from 16 rows on use torch's sgemm when torch has more than one
+intra-op thread; everything else runs on one thread. Traced
 or exported calls (``torch.jit.trace``, dynamo / ``torch.export`` / ONNX), ``torch.func`` transforms and the
-scans' ``bf16_matmuls`` blocks run the pure-torch path. The kernels hold the GIL and use one thread.
+scans' ``bf16_matmuls`` blocks run the pure-torch path. The kernels hold the GIL.
 """
 from __future__ import annotations
 
@@ -41,16 +44,18 @@ from torch import Tensor
 
 from hybridrnn.nn import _scan
 from hybridrnn.nn._scan import gru_loop, lstm_loop
-from hybridrnn.nn.cells import GRUParams, LSTMParams
+from hybridrnn.nn.cells import LN_EPS, GRUParams, LSTMParams
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "rnn_small.cpp"
 CFLAGS = ("-O3", "-march=native", "-fopenmp-simd")
-# Sequences of at most this many rows run the compiled loop, larger batches hybridrnn.nn._scan. On one thread
-# the compiled loop was faster than the scan at every measured size up to batch 32, hidden 128 (0.11-0.74x,
-# benchmarks/results/small_batch.md), but it uses one core where the scan's MKL/oneDNN products use every
-# intra-op thread, and the large-batch scan carries the bf16 matmuls and the layer-norm kernels: 16 keeps
-# the compiled loop where per-step overhead, not arithmetic, is the cost.
+# Where the compiled loop runs a plain cell's sequences (batch_limit). On one and on two intra-op threads it was
+# faster than the pure-torch scan at every measured size, batch 1-256, hidden 64-256, training and inference
+# (0.47-0.77x on one thread, 0.49-1.00x on two; benchmarks/results/small_batch.md): its products use MKL's sgemm
+# with the same threads from batch 16 on (csrc: g_gemm_rows), but its gate maths run on one thread where the
+# scan's elementwise ops use them all. With more threads than were measured, it keeps to batches of at most
+# MAX_BATCH, where per-step overhead, not arithmetic, is the cost.
 MAX_BATCH = 16
+MEASURED_THREADS = 2
 ENV_DISABLE = "HYBRIDRNN_NO_COMPILE"
 _FLOATS = (torch.float32, torch.float64)
 NO_STATE = (torch.empty(0),)   # the kernels' "zero state" argument (one shared empty tensor: no allocation per call)
@@ -189,11 +194,20 @@ def step_kernels(x_t: Tensor, state: Any, weights: list[Tensor]) -> Any:
     return kernels()
 
 
-def sequence_ok(xg: Tensor, h0: Tensor, w_hh: Tensor) -> bool:
-    """Whether a plain cell's whole-sequence recurrence can run the compiled loop: xg ``(T, B, G*H)`` with
-    ``B <= MAX_BATCH`` on the CPU, xg, h0 and w_hh of one float dtype, outside ``bf16_matmuls``, eager
+def batch_limit() -> Optional[int]:
+    """The largest batch whose plain-cell sequences run the compiled loop: None (any) on up to
+    :data:`MEASURED_THREADS` intra-op threads, else :data:`MAX_BATCH`."""
+    return None if torch.get_num_threads() <= MEASURED_THREADS else MAX_BATCH
+
+
+def sequence_ok(xg: Tensor, h0: Tensor, w_hh: Tensor, max_batch: Optional[int] = -1) -> bool:
+    """Whether a whole-sequence recurrence can run the compiled loop: xg ``(T, B, G*H)`` with ``B <= max_batch``
+    (-1: :func:`batch_limit`, None: any) on the CPU, xg, h0 and w_hh of one float dtype, outside ``bf16_matmuls``, eager
     (:func:`_plain_eager`)."""
-    return (_plain_eager(xg) and xg.shape[1] <= MAX_BATCH and xg.device.type == "cpu" and xg.dtype in _FLOATS
+    if max_batch == -1:
+        max_batch = batch_limit()
+    return (_plain_eager(xg) and (max_batch is None or xg.shape[1] <= max_batch) and xg.device.type == "cpu"
+            and xg.dtype in _FLOATS
             and h0.dtype == xg.dtype and w_hh.dtype == xg.dtype and w_hh.device.type == "cpu"
             and not _bf16_matmuls_on() and kernels() is not None)
 
@@ -230,6 +244,39 @@ def gru_sequence(xg: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor]) -
         return _GRUSequence.apply(xg, h0, w_hh, b_hh)
     out, h_t = kernels().gru_forward(xg, h0, w_hh, _bias_or_empty(b_hh, w_hh), False)[:2]
     return out, h_t
+
+
+def lstm_ln_sequence(xg: Tensor, h0: Tensor, c0: Tensor, p: LSTMParams) -> tuple[Tensor, Tensor, Tensor]:
+    """The layer-norm LSTM recurrence over a sequence (:func:`hybridrnn.nn._scan.lstm_scan`'s equations):
+    ``a = W_hh h + b_hh``, ``pre = gain_ih * LN(xg_t) + bias_ih + gain_hh * LN(a)`` (LN over each gate's H;
+    without ``p.ln_ih``, ``xg_t`` itself), ``h = o * tanh(gain_c * LN(c) + bias_c)``. xg ``(T, B, 4H)``, h0, c0
+    ``(B, H)``; ``p`` an uncoupled :class:`~hybridrnn.nn.cells.LSTMParams` with ``ln_hh`` and ``ln_c``, the
+    recurrent norm's bias folded into ``ln_ih``'s bias or into xg (``p.ln_hh[1]`` None: see
+    :func:`ln_sequence_ok`). Returns ``out (T, B, H)``, ``h_T``, ``c_T``; gradients to every tensor."""
+    (gain_hh, _), (gain_c, bias_c) = p.ln_hh, p.ln_c
+    gain_ih, bias_ih = p.ln_ih if p.ln_ih is not None else (None, None)
+    tensors = (xg, h0, c0, p.w_hh, p.b_hh, gain_hh, gain_ih, bias_ih, gain_c, bias_c)
+    if _needs_graph(*tensors):
+        return _LSTMLNSequence.apply(*tensors)
+    empty = _empty(xg)
+    out, h_t, c_t = kernels().lstm_ln_forward(*(empty if v is None else v for v in tensors), LN_EPS, False)[:3]
+    return out, h_t, c_t
+
+
+def ln_sequence_ok(p: LSTMParams) -> bool:
+    """Whether :func:`lstm_ln_sequence` takes these parameters: uncoupled, with the recurrent and cell norms (both
+    gain and bias of the cell norm), the recurrent norm's bias folded away, every tensor in one dtype."""
+    if p.coupled or p.ln_hh is None or p.ln_c is None or p.ln_hh[1] is not None or p.ln_c[1] is None:
+        return False
+    if p.ln_ih is not None and (p.ln_ih[0] is None or p.ln_ih[1] is None):
+        return False
+    dtype = p.w_hh.dtype
+    extra = (p.b_hh, p.ln_hh[0], *p.ln_c, *(p.ln_ih or ()))
+    return all(v is None or (v.dtype == dtype and v.device.type == "cpu") for v in extra)
+
+
+def _empty(like: Tensor) -> Tensor:
+    return like.new_empty(0)
 
 
 def _bias_or_empty(b_hh: Optional[Tensor], like: Tensor) -> Tensor:
@@ -279,3 +326,39 @@ class _GRUSequence(torch.autograd.Function):
                                     (xg, h0, w_hh, b_hh), (d_out, d_h))
         d_xg, d_h0, d_w, d_b = kernels().gru_backward(d_out, d_h, acts, out, h0, w_hh)
         return d_xg, d_h0, d_w, (d_b if b_hh is not None else None)
+
+
+class _LSTMLNSequence(torch.autograd.Function):
+    """Whole-sequence layer-norm LSTM: forward keeps the activations and the normalised values with their rstd
+    (of xg only the mean and rstd); backward in C++. Inputs ``xg, h0, c0, w_hh, b_hh, gain_hh, gain_ih, bias_ih, gain_c, bias_c`` (b_hh and the
+    input norm's pair may be None)."""
+
+    @staticmethod
+    def forward(ctx, xg, h0, c0, w_hh, b_hh, gain_hh, gain_ih, bias_ih, gain_c, bias_c):
+        empty = _empty(xg)
+        given = (b_hh, gain_hh, gain_ih, bias_ih, gain_c, bias_c)
+        out, h_t, c_t, *saved = kernels().lstm_ln_forward(xg, h0, c0, w_hh, *(empty if v is None else v
+                                                                               for v in given), LN_EPS, True)
+        ctx.has = tuple(v is not None for v in given)
+        ctx.save_for_backward(xg, h0, c0, w_hh, out, *(empty if v is None else v for v in given), *saved)
+        return out, h_t, c_t
+
+    @staticmethod
+    def backward(ctx, d_out, d_h, d_c):
+        xg, h0, c0, w_hh, out, b_hh, gain_hh, gain_ih, bias_ih, gain_c, bias_c, *saved = ctx.saved_tensors
+        given = [v if has else None for v, has in zip((b_hh, gain_hh, gain_ih, bias_ih, gain_c, bias_c), ctx.has)]
+        b_hh, gain_hh, gain_ih, bias_ih, gain_c, bias_c = given
+        if torch.is_grad_enabled():
+            def run(x_, h_, c_, w_, b_, gh_, gi_, bi_, gc_, bc_):
+                return lstm_loop(x_, h_, c_, LSTMParams(w_, b_, (gh_, None), (gc_, bc_), False,
+                                                        None if gi_ is None else (gi_, bi_)))
+            return _reference_grads(run, (xg, h0, c0, w_hh, *given), (d_out, d_h, d_c))
+        acts, cs, tcs, ahat, rstd_a, chat, rstd_c, stats_x = saved
+        empty = _empty(xg)
+        (d_xg, d_h0, d_c0, d_w, d_b, d_gain_hh, d_gain_c, d_bias_c, d_gain_ih,
+         d_bias_ih) = kernels().lstm_ln_backward(d_out, d_h, d_c, acts, cs, tcs, ahat, rstd_a, chat, rstd_c, xg,
+                                                 stats_x, out, h0, c0, w_hh, gain_hh,
+                                                 empty if gain_ih is None else gain_ih, gain_c)
+        return (d_xg, d_h0, d_c0, d_w, d_b if b_hh is not None else None, d_gain_hh,
+                d_gain_ih if gain_ih is not None else None, d_bias_ih if bias_ih is not None else None,
+                d_gain_c, d_bias_c)

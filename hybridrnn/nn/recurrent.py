@@ -567,19 +567,31 @@ class _RecurrentBase(nn.Module):
         weights = self._flat_weights()
         return _compiled.step_kernels(x_t, state, weights), weights
 
+    @property
+    def _compiled_layer_norm(self) -> bool:
+        """A layer-norm LSTM (uncoupled): its whole-sequence recurrence has a compiled loop at every batch size."""
+        return self.mode == "LSTM" and self.layer_norm and not self.coupled
+
     def _compiled_sequence_ok(self, xg: Tensor, h0: Tensor, mask, h_mask) -> bool:
-        """Whether one layer and direction's recurrence runs the compiled loop instead of the fused scan: a plain
-        cell without padding mask or recurrent dropout, and :func:`hybridrnn.nn._compiled.sequence_ok` (CPU,
-        float32/64, batch <= ``_compiled.MAX_BATCH``, kernel built)."""
-        return (mask is None and h_mask is None and self._plain_cell
-                and _compiled.sequence_ok(xg, h0, self._p(0, 0, "weight_hh")))
+        """Whether one layer and direction's recurrence runs the compiled loop instead of the pure-torch scan: no
+        padding mask or recurrent dropout, and :func:`hybridrnn.nn._compiled.sequence_ok` (CPU, float32/64,
+        kernel built); a plain cell up to ``_compiled.batch_limit()`` sequences, a layer-norm LSTM at any batch."""
+        if mask is not None or h_mask is not None or not (self._plain_cell or self._compiled_layer_norm):
+            return False
+        return _compiled.sequence_ok(xg, h0, self._p(0, 0, "weight_hh"),
+                                     max_batch=None if self._compiled_layer_norm else -1)
 
     def _compiled_repr(self) -> list[str]:
         """Where the compiled kernels run, for ``repr`` (nothing when disabled or the build failed)."""
-        if not self._plain_cell or _compiled.disabled() or _compiled.build_error() is not None:
+        if _compiled.disabled() or _compiled.build_error() is not None:
+            return []
+        if self._compiled_layer_norm:
+            return ["compiled='sequences'"]
+        if not self._plain_cell:
             return []
         if self.path == "custom":
-            where = f"step(), batch<={_compiled.MAX_BATCH}"
+            limit = _compiled.batch_limit()
+            where = "step(), sequences" + ("" if limit is None else f" batch<={limit}")
         elif self._path_request == "auto" and self.mode == "LSTM":
             train, infer = AUTO_COMPILED_LSTM_BATCH
             where = f"step(), custom at batch<={train} training / batch<={infer} inference"
@@ -681,8 +693,12 @@ class LSTM(_RecurrentBase):
 
     def _recurrence(self, xg, h0, c0, layer, d, mask, h_mask):
         p = self._cell_params(layer, d)
-        if self._compiled_sequence_ok(xg, h0, mask, h_mask) and p.b_hh is None:   # b_hh folded into xg
-            return _compiled.lstm_sequence(xg, h0, c0, p.w_hh)
+        if self._compiled_sequence_ok(xg, h0, mask, h_mask):
+            if self.layer_norm:
+                if _compiled.ln_sequence_ok(p):
+                    return _compiled.lstm_ln_sequence(xg, h0, c0, p)
+            elif p.b_hh is None:                                                      # b_hh folded into xg
+                return _compiled.lstm_sequence(xg, h0, c0, p.w_hh)
         return lstm_scan(xg, h0, c0, p, mask=mask, h_mask=h_mask)
 
     def step(self, x_t: Tensor, state: Optional[LSTMState] = None) -> tuple[Tensor, LSTMState]:

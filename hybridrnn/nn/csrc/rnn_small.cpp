@@ -12,6 +12,7 @@
 //   n = tanh(x_n + r * (W_hn h + b_hn)), h' = (1 - z) * n + z * h.
 //   xg (T, B, G*H): the hoisted input projection (for the LSTM with b_hh already added).
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <torch/csrc/utils/pybind.h>
 
 #include <algorithm>
@@ -173,6 +174,26 @@ void mv_axpy(const T* in, int64_t B, int64_t K, const T* M, int64_t N, T* out) {
             for (int64_t n = n0; n < N; ++n) o[n] += a * m[n];
         }
     }
+}
+
+// With more than one intra-op thread, batches of at least this many rows multiply with torch's BLAS (MKL sgemm,
+// which uses those threads), fewer with the loops above. On one thread the loops were as fast as or faster than
+// sgemm at every measured size, batch 8-128, hidden 64-256, training and inference (benchmarks/small_batch.md).
+int64_t g_gemm_rows = 16;
+
+template <typename T>
+void product(const T* in, int64_t B, int64_t K, const T* M, int64_t N, T* out, bool accumulate) {
+    if (B >= g_gemm_rows && at::get_num_threads() > 1) {
+        const auto opt = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+        at::Tensor a = at::from_blob(const_cast<T*>(in), {B, K}, opt);
+        at::Tensor m = at::from_blob(const_cast<T*>(M), {K, N}, opt);
+        at::Tensor o = at::from_blob(out, {B, N}, opt);
+        if (accumulate) at::addmm_out(o, o, a, m);
+        else at::mm_out(o, a, m);
+        return;
+    }
+    if (!accumulate) std::fill(out, out + B * N, T(0));
+    mv_axpy(in, B, K, M, N, out);
 }
 
 template <typename T>
@@ -438,7 +459,7 @@ std::vector<at::Tensor> lstm_forward(const at::Tensor& xg_in, const at::Tensor& 
         T* c = cs.data_ptr<T>();
         for (int64_t t = 0; t < T_; ++t) {
             std::memcpy(gates, x + t * B * 4 * H, sizeof(T) * B * 4 * H);
-            mv_axpy(hp, B, H, w, 4 * H, gates);
+            product(hp, B, H, w, 4 * H, gates, true);
             T* ct = save ? c + t * B * H : c;
             T* ht = o + t * B * H;
             if (save)
@@ -499,8 +520,7 @@ std::vector<at::Tensor> lstm_backward(const at::Tensor& d_out_in, const at::Tens
                     dcb[j] = dct * f;
                 }
             }
-            std::fill(dhc, dhc + B * H, T(0));
-            mv_axpy(dg, B, 4 * H, w, H, dhc);   // d h_{t-1} = dG_t W_hh
+            product(dg, B, 4 * H, w, H, dhc, false);   // d h_{t-1} = dG_t W_hh
         }
     });
     at::Tensor h_prev = at::cat({h0.unsqueeze(0), out.narrow(0, 0, T_ - 1)}, 0).view({T_ * B, H});
@@ -537,7 +557,7 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& xg_in, const at::Tensor& h
                 if (bh) std::memcpy(g, bh, sizeof(T) * 3 * H);
                 else std::fill(g, g + 3 * H, T(0));
             }
-            mv_axpy(hp, B, H, w, 3 * H, gh);
+            product(hp, B, H, w, 3 * H, gh, true);
             T* ht = o + t * B * H;
             if (save)
                 gru_gates<T, true>(x + t * B * 3 * H, gh, B, H, hp, ht, acts.data_ptr<T>() + t * B * 4 * H);
@@ -590,12 +610,313 @@ std::vector<at::Tensor> gru_backward(const at::Tensor& d_out_in, const at::Tenso
                     dhb[j] = dht * z;
                 }
             }
-            mv_axpy(dr_t, B, 3 * H, w, H, dhc);   // d h_{t-1} += dR_t W_hh
+            product(dr_t, B, 3 * H, w, H, dhc, true);   // d h_{t-1} += dR_t W_hh
         }
     });
     at::Tensor h_prev = at::cat({h0.unsqueeze(0), out.narrow(0, 0, T_ - 1)}, 0).view({T_ * B, H});
     at::Tensor dRf = dR.view({T_ * B, 3 * H});
     return {dX, dh, at::mm(dRf.t(), h_prev), dRf.sum(0)};
+}
+
+// ------------------------------------------------------------------------------------------------ layer norm
+// The layer-norm LSTM of hybridrnn.nn._scan (cells.lstm_step with layer norm), per step:
+//   a = W_hh h + b_hh;  pre = [gain_ih * LN(xg_t) + bias_ih | xg_t] + gain_hh * LN(a)   (LN over each gate's H)
+//   c' = f c + i g;     h' = o * tanh(gain_c * LN(c') + bias_c)
+// where LN(v) = (v - mean(v)) / sqrt(var(v) + eps) (biased variance, as torch.nn.functional.layer_norm); the
+// input norm runs when gain_ih is given, else xg is used as it comes (normalised by the caller).
+
+// mean and 1 / sqrt(var + eps) of v[0:H], in two passes (as exact as torch's in float64).
+template <typename T>
+inline void row_stats(const T* v, int64_t H, T eps, T& mean, T& rstd) {
+    T s = 0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t j = 0; j < H; ++j) s += v[j];
+    const T m = s / static_cast<T>(H);
+    T q = 0;
+#pragma omp simd reduction(+ : q)
+    for (int64_t j = 0; j < H; ++j) q += (v[j] - m) * (v[j] - m);
+    mean = m;
+    rstd = T(1) / std::sqrt(q / static_cast<T>(H) + eps);
+}
+
+// y = (v - mean) * rstd over H; returns rstd.
+template <typename T>
+inline T normalise(const T* v, int64_t H, T eps, T* y) {
+    T m, r;
+    row_stats(v, H, eps, m, r);
+#pragma omp simd
+    for (int64_t j = 0; j < H; ++j) y[j] = (v[j] - m) * r;
+    return r;
+}
+
+// The input gradient of a layer norm: dx = rstd * (dy - mean(dy) - y * mean(dy * y)) over H, y the normalised
+// values.
+template <typename T>
+inline void norm_grad(const T* dy, const T* y, int64_t H, T rstd, T* dx) {
+    T s1 = 0, s2 = 0;
+#pragma omp simd reduction(+ : s1, s2)
+    for (int64_t j = 0; j < H; ++j) {
+        s1 += dy[j];
+        s2 += dy[j] * y[j];
+    }
+    const T m1 = s1 / static_cast<T>(H), m2 = s2 / static_cast<T>(H);
+#pragma omp simd
+    for (int64_t j = 0; j < H; ++j) dx[j] = rstd * (dy[j] - m1 - y[j] * m2);
+}
+
+void check_vector(const at::Tensor& v, int64_t n, const at::Tensor& like, const char* what, bool optional) {
+    if (optional && !v.numel()) return;
+    TORCH_CHECK(v.dim() == 1 && v.size(0) == n && v.device().is_cpu() && v.scalar_type() == like.scalar_type(),
+                "hybridrnn compiled layer-norm LSTM: ", what, " must be (", n, ",) on the CPU in ", like.scalar_type(),
+                ", got ", v.sizes(), " ", v.scalar_type());
+}
+
+// Layer-norm LSTM forward: xg (T, B, 4H); h0, c0 (B, H); w_hh (4H, H); b_hh (4H) or empty; gain_hh (4H); gain_ih,
+// bias_ih (4H) or empty (no input norm); gain_c, bias_c (H). Returns (out (T, B, H), h_T, c_T, and, when save,
+// acts (T, B, 4H), cs (T, B, H), tcs (T, B, H) = tanh(gain_c LN(c) + bias_c), ahat (T, B, 4H) = LN(a),
+// rstd_a (T, B, 4), chat (T, B, H) = LN(c), rstd_c (T, B), and with the input norm stats_x (T, B, 4, 2), the mean
+// and rstd of each gate's block of xg (backward recomputes LN(xg) from them: one (T, B, 4H) tensor less to write);
+// empty tensors otherwise).
+std::vector<at::Tensor> lstm_ln_forward(const at::Tensor& xg_in, const at::Tensor& h0_in, const at::Tensor& c0_in,
+                                        const at::Tensor& w_hh, const at::Tensor& b_hh_in,
+                                        const at::Tensor& gain_hh_in, const at::Tensor& gain_ih_in,
+                                        const at::Tensor& bias_ih_in, const at::Tensor& gain_c_in,
+                                        const at::Tensor& bias_c_in, double eps_in, bool save) {
+    check_sequence(xg_in, h0_in, w_hh, 4, {&c0_in});
+    const int64_t T_ = xg_in.size(0), B = xg_in.size(1), H = h0_in.size(1), G = 4 * H;
+    check_vector(b_hh_in, G, xg_in, "b_hh", true);
+    check_vector(gain_hh_in, G, xg_in, "gain_hh", false);
+    check_vector(gain_ih_in, G, xg_in, "gain_ih", true);
+    check_vector(bias_ih_in, G, xg_in, "bias_ih", !gain_ih_in.numel());
+    check_vector(gain_c_in, H, xg_in, "gain_c", false);
+    check_vector(bias_c_in, H, xg_in, "bias_c", false);
+    const bool in_norm = gain_ih_in.numel() > 0, has_b = b_hh_in.numel() > 0;
+    at::Tensor xg = xg_in.contiguous(), h0 = h0_in.contiguous(), c0 = c0_in.contiguous();
+    at::Tensor b_hh = b_hh_in.contiguous(), gain_hh = gain_hh_in.contiguous(), gain_ih = gain_ih_in.contiguous();
+    at::Tensor bias_ih = bias_ih_in.contiguous(), gain_c = gain_c_in.contiguous(), bias_c = bias_c_in.contiguous();
+    at::Tensor wt = w_hh.t().contiguous();   // (H, 4H)
+    auto opt = xg.options();
+    auto maybe = [&](std::initializer_list<int64_t> shape, bool on) {
+        return on ? at::empty(shape, opt) : at::empty({0}, opt);
+    };
+    at::Tensor out = at::empty({T_, B, H}, opt);
+    at::Tensor cs = at::empty({save ? T_ : 1, B, H}, opt);
+    at::Tensor acts = maybe({T_, B, G}, save), tcs = maybe({T_, B, H}, save);
+    at::Tensor ahat = maybe({T_, B, G}, save), rstd_a = maybe({T_, B, 4}, save);
+    at::Tensor chat = maybe({T_, B, H}, save), rstd_c = maybe({T_, B}, save);
+    at::Tensor stats_x = maybe({T_, B, 4, 2}, save && in_norm);
+    dispatch(xg.scalar_type(), [&](auto tag) {
+        using T = decltype(tag);
+        const T eps = static_cast<T>(eps_in);
+        T* a = scratch<T>(static_cast<size_t>(B * G + 3 * G + 2 * H));   // W_hh h + b_hh, then per-row temporaries
+        T* pre = a + B * G;
+        T* ah_tmp = pre + G;
+        T* xh_tmp = ah_tmp + G;
+        T* ch_tmp = xh_tmp + G;
+        T* o_tmp = ch_tmp + H;
+        const T* x = xg.data_ptr<T>();
+        const T* w = wt.data_ptr<T>();
+        const T* bh = has_b ? b_hh.data_ptr<T>() : nullptr;
+        const T* ghh = gain_hh.data_ptr<T>();
+        const T* gih = in_norm ? gain_ih.data_ptr<T>() : nullptr;
+        const T* bih = in_norm ? bias_ih.data_ptr<T>() : nullptr;
+        const T* gc = gain_c.data_ptr<T>();
+        const T* bc = bias_c.data_ptr<T>();
+        const T* hp = h0.data_ptr<T>();
+        const T* cp = c0.data_ptr<T>();
+        T* o = out.data_ptr<T>();
+        T* c = cs.data_ptr<T>();
+        for (int64_t t = 0; t < T_; ++t) {
+            if (bh) {
+                for (int64_t b = 0; b < B; ++b) std::memcpy(a + b * G, bh, sizeof(T) * G);
+            }
+            product(hp, B, H, w, G, a, bh != nullptr);
+            T* ct = save ? c + t * B * H : c;
+            for (int64_t b = 0; b < B; ++b) {
+                const int64_t row = t * B + b;
+                const T* xr = x + row * G;
+                const T* ar = a + b * G;
+                T* ah = save ? ahat.data_ptr<T>() + row * G : ah_tmp;
+                T* xh = xh_tmp;
+                for (int64_t k = 0; k < 4; ++k) {
+                    const T ra = normalise(ar + k * H, H, eps, ah + k * H);
+                    if (save) rstd_a.data_ptr<T>()[row * 4 + k] = ra;
+                    if (in_norm) {
+                        T m, r;
+                        row_stats(xr + k * H, H, eps, m, r);
+#pragma omp simd
+                        for (int64_t j = 0; j < H; ++j) xh[k * H + j] = (xr[k * H + j] - m) * r;
+                        if (save) {
+                            stats_x.data_ptr<T>()[(row * 4 + k) * 2] = m;
+                            stats_x.data_ptr<T>()[(row * 4 + k) * 2 + 1] = r;
+                        }
+                    }
+                }
+                if (in_norm) {
+#pragma omp simd
+                    for (int64_t n = 0; n < G; ++n) pre[n] = gih[n] * xh[n] + bih[n] + ghh[n] * ah[n];
+                } else {
+#pragma omp simd
+                    for (int64_t n = 0; n < G; ++n) pre[n] = xr[n] + ghh[n] * ah[n];
+                }
+                const T* cpb = cp + b * H;
+                T* cb = ct + b * H;
+                T* acb = save ? acts.data_ptr<T>() + row * G : nullptr;
+                T* og = save ? acb + 3 * H : o_tmp;
+#pragma omp simd
+                for (int64_t j = 0; j < H; ++j) {
+                    const T i = sigm(pre[j]);
+                    const T f = sigm(pre[H + j]);
+                    const T g = tanh_s(pre[2 * H + j]);
+                    og[j] = sigm(pre[3 * H + j]);
+                    cb[j] = f * cpb[j] + i * g;   // (in place without save: cpb[j] is read before cb[j] is written)
+                    if (save) {
+                        acb[j] = i;
+                        acb[H + j] = f;
+                        acb[2 * H + j] = g;
+                    }
+                }
+                T* ch = save ? chat.data_ptr<T>() + row * H : ch_tmp;
+                const T rc = normalise(cb, H, eps, ch);
+                if (save) rstd_c.data_ptr<T>()[row] = rc;
+                T* tcb = save ? tcs.data_ptr<T>() + row * H : nullptr;
+                T* hb = o + row * H;
+#pragma omp simd
+                for (int64_t j = 0; j < H; ++j) {
+                    const T th = tanh_s(gc[j] * ch[j] + bc[j]);
+                    hb[j] = og[j] * th;
+                    if (save) tcb[j] = th;
+                }
+            }
+            hp = o + t * B * H;
+            cp = ct;
+        }
+    });
+    at::Tensor c_T = save ? cs[T_ - 1].clone() : cs[0].clone();
+    return {out, out[T_ - 1].clone(), c_T, acts, cs, tcs, ahat, rstd_a, chat, rstd_c, stats_x};
+}
+
+// Layer-norm LSTM backward, from lstm_ln_forward's saved tensors and the gradients of (out, h_T, c_T). Returns
+// (d xg (T, B, 4H), d h0, d c0, d w_hh (4H, H), d b_hh (4H), d gain_hh (4H), d gain_c (H), d bias_c (H),
+// d gain_ih (4H), d bias_ih (4H)); the last two empty without the input norm.
+std::vector<at::Tensor> lstm_ln_backward(const at::Tensor& d_out_in, const at::Tensor& d_hT_in,
+                                         const at::Tensor& d_cT_in, const at::Tensor& acts, const at::Tensor& cs,
+                                         const at::Tensor& tcs, const at::Tensor& ahat, const at::Tensor& rstd_a,
+                                         const at::Tensor& chat, const at::Tensor& rstd_c, const at::Tensor& xg_in,
+                                         const at::Tensor& stats_x, const at::Tensor& out, const at::Tensor& h0_in,
+                                         const at::Tensor& c0_in, const at::Tensor& w_hh_in,
+                                         const at::Tensor& gain_hh_in, const at::Tensor& gain_ih_in,
+                                         const at::Tensor& gain_c_in) {
+    const int64_t T_ = acts.size(0), B = acts.size(1), G = acts.size(2), H = G / 4;
+    const bool in_norm = gain_ih_in.numel() > 0;
+    auto opt = acts.options();
+    at::Tensor d_out = d_out_in.contiguous(), h0 = h0_in.contiguous(), c0 = c0_in.contiguous();
+    at::Tensor w_hh = w_hh_in.contiguous(), gain_hh = gain_hh_in.contiguous(), gain_c = gain_c_in.contiguous();
+    at::Tensor gain_ih = gain_ih_in.contiguous(), xg = in_norm ? xg_in.contiguous() : xg_in;
+    at::Tensor dX = at::empty({T_, B, G}, opt);
+    at::Tensor dA = at::empty({T_, B, G}, opt);   // gradient of a = W_hh h + b_hh
+    at::Tensor dP = in_norm ? at::empty({B, G}, opt) : at::empty({0}, opt);   // gradient of pre, one step
+    at::Tensor dh = d_hT_in.contiguous().clone();
+    at::Tensor dc = d_cT_in.contiguous().clone();
+    at::Tensor g_b_hh = at::zeros({G}, opt), g_gain_hh = at::zeros({G}, opt), g_gain_c = at::zeros({H}, opt), g_bias_c = at::zeros({H}, opt);
+    at::Tensor g_gain_ih = in_norm ? at::zeros({G}, opt) : at::empty({0}, opt);
+    at::Tensor g_bias_ih = in_norm ? at::zeros({G}, opt) : at::empty({0}, opt);
+    dispatch(acts.scalar_type(), [&](auto tag) {
+        using T = decltype(tag);
+        T* tmp = scratch<T>(static_cast<size_t>(2 * G));
+        T* xh = tmp + G;
+        const T* A = acts.data_ptr<T>();
+        const T* C = cs.data_ptr<T>();
+        const T* TC = tcs.data_ptr<T>();
+        const T* AH = ahat.data_ptr<T>();
+        const T* RA = rstd_a.data_ptr<T>();
+        const T* CH = chat.data_ptr<T>();
+        const T* RC = rstd_c.data_ptr<T>();
+        const T* XG = in_norm ? xg.data_ptr<T>() : nullptr;
+        const T* SX = in_norm ? stats_x.data_ptr<T>() : nullptr;
+        const T* dO = d_out.data_ptr<T>();
+        const T* w = w_hh.data_ptr<T>();
+        const T* ghh = gain_hh.data_ptr<T>();
+        const T* gih = in_norm ? gain_ih.data_ptr<T>() : nullptr;
+        const T* gc = gain_c.data_ptr<T>();
+        T* sb_hh = g_b_hh.data_ptr<T>();
+        T* sg_hh = g_gain_hh.data_ptr<T>();
+        T* sg_c = g_gain_c.data_ptr<T>();
+        T* sb_c = g_bias_c.data_ptr<T>();
+        T* sg_ih = in_norm ? g_gain_ih.data_ptr<T>() : nullptr;
+        T* sb_ih = in_norm ? g_bias_ih.data_ptr<T>() : nullptr;
+        T* dhc = dh.data_ptr<T>();
+        T* dcc = dc.data_ptr<T>();
+        for (int64_t t = T_ - 1; t >= 0; --t) {
+            const T* cprev = t > 0 ? C + (t - 1) * B * H : c0.data_ptr<T>();
+            T* da_t = dA.data_ptr<T>() + t * B * G;
+            for (int64_t b = 0; b < B; ++b) {
+                const int64_t row = t * B + b;
+                const T* a = A + row * G;
+                const T* tc = TC + row * H;
+                const T* ch = CH + row * H;
+                const T* cp = cprev + b * H;
+                const T* go = dO + row * H;
+                T* dp = in_norm ? dP.data_ptr<T>() + b * G : dX.data_ptr<T>() + row * G;   // d pre
+                T* dhb = dhc + b * H;
+                T* dcb = dcc + b * H;
+#pragma omp simd
+                for (int64_t j = 0; j < H; ++j) {
+                    const T o = a[3 * H + j], th = tc[j];
+                    const T dht = go[j] + dhb[j];
+                    dp[3 * H + j] = dht * th * o * (T(1) - o);
+                    const T dy = dht * o * (T(1) - th * th);   // d (gain_c LN(c) + bias_c)
+                    sg_c[j] += dy * ch[j];
+                    sb_c[j] += dy;
+                    tmp[j] = dy * gc[j];
+                }
+                norm_grad(tmp, ch, H, RC[row], tmp + H);   // d c' from the cell norm (tmp + H: H <= 3H free)
+                const T* dcn_ln = tmp + H;
+#pragma omp simd
+                for (int64_t j = 0; j < H; ++j) {
+                    const T i = a[j], f = a[H + j], g = a[2 * H + j];
+                    const T dcn = dcb[j] + dcn_ln[j];
+                    dp[j] = dcn * g * i * (T(1) - i);
+                    dp[H + j] = dcn * cp[j] * f * (T(1) - f);
+                    dp[2 * H + j] = dcn * i * (T(1) - g * g);
+                    dcb[j] = dcn * f;
+                }
+                const T* ah = AH + row * G;
+#pragma omp simd
+                for (int64_t n = 0; n < G; ++n) {
+                    sg_hh[n] += dp[n] * ah[n];
+                    tmp[n] = dp[n] * ghh[n];
+                }
+                T* da = da_t + b * G;
+                for (int64_t k = 0; k < 4; ++k) norm_grad(tmp + k * H, ah + k * H, H, RA[row * 4 + k], da + k * H);
+#pragma omp simd
+                for (int64_t n = 0; n < G; ++n) sb_hh[n] += da[n];
+                if (in_norm) {
+                    const T* xr = XG + row * G;
+                    const T* st = SX + row * 8;
+                    for (int64_t k = 0; k < 4; ++k) {
+                        const T m = st[2 * k], r = st[2 * k + 1];
+#pragma omp simd
+                        for (int64_t j = 0; j < H; ++j) xh[k * H + j] = (xr[k * H + j] - m) * r;
+                    }
+#pragma omp simd
+                    for (int64_t n = 0; n < G; ++n) {
+                        sg_ih[n] += dp[n] * xh[n];
+                        sb_ih[n] += dp[n];
+                        tmp[n] = dp[n] * gih[n];
+                    }
+                    T* dx = dX.data_ptr<T>() + row * G;
+                    for (int64_t k = 0; k < 4; ++k) norm_grad(tmp + k * H, xh + k * H, H, st[2 * k + 1], dx + k * H);
+                }
+            }
+            product(da_t, B, G, w, H, dhc, false);   // d h_{t-1} = dA_t W_hh
+        }
+    });
+    // d W_hh = sum_t dA_t^T h_{t-1}: step 0 with h0, the rest with out[:-1] (no concatenated copy)
+    at::Tensor dW = at::mm(dA[0].t(), h0);
+    if (T_ > 1)
+        dW.addmm_(dA.narrow(0, 1, T_ - 1).reshape({(T_ - 1) * B, G}).t(), out.narrow(0, 0, T_ - 1).reshape({(T_ - 1) * B, H}));
+    return {dX, dh, dc, dW, g_b_hh, g_gain_hh, g_gain_c, g_bias_c, g_gain_ih, g_bias_ih};
 }
 
 }  // namespace
@@ -608,4 +929,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("lstm_backward", &lstm_backward, "LSTM backward over a sequence");
     m.def("gru_forward", &gru_forward, "GRU forward over a sequence");
     m.def("gru_backward", &gru_backward, "GRU backward over a sequence");
+    m.def("lstm_ln_forward", &lstm_ln_forward, "layer-norm LSTM forward over a sequence");
+    m.def("lstm_ln_backward", &lstm_ln_backward, "layer-norm LSTM backward over a sequence");
+    m.def("set_gemm_rows", [](int64_t rows) { g_gemm_rows = rows; }, "batch from which products use sgemm");
+    m.def("gemm_rows", []() { return g_gemm_rows; }, "batch from which products use sgemm");
 }
