@@ -24,6 +24,9 @@ import torch
 
 from hybridrnn.data.text import atomic_write_text
 from hybridrnn.nn.hybrid import build_encoder
+from hybridrnn.train.allocator import keep_freed_memory
+
+ALLOCATOR = keep_freed_memory()   # as hybridrnn's training runs (train.keep_freed_memory), for every case alike
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: (batch, time, features, hidden): the ETTh1 comparison's shape (look-back 96, batch 64, hidden 64, 1 feature),
@@ -68,7 +71,8 @@ def measure(batch: int, steps: int, features: int, hidden: int, rounds: int, rep
 
 def render(meta: dict, rows: list[dict]) -> str:
     lines = ["# A hybrid against the sum of its blocks (issue 16: target at most 1.1x)", "",
-             f"Command: `{meta['command']}`  ", f"Date: {meta['date']}; torch {meta['torch']}, 1 thread, CPU "
+             f"Command: `{meta['command']}`  ", f"Allocator: {ALLOCATOR} (as in training runs)  ",
+             f"Date: {meta['date']}; torch {meta['torch']}, 1 thread, CPU "
              f"{meta['cpu']}; load average before / after {meta['load_before']} / {meta['load_after']}.  ",
              f"Training step = forward + backward; process CPU time, median of {meta['rounds']} interleaved rounds; "
              "ratios are medians of per-round ratios. Each block on the path `auto` picks (CPU: LSTM oneDNN, GRU "

@@ -49,14 +49,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hybridrnn.nn._scan import gru_scan, lstm_scan  # noqa: E402
 from hybridrnn.nn.cells import GRUParams, LSTMParams  # noqa: E402
 from hybridrnn.train.checkpoint import atomic_write_text  # noqa: E402
+from hybridrnn.train.allocator import keep_freed_memory  # noqa: E402
 from hybridrnn.train.environment import cpu_model  # noqa: E402
+
+ALLOCATOR = keep_freed_memory()   # as hybridrnn's training runs (train.keep_freed_memory), for every case alike
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # The clock: process CPU time by default (with one thread it leaves out the time the process waits for a core on
 # a shared machine, which wall time counts), or wall time (--clock wall).
 CLOCK = time.process_time
 SIZES = ((32, 128, 200), (1, 64, 200))              # (batch, hidden, steps)
-AUTO_GRID = ((1, 64, 200), (1, 128, 200), (32, 64, 200), (32, 128, 200))   # --auto-grid: path="auto"'s rule
+AUTO_GRID = ((1, 64, 200), (1, 128, 200), (8, 64, 200), (32, 64, 200), (32, 128, 200), (64, 128, 200))   # --auto-grid: path="auto"'s rule
 
 
 @dataclass
@@ -300,6 +303,7 @@ def render_markdown(meta: dict, rows: list[dict], step_rows: list[dict]) -> str:
     lines = ["# Recurrent layer speed (benchmarks/layers.py)", "",
              f"Command: `{meta['command']}`  ", f"Date: {meta['date']}  ",
              f"torch {meta['torch']}, {meta['threads']} threads, CPU: {meta['cpu']} ({meta['cpus']} cores)  ",
+             f"Allocator: {ALLOCATOR} (hybridrnn.train.allocator, as in training runs; every case alike)  ",
              f"Clock: {'process CPU time (leaves out time spent waiting for a core)' if meta['clock'] == 'cpu' else 'wall time'}  ",
              f"Load average before / after: {meta['load_before']} / {meta['load_after']}  ",
              f"Budget: {meta['budget']}  ",
@@ -363,12 +367,13 @@ def render_auto(meta: dict, table: list[dict]) -> str:
     worst = max(table, key=lambda r: r["choice_vs_faster"])
     lines = ["# path=\"auto\": the rule and its measurements", "",
              "Rule (`hybridrnn.nn.recurrent.auto_path` and `AUTO_COMPILED_LSTM_BATCH`, used when the options allow both paths): **on CPU a GRU runs "
-             "the custom scan (the compiled loop up to batch 16), an LSTM runs fused (oneDNN) except batches up to 8 in "
+             "the custom path (the compiled loop at every batch on up to 2 threads, up to batch 16 with more), an LSTM runs fused (oneDNN) except batches up to 4 in "
              "training and batch 1 in inference, which run the compiled custom loop; on a GPU both run fused "
              "(cuDNN).** A layer re-decides when it moves to another device; `repr` shows `path='custom' (auto)` "
              "and where the compiled loop runs; `layer.runs_path(batch, grad)` says which path a batch takes.", "",
              f"Command: `{meta['command']}`  ", f"Date: {meta['date']}  ",
              f"torch {meta['torch']}, {meta['threads']} thread(s), CPU: {meta['cpu']}, clock: {meta['clock']}  ",
+             f"Allocator: {ALLOCATOR} (hybridrnn.train.allocator, as in training runs; every case alike)  ",
              f"Load average before / after: {meta['load_before']} / {meta['load_after']}  ",
              f"Rounds: {meta['rounds']} interleaved; figures are medians over rounds of (time / torch.nn.LSTM or GRU "
              "time in the same round). `choice / faster`: the ratio of the path auto chose over the faster path's "

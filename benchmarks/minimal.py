@@ -31,6 +31,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # benchmarks/ helpers
 from _train import fit_in_memory  # noqa: E402
+from hybridrnn.train.allocator import keep_freed_memory  # noqa: E402
+
+ALLOCATOR = keep_freed_memory()   # as hybridrnn's training runs (train.keep_freed_memory), for every case alike
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -164,7 +167,7 @@ def report(speed_rows: list[dict], acc_rows: list[dict], runs: list[dict]) -> st
     made = "; ".join(f"`{r['command']}` ({r['part']}, {r['minutes']:.1f} minutes of wall time)" for r in runs)
     md = ["# minGRU and minLSTM against the GRU (issue 16, item 4)", "",
           f"Produced by {made} on a shared 2-core CPU machine (other processes running), one thread, torch "
-          f"{torch.__version__}, {platform.machine()}.", ""]
+          f"{torch.__version__}, {platform.machine()}; allocator (speed part): {ALLOCATOR}.", ""]
     if speed_rows:
         md += ["## Training step time (forward + backward), batch 32, input 128, hidden 128", "",
                "Median process CPU time of one step over interleaved rounds (shuffled order, after a warm-up); "

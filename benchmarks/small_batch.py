@@ -40,7 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hybridrnn.nn import _compiled  # noqa: E402
 from hybridrnn.nn.recurrent import GRU, LSTM  # noqa: E402
 from hybridrnn.train.checkpoint import atomic_write_text  # noqa: E402
+from hybridrnn.train.allocator import keep_freed_memory  # noqa: E402
 from hybridrnn.train.environment import cpu_model  # noqa: E402
+
+ALLOCATOR = keep_freed_memory()   # as hybridrnn's training runs (train.keep_freed_memory), for every case alike
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CLOCK = time.process_time
@@ -174,7 +177,8 @@ def bench_dispatch_check(max_batch: int, calls: int = 20000) -> float:
 
 def render(meta: dict, step_rows: list[dict], seq_rows: list[dict]) -> str:
     lines = ["# Small batches: compiled kernels vs oneDNN vs the pure-torch custom path", "",
-             f"Command: `{meta['command']}`", "",
+             f"Command: `{meta['command']}`", "", f"Allocator: {ALLOCATOR} (hybridrnn.train.allocator, as in "
+             "training runs; every case alike).", "",
              f"torch {meta['torch']}, {meta['threads']} thread, CPU {meta['cpu']}, {meta['date']}; load average "
              f"before {meta['load_before']}, after {meta['load_after']} (2 cores, shared with a 1-thread training "
              f"run; the benchmark ran under `nice -n 10`). Process CPU time, medians over {meta['rounds']} "

@@ -395,3 +395,44 @@ def test_auto_lstm_runs_small_batches_on_the_compiled_loop(kernels, monkeypatch)
     fused = LSTM(3, 5, path="fused").to(F64)                # asked for by name: never switched
     fused(torch.randn(1, 6, 3, dtype=F64))
     assert not calls
+
+
+def test_environment_records_the_paths_and_the_kernel_state(kernels, monkeypatch):
+    from hybridrnn.train.environment import collect_environment
+
+    model = nn.Sequential(LSTM(3, 4), GRU(4, 4))
+    env = collect_environment("cpu", model=model)
+    assert env["recurrent_paths"] == {"0": "fused", "1": "custom"}
+    assert env["compiled_kernel"] == "built"
+    monkeypatch.setenv(_compiled.ENV_DISABLE, "1")
+    assert collect_environment("cpu", model=model)["compiled_kernel"] == "disabled (HYBRIDRNN_NO_COMPILE)"
+
+
+@pytest.mark.parametrize("cls,options", [(LSTM, {}), (GRU, {}), (LSTM, {"layer_norm": True})])
+def test_bf16_matmuls_round_only_the_recurrent_weight_gradient(kernels, monkeypatch, cls, options):
+    """Inside bf16_matmuls (train.bf16) the compiled loop still runs, computes dW_hh in bf16 (within bf16
+    rounding of the float32 gradient, and not equal to it) and leaves every other value and gradient float32."""
+    from hybridrnn.nn import _scan
+
+    if not _scan._native_bf16():
+        pytest.skip("no native bf16 on this CPU: bf16_matmuls changes nothing")
+    torch.manual_seed(13)
+    layer = cls(6, 32, path="custom", **options)
+    calls = _count_calls(monkeypatch, "lstm_ln_sequence" if options else
+                         ("lstm_sequence" if cls is LSTM else "gru_sequence"))
+    x = torch.randn(4, 9, 6, requires_grad=True)
+    results = []
+    for low in (False, True):
+        with _scan.bf16_matmuls(low):
+            out, _ = layer(x)
+        grads = torch.autograd.grad(out.pow(2).sum(), [x, *layer.parameters()])
+        results.append((out, dict(zip(["x"] + [n for n, _ in layer.named_parameters()], grads))))
+    assert len(calls) == 2
+    (out32, g32), (out16, g16) = results
+    assert torch.equal(out32, out16)
+    for name in g32:
+        if name.startswith("weight_hh"):
+            assert not torch.equal(g32[name], g16[name])
+            assert (g16[name] - g32[name]).abs().max() <= 2 ** -8 * g32[name].abs().max()
+        else:
+            assert torch.equal(g32[name], g16[name]), name

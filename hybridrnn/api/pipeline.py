@@ -23,6 +23,7 @@ from hybridrnn.train.callbacks import (Callback, CheckpointCallback, CheckpointW
                                        GradualUnfreezing, NTASGD, ProgressCallback, TensorBoardCallback,
                                        written_path)
 from hybridrnn.train.distributed import init_distributed, resolve_device, shutdown_distributed
+from hybridrnn.train.allocator import keep_freed_memory
 from hybridrnn.train.environment import collect_environment
 from hybridrnn.train.plots import plot_learning_curve
 from hybridrnn.train.progress import Progress, make_progress, shown_metrics
@@ -186,6 +187,8 @@ def train_run(config: RunConfig | dict | str | Path | None = None, *, data: Any 
     if cfg.num_threads is not None:
         torch.set_num_threads(cfg.num_threads)
     device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
+    if cfg.keep_freed_memory and device.type == "cpu":
+        keep_freed_memory()
     dist = init_distributed(device)
     try:
         writes = dist.is_main

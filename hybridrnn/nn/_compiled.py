@@ -22,8 +22,9 @@ requires grad) and no dropout acts between layers; sequences without lengths (pa
 autograd (a double backward, ``create_graph=True``, differentiates the general loop of
 :mod:`hybridrnn.nn._scan`). Products of batches from 16 rows on use torch's sgemm when torch has more than one
 intra-op thread; everything else runs on one thread. Traced
-or exported calls (``torch.jit.trace``, dynamo / ``torch.export`` / ONNX), ``torch.func`` transforms and the
-scans' ``bf16_matmuls`` blocks run the pure-torch path. The kernels hold the GIL.
+or exported calls (``torch.jit.trace``, dynamo / ``torch.export`` / ONNX) and ``torch.func`` transforms run
+the pure-torch path. Inside the scans' ``bf16_matmuls`` blocks (``train.bf16``) the backward computes ``dW_hh``
+in bf16 like the scans; the recurrence stays float32. The kernels hold the GIL.
 """
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from hybridrnn.nn import _scan
+from hybridrnn.nn import _onednn, _scan
+from hybridrnn.nn._eager import plain_eager
 from hybridrnn.nn._scan import gru_loop, lstm_loop
 from hybridrnn.nn.cells import LN_EPS, GRUParams, LSTMParams
 
@@ -88,6 +90,16 @@ def kernels() -> Any:
         return None
     _build()
     return _module
+
+
+def status() -> str:
+    """One line for a run's environment: ``"built"``, ``"disabled (HYBRIDRNN_NO_COMPILE)"``, ``"failed: ..."`` or
+    ``"not built in this process"`` (nothing asked for it yet)."""
+    if disabled():
+        return f"disabled ({ENV_DISABLE})"
+    if not _tried:
+        return "not built in this process"
+    return "built" if _module is not None else f"failed: {_error}"
 
 
 def build_error() -> Optional[str]:
@@ -169,16 +181,10 @@ def _pip_ninja_dir() -> Optional[str]:
 # when the kernels apply
 # ----------------------------------------------------------------------------------------------------------
 
-_functorch_wrapped = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
-
-
 def _plain_eager(t: Tensor) -> bool:
-    """Whether ``t`` is a plain tensor in eager mode, whose memory the kernels may read: not traced
-    (``torch.jit.trace``, dynamo / ``torch.export`` / the ONNX exporter, where tensors are fake or symbolic), not
-    wrapped by a ``torch.func`` transform (``vmap``, ``grad``). Anything else runs the pure-torch path."""
-    if type(t) is not Tensor or torch.jit.is_tracing() or torch.compiler.is_compiling():
-        return False
-    return _functorch_wrapped is None or not _functorch_wrapped(t)
+    """Whether the kernels may read ``t``'s memory: :func:`hybridrnn.nn._eager.plain_eager`. Anything else runs
+    the pure-torch path."""
+    return plain_eager(t)
 
 
 def step_kernels(x_t: Tensor, state: Any, weights: list[Tensor]) -> Any:
@@ -209,13 +215,27 @@ def sequence_ok(xg: Tensor, h0: Tensor, w_hh: Tensor, max_batch: Optional[int] =
     return (_plain_eager(xg) and (max_batch is None or xg.shape[1] <= max_batch) and xg.device.type == "cpu"
             and xg.dtype in _FLOATS
             and h0.dtype == xg.dtype and w_hh.dtype == xg.dtype and w_hh.device.type == "cpu"
-            and not _bf16_matmuls_on() and kernels() is not None)
+            and kernels() is not None)
 
 
-def _bf16_matmuls_on() -> bool:
-    """Inside :func:`hybridrnn.nn._scan.bf16_matmuls` the scans run their matmuls in bf16 (``train.bf16``): the
-    sequence is left to them."""
-    return bool(getattr(getattr(_scan, "_LOW", None), "on", False))
+def _weight_mode(xg: Tensor, w_hh: Tensor) -> int:
+    """How the backward computes ``dW_hh`` (csrc ``weight_grad``): 1 in bf16 inside
+    :func:`hybridrnn.nn._scan.bf16_matmuls` (``train.bf16`` on a CPU with native bf16) on float32 tensors, as the
+    pure-torch scans do ("weight" in ``_scan.BF16_PARTS``; the per-step products stay float32 here, as they do
+    there by default); 2 here in Python on oneDNN (:func:`hybridrnn.nn._onednn.weight_grad`) for float32 where it
+    applies; else 0, ``at::mm`` in the kernel."""
+    if _scan._low(_scan._low_dtype(xg, w_hh), "weight") is not None:
+        return 1
+    return 2 if _onednn.applies(xg, w_hh, _onednn.MIN_ROWS) else 0
+
+
+def _finish_weight_grad(mode: int, d_w: Tensor, d_rec: Tensor, h0: Tensor, out: Tensor) -> Tensor:
+    """``dW_hh``: the kernel's, or (mode 2) ``d_rec^T @ [h0, out[:-1]]`` on oneDNN; d_rec ``(T, B, G*H)``."""
+    if mode != 2:
+        return d_w
+    T, B, H = out.shape
+    h_prev = torch.cat([h0.unsqueeze(0), out[:-1]], 0).view(T * B, H)     # (T*B, H): the state each step read
+    return _onednn.weight_grad(d_rec.reshape(T * B, -1), h_prev)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -297,6 +317,7 @@ class _LSTMSequence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, xg, h0, c0, w_hh):
         out, h_t, c_t, acts, cs, tcs = kernels().lstm_forward(xg, h0, c0, w_hh, True)
+        ctx.weight_mode = _weight_mode(xg, w_hh)
         ctx.save_for_backward(xg, h0, c0, w_hh, out, acts, cs, tcs)
         return out, h_t, c_t
 
@@ -306,7 +327,9 @@ class _LSTMSequence(torch.autograd.Function):
         if torch.is_grad_enabled():
             return _reference_grads(lambda *a: lstm_loop(a[0], a[1], a[2], LSTMParams(a[3])),
                                     (xg, h0, c0, w_hh), (d_out, d_h, d_c))
-        return tuple(kernels().lstm_backward(d_out, d_h, d_c, acts, cs, tcs, out, h0, c0, w_hh))
+        d_xg, d_h0, d_c0, d_w = kernels().lstm_backward(d_out, d_h, d_c, acts, cs, tcs, out, h0, c0, w_hh,
+                                                        ctx.weight_mode)
+        return d_xg, d_h0, d_c0, _finish_weight_grad(ctx.weight_mode, d_w, d_xg, h0, out)
 
 
 class _GRUSequence(torch.autograd.Function):
@@ -315,6 +338,7 @@ class _GRUSequence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, xg, h0, w_hh, b_hh):
         out, h_t, acts = kernels().gru_forward(xg, h0, w_hh, _bias_or_empty(b_hh, w_hh), True)
+        ctx.weight_mode = _weight_mode(xg, w_hh)
         ctx.save_for_backward(xg, h0, w_hh, b_hh, out, acts)
         return out, h_t
 
@@ -324,8 +348,9 @@ class _GRUSequence(torch.autograd.Function):
         if torch.is_grad_enabled():
             return _reference_grads(lambda *a: gru_loop(a[0], a[1], GRUParams(a[2], a[3])),
                                     (xg, h0, w_hh, b_hh), (d_out, d_h))
-        d_xg, d_h0, d_w, d_b = kernels().gru_backward(d_out, d_h, acts, out, h0, w_hh)
-        return d_xg, d_h0, d_w, (d_b if b_hh is not None else None)
+        d_xg, d_h0, d_w, d_b, d_rec = kernels().gru_backward(d_out, d_h, acts, out, h0, w_hh, ctx.weight_mode)
+        return (d_xg, d_h0, _finish_weight_grad(ctx.weight_mode, d_w, d_rec, h0, out),
+                d_b if b_hh is not None else None)
 
 
 class _LSTMLNSequence(torch.autograd.Function):
@@ -340,6 +365,7 @@ class _LSTMLNSequence(torch.autograd.Function):
         out, h_t, c_t, *saved = kernels().lstm_ln_forward(xg, h0, c0, w_hh, *(empty if v is None else v
                                                                                for v in given), LN_EPS, True)
         ctx.has = tuple(v is not None for v in given)
+        ctx.weight_mode = _weight_mode(xg, w_hh)
         ctx.save_for_backward(xg, h0, c0, w_hh, out, *(empty if v is None else v for v in given), *saved)
         return out, h_t, c_t
 
@@ -355,10 +381,11 @@ class _LSTMLNSequence(torch.autograd.Function):
             return _reference_grads(run, (xg, h0, c0, w_hh, *given), (d_out, d_h, d_c))
         acts, cs, tcs, ahat, rstd_a, chat, rstd_c, stats_x = saved
         empty = _empty(xg)
-        (d_xg, d_h0, d_c0, d_w, d_b, d_gain_hh, d_gain_c, d_bias_c, d_gain_ih,
-         d_bias_ih) = kernels().lstm_ln_backward(d_out, d_h, d_c, acts, cs, tcs, ahat, rstd_a, chat, rstd_c, xg,
+        (d_xg, d_h0, d_c0, d_w, d_b, d_gain_hh, d_gain_c, d_bias_c, d_gain_ih, d_bias_ih,
+         d_rec) = kernels().lstm_ln_backward(d_out, d_h, d_c, acts, cs, tcs, ahat, rstd_a, chat, rstd_c, xg,
                                                  stats_x, out, h0, c0, w_hh, gain_hh,
-                                                 empty if gain_ih is None else gain_ih, gain_c)
+                                                 empty if gain_ih is None else gain_ih, gain_c, ctx.weight_mode)
+        d_w = _finish_weight_grad(ctx.weight_mode, d_w, d_rec, h0, out)
         return (d_xg, d_h0, d_c0, d_w, d_b if b_hh is not None else None, d_gain_hh,
                 d_gain_ih if gain_ih is not None else None, d_bias_ih if bias_ih is not None else None,
                 d_gain_c, d_bias_c)

@@ -56,18 +56,24 @@ def auto_path(mode: str, device_type: str) -> str:
     thread, batch 1 and 32, hidden 64 and 128, 200 steps, training and inference): on CPU a GRU runs the custom
     scan, which is as fast as oneDNN's GRU in inference and faster in training at every point of the grid; an
     LSTM runs oneDNN, several times faster than the pure-torch custom scan at batch 1 and in inference. On a GPU
-    both run cuDNN (``"fused"``). Since the compiled small-batch loop (:mod:`hybridrnn.nn._compiled`), an
-    ``auto`` LSTM on the CPU still runs its small batches on the custom path (:data:`AUTO_COMPILED_LSTM_BATCH`,
-    :meth:`_RecurrentBase.runs_path`).
+    both run cuDNN (``"fused"``). Since the compiled loops (:mod:`hybridrnn.nn._compiled`) the custom GRU trains in
+    0.04-0.72x and infers in 0.11-0.65x ``nn.GRU``'s time (batch 1-64), and an ``auto`` LSTM on the CPU runs its
+    small batches on the custom path (:data:`AUTO_COMPILED_LSTM_BATCH`, :meth:`_RecurrentBase.runs_path`).
     """
     return "custom" if (mode == "GRU" and device_type == "cpu") else "fused"
 
 
 #: Under ``path="auto"`` a CPU LSTM runs batches up to this size on the compiled custom loop instead of oneDNN:
-#: (training, inference). Measured (``benchmarks/results/small_batch.md``, hidden 64, 200 steps, one thread): the
-#: compiled loop trains in 0.48x / 0.78x / 0.78x / 0.93x / 1.00x ``nn.LSTM``'s time at batch 1 / 2 / 4 / 8 / 16
-#: and infers in 0.73x at batch 1 but 1.19x at batch 2.
-AUTO_COMPILED_LSTM_BATCH = (8, 1)
+#: (training, inference). Measured (``benchmarks/results/small_batch.md`` and ``auto_path.md``, 200 steps, one
+#: thread): the compiled loop trains in 0.48-0.78x ``nn.LSTM``'s time at batch 1-4 but 0.93-1.14x at batch 8
+#: (hidden 64), and infers in 0.55-0.73x at batch 1 but 1.19x at batch 2.
+AUTO_COMPILED_LSTM_BATCH = (4, 1)
+
+#: Under ``path="auto"`` and CPU bf16 autocast (``train.bf16``) a training LSTM runs the compiled custom loop at
+#: every batch it takes (:func:`hybridrnn.nn._compiled.batch_limit`): its input projection and weight gradients
+#: run in bf16 there, while oneDNN's LSTM would run float32 (its bf16 kernel rounds the cell state to bf16 at every
+#: step). Measured 1.6-1.7x the float32 oneDNN LSTM's speed at B32 H128 T200 (``benchmarks/results/bf16.md``).
+AUTO_COMPILED_LSTM_BF16 = True
 
 
 def _check_options(name: str, mode: str, input_size: Any, hidden_size: Any, num_layers: Any, *, dropout: float,
@@ -267,22 +273,33 @@ class _RecurrentBase(nn.Module):
 
     def _small_batch_compiled(self, x: Tensor, full: bool) -> bool:
         """Whether this forward of an ``auto`` LSTM on the fused path runs the compiled custom loop instead
-        (:meth:`runs_path`): x ``(B, T, F)`` on the CPU in float32/64, eager, no padding, no autocast."""
-        return (full and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
-                and _compiled._plain_eager(x) and not torch.is_autocast_enabled("cpu")
-                and self._auto_small_batch(x.shape[0], torch.is_grad_enabled()))
+        (:meth:`runs_path`): x ``(B, T, F)`` on the CPU in float32/64, eager, no padding; without autocast, or
+        under bf16 autocast."""
+        if not (full and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+                and _compiled._plain_eager(x)):
+            return False
+        autocast = torch.is_autocast_enabled("cpu")
+        bf16 = autocast and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        return (not autocast or bf16) and self._auto_small_batch(x.shape[0], torch.is_grad_enabled(), bf16)
 
-    def _auto_small_batch(self, batch: int, grad: bool) -> bool:
+    def _auto_small_batch(self, batch: int, grad: bool, bf16: bool = False) -> bool:
         if self._path_request != "auto" or self.mode != "LSTM" or self.path != "fused" or not self._plain_cell:
             return False
-        return (batch <= AUTO_COMPILED_LSTM_BATCH[0 if grad else 1] and self._flat_weights()[0].device.type == "cpu"
-                and not _compiled.disabled() and _compiled.kernels() is not None)
+        if bf16 and grad and AUTO_COMPILED_LSTM_BF16:   # train.bf16: every batch the compiled loop takes
+            limit = _compiled.batch_limit()
+            fits = limit is None or batch <= limit
+        else:
+            fits = batch <= AUTO_COMPILED_LSTM_BATCH[0 if grad else 1]
+        return (fits and self._flat_weights()[0].device.type == "cpu" and not _compiled.disabled()
+                and _compiled.kernels() is not None)
 
-    def runs_path(self, batch: int, grad: bool) -> str:
+    def runs_path(self, batch: int, grad: bool, bf16: bool = False) -> str:
         """The path a forward of ``batch`` unpadded float sequences runs, ``grad`` telling whether autograd records
-        it (training) or not (inference): ``self.path``, except that an ``auto`` LSTM on the CPU runs small
-        batches (:data:`AUTO_COMPILED_LSTM_BATCH`) on the compiled custom loop, faster than oneDNN there."""
-        return "custom" if self.path == "custom" or self._auto_small_batch(batch, grad) else "fused"
+        it (training) or not (inference), ``bf16`` whether under CPU bf16 autocast (``train.bf16``):
+        ``self.path``, except that an ``auto`` LSTM on the CPU runs small batches
+        (:data:`AUTO_COMPILED_LSTM_BATCH`), and every batch in bf16 training, on the compiled custom loop, faster
+        than oneDNN there."""
+        return "custom" if self.path == "custom" or self._auto_small_batch(batch, grad, bf16) else "fused"
 
     def _zeros_state(self, x: Tensor, batch: int):
         rows = self.num_layers * self.num_directions

@@ -12,8 +12,10 @@ import numpy as np
 import torch
 
 from hybridrnn._version import __version__
+from hybridrnn.nn import _compiled
 from hybridrnn.nn.minimal import MinGRU, MinLSTM
 from hybridrnn.nn.recurrent import GRU, LSTM
+from hybridrnn.train import allocator
 from hybridrnn.train.trainer import bf16_supported
 
 
@@ -51,7 +53,8 @@ def recurrent_paths(model: torch.nn.Module) -> dict[str, str]:
 def collect_environment(device: torch.device | str, world_size: int = 1,
                         model: torch.nn.Module | None = None) -> dict[str, Any]:
     """Versions, threads, device, platform, command and git commit of this process; with ``model``, also the
-    path each of its recurrent layers runs (``recurrent_paths``)."""
+    path each of its recurrent layers runs (``recurrent_paths``) and the state of the compiled kernels
+    (``compiled_kernel``: built, disabled, failed with its reason, or not built)."""
     device = torch.device(device)
     env: dict[str, Any] = {
         "hybridrnn": __version__,
@@ -73,6 +76,8 @@ def collect_environment(device: torch.device | str, world_size: int = 1,
     }
     if model is not None:
         env["recurrent_paths"] = recurrent_paths(model)
+        env["compiled_kernel"] = _compiled.status()      # the C++ loops of the custom path (hybridrnn.nn._compiled)
+    env["allocator"] = allocator.state()                  # glibc thresholds (hybridrnn.train.allocator)
     if device.type == "cuda":
         env["cuda"] = torch.version.cuda
         env["gpu"] = torch.cuda.get_device_name(device)

@@ -203,6 +203,16 @@ T* scratch(size_t n) {
     return buf.data();
 }
 
+// d^T @ x over all rows, d (N, A), x (N, B) -> (A, B): a whole sequence's weight gradient in one matmul.
+// weight_mode 0: in d's dtype (at::mm); 1: both cast to bf16 first (torch's CPU bf16 matmul: float32 accumulation,
+// the result rounded to bf16 and returned in d's dtype), as hybridrnn.nn._scan._weight_grad does under
+// train.bf16; 2: not here (an empty tensor: the caller computes it from the returned gradient, on oneDNN).
+at::Tensor weight_grad(const at::Tensor& d, const at::Tensor& x, int64_t weight_mode) {
+    if (weight_mode == 2) return at::empty({0}, d.options());
+    if (weight_mode == 0) return at::mm(d.t(), x);
+    return at::mm(d.t().to(at::kBFloat16), x.to(at::kBFloat16)).to(d.scalar_type());
+}
+
 // ------------------------------------------------------------------------------------------------ gate maths
 // LSTM: gates (B, 4H) pre-activations -> h, c (B, H) in place of c; acts (B, 4H) activations and tc = tanh(c')
 // kept when not null.
@@ -476,11 +486,11 @@ std::vector<at::Tensor> lstm_forward(const at::Tensor& xg_in, const at::Tensor& 
     return {out, out[T_ - 1].clone(), c_T, acts, cs, tcs};
 }
 
-// LSTM backward: gradients of (out, h_T, c_T) -> (d xg (T, B, 4H), d h0, d c0, d w_hh).
+// LSTM backward: gradients of (out, h_T, c_T) -> (d xg (T, B, 4H), d h0, d c0, d w_hh (see weight_grad)).
 std::vector<at::Tensor> lstm_backward(const at::Tensor& d_out_in, const at::Tensor& d_hT_in, const at::Tensor& d_cT_in,
                                       const at::Tensor& acts, const at::Tensor& cs, const at::Tensor& tcs,
                                       const at::Tensor& out, const at::Tensor& h0_in, const at::Tensor& c0_in,
-                                      const at::Tensor& w_hh_in) {
+                                      const at::Tensor& w_hh_in, int64_t weight_mode) {
     const int64_t T_ = acts.size(0), B = acts.size(1), H = acts.size(2) / 4;
     at::Tensor d_out = d_out_in.contiguous(), h0 = h0_in.contiguous(), c0 = c0_in.contiguous();
     at::Tensor w_hh = w_hh_in.contiguous();
@@ -523,8 +533,10 @@ std::vector<at::Tensor> lstm_backward(const at::Tensor& d_out_in, const at::Tens
             product(dg, B, 4 * H, w, H, dhc, false);   // d h_{t-1} = dG_t W_hh
         }
     });
-    at::Tensor h_prev = at::cat({h0.unsqueeze(0), out.narrow(0, 0, T_ - 1)}, 0).view({T_ * B, H});
-    at::Tensor dW = at::mm(dG.view({T_ * B, 4 * H}).t(), h_prev);
+    at::Tensor dW = weight_mode == 2 ? weight_grad(dG, dG, 2)
+                                     : weight_grad(dG.view({T_ * B, 4 * H}),
+                                                   at::cat({h0.unsqueeze(0), out.narrow(0, 0, T_ - 1)}, 0)
+                                                       .view({T_ * B, H}), weight_mode);
     return {dG, dh, dc, dW};
 }
 
@@ -569,9 +581,11 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& xg_in, const at::Tensor& h
     return {out, out[T_ - 1].clone(), acts};
 }
 
-// GRU backward: gradients of (out, h_T) -> (d xg (T, B, 3H), d h0, d w_hh, d b_hh).
+// GRU backward: gradients of (out, h_T) -> (d xg (T, B, 3H), d h0, d w_hh (see weight_grad), d b_hh, and dR
+// (T, B, 3H), the gradient of W_hh h + b_hh).
 std::vector<at::Tensor> gru_backward(const at::Tensor& d_out_in, const at::Tensor& d_hT_in, const at::Tensor& acts,
-                                     const at::Tensor& out, const at::Tensor& h0_in, const at::Tensor& w_hh_in) {
+                                     const at::Tensor& out, const at::Tensor& h0_in, const at::Tensor& w_hh_in,
+                                     int64_t weight_mode) {
     const int64_t T_ = acts.size(0), B = acts.size(1), H = acts.size(2) / 4;
     at::Tensor d_out = d_out_in.contiguous(), h0 = h0_in.contiguous(), w_hh = w_hh_in.contiguous();
     at::Tensor dX = at::empty({T_, B, 3 * H}, acts.options());
@@ -613,9 +627,11 @@ std::vector<at::Tensor> gru_backward(const at::Tensor& d_out_in, const at::Tenso
             product(dr_t, B, 3 * H, w, H, dhc, true);   // d h_{t-1} += dR_t W_hh
         }
     });
-    at::Tensor h_prev = at::cat({h0.unsqueeze(0), out.narrow(0, 0, T_ - 1)}, 0).view({T_ * B, H});
     at::Tensor dRf = dR.view({T_ * B, 3 * H});
-    return {dX, dh, at::mm(dRf.t(), h_prev), dRf.sum(0)};
+    at::Tensor dW = weight_mode == 2 ? weight_grad(dRf, dRf, 2)
+                                     : weight_grad(dRf, at::cat({h0.unsqueeze(0), out.narrow(0, 0, T_ - 1)}, 0)
+                                                            .view({T_ * B, H}), weight_mode);
+    return {dX, dh, dW, dRf.sum(0), dR};
 }
 
 // ------------------------------------------------------------------------------------------------ layer norm
@@ -798,7 +814,8 @@ std::vector<at::Tensor> lstm_ln_forward(const at::Tensor& xg_in, const at::Tenso
 
 // Layer-norm LSTM backward, from lstm_ln_forward's saved tensors and the gradients of (out, h_T, c_T). Returns
 // (d xg (T, B, 4H), d h0, d c0, d w_hh (4H, H), d b_hh (4H), d gain_hh (4H), d gain_c (H), d bias_c (H),
-// d gain_ih (4H), d bias_ih (4H)); the last two empty without the input norm.
+// d gain_ih (4H), d bias_ih (4H), dA (T, B, 4H) the gradient of W_hh h + b_hh); d gain_ih and d bias_ih empty
+// without the input norm, d w_hh as weight_grad's mode says.
 std::vector<at::Tensor> lstm_ln_backward(const at::Tensor& d_out_in, const at::Tensor& d_hT_in,
                                          const at::Tensor& d_cT_in, const at::Tensor& acts, const at::Tensor& cs,
                                          const at::Tensor& tcs, const at::Tensor& ahat, const at::Tensor& rstd_a,
@@ -806,7 +823,7 @@ std::vector<at::Tensor> lstm_ln_backward(const at::Tensor& d_out_in, const at::T
                                          const at::Tensor& stats_x, const at::Tensor& out, const at::Tensor& h0_in,
                                          const at::Tensor& c0_in, const at::Tensor& w_hh_in,
                                          const at::Tensor& gain_hh_in, const at::Tensor& gain_ih_in,
-                                         const at::Tensor& gain_c_in) {
+                                         const at::Tensor& gain_c_in, int64_t weight_mode) {
     const int64_t T_ = acts.size(0), B = acts.size(1), G = acts.size(2), H = G / 4;
     const bool in_norm = gain_ih_in.numel() > 0;
     auto opt = acts.options();
@@ -912,11 +929,20 @@ std::vector<at::Tensor> lstm_ln_backward(const at::Tensor& d_out_in, const at::T
             product(da_t, B, G, w, H, dhc, false);   // d h_{t-1} = dA_t W_hh
         }
     });
-    // d W_hh = sum_t dA_t^T h_{t-1}: step 0 with h0, the rest with out[:-1] (no concatenated copy)
-    at::Tensor dW = at::mm(dA[0].t(), h0);
-    if (T_ > 1)
-        dW.addmm_(dA.narrow(0, 1, T_ - 1).reshape({(T_ - 1) * B, G}).t(), out.narrow(0, 0, T_ - 1).reshape({(T_ - 1) * B, H}));
-    return {dX, dh, dc, dW, g_b_hh, g_gain_hh, g_gain_c, g_bias_c, g_gain_ih, g_bias_ih};
+    // d W_hh = sum_t dA_t^T h_{t-1}: step 0 with h0, the rest with out[:-1] (no concatenated copy in float)
+    at::Tensor dW;
+    if (weight_mode != 0) {
+        dW = weight_mode == 2 ? weight_grad(dA, dA, 2)
+                              : weight_grad(dA.view({T_ * B, G}),
+                                            at::cat({h0.unsqueeze(0), out.narrow(0, 0, T_ - 1)}, 0).view({T_ * B, H}),
+                                            weight_mode);
+    } else {
+        dW = at::mm(dA[0].t(), h0);
+        if (T_ > 1)
+            dW.addmm_(dA.narrow(0, 1, T_ - 1).reshape({(T_ - 1) * B, G}).t(),
+                      out.narrow(0, 0, T_ - 1).reshape({(T_ - 1) * B, H}));
+    }
+    return {dX, dh, dc, dW, g_b_hh, g_gain_hh, g_gain_c, g_bias_c, g_gain_ih, g_bias_ih, dA};
 }
 
 }  // namespace
