@@ -3,8 +3,9 @@
 torch's float32 ``mm`` / ``linear`` on the CPU call MKL's sgemm, which on AMD CPUs runs a generic kernel. On this
 project's machines (AMD EPYC, one thread) the hoisted input projection ``(T*B, I) @ (I, G*H)`` at T*B = 6400,
 I = 128, G*H = 512 takes 9.4 ms in MKL (89 GFLOP/s) and 3.95 ms in oneDNN (213 GFLOP/s); its input gradient 10.3
-against 4.1 ms; a weight gradient ``d^T @ x`` over the 6400 rows 9.9 against 7.4 ms (oneDNN reads both operands
-transposed there); bit-for-bit the same sums is not promised, float32 rounding is (``benchmarks/results/layers.md``).
+against 4.1 ms; a weight gradient ``d^T @ x`` over the 6400 rows 9.4 against 5.0 ms (oneDNN reads both operands
+transposed there and copies its input: the smaller one is given as input). The sums are float32 like MKL's, in
+another order (differences of float32 rounding).
 oneDNN is what torch's own LSTM runs, and ``torch.ops.mkldnn._linear_pointwise`` is the op torch's compiler emits
 for CPU linear layers; it takes dense tensors and its own intra-op threads are torch's.
 
@@ -71,7 +72,7 @@ class _Linear(torch.autograd.Function):
                     d.sum(0) if needs[2] and ctx.has_bias else None)
         d = d.contiguous()
         dx = _product(d, w.t()) if needs[0] else None                  # (N, O) @ (O, I)
-        dw = _product(d.t(), x2.t()) if needs[1] else None             # (O, N) @ (N, I)
+        dw = _transposed_product(d, x2) if needs[1] else None           # (O, N) @ (N, I)
         db = d.sum(0) if needs[2] and ctx.has_bias else None
         return dx, dw, db
 
@@ -90,5 +91,13 @@ def weight_grad(d: Tensor, x: Tensor) -> Tensor:
     """``d^T @ x`` summed over the rows, d ``(N, A)``, x ``(N, B)`` -> ``(A, B)``: a whole sequence's weight
     gradient in one product (no graph: call it from a backward)."""
     if applies(x, d, d.shape[0]):
-        return _product(d.t(), x.t())
+        return _transposed_product(d, x)
     return d.t() @ x
+
+
+def _transposed_product(d: Tensor, x: Tensor) -> Tensor:
+    """``d^T @ x`` as ``(x^T @ d)^T``: oneDNN copies the transposed *input* into a contiguous buffer, so the smaller
+    operand goes there (5.0 against 6.8 ms for d (6400, 512), x (6400, 128)); contiguous ``(A, B)``."""
+    if d.shape[1] >= x.shape[1]:
+        return _product(x.t(), d.t()).t().contiguous()
+    return _product(d.t(), x.t())

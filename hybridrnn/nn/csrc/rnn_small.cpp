@@ -753,27 +753,32 @@ std::vector<at::Tensor> lstm_ln_forward(const at::Tensor& xg_in, const at::Tenso
                 const T* xr = x + row * G;
                 const T* ar = a + b * G;
                 T* ah = save ? ahat.data_ptr<T>() + row * G : ah_tmp;
-                T* xh = xh_tmp;
-                for (int64_t k = 0; k < 4; ++k) {
-                    const T ra = normalise(ar + k * H, H, eps, ah + k * H);
+                for (int64_t k = 0; k < 4; ++k) {    // per gate block: the stats, then one pass writes LN(a), pre
+                    const int64_t o = k * H;
+                    T ma, ra;
+                    row_stats(ar + o, H, eps, ma, ra);
                     if (save) rstd_a.data_ptr<T>()[row * 4 + k] = ra;
                     if (in_norm) {
-                        T m, r;
-                        row_stats(xr + k * H, H, eps, m, r);
-#pragma omp simd
-                        for (int64_t j = 0; j < H; ++j) xh[k * H + j] = (xr[k * H + j] - m) * r;
+                        T mx, rx;
+                        row_stats(xr + o, H, eps, mx, rx);
                         if (save) {
-                            stats_x.data_ptr<T>()[(row * 4 + k) * 2] = m;
-                            stats_x.data_ptr<T>()[(row * 4 + k) * 2 + 1] = r;
+                            stats_x.data_ptr<T>()[(row * 4 + k) * 2] = mx;
+                            stats_x.data_ptr<T>()[(row * 4 + k) * 2 + 1] = rx;
+                        }
+#pragma omp simd
+                        for (int64_t j = 0; j < H; ++j) {
+                            const T an = (ar[o + j] - ma) * ra;
+                            ah[o + j] = an;
+                            pre[o + j] = gih[o + j] * ((xr[o + j] - mx) * rx) + bih[o + j] + ghh[o + j] * an;
+                        }
+                    } else {
+#pragma omp simd
+                        for (int64_t j = 0; j < H; ++j) {
+                            const T an = (ar[o + j] - ma) * ra;
+                            ah[o + j] = an;
+                            pre[o + j] = xr[o + j] + ghh[o + j] * an;
                         }
                     }
-                }
-                if (in_norm) {
-#pragma omp simd
-                    for (int64_t n = 0; n < G; ++n) pre[n] = gih[n] * xh[n] + bih[n] + ghh[n] * ah[n];
-                } else {
-#pragma omp simd
-                    for (int64_t n = 0; n < G; ++n) pre[n] = xr[n] + ghh[n] * ah[n];
                 }
                 const T* cpb = cp + b * H;
                 T* cb = ct + b * H;
@@ -793,15 +798,20 @@ std::vector<at::Tensor> lstm_ln_forward(const at::Tensor& xg_in, const at::Tenso
                     }
                 }
                 T* ch = save ? chat.data_ptr<T>() + row * H : ch_tmp;
-                const T rc = normalise(cb, H, eps, ch);
+                T mc, rc;
+                row_stats(cb, H, eps, mc, rc);
                 if (save) rstd_c.data_ptr<T>()[row] = rc;
                 T* tcb = save ? tcs.data_ptr<T>() + row * H : nullptr;
                 T* hb = o + row * H;
 #pragma omp simd
                 for (int64_t j = 0; j < H; ++j) {
-                    const T th = tanh_s(gc[j] * ch[j] + bc[j]);
+                    const T cn = (cb[j] - mc) * rc;
+                    const T th = tanh_s(gc[j] * cn + bc[j]);
                     hb[j] = og[j] * th;
-                    if (save) tcb[j] = th;
+                    if (save) {
+                        ch[j] = cn;
+                        tcb[j] = th;
+                    }
                 }
             }
             hp = o + t * B * H;
@@ -877,7 +887,8 @@ std::vector<at::Tensor> lstm_ln_backward(const at::Tensor& d_out_in, const at::T
                 T* dp = in_norm ? dP.data_ptr<T>() + b * G : dX.data_ptr<T>() + row * G;   // d pre
                 T* dhb = dhc + b * H;
                 T* dcb = dcc + b * H;
-#pragma omp simd
+                T s1 = 0, s2 = 0;                     // the cell norm's input gradient: sums, then in the gates' pass
+#pragma omp simd reduction(+ : s1, s2)
                 for (int64_t j = 0; j < H; ++j) {
                     const T o = a[3 * H + j], th = tc[j];
                     const T dht = go[j] + dhb[j];
@@ -885,45 +896,66 @@ std::vector<at::Tensor> lstm_ln_backward(const at::Tensor& d_out_in, const at::T
                     const T dy = dht * o * (T(1) - th * th);   // d (gain_c LN(c) + bias_c)
                     sg_c[j] += dy * ch[j];
                     sb_c[j] += dy;
-                    tmp[j] = dy * gc[j];
+                    const T u = dy * gc[j];
+                    tmp[j] = u;
+                    s1 += u;
+                    s2 += u * ch[j];
                 }
-                norm_grad(tmp, ch, H, RC[row], tmp + H);   // d c' from the cell norm (tmp + H: H <= 3H free)
-                const T* dcn_ln = tmp + H;
+                const T rc = RC[row], m1 = s1 / static_cast<T>(H), m2 = s2 / static_cast<T>(H);
 #pragma omp simd
                 for (int64_t j = 0; j < H; ++j) {
                     const T i = a[j], f = a[H + j], g = a[2 * H + j];
-                    const T dcn = dcb[j] + dcn_ln[j];
+                    const T dcn = dcb[j] + rc * (tmp[j] - m1 - ch[j] * m2);
                     dp[j] = dcn * g * i * (T(1) - i);
                     dp[H + j] = dcn * cp[j] * f * (T(1) - f);
                     dp[2 * H + j] = dcn * i * (T(1) - g * g);
                     dcb[j] = dcn * f;
                 }
+                // recurrent norm, per gate block: one pass for the gain's gradient and the two sums of the input
+                // gradient (norm_grad), one to write it (dA) and sum the bias gradient
                 const T* ah = AH + row * G;
-#pragma omp simd
-                for (int64_t n = 0; n < G; ++n) {
-                    sg_hh[n] += dp[n] * ah[n];
-                    tmp[n] = dp[n] * ghh[n];
-                }
                 T* da = da_t + b * G;
-                for (int64_t k = 0; k < 4; ++k) norm_grad(tmp + k * H, ah + k * H, H, RA[row * 4 + k], da + k * H);
+                for (int64_t k = 0; k < 4; ++k) {
+                    const int64_t o = k * H;
+                    T s1 = 0, s2 = 0;
+#pragma omp simd reduction(+ : s1, s2)
+                    for (int64_t j = 0; j < H; ++j) {
+                        const T g = dp[o + j], u = g * ghh[o + j];
+                        sg_hh[o + j] += g * ah[o + j];
+                        tmp[o + j] = u;
+                        s1 += u;
+                        s2 += u * ah[o + j];
+                    }
+                    const T r = RA[row * 4 + k], m1 = s1 / static_cast<T>(H), m2 = s2 / static_cast<T>(H);
 #pragma omp simd
-                for (int64_t n = 0; n < G; ++n) sb_hh[n] += da[n];
-                if (in_norm) {
+                    for (int64_t j = 0; j < H; ++j) {
+                        const T v = r * (tmp[o + j] - m1 - ah[o + j] * m2);
+                        da[o + j] = v;
+                        sb_hh[o + j] += v;
+                    }
+                }
+                if (in_norm) {                        // input norm: LN(xg) recomputed from its saved stats
                     const T* xr = XG + row * G;
                     const T* st = SX + row * 8;
-                    for (int64_t k = 0; k < 4; ++k) {
-                        const T m = st[2 * k], r = st[2 * k + 1];
-#pragma omp simd
-                        for (int64_t j = 0; j < H; ++j) xh[k * H + j] = (xr[k * H + j] - m) * r;
-                    }
-#pragma omp simd
-                    for (int64_t n = 0; n < G; ++n) {
-                        sg_ih[n] += dp[n] * xh[n];
-                        sb_ih[n] += dp[n];
-                        tmp[n] = dp[n] * gih[n];
-                    }
                     T* dx = dX.data_ptr<T>() + row * G;
-                    for (int64_t k = 0; k < 4; ++k) norm_grad(tmp + k * H, xh + k * H, H, st[2 * k + 1], dx + k * H);
+                    for (int64_t k = 0; k < 4; ++k) {
+                        const int64_t o = k * H;
+                        const T m = st[2 * k], r = st[2 * k + 1];
+                        T s1 = 0, s2 = 0;
+#pragma omp simd reduction(+ : s1, s2)
+                        for (int64_t j = 0; j < H; ++j) {
+                            const T g = dp[o + j], xn = (xr[o + j] - m) * r, u = g * gih[o + j];
+                            xh[o + j] = xn;
+                            sg_ih[o + j] += g * xn;
+                            sb_ih[o + j] += g;
+                            tmp[o + j] = u;
+                            s1 += u;
+                            s2 += u * xn;
+                        }
+                        const T m1 = s1 / static_cast<T>(H), m2 = s2 / static_cast<T>(H);
+#pragma omp simd
+                        for (int64_t j = 0; j < H; ++j) dx[o + j] = r * (tmp[o + j] - m1 - xh[o + j] * m2);
+                    }
                 }
             }
             product(da_t, B, G, w, H, dhc, false);   // d h_{t-1} = dA_t W_hh
