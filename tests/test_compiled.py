@@ -436,3 +436,26 @@ def test_bf16_matmuls_round_only_the_recurrent_weight_gradient(kernels, monkeypa
             assert (g16[name] - g32[name]).abs().max() <= 2 ** -8 * g32[name].abs().max()
         else:
             assert torch.equal(g32[name], g16[name]), name
+
+
+def test_auto_lstm_rule_follows_hidden_size_and_bf16_training(kernels, monkeypatch):
+    """Above AUTO_COMPILED_LSTM_HIDDEN an auto LSTM keeps oneDNN at batch 1; under CPU bf16 autocast a training
+    batch of any size runs the compiled loop (oneDNN's bf16 LSTM would round the cell state), inference stays."""
+    from hybridrnn.nn import _scan
+    from hybridrnn.nn.recurrent import AUTO_COMPILED_LSTM_HIDDEN
+
+    wide = LSTM(3, AUTO_COMPILED_LSTM_HIDDEN + 1)
+    assert wide.runs_path(1, grad=True) == "fused" and wide.runs_path(1, grad=False) == "fused"
+    assert wide.runs_path(32, grad=True, bf16=True) == "custom"
+    assert wide.runs_path(32, grad=False, bf16=True) == "fused"
+    if not _scan._native_bf16():
+        return
+    calls = _count_calls(monkeypatch, "lstm_sequence")
+    x = torch.randn(32, 5, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = wide(x)
+    out.float().sum().backward()
+    assert len(calls) == 1 and wide.weight_hh_l0.grad is not None
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        wide(x)
+    assert len(calls) == 1

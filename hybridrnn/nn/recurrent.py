@@ -63,11 +63,14 @@ def auto_path(mode: str, device_type: str) -> str:
     return "custom" if (mode == "GRU" and device_type == "cpu") else "fused"
 
 
-#: Under ``path="auto"`` a CPU LSTM runs batches up to this size on the compiled custom loop instead of oneDNN:
-#: (training, inference). Measured (``benchmarks/results/small_batch.md`` and ``auto_path.md``, 200 steps, one
-#: thread): the compiled loop trains in 0.48-0.78x ``nn.LSTM``'s time at batch 1-4 but 0.93-1.14x at batch 8
-#: (hidden 64), and infers in 0.55-0.73x at batch 1 but 1.19x at batch 2.
-AUTO_COMPILED_LSTM_BATCH = (4, 1)
+#: Under ``path="auto"`` a CPU LSTM of hidden size at most :data:`AUTO_COMPILED_LSTM_HIDDEN` runs batches up to this
+#: size on the compiled custom loop instead of oneDNN: (training, inference). Measured (``python
+#: benchmarks/layers.py --auto-grid``, ``benchmarks/results/auto_path.md``, 200 steps, one thread, in the same
+#: rounds): hidden 64, the compiled loop trains in 0.76x / 0.88x ``nn.LSTM``'s time at batch 1 / 8 against
+#: oneDNN's 0.94x / 0.96x and infers in 0.94x at batch 1 against 0.99x, but 1.21x against 1.00x at batch 8; at
+#: hidden 128, batch 1, it is 1.12x (training) and 1.17x (inference) where oneDNN is 0.99x / 1.00x.
+AUTO_COMPILED_LSTM_BATCH = (8, 1)
+AUTO_COMPILED_LSTM_HIDDEN = 64
 
 #: Under ``path="auto"`` and CPU bf16 autocast (``train.bf16``) a training LSTM runs the compiled custom loop at
 #: every batch it takes (:func:`hybridrnn.nn._compiled.batch_limit`): its input projection and weight gradients
@@ -289,16 +292,16 @@ class _RecurrentBase(nn.Module):
             limit = _compiled.batch_limit()
             fits = limit is None or batch <= limit
         else:
-            fits = batch <= AUTO_COMPILED_LSTM_BATCH[0 if grad else 1]
+            fits = batch <= AUTO_COMPILED_LSTM_BATCH[0 if grad else 1] and self.hidden_size <= AUTO_COMPILED_LSTM_HIDDEN
         return (fits and self._flat_weights()[0].device.type == "cpu" and not _compiled.disabled()
                 and _compiled.kernels() is not None)
 
     def runs_path(self, batch: int, grad: bool, bf16: bool = False) -> str:
         """The path a forward of ``batch`` unpadded float sequences runs, ``grad`` telling whether autograd records
         it (training) or not (inference), ``bf16`` whether under CPU bf16 autocast (``train.bf16``):
-        ``self.path``, except that an ``auto`` LSTM on the CPU runs small batches
-        (:data:`AUTO_COMPILED_LSTM_BATCH`), and every batch in bf16 training, on the compiled custom loop, faster
-        than oneDNN there."""
+        ``self.path``, except that an ``auto`` LSTM on the CPU runs small batches of a small hidden size
+        (:data:`AUTO_COMPILED_LSTM_BATCH`, :data:`AUTO_COMPILED_LSTM_HIDDEN`), and every batch in bf16 training, on
+        the compiled custom loop, faster than oneDNN there."""
         return "custom" if self.path == "custom" or self._auto_small_batch(batch, grad, bf16) else "fused"
 
     def _zeros_state(self, x: Tensor, batch: int):
@@ -611,7 +614,8 @@ class _RecurrentBase(nn.Module):
             where = "step(), sequences" + ("" if limit is None else f" batch<={limit}")
         elif self._path_request == "auto" and self.mode == "LSTM":
             train, infer = AUTO_COMPILED_LSTM_BATCH
-            where = f"step(), custom at batch<={train} training / batch<={infer} inference"
+            where = (f"step(), custom at batch<={train} training / batch<={infer} inference"
+                     if self.hidden_size <= AUTO_COMPILED_LSTM_HIDDEN else "step(), custom in bf16 training")
         else:
             where = "step()"
         return [f"compiled={where!r}"]
