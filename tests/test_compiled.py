@@ -146,7 +146,7 @@ def test_float32_close_to_torch(kernels, cls):
 
 @pytest.mark.parametrize("cls,options", [
     (LSTM, {"coupled": True}), (GRU, {"reset_after": False}),
-    (GRU, {"layer_norm": True}), (LSTM, {"recurrent_dropout": 0.3})])
+    (GRU, {"layer_norm": True})])
 def test_options_the_kernels_lack_fall_back(kernels, monkeypatch, cls, options):
     layer = cls(3, 4, **options).to(F64)
     seq_calls = _count_calls(monkeypatch, "lstm_sequence" if cls is LSTM else "gru_sequence")
@@ -155,8 +155,7 @@ def test_options_the_kernels_lack_fall_back(kernels, monkeypatch, cls, options):
     with torch.no_grad():
         layer.step(torch.randn(2, 3, dtype=F64))
     assert not seq_calls
-    # recurrent dropout acts only in training: in eval mode the plain cell runs the compiled loop
-    assert ("compiled=" in repr(layer)) == ("recurrent_dropout" in options)
+    assert "compiled=" not in repr(layer)
 
 
 @pytest.mark.parametrize("cls", [LSTM, GRU])
@@ -459,3 +458,33 @@ def test_auto_lstm_rule_follows_hidden_size_and_bf16_training(kernels, monkeypat
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         wide(x)
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("cls", [LSTM, GRU])
+def test_recurrent_dropout_runs_the_compiled_loop_with_the_fallback_results(kernels, monkeypatch, cls):
+    """Variational recurrent dropout (one mask per sequence, multiplied into h where it enters W_hh) in the
+    compiled loop: values and every gradient equal the pure-torch scan's with the same mask (float64, 1e-10),
+    through the kernel's own weight gradient and through the oneDNN one."""
+    layer = cls(3, 5, 2, recurrent_dropout=0.4, path="custom").to(F64)
+    calls = _count_calls(monkeypatch, "lstm_sequence" if cls is LSTM else "gru_sequence")
+    x = torch.randn(_compiled.MAX_BATCH + 2, 6, 3, dtype=F64, requires_grad=True)
+    results = []
+    for env in ("0", "1"):
+        monkeypatch.setenv(_compiled.ENV_DISABLE, env)
+        torch.manual_seed(21)                       # the same masks on both paths
+        out, _ = layer(x)
+        results.append((out, *torch.autograd.grad(out.pow(2).sum(), [x, *layer.parameters()])))
+    assert len(calls) == 2                          # one per layer, compiled run only
+    assert _max_diff(results[0], results[1]) < 1e-10
+    assert not torch.equal(results[0][0], layer.eval()(x)[0])    # the mask did act in training
+    layer.train()
+    monkeypatch.setenv(_compiled.ENV_DISABLE, "0")
+    x32 = x.detach().float()
+    layer32 = layer.float()
+    outs = []
+    for mode in (2, 0):                             # oneDNN weight gradient, then the kernel's at::mm
+        monkeypatch.setattr(_compiled, "_weight_mode", lambda xg, w, m=mode: m)
+        torch.manual_seed(22)
+        out, _ = layer32(x32)
+        outs.append(torch.autograd.grad(out.pow(2).sum(), [layer32.weight_hh_l0])[0])
+    assert (outs[0] - outs[1]).abs().max() < 1e-4 * outs[1].abs().max()

@@ -17,8 +17,8 @@ What runs here (the layers in :mod:`hybridrnn.nn.recurrent` decide, with :func:`
 :func:`sequence_ok`): the plain cells, i.e. the LSTM without ``coupled``/``layer_norm`` and the GRU in
 torch's ``reset_after`` form without ``layer_norm``, and the layer-norm LSTM (sequences only), on the CPU in
 float32 or float64; ``step()`` of a plain cell when autograd need not record it (grad mode off, or nothing
-requires grad) and no dropout acts between layers; sequences without lengths (padding masks) or
-``recurrent_dropout`` (plain cells up to :func:`batch_limit` sequences, the layer-norm LSTM at any batch), with
+requires grad) and no dropout acts between layers; sequences without lengths (padding masks), plain cells with
+``recurrent_dropout`` too (up to :func:`batch_limit` sequences, the layer-norm LSTM at any batch), with
 autograd (a double backward, ``create_graph=True``, differentiates the general loop of
 :mod:`hybridrnn.nn._scan`). Products of batches from 16 rows on use torch's sgemm when torch has more than one
 intra-op thread; everything else runs on one thread. Traced
@@ -229,13 +229,17 @@ def _weight_mode(xg: Tensor, w_hh: Tensor) -> int:
     return 2 if _onednn.applies(xg, w_hh, _onednn.MIN_ROWS) else 0
 
 
-def _finish_weight_grad(mode: int, d_w: Tensor, d_rec: Tensor, h0: Tensor, out: Tensor) -> Tensor:
-    """``dW_hh``: the kernel's, or (mode 2) ``d_rec^T @ [h0, out[:-1]]`` on oneDNN; d_rec ``(T, B, G*H)``."""
+def _finish_weight_grad(mode: int, d_w: Tensor, d_rec: Tensor, h0: Tensor, out: Tensor,
+                        h_mask: Optional[Tensor] = None) -> Tensor:
+    """``dW_hh``: the kernel's, or (mode 2) ``d_rec^T @ ([h0, out[:-1]] * h_mask)`` on oneDNN; d_rec
+    ``(T, B, G*H)``, h_mask ``(B, H)`` or None."""
     if mode != 2:
         return d_w
     T, B, H = out.shape
-    h_prev = torch.cat([h0.unsqueeze(0), out[:-1]], 0).view(T * B, H)     # (T*B, H): the state each step read
-    return _onednn.weight_grad(d_rec.reshape(T * B, -1), h_prev)
+    h_prev = torch.cat([h0.unsqueeze(0), out[:-1]], 0)                    # (T, B, H): the state each step read
+    if h_mask is not None:
+        h_prev.mul_(h_mask)
+    return _onednn.weight_grad(d_rec.reshape(T * B, -1), h_prev.view(T * B, H))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -246,23 +250,32 @@ def _needs_graph(*tensors: Optional[Tensor]) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def lstm_sequence(xg: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def lstm_sequence(xg: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor,
+                  h_mask: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
     """The LSTM recurrence over a sequence (plain cell): xg ``(T, B, 4H)`` the input projection with both biases,
-    h0, c0 ``(B, H)``, w_hh ``(4H, H)`` -> ``out (T, B, H)``, ``h_T``, ``c_T`` ``(B, H)``. Same contract as
-    :func:`hybridrnn.nn._scan.lstm_scan` without options; gradients to all four inputs."""
+    h0, c0 ``(B, H)``, w_hh ``(4H, H)``, h_mask ``(B, H)`` (variational recurrent dropout, a constant) or None ->
+    ``out (T, B, H)``, ``h_T``, ``c_T`` ``(B, H)``. Same contract as :func:`hybridrnn.nn._scan.lstm_scan` without
+    options; gradients to the four tensors."""
     if _needs_graph(xg, h0, c0, w_hh):
-        return _LSTMSequence.apply(xg, h0, c0, w_hh)
-    out, h_t, c_t = kernels().lstm_forward(xg, h0, c0, w_hh, False)[:3]
+        return _LSTMSequence.apply(xg, h0, c0, w_hh, h_mask)
+    out, h_t, c_t = kernels().lstm_forward(xg, h0, c0, w_hh, _mask_or_empty(h_mask, xg), False)[:3]
     return out, h_t, c_t
 
 
-def gru_sequence(xg: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+def _mask_or_empty(h_mask: Optional[Tensor], like: Tensor) -> Tensor:
+    return like.new_empty(0) if h_mask is None else h_mask
+
+
+def gru_sequence(xg: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor],
+                 h_mask: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
     """The GRU recurrence over a sequence (torch's reset-after form): xg ``(T, B, 3H)`` the input projection
-    ``W_ih x + b_ih``, h0 ``(B, H)``, w_hh ``(3H, H)``, b_hh ``(3H,)`` or None -> ``out (T, B, H)``, ``h_T``.
-    Same contract as :func:`hybridrnn.nn._scan.gru_scan` without options; gradients to all inputs."""
+    ``W_ih x + b_ih``, h0 ``(B, H)``, w_hh ``(3H, H)``, b_hh ``(3H,)`` or None, h_mask ``(B, H)`` (multiplied into
+    h where it enters ``W_hh``; a constant) or None -> ``out (T, B, H)``, ``h_T``. Same contract as
+    :func:`hybridrnn.nn._scan.gru_scan` without options; gradients to the tensors but the mask."""
     if _needs_graph(xg, h0, w_hh, b_hh):
-        return _GRUSequence.apply(xg, h0, w_hh, b_hh)
-    out, h_t = kernels().gru_forward(xg, h0, w_hh, _bias_or_empty(b_hh, w_hh), False)[:2]
+        return _GRUSequence.apply(xg, h0, w_hh, b_hh, h_mask)
+    out, h_t = kernels().gru_forward(xg, h0, w_hh, _bias_or_empty(b_hh, w_hh), _mask_or_empty(h_mask, xg),
+                                     False)[:2]
     return out, h_t
 
 
@@ -315,42 +328,46 @@ class _LSTMSequence(torch.autograd.Function):
     """Whole-sequence LSTM: forward keeps the gate activations, cells and their tanh; backward in C++."""
 
     @staticmethod
-    def forward(ctx, xg, h0, c0, w_hh):
-        out, h_t, c_t, acts, cs, tcs = kernels().lstm_forward(xg, h0, c0, w_hh, True)
+    def forward(ctx, xg, h0, c0, w_hh, h_mask):
+        mask = _mask_or_empty(h_mask, xg)
+        out, h_t, c_t, acts, cs, tcs = kernels().lstm_forward(xg, h0, c0, w_hh, mask, True)
         ctx.weight_mode = _weight_mode(xg, w_hh)
-        ctx.save_for_backward(xg, h0, c0, w_hh, out, acts, cs, tcs)
+        ctx.save_for_backward(xg, h0, c0, w_hh, out, acts, cs, tcs, mask)
         return out, h_t, c_t
 
     @staticmethod
     def backward(ctx, d_out, d_h, d_c):
-        xg, h0, c0, w_hh, out, acts, cs, tcs = ctx.saved_tensors
+        xg, h0, c0, w_hh, out, acts, cs, tcs, mask = ctx.saved_tensors
+        h_mask = mask if mask.numel() else None
         if torch.is_grad_enabled():
-            return _reference_grads(lambda *a: lstm_loop(a[0], a[1], a[2], LSTMParams(a[3])),
-                                    (xg, h0, c0, w_hh), (d_out, d_h, d_c))
-        d_xg, d_h0, d_c0, d_w = kernels().lstm_backward(d_out, d_h, d_c, acts, cs, tcs, out, h0, c0, w_hh,
+            return _reference_grads(lambda *a: lstm_loop(a[0], a[1], a[2], LSTMParams(a[3]), h_mask=h_mask),
+                                    (xg, h0, c0, w_hh), (d_out, d_h, d_c)) + (None,)
+        d_xg, d_h0, d_c0, d_w = kernels().lstm_backward(d_out, d_h, d_c, acts, cs, tcs, out, h0, c0, w_hh, mask,
                                                         ctx.weight_mode)
-        return d_xg, d_h0, d_c0, _finish_weight_grad(ctx.weight_mode, d_w, d_xg, h0, out)
+        return d_xg, d_h0, d_c0, _finish_weight_grad(ctx.weight_mode, d_w, d_xg, h0, out, h_mask), None
 
 
 class _GRUSequence(torch.autograd.Function):
     """Whole-sequence GRU: forward keeps ``(r, z, n, W_hn h + b_hn)``; backward in C++."""
 
     @staticmethod
-    def forward(ctx, xg, h0, w_hh, b_hh):
-        out, h_t, acts = kernels().gru_forward(xg, h0, w_hh, _bias_or_empty(b_hh, w_hh), True)
+    def forward(ctx, xg, h0, w_hh, b_hh, h_mask):
+        mask = _mask_or_empty(h_mask, xg)
+        out, h_t, acts = kernels().gru_forward(xg, h0, w_hh, _bias_or_empty(b_hh, w_hh), mask, True)
         ctx.weight_mode = _weight_mode(xg, w_hh)
-        ctx.save_for_backward(xg, h0, w_hh, b_hh, out, acts)
+        ctx.save_for_backward(xg, h0, w_hh, b_hh, out, acts, mask)
         return out, h_t
 
     @staticmethod
     def backward(ctx, d_out, d_h):
-        xg, h0, w_hh, b_hh, out, acts = ctx.saved_tensors
+        xg, h0, w_hh, b_hh, out, acts, mask = ctx.saved_tensors
+        h_mask = mask if mask.numel() else None
         if torch.is_grad_enabled():
-            return _reference_grads(lambda *a: gru_loop(a[0], a[1], GRUParams(a[2], a[3])),
-                                    (xg, h0, w_hh, b_hh), (d_out, d_h))
-        d_xg, d_h0, d_w, d_b, d_rec = kernels().gru_backward(d_out, d_h, acts, out, h0, w_hh, ctx.weight_mode)
-        return (d_xg, d_h0, _finish_weight_grad(ctx.weight_mode, d_w, d_rec, h0, out),
-                d_b if b_hh is not None else None)
+            return _reference_grads(lambda *a: gru_loop(a[0], a[1], GRUParams(a[2], a[3]), h_mask=h_mask),
+                                    (xg, h0, w_hh, b_hh), (d_out, d_h)) + (None,)
+        d_xg, d_h0, d_w, d_b, d_rec = kernels().gru_backward(d_out, d_h, acts, out, h0, w_hh, mask, ctx.weight_mode)
+        return (d_xg, d_h0, _finish_weight_grad(ctx.weight_mode, d_w, d_rec, h0, out, h_mask),
+                d_b if b_hh is not None else None, None)
 
 
 class _LSTMLNSequence(torch.autograd.Function):

@@ -594,10 +594,12 @@ class _RecurrentBase(nn.Module):
 
     def _compiled_sequence_ok(self, xg: Tensor, h0: Tensor, mask, h_mask) -> bool:
         """Whether one layer and direction's recurrence runs the compiled loop instead of the pure-torch scan: no
-        padding mask or recurrent dropout, and :func:`hybridrnn.nn._compiled.sequence_ok` (CPU, float32/64,
+        padding mask, no recurrent dropout for the layer-norm LSTM, and :func:`hybridrnn.nn._compiled.sequence_ok` (CPU, float32/64,
         kernel built); a plain cell up to ``_compiled.batch_limit()`` sequences, a layer-norm LSTM at any batch."""
-        if mask is not None or h_mask is not None or not (self._plain_cell or self._compiled_layer_norm):
+        if mask is not None or not (self._plain_cell or self._compiled_layer_norm):
             return False
+        if h_mask is not None and (self._compiled_layer_norm or h_mask.requires_grad):
+            return False                             # the layer-norm kernel has no recurrent dropout
         return _compiled.sequence_ok(xg, h0, self._p(0, 0, "weight_hh"),
                                      max_batch=None if self._compiled_layer_norm else -1)
 
@@ -719,7 +721,7 @@ class LSTM(_RecurrentBase):
                 if _compiled.ln_sequence_ok(p):
                     return _compiled.lstm_ln_sequence(xg, h0, c0, p)
             elif p.b_hh is None:                                                      # b_hh folded into xg
-                return _compiled.lstm_sequence(xg, h0, c0, p.w_hh)
+                return _compiled.lstm_sequence(xg, h0, c0, p.w_hh, h_mask)
         return lstm_scan(xg, h0, c0, p, mask=mask, h_mask=h_mask)
 
     def step(self, x_t: Tensor, state: Optional[LSTMState] = None) -> tuple[Tensor, LSTMState]:
@@ -802,7 +804,7 @@ class GRU(_RecurrentBase):
     def _recurrence(self, xg, h0, c0, layer, d, mask, h_mask):
         p = self._cell_params(layer, d)
         if self._compiled_sequence_ok(xg, h0, mask, h_mask):
-            out, h = _compiled.gru_sequence(xg, h0, p.w_hh, p.b_hh)
+            out, h = _compiled.gru_sequence(xg, h0, p.w_hh, p.b_hh, h_mask)
         else:
             out, h = gru_scan(xg, h0, p, mask=mask, h_mask=h_mask)
         return out, h, None

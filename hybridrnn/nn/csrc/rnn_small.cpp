@@ -196,6 +196,20 @@ void product(const T* in, int64_t B, int64_t K, const T* M, int64_t N, T* out, b
     mv_axpy(in, B, K, M, N, out);
 }
 
+// h_mask: (B, H) variational recurrent dropout (the same mask every step, multiplied into h where it enters the
+// recurrent product), or an empty tensor for none.
+void check_mask(const at::Tensor& m, const at::Tensor& h0) {
+    TORCH_CHECK(!m.numel() || (m.sizes() == h0.sizes() && m.device().is_cpu() && m.scalar_type() == h0.scalar_type()),
+                "hybridrnn compiled sequence: h_mask must be like h0 ", h0.sizes(), ", got ", m.sizes());
+}
+
+// out = h * m, row by row (B, H).
+template <typename T>
+inline void masked(const T* h, const T* m, int64_t n, T* out) {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) out[j] = h[j] * m[j];
+}
+
 template <typename T>
 T* scratch(size_t n) {
     thread_local std::vector<T> buf;
@@ -210,7 +224,15 @@ T* scratch(size_t n) {
 at::Tensor weight_grad(const at::Tensor& d, const at::Tensor& x, int64_t weight_mode) {
     if (weight_mode == 2) return at::empty({0}, d.options());
     if (weight_mode == 0) return at::mm(d.t(), x);
-    return at::mm(d.t().to(at::kBFloat16), x.to(at::kBFloat16)).to(d.scalar_type());
+    return at::mm(d.to(at::kBFloat16).t(), x.to(at::kBFloat16)).to(d.scalar_type());   // cast, then the view
+}
+
+// (T*B, H): the state each step multiplied, [h0, out[:-1]] (* h_mask).
+at::Tensor masked_prev(const at::Tensor& h0, const at::Tensor& out, const at::Tensor& h_mask) {
+    const int64_t T_ = out.size(0), B = out.size(1), H = out.size(2);
+    at::Tensor prev = at::cat({h0.unsqueeze(0), out.narrow(0, 0, T_ - 1)}, 0);
+    if (h_mask.numel()) prev.mul_(h_mask);
+    return prev.view({T_ * B, H});
 }
 
 // ------------------------------------------------------------------------------------------------ gate maths
@@ -448,8 +470,10 @@ std::tuple<at::Tensor, at::Tensor> gru_step(const at::Tensor& x_in, const at::Te
 // Returns (out (T, B, H), h_T, c_T, acts (T, B, 4H), cs (T, B, H), tcs (T, B, H)); the last three are empty
 // unless save (what the backward needs: gate activations, cells, tanh of cells).
 std::vector<at::Tensor> lstm_forward(const at::Tensor& xg_in, const at::Tensor& h0_in, const at::Tensor& c0_in,
-                                     const at::Tensor& w_hh, bool save) {
+                                     const at::Tensor& w_hh, const at::Tensor& h_mask_in, bool save) {
     check_sequence(xg_in, h0_in, w_hh, 4, {&c0_in});
+    check_mask(h_mask_in, h0_in);
+    at::Tensor h_mask = h_mask_in.contiguous();
     const int64_t T_ = xg_in.size(0), B = xg_in.size(1), H = h0_in.size(1);
     at::Tensor xg = xg_in.contiguous(), h0 = h0_in.contiguous(), c0 = c0_in.contiguous();
     at::Tensor wt = w_hh.t().contiguous();   // (H, 4H): rows of the product are contiguous
@@ -460,7 +484,9 @@ std::vector<at::Tensor> lstm_forward(const at::Tensor& xg_in, const at::Tensor& 
     at::Tensor tcs = save ? at::empty({T_, B, H}, opt) : at::empty({0}, opt);
     dispatch(xg.scalar_type(), [&](auto tag) {
         using T = decltype(tag);
-        T* gates = scratch<T>(static_cast<size_t>(B * 4 * H));
+        T* gates = scratch<T>(static_cast<size_t>(B * 4 * H + B * H));
+        T* hm = gates + B * 4 * H;
+        const T* mk = h_mask.numel() ? h_mask.data_ptr<T>() : nullptr;
         const T* x = xg.data_ptr<T>();
         const T* w = wt.data_ptr<T>();
         const T* hp = h0.data_ptr<T>();
@@ -469,7 +495,8 @@ std::vector<at::Tensor> lstm_forward(const at::Tensor& xg_in, const at::Tensor& 
         T* c = cs.data_ptr<T>();
         for (int64_t t = 0; t < T_; ++t) {
             std::memcpy(gates, x + t * B * 4 * H, sizeof(T) * B * 4 * H);
-            product(hp, B, H, w, 4 * H, gates, true);
+            if (mk) masked(hp, mk, B * H, hm);
+            product(mk ? hm : hp, B, H, w, 4 * H, gates, true);
             T* ct = save ? c + t * B * H : c;
             T* ht = o + t * B * H;
             if (save)
@@ -490,7 +517,8 @@ std::vector<at::Tensor> lstm_forward(const at::Tensor& xg_in, const at::Tensor& 
 std::vector<at::Tensor> lstm_backward(const at::Tensor& d_out_in, const at::Tensor& d_hT_in, const at::Tensor& d_cT_in,
                                       const at::Tensor& acts, const at::Tensor& cs, const at::Tensor& tcs,
                                       const at::Tensor& out, const at::Tensor& h0_in, const at::Tensor& c0_in,
-                                      const at::Tensor& w_hh_in, int64_t weight_mode) {
+                                      const at::Tensor& w_hh_in, const at::Tensor& h_mask_in, int64_t weight_mode) {
+    at::Tensor h_mask = h_mask_in.contiguous();
     const int64_t T_ = acts.size(0), B = acts.size(1), H = acts.size(2) / 4;
     at::Tensor d_out = d_out_in.contiguous(), h0 = h0_in.contiguous(), c0 = c0_in.contiguous();
     at::Tensor w_hh = w_hh_in.contiguous();
@@ -530,21 +558,22 @@ std::vector<at::Tensor> lstm_backward(const at::Tensor& d_out_in, const at::Tens
                     dcb[j] = dct * f;
                 }
             }
-            product(dg, B, 4 * H, w, H, dhc, false);   // d h_{t-1} = dG_t W_hh
+            product(dg, B, 4 * H, w, H, dhc, false);   // d h_{t-1} = dG_t W_hh (* h_mask)
+            if (h_mask.numel()) masked(dhc, h_mask.data_ptr<T>(), B * H, dhc);
         }
     });
     at::Tensor dW = weight_mode == 2 ? weight_grad(dG, dG, 2)
-                                     : weight_grad(dG.view({T_ * B, 4 * H}),
-                                                   at::cat({h0.unsqueeze(0), out.narrow(0, 0, T_ - 1)}, 0)
-                                                       .view({T_ * B, H}), weight_mode);
+                                     : weight_grad(dG.view({T_ * B, 4 * H}), masked_prev(h0, out, h_mask), weight_mode);
     return {dG, dh, dc, dW};
 }
 
 // GRU forward: xg (T, B, 3H) (input part with b_ih), h0 (B, H), w_hh (3H, H), b_hh (3H) or empty.
 // Returns (out (T, B, H), h_T, acts (T, B, 4H) = (r, z, n, W_hn h + b_hn) or empty unless save).
 std::vector<at::Tensor> gru_forward(const at::Tensor& xg_in, const at::Tensor& h0_in, const at::Tensor& w_hh,
-                                    const at::Tensor& b_hh, bool save) {
+                                    const at::Tensor& b_hh, const at::Tensor& h_mask_in, bool save) {
     check_sequence(xg_in, h0_in, w_hh, 3, {});
+    check_mask(h_mask_in, h0_in);
+    at::Tensor h_mask = h_mask_in.contiguous();
     TORCH_CHECK(!b_hh.numel() || (b_hh.dim() == 1 && b_hh.size(0) == w_hh.size(0) && b_hh.device().is_cpu()
                                   && b_hh.scalar_type() == xg_in.scalar_type()),
                 "hybridrnn compiled GRU: b_hh must be (3H,) like w_hh's rows, got ", b_hh.sizes());
@@ -557,7 +586,9 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& xg_in, const at::Tensor& h
     at::Tensor acts = save ? at::empty({T_, B, 4 * H}, opt) : at::empty({0}, opt);
     dispatch(xg.scalar_type(), [&](auto tag) {
         using T = decltype(tag);
-        T* gh = scratch<T>(static_cast<size_t>(B * 3 * H));
+        T* gh = scratch<T>(static_cast<size_t>(B * 3 * H + B * H));
+        T* hm = gh + B * 3 * H;
+        const T* mk = h_mask.numel() ? h_mask.data_ptr<T>() : nullptr;
         const T* x = xg.data_ptr<T>();
         const T* w = wt.data_ptr<T>();
         const T* bh = bias.numel() ? bias.data_ptr<T>() : nullptr;
@@ -569,7 +600,8 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& xg_in, const at::Tensor& h
                 if (bh) std::memcpy(g, bh, sizeof(T) * 3 * H);
                 else std::fill(g, g + 3 * H, T(0));
             }
-            product(hp, B, H, w, 3 * H, gh, true);
+            if (mk) masked(hp, mk, B * H, hm);
+            product(mk ? hm : hp, B, H, w, 3 * H, gh, true);   // W_hh (h * h_mask) + b_hh; the gates use h itself
             T* ht = o + t * B * H;
             if (save)
                 gru_gates<T, true>(x + t * B * 3 * H, gh, B, H, hp, ht, acts.data_ptr<T>() + t * B * 4 * H);
@@ -585,7 +617,8 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& xg_in, const at::Tensor& h
 // (T, B, 3H), the gradient of W_hh h + b_hh).
 std::vector<at::Tensor> gru_backward(const at::Tensor& d_out_in, const at::Tensor& d_hT_in, const at::Tensor& acts,
                                      const at::Tensor& out, const at::Tensor& h0_in, const at::Tensor& w_hh_in,
-                                     int64_t weight_mode) {
+                                     const at::Tensor& h_mask_in, int64_t weight_mode) {
+    at::Tensor h_mask = h_mask_in.contiguous();
     const int64_t T_ = acts.size(0), B = acts.size(1), H = acts.size(2) / 4;
     at::Tensor d_out = d_out_in.contiguous(), h0 = h0_in.contiguous(), w_hh = w_hh_in.contiguous();
     at::Tensor dX = at::empty({T_, B, 3 * H}, acts.options());
@@ -624,13 +657,20 @@ std::vector<at::Tensor> gru_backward(const at::Tensor& d_out_in, const at::Tenso
                     dhb[j] = dht * z;
                 }
             }
-            product(dr_t, B, 3 * H, w, H, dhc, true);   // d h_{t-1} += dR_t W_hh
+            if (h_mask.numel()) {                   // d h_{t-1} += (dR_t W_hh) * h_mask
+                T* tmp = scratch<T>(static_cast<size_t>(B * H));
+                product(dr_t, B, 3 * H, w, H, tmp, false);
+                const T* mk = h_mask.data_ptr<T>();
+#pragma omp simd
+                for (int64_t n = 0; n < B * H; ++n) dhc[n] += tmp[n] * mk[n];
+            } else {
+                product(dr_t, B, 3 * H, w, H, dhc, true);   // d h_{t-1} += dR_t W_hh
+            }
         }
     });
     at::Tensor dRf = dR.view({T_ * B, 3 * H});
     at::Tensor dW = weight_mode == 2 ? weight_grad(dRf, dRf, 2)
-                                     : weight_grad(dRf, at::cat({h0.unsqueeze(0), out.narrow(0, 0, T_ - 1)}, 0)
-                                                            .view({T_ * B, H}), weight_mode);
+                                     : weight_grad(dRf, masked_prev(h0, out, h_mask), weight_mode);
     return {dX, dh, dW, dRf.sum(0), dR};
 }
 
@@ -724,15 +764,17 @@ std::vector<at::Tensor> lstm_ln_forward(const at::Tensor& xg_in, const at::Tenso
     dispatch(xg.scalar_type(), [&](auto tag) {
         using T = decltype(tag);
         const T eps = static_cast<T>(eps_in);
-        T* a = scratch<T>(static_cast<size_t>(B * G + 3 * G + 2 * H));   // W_hh h + b_hh, then per-row temporaries
+        T* a = scratch<T>(static_cast<size_t>(B * G + 4 * G + 2 * H));   // W_hh h, then per-row temporaries
         T* pre = a + B * G;
         T* ah_tmp = pre + G;
         T* xh_tmp = ah_tmp + G;
         T* ch_tmp = xh_tmp + G;
         T* o_tmp = ch_tmp + H;
+        T* zeros_g = o_tmp + H;
+        std::fill(zeros_g, zeros_g + G, T(0));
         const T* x = xg.data_ptr<T>();
         const T* w = wt.data_ptr<T>();
-        const T* bh = has_b ? b_hh.data_ptr<T>() : nullptr;
+        const T* bh = has_b ? b_hh.data_ptr<T>() : zeros_g;
         const T* ghh = gain_hh.data_ptr<T>();
         const T* gih = in_norm ? gain_ih.data_ptr<T>() : nullptr;
         const T* bih = in_norm ? bias_ih.data_ptr<T>() : nullptr;
@@ -743,10 +785,7 @@ std::vector<at::Tensor> lstm_ln_forward(const at::Tensor& xg_in, const at::Tenso
         T* o = out.data_ptr<T>();
         T* c = cs.data_ptr<T>();
         for (int64_t t = 0; t < T_; ++t) {
-            if (bh) {
-                for (int64_t b = 0; b < B; ++b) std::memcpy(a + b * G, bh, sizeof(T) * G);
-            }
-            product(hp, B, H, w, G, a, bh != nullptr);
+            product(hp, B, H, w, G, a, false);   // W_hh h; b_hh is added where a is read (zeros without it)
             T* ct = save ? c + t * B * H : c;
             for (int64_t b = 0; b < B; ++b) {
                 const int64_t row = t * B + b;
@@ -755,28 +794,45 @@ std::vector<at::Tensor> lstm_ln_forward(const at::Tensor& xg_in, const at::Tenso
                 T* ah = save ? ahat.data_ptr<T>() + row * G : ah_tmp;
                 for (int64_t k = 0; k < 4; ++k) {    // per gate block: the stats, then one pass writes LN(a), pre
                     const int64_t o = k * H;
-                    T ma, ra;
-                    row_stats(ar + o, H, eps, ma, ra);
+                    const T* av = ar + o;
+                    const T* bv = bh + o;
+                    const T* xv = xr + o;
+                    // a + b_hh and (input norm) xg: both means, then both variances (two passes, as exact as
+                    // torch's in float64), one loop each so that the two reductions overlap
+                    T sa = 0, sx = 0;
+#pragma omp simd reduction(+ : sa, sx)
+                    for (int64_t j = 0; j < H; ++j) {
+                        sa += av[j] + bv[j];
+                        sx += xv[j];
+                    }
+                    const T ma = sa / static_cast<T>(H), mx = sx / static_cast<T>(H);
+                    T qa = 0, qx = 0;
+#pragma omp simd reduction(+ : qa, qx)
+                    for (int64_t j = 0; j < H; ++j) {
+                        const T da = av[j] + bv[j] - ma, dx = xv[j] - mx;
+                        qa += da * da;
+                        qx += dx * dx;
+                    }
+                    const T ra = T(1) / std::sqrt(qa / static_cast<T>(H) + eps);
+                    const T rx = T(1) / std::sqrt(qx / static_cast<T>(H) + eps);
                     if (save) rstd_a.data_ptr<T>()[row * 4 + k] = ra;
                     if (in_norm) {
-                        T mx, rx;
-                        row_stats(xr + o, H, eps, mx, rx);
                         if (save) {
                             stats_x.data_ptr<T>()[(row * 4 + k) * 2] = mx;
                             stats_x.data_ptr<T>()[(row * 4 + k) * 2 + 1] = rx;
                         }
 #pragma omp simd
                         for (int64_t j = 0; j < H; ++j) {
-                            const T an = (ar[o + j] - ma) * ra;
+                            const T an = (av[j] + bv[j] - ma) * ra;
                             ah[o + j] = an;
-                            pre[o + j] = gih[o + j] * ((xr[o + j] - mx) * rx) + bih[o + j] + ghh[o + j] * an;
+                            pre[o + j] = gih[o + j] * ((xv[j] - mx) * rx) + bih[o + j] + ghh[o + j] * an;
                         }
                     } else {
 #pragma omp simd
                         for (int64_t j = 0; j < H; ++j) {
-                            const T an = (ar[o + j] - ma) * ra;
+                            const T an = (av[j] + bv[j] - ma) * ra;
                             ah[o + j] = an;
-                            pre[o + j] = xr[o + j] + ghh[o + j] * an;
+                            pre[o + j] = xv[j] + ghh[o + j] * an;
                         }
                     }
                 }
