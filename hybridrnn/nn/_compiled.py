@@ -15,7 +15,7 @@ no ninja, ...) one ``RuntimeWarning`` says why and every caller uses the pure-to
 
 What runs here (the layers in :mod:`hybridrnn.nn.recurrent` decide, with :func:`step_kernels` /
 :func:`sequence_ok`): the plain cells, i.e. the LSTM without ``coupled``/``layer_norm`` and the GRU in
-torch's ``reset_after`` form without ``layer_norm``, and the layer-norm LSTM (sequences only), on the CPU in
+torch's ``reset_after`` form without ``layer_norm``, and the coupled-gate and layer-norm LSTMs (sequences only), on the CPU in
 float32 or float64; ``step()`` of a plain cell when autograd need not record it (grad mode off, or nothing
 requires grad) and no dropout acts between layers; sequences without lengths (padding masks), plain cells with
 ``recurrent_dropout`` too (up to :func:`batch_limit` sequences, the layer-norm LSTM at any batch), with
@@ -250,15 +250,16 @@ def _needs_graph(*tensors: Optional[Tensor]) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def lstm_sequence(xg: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor,
-                  h_mask: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
-    """The LSTM recurrence over a sequence (plain cell): xg ``(T, B, 4H)`` the input projection with both biases,
-    h0, c0 ``(B, H)``, w_hh ``(4H, H)``, h_mask ``(B, H)`` (variational recurrent dropout, a constant) or None ->
-    ``out (T, B, H)``, ``h_T``, ``c_T`` ``(B, H)``. Same contract as :func:`hybridrnn.nn._scan.lstm_scan` without
-    options; gradients to the four tensors."""
+def lstm_sequence(xg: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, h_mask: Optional[Tensor] = None,
+                  coupled: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """The LSTM recurrence over a sequence (no layer norm): xg ``(T, B, G*H)`` the input projection with both
+    biases, gates ``(i, f, g, o)`` (G = 4) or, ``coupled``, ``(i, g, o)`` with ``f = 1 - i`` (G = 3); h0, c0
+    ``(B, H)``, w_hh ``(G*H, H)``, h_mask ``(B, H)`` (variational recurrent dropout, a constant) or None ->
+    ``out (T, B, H)``, ``h_T``, ``c_T`` ``(B, H)``. Same contract as :func:`hybridrnn.nn._scan.lstm_scan`;
+    gradients to the four tensors."""
     if _needs_graph(xg, h0, c0, w_hh):
-        return _LSTMSequence.apply(xg, h0, c0, w_hh, h_mask)
-    out, h_t, c_t = kernels().lstm_forward(xg, h0, c0, w_hh, _mask_or_empty(h_mask, xg), False)[:3]
+        return _LSTMSequence.apply(xg, h0, c0, w_hh, h_mask, coupled)
+    out, h_t, c_t = kernels().lstm_forward(xg, h0, c0, w_hh, _mask_or_empty(h_mask, xg), coupled, False)[:3]
     return out, h_t, c_t
 
 
@@ -328,10 +329,11 @@ class _LSTMSequence(torch.autograd.Function):
     """Whole-sequence LSTM: forward keeps the gate activations, cells and their tanh; backward in C++."""
 
     @staticmethod
-    def forward(ctx, xg, h0, c0, w_hh, h_mask):
+    def forward(ctx, xg, h0, c0, w_hh, h_mask, coupled):
         mask = _mask_or_empty(h_mask, xg)
-        out, h_t, c_t, acts, cs, tcs = kernels().lstm_forward(xg, h0, c0, w_hh, mask, True)
+        out, h_t, c_t, acts, cs, tcs = kernels().lstm_forward(xg, h0, c0, w_hh, mask, coupled, True)
         ctx.weight_mode = _weight_mode(xg, w_hh)
+        ctx.coupled = coupled
         ctx.save_for_backward(xg, h0, c0, w_hh, out, acts, cs, tcs, mask)
         return out, h_t, c_t
 
@@ -340,11 +342,12 @@ class _LSTMSequence(torch.autograd.Function):
         xg, h0, c0, w_hh, out, acts, cs, tcs, mask = ctx.saved_tensors
         h_mask = mask if mask.numel() else None
         if torch.is_grad_enabled():
-            return _reference_grads(lambda *a: lstm_loop(a[0], a[1], a[2], LSTMParams(a[3]), h_mask=h_mask),
-                                    (xg, h0, c0, w_hh), (d_out, d_h, d_c)) + (None,)
+            return _reference_grads(
+                lambda *a: lstm_loop(a[0], a[1], a[2], LSTMParams(a[3], coupled=ctx.coupled), h_mask=h_mask),
+                (xg, h0, c0, w_hh), (d_out, d_h, d_c)) + (None, None)
         d_xg, d_h0, d_c0, d_w = kernels().lstm_backward(d_out, d_h, d_c, acts, cs, tcs, out, h0, c0, w_hh, mask,
-                                                        ctx.weight_mode)
-        return d_xg, d_h0, d_c0, _finish_weight_grad(ctx.weight_mode, d_w, d_xg, h0, out, h_mask), None
+                                                        ctx.coupled, ctx.weight_mode)
+        return d_xg, d_h0, d_c0, _finish_weight_grad(ctx.weight_mode, d_w, d_xg, h0, out, h_mask), None, None
 
 
 class _GRUSequence(torch.autograd.Function):

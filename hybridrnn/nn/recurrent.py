@@ -588,6 +588,11 @@ class _RecurrentBase(nn.Module):
         return _compiled.step_kernels(x_t, state, weights), weights
 
     @property
+    def _compiled_coupled(self) -> bool:
+        """A coupled-gate LSTM without layer norm: its whole-sequence recurrence has a compiled loop too."""
+        return self.mode == "LSTM" and self.coupled and not self.layer_norm
+
+    @property
     def _compiled_layer_norm(self) -> bool:
         """A layer-norm LSTM (uncoupled): its whole-sequence recurrence has a compiled loop at every batch size."""
         return self.mode == "LSTM" and self.layer_norm and not self.coupled
@@ -596,7 +601,7 @@ class _RecurrentBase(nn.Module):
         """Whether one layer and direction's recurrence runs the compiled loop instead of the pure-torch scan: no
         padding mask, no recurrent dropout for the layer-norm LSTM, and :func:`hybridrnn.nn._compiled.sequence_ok` (CPU, float32/64,
         kernel built); a plain cell up to ``_compiled.batch_limit()`` sequences, a layer-norm LSTM at any batch."""
-        if mask is not None or not (self._plain_cell or self._compiled_layer_norm):
+        if mask is not None or not (self._plain_cell or self._compiled_coupled or self._compiled_layer_norm):
             return False
         if h_mask is not None and (self._compiled_layer_norm or h_mask.requires_grad):
             return False                             # the layer-norm kernel has no recurrent dropout
@@ -607,7 +612,7 @@ class _RecurrentBase(nn.Module):
         """Where the compiled kernels run, for ``repr`` (nothing when disabled or the build failed)."""
         if _compiled.disabled() or _compiled.build_error() is not None:
             return []
-        if self._compiled_layer_norm:
+        if self._compiled_layer_norm or self._compiled_coupled:
             return ["compiled='sequences'"]
         if not self._plain_cell:
             return []
@@ -721,7 +726,7 @@ class LSTM(_RecurrentBase):
                 if _compiled.ln_sequence_ok(p):
                     return _compiled.lstm_ln_sequence(xg, h0, c0, p)
             elif p.b_hh is None:                                                      # b_hh folded into xg
-                return _compiled.lstm_sequence(xg, h0, c0, p.w_hh, h_mask)
+                return _compiled.lstm_sequence(xg, h0, c0, p.w_hh, h_mask, coupled=self.coupled)
         return lstm_scan(xg, h0, c0, p, mask=mask, h_mask=h_mask)
 
     def step(self, x_t: Tensor, state: Optional[LSTMState] = None) -> tuple[Tensor, LSTMState]:

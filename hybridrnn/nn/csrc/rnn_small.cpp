@@ -236,32 +236,33 @@ at::Tensor masked_prev(const at::Tensor& h0, const at::Tensor& out, const at::Te
 }
 
 // ------------------------------------------------------------------------------------------------ gate maths
-// LSTM: gates (B, 4H) pre-activations -> h, c (B, H) in place of c; acts (B, 4H) activations and tc = tanh(c')
-// kept when not null.
-template <typename T, bool Save>
+// LSTM: gates (B, G*H) pre-activations -> h, c (B, H) in place of c; acts (B, G*H) activations and tc = tanh(c')
+// kept when not null. G = 4 (i, f, g, o), or 3 (i, g, o) for the coupled gate f = 1 - i.
+template <typename T, bool Save, bool Coupled>
 void lstm_gates(const T* gates, int64_t B, int64_t H, const T* c_prev, T* h, T* c, T* acts, T* tc) {
+    constexpr int64_t GN = Coupled ? 3 : 4;   // coupled: gates (i, g, o) and f = 1 - i
     for (int64_t b = 0; b < B; ++b) {
-        const T* g = gates + b * 4 * H;
+        const T* g = gates + b * GN * H;
         const T* cp = c_prev + b * H;
         T* hb = h + b * H;
         T* cb = c + b * H;
-        T* ab = Save ? acts + b * 4 * H : nullptr;
+        T* ab = Save ? acts + b * GN * H : nullptr;
         T* tb = Save ? tc + b * H : nullptr;
 #pragma omp simd
         for (int64_t j = 0; j < H; ++j) {
             const T i = sigm(g[j]);
-            const T f = sigm(g[H + j]);
-            const T gg = tanh_s(g[2 * H + j]);
-            const T o = sigm(g[3 * H + j]);
-            const T cn = f * cp[j] + i * gg;
+            const T f = Coupled ? T(1) - i : sigm(g[H + j]);
+            const T gg = tanh_s(g[(GN - 2) * H + j]);
+            const T o = sigm(g[(GN - 1) * H + j]);
+            const T cn = Coupled ? cp[j] + i * (gg - cp[j]) : f * cp[j] + i * gg;
             const T t = tanh_s(cn);
             cb[j] = cn;
             hb[j] = o * t;
             if constexpr (Save) {
                 ab[j] = i;
-                ab[H + j] = f;
-                ab[2 * H + j] = gg;
-                ab[3 * H + j] = o;
+                if constexpr (!Coupled) ab[H + j] = f;
+                ab[(GN - 2) * H + j] = gg;
+                ab[(GN - 1) * H + j] = o;
                 tb[j] = t;
             }
         }
@@ -406,7 +407,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_step(const at::Tensor& x_in,
                 }
             }
             T* hl = h_out.data_ptr<T>() + l * B * H;
-            lstm_gates<T, false>(gates, B, H, cp, hl, c_out.data_ptr<T>() + l * B * H, nullptr, nullptr);
+            lstm_gates<T, false, false>(gates, B, H, cp, hl, c_out.data_ptr<T>() + l * B * H, nullptr, nullptr);
             inp = hl;
             I = H;
         }
@@ -470,8 +471,9 @@ std::tuple<at::Tensor, at::Tensor> gru_step(const at::Tensor& x_in, const at::Te
 // Returns (out (T, B, H), h_T, c_T, acts (T, B, 4H), cs (T, B, H), tcs (T, B, H)); the last three are empty
 // unless save (what the backward needs: gate activations, cells, tanh of cells).
 std::vector<at::Tensor> lstm_forward(const at::Tensor& xg_in, const at::Tensor& h0_in, const at::Tensor& c0_in,
-                                     const at::Tensor& w_hh, const at::Tensor& h_mask_in, bool save) {
-    check_sequence(xg_in, h0_in, w_hh, 4, {&c0_in});
+                                     const at::Tensor& w_hh, const at::Tensor& h_mask_in, bool coupled, bool save) {
+    const int64_t GN = coupled ? 3 : 4;
+    check_sequence(xg_in, h0_in, w_hh, GN, {&c0_in});
     check_mask(h_mask_in, h0_in);
     at::Tensor h_mask = h_mask_in.contiguous();
     const int64_t T_ = xg_in.size(0), B = xg_in.size(1), H = h0_in.size(1);
@@ -480,12 +482,12 @@ std::vector<at::Tensor> lstm_forward(const at::Tensor& xg_in, const at::Tensor& 
     auto opt = xg.options();
     at::Tensor out = at::empty({T_, B, H}, opt);
     at::Tensor cs = at::empty({save ? T_ : 1, B, H}, opt);
-    at::Tensor acts = save ? at::empty({T_, B, 4 * H}, opt) : at::empty({0}, opt);
+    at::Tensor acts = save ? at::empty({T_, B, GN * H}, opt) : at::empty({0}, opt);
     at::Tensor tcs = save ? at::empty({T_, B, H}, opt) : at::empty({0}, opt);
     dispatch(xg.scalar_type(), [&](auto tag) {
         using T = decltype(tag);
-        T* gates = scratch<T>(static_cast<size_t>(B * 4 * H + B * H));
-        T* hm = gates + B * 4 * H;
+        T* gates = scratch<T>(static_cast<size_t>(B * GN * H + B * H));
+        T* hm = gates + B * GN * H;
         const T* mk = h_mask.numel() ? h_mask.data_ptr<T>() : nullptr;
         const T* x = xg.data_ptr<T>();
         const T* w = wt.data_ptr<T>();
@@ -494,16 +496,17 @@ std::vector<at::Tensor> lstm_forward(const at::Tensor& xg_in, const at::Tensor& 
         T* o = out.data_ptr<T>();
         T* c = cs.data_ptr<T>();
         for (int64_t t = 0; t < T_; ++t) {
-            std::memcpy(gates, x + t * B * 4 * H, sizeof(T) * B * 4 * H);
+            std::memcpy(gates, x + t * B * GN * H, sizeof(T) * B * GN * H);
             if (mk) masked(hp, mk, B * H, hm);
-            product(mk ? hm : hp, B, H, w, 4 * H, gates, true);
+            product(mk ? hm : hp, B, H, w, GN * H, gates, true);
             T* ct = save ? c + t * B * H : c;
             T* ht = o + t * B * H;
             if (save)
-                lstm_gates<T, true>(gates, B, H, cp, ht, ct, acts.data_ptr<T>() + t * B * 4 * H,
-                                    tcs.data_ptr<T>() + t * B * H);
+                (coupled ? lstm_gates<T, true, true> : lstm_gates<T, true, false>)(
+                    gates, B, H, cp, ht, ct, acts.data_ptr<T>() + t * B * GN * H, tcs.data_ptr<T>() + t * B * H);
             else
-                lstm_gates<T, false>(gates, B, H, cp, ht, ct, nullptr, nullptr);
+                (coupled ? lstm_gates<T, false, true> : lstm_gates<T, false, false>)(gates, B, H, cp, ht, ct, nullptr,
+                                                                                     nullptr);
             hp = ht;
             cp = ct;   // without save the cell buffer is reused in place: lstm_gates reads c_prev[j] before it
                        // writes c[j], element by element
@@ -517,12 +520,14 @@ std::vector<at::Tensor> lstm_forward(const at::Tensor& xg_in, const at::Tensor& 
 std::vector<at::Tensor> lstm_backward(const at::Tensor& d_out_in, const at::Tensor& d_hT_in, const at::Tensor& d_cT_in,
                                       const at::Tensor& acts, const at::Tensor& cs, const at::Tensor& tcs,
                                       const at::Tensor& out, const at::Tensor& h0_in, const at::Tensor& c0_in,
-                                      const at::Tensor& w_hh_in, const at::Tensor& h_mask_in, int64_t weight_mode) {
+                                      const at::Tensor& w_hh_in, const at::Tensor& h_mask_in, bool coupled,
+                                      int64_t weight_mode) {
     at::Tensor h_mask = h_mask_in.contiguous();
-    const int64_t T_ = acts.size(0), B = acts.size(1), H = acts.size(2) / 4;
+    const int64_t GN = coupled ? 3 : 4;
+    const int64_t T_ = acts.size(0), B = acts.size(1), H = acts.size(2) / GN;
     at::Tensor d_out = d_out_in.contiguous(), h0 = h0_in.contiguous(), c0 = c0_in.contiguous();
     at::Tensor w_hh = w_hh_in.contiguous();
-    at::Tensor dG = at::empty({T_, B, 4 * H}, acts.options());
+    at::Tensor dG = at::empty({T_, B, GN * H}, acts.options());
     at::Tensor dh = d_hT_in.contiguous().clone();
     at::Tensor dc = d_cT_in.contiguous().clone();
     dispatch(acts.scalar_type(), [&](auto tag) {
@@ -536,34 +541,47 @@ std::vector<at::Tensor> lstm_backward(const at::Tensor& d_out_in, const at::Tens
         T* dhc = dh.data_ptr<T>();
         T* dcc = dc.data_ptr<T>();
         for (int64_t t = T_ - 1; t >= 0; --t) {
-            T* dg = dg_all + t * B * 4 * H;
+            T* dg = dg_all + t * B * GN * H;
             const T* cprev = t > 0 ? C + (t - 1) * B * H : c0.data_ptr<T>();
             for (int64_t b = 0; b < B; ++b) {
-                const T* a = A + (t * B + b) * 4 * H;
+                const T* a = A + (t * B + b) * GN * H;
                 const T* tc = TC + (t * B + b) * H;
                 const T* cp = cprev + b * H;
                 const T* go = dO + (t * B + b) * H;
-                T* g = dg + b * 4 * H;
+                T* g = dg + b * GN * H;
                 T* dhb = dhc + b * H;
                 T* dcb = dcc + b * H;
+                if (coupled) {                        // gates (i, g, o), f = 1 - i: c' = c + i (g - c)
 #pragma omp simd
-                for (int64_t j = 0; j < H; ++j) {
-                    const T i = a[j], f = a[H + j], gg = a[2 * H + j], o = a[3 * H + j], th = tc[j];
-                    const T dht = go[j] + dhb[j];
-                    const T dct = dcb[j] + dht * o * (T(1) - th * th);
-                    g[j] = dct * gg * i * (T(1) - i);
-                    g[H + j] = dct * cp[j] * f * (T(1) - f);
-                    g[2 * H + j] = dct * i * (T(1) - gg * gg);
-                    g[3 * H + j] = dht * th * o * (T(1) - o);
-                    dcb[j] = dct * f;
+                    for (int64_t j = 0; j < H; ++j) {
+                        const T i = a[j], gg = a[H + j], o = a[2 * H + j], th = tc[j];
+                        const T dht = go[j] + dhb[j];
+                        const T dct = dcb[j] + dht * o * (T(1) - th * th);
+                        g[j] = dct * (gg - cp[j]) * i * (T(1) - i);
+                        g[H + j] = dct * i * (T(1) - gg * gg);
+                        g[2 * H + j] = dht * th * o * (T(1) - o);
+                        dcb[j] = dct * (T(1) - i);
+                    }
+                } else {
+#pragma omp simd
+                    for (int64_t j = 0; j < H; ++j) {
+                        const T i = a[j], f = a[H + j], gg = a[2 * H + j], o = a[3 * H + j], th = tc[j];
+                        const T dht = go[j] + dhb[j];
+                        const T dct = dcb[j] + dht * o * (T(1) - th * th);
+                        g[j] = dct * gg * i * (T(1) - i);
+                        g[H + j] = dct * cp[j] * f * (T(1) - f);
+                        g[2 * H + j] = dct * i * (T(1) - gg * gg);
+                        g[3 * H + j] = dht * th * o * (T(1) - o);
+                        dcb[j] = dct * f;
+                    }
                 }
             }
-            product(dg, B, 4 * H, w, H, dhc, false);   // d h_{t-1} = dG_t W_hh (* h_mask)
+            product(dg, B, GN * H, w, H, dhc, false);   // d h_{t-1} = dG_t W_hh (* h_mask)
             if (h_mask.numel()) masked(dhc, h_mask.data_ptr<T>(), B * H, dhc);
         }
     });
     at::Tensor dW = weight_mode == 2 ? weight_grad(dG, dG, 2)
-                                     : weight_grad(dG.view({T_ * B, 4 * H}), masked_prev(h0, out, h_mask), weight_mode);
+                                     : weight_grad(dG.view({T_ * B, GN * H}), masked_prev(h0, out, h_mask), weight_mode);
     return {dG, dh, dc, dW};
 }
 
