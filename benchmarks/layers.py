@@ -368,10 +368,11 @@ def auto_rows(rows: list[dict]) -> list[dict]:
 def render_auto(meta: dict, table: list[dict]) -> str:
     worst = max(table, key=lambda r: r["choice_vs_faster"])
     lines = ["# path=\"auto\": the rule and its measurements", "",
-             "Rule (`hybridrnn.nn.recurrent.auto_path`, `AUTO_COMPILED_LSTM_BATCH` and `_HIDDEN`, used when the options allow both paths): **on CPU a GRU runs "
-             "the custom path (the compiled loop at every batch on up to 2 threads, up to batch 16 with more), an LSTM runs fused (oneDNN) except, at hidden "
-             "size <= 64, batches up to 8 in training and batch 1 in inference, which run the compiled custom loop "
-             "(and every batch under train.bf16); on a GPU both run fused "
+             "Rule (`hybridrnn.nn.recurrent.auto_path` and `auto_compiled_lstm`, used when the options allow both "
+             "paths): **on CPU a GRU runs the custom path (the compiled loop at every batch on up to 2 threads, up "
+             "to batch 16 with more); an LSTM runs fused (oneDNN) except, on the compiled custom loop, training at "
+             "hidden <= 64 or at hidden <= 128 from batch 8, inference at batch 1 and hidden <= 64, and every "
+             "training batch under train.bf16; on a GPU both run fused "
              "(cuDNN).** A layer re-decides when it moves to another device; `repr` shows `path='custom' (auto)` "
              "and where the compiled loop runs; `layer.runs_path(batch, grad)` says which path a batch takes.", "",
              f"Command: `{meta['command']}`  ", f"Date: {meta['date']}  ",

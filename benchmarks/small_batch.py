@@ -180,16 +180,15 @@ def render(meta: dict, step_rows: list[dict], seq_rows: list[dict]) -> str:
              f"Command: `{meta['command']}`", "", f"Allocator: {ALLOCATOR} (hybridrnn.train.allocator, as in "
              "training runs; every case alike).", "",
              f"torch {meta['torch']}, {meta['threads']} thread, CPU {meta['cpu']}, {meta['date']}; load average "
-             f"before {meta['load_before']}, after {meta['load_after']} (2 cores, shared with a 1-thread training "
-             f"run; the benchmark ran under `nice -n 10`). Process CPU time, medians over {meta['rounds']} "
+             f"before {meta['load_before']}, after {meta['load_after']} (2 cores). Process CPU time, medians over "
+             f"{meta['rounds']} "
              "interleaved rounds; ratios are medians of per-round ratios. Default `_compiled.MAX_BATCH` = "
              f"{meta['max_batch']}.", "",
              "## step() at batch 1, hidden 64 (no_grad, eval)", "", "| case | us per call |", "|---|---|"]
     lines += [f"| {r['case']} | {r['us_per_call']:.1f} |" for r in step_rows]
     lines += ["", f"The check before each layer's recurrence (`_compiled_sequence_ok`) costs "
-              f"{meta['dispatch_check_us']:.2f} us per call: at batch 32, hidden 128 (above `MAX_BATCH`) the "
-              "`default dispatch` rows run the same scan as the `pure torch` rows plus one such call per forward, "
-              "so their ratio to `pure torch` shows the noise of the run, not a cost."]
+              f"{meta['dispatch_check_us']:.2f} us per call. On one thread the default dispatch runs every batch "
+              "on the compiled loop (`_compiled.batch_limit()`), so the `compiled` rows are what a layer does."]
     lines += ["", f"## Whole sequences, {STEPS} steps, input size = hidden size", "",
               "`vs torch`: time / `torch.nn.LSTM` or `GRU` (oneDNN for the LSTM) in the same round; `vs pure`: time / "
               "the same layer on the pure-torch scan (`HYBRIDRNN_NO_COMPILE=1`). The compiled rows force the "

@@ -358,19 +358,20 @@ def test_blocked_products_at_wider_sizes(kernels, cls, dtype, tol):
     assert (y - out_ref[:, 0]).abs().max() < tol
 
 
-def test_auto_lstm_runs_small_batches_on_the_compiled_loop(kernels, monkeypatch):
-    """path="auto" keeps oneDNN for an LSTM but runs batches up to AUTO_COMPILED_LSTM_BATCH (training, inference)
-    on the compiled loop, with the same values and gradients as oneDNN (float64); padding and larger batches
-    stay on oneDNN."""
-    from hybridrnn.nn.recurrent import AUTO_COMPILED_LSTM_BATCH
+def test_auto_lstm_runs_the_compiled_loop_where_the_rule_says(kernels, monkeypatch):
+    """path="auto" keeps oneDNN for an LSTM but runs the forwards auto_compiled_lstm names on the compiled loop,
+    with the same values and gradients as oneDNN (float64); padding and other forwards stay on oneDNN."""
+    from hybridrnn.nn.recurrent import auto_compiled_lstm
 
+    assert [auto_compiled_lstm(b, h, grad) for b, h, grad in (
+        (1, 64, True), (32, 64, True), (1, 128, True), (8, 128, True), (64, 128, True), (32, 256, True),
+        (1, 64, False), (2, 64, False), (1, 128, False))] == [True, True, False, True, True, False, True, False, False]
     torch.manual_seed(7)
     layer = LSTM(3, 5, 2).to(F64)
     assert layer.path == "fused"
     reference = layer.to_torch()
-    train_max, infer_max = AUTO_COMPILED_LSTM_BATCH
     calls = _count_calls(monkeypatch, "lstm_sequence")
-    x = torch.randn(train_max, 6, 3, dtype=F64, requires_grad=True)
+    x = torch.randn(9, 6, 3, dtype=F64, requires_grad=True)
     out, (h, c) = layer(x)
     assert len(calls) == 2                                   # one per layer
     ref, (rh, rc) = reference(x)
@@ -379,17 +380,18 @@ def test_auto_lstm_runs_small_batches_on_the_compiled_loop(kernels, monkeypatch)
     ref_grads = torch.autograd.grad(ref.pow(2).sum(), [x, *reference.parameters()])
     assert _max_diff(grads, ref_grads) < 1e-10
     calls.clear()
-    layer(torch.randn(train_max + 1, 6, 3, dtype=F64))       # above the training limit: oneDNN
     layer(torch.randn(2, 6, 3, dtype=F64), lengths=torch.tensor([6, 4]))
     assert not calls
     with torch.no_grad():
-        layer(torch.randn(infer_max + 1, 6, 3, dtype=F64))   # above the inference limit: oneDNN
+        layer(torch.randn(2, 6, 3, dtype=F64))               # inference above batch 1: oneDNN
         assert not calls
-        out, _ = layer(torch.randn(infer_max, 6, 3, dtype=F64))
+        layer(torch.randn(1, 6, 3, dtype=F64))
         assert calls
-    assert "custom at batch<=" in repr(layer)
-    assert [layer.runs_path(b, grad) for b, grad in ((train_max, True), (train_max + 1, True), (infer_max, False),
-                                                      (infer_max + 1, False))] == ["custom", "fused", "custom", "fused"]
+    assert "custom where auto_compiled_lstm says" in repr(layer)
+    assert [layer.runs_path(b, grad) for b, grad in ((9, True), (1, False), (2, False))] == ["custom", "custom",
+                                                                                              "fused"]
+    monkeypatch.setattr(_compiled, "MEASURED_THREADS", 0)    # more threads than measured: batch_limit() applies
+    assert layer.runs_path(_compiled.MAX_BATCH + 1, True) == "fused"
     calls.clear()
     fused = LSTM(3, 5, path="fused").to(F64)                # asked for by name: never switched
     fused(torch.randn(1, 6, 3, dtype=F64))
@@ -438,13 +440,12 @@ def test_bf16_matmuls_round_only_the_recurrent_weight_gradient(kernels, monkeypa
 
 
 def test_auto_lstm_rule_follows_hidden_size_and_bf16_training(kernels, monkeypatch):
-    """Above AUTO_COMPILED_LSTM_HIDDEN an auto LSTM keeps oneDNN at batch 1; under CPU bf16 autocast a training
-    batch of any size runs the compiled loop (oneDNN's bf16 LSTM would round the cell state), inference stays."""
+    """At hidden 256 an auto LSTM keeps oneDNN; under CPU bf16 autocast a training batch of any size runs the
+    compiled loop (oneDNN's bf16 LSTM would round the cell state), inference stays."""
     from hybridrnn.nn import _scan
-    from hybridrnn.nn.recurrent import AUTO_COMPILED_LSTM_HIDDEN
 
-    wide = LSTM(3, AUTO_COMPILED_LSTM_HIDDEN + 1)
-    assert wide.runs_path(1, grad=True) == "fused" and wide.runs_path(1, grad=False) == "fused"
+    wide = LSTM(3, 256)
+    assert wide.runs_path(32, grad=True) == "fused" and wide.runs_path(1, grad=False) == "fused"
     assert wide.runs_path(32, grad=True, bf16=True) == "custom"
     assert wide.runs_path(32, grad=False, bf16=True) == "fused"
     if not _scan._native_bf16():

@@ -1,9 +1,11 @@
-"""The compiled small-batch path: LSTM / GRU time loops and ``step()`` as one C++ call each.
+"""The compiled time loops: LSTM / GRU recurrences over a whole sequence, and ``step()``, as one C++ call each.
 
-At batch 1, hidden 64 the pure-torch custom path spends most of its time dispatching a dozen small ops per
-step from Python. The kernels in ``csrc/rnn_small.cpp`` run a whole step (both matrix products and the gate
-maths, every layer) or a whole sequence (forward, and the backward with the same hand-derived gradients as
-:mod:`hybridrnn.nn._scan`) in one call. Figures: ``benchmarks/results/small_batch.md``.
+The pure-torch custom path (:mod:`hybridrnn.nn._scan`) dispatches a dozen small ops per step from Python: at
+batch 1, hidden 64 that is most of its time, at batch 32 a third. The kernels in ``csrc/rnn_small.cpp`` run a
+whole step (both matrix products and the gate maths, every layer) or a whole sequence (forward, and the backward
+with the same hand-derived gradients as :mod:`hybridrnn.nn._scan`) in one call; the per-step products are
+register-blocked AVX-512 loops (about 180 GFLOP/s on one core at batch 32, hidden 128, from a perf profile). Figures:
+``benchmarks/results/small_batch.md`` and ``layers.md``.
 
 The extension is built with ``torch.utils.cpp_extension.load`` when first needed (about a minute on two cores,
 once) into a per-user cache, ``$HYBRIDRNN_CACHE_DIR`` or ``$XDG_CACHE_HOME/hybridrnn`` (default
@@ -14,17 +16,21 @@ no ninja, ...) one ``RuntimeWarning`` says why and every caller uses the pure-to
 ``HYBRIDRNN_NO_COMPILE=1`` forces that fallback without trying.
 
 What runs here (the layers in :mod:`hybridrnn.nn.recurrent` decide, with :func:`step_kernels` /
-:func:`sequence_ok`): the plain cells, i.e. the LSTM without ``coupled``/``layer_norm`` and the GRU in
-torch's ``reset_after`` form without ``layer_norm``, and the coupled-gate and layer-norm LSTMs (sequences only), on the CPU in
-float32 or float64; ``step()`` of a plain cell when autograd need not record it (grad mode off, or nothing
-requires grad) and no dropout acts between layers; sequences without lengths (padding masks), plain cells with
-``recurrent_dropout`` too (up to :func:`batch_limit` sequences, the layer-norm LSTM at any batch), with
-autograd (a double backward, ``create_graph=True``, differentiates the general loop of
-:mod:`hybridrnn.nn._scan`). Products of batches from 16 rows on use torch's sgemm when torch has more than one
-intra-op thread; everything else runs on one thread. Traced
-or exported calls (``torch.jit.trace``, dynamo / ``torch.export`` / ONNX) and ``torch.func`` transforms run
-the pure-torch path. Inside the scans' ``bf16_matmuls`` blocks (``train.bf16``) the backward computes ``dW_hh``
-in bf16 like the scans; the recurrence stays float32. The kernels hold the GIL.
+:func:`sequence_ok`), on the CPU in float32 or float64:
+
+- ``step()`` of a plain cell (the LSTM without ``coupled``/``layer_norm``, the GRU in torch's ``reset_after``
+  form without ``layer_norm``) when autograd need not record it (grad mode off, or nothing requires grad) and no
+  dropout acts between layers;
+- whole sequences without lengths (padding masks): plain cells and the coupled-gate LSTM, ``recurrent_dropout``
+  included, up to :func:`batch_limit` sequences; the layer-norm LSTM (without ``recurrent_dropout``) at any batch.
+  With autograd; a double backward (``create_graph=True``) differentiates the general loop of
+  :mod:`hybridrnn.nn._scan`. The recurrent weight gradient is computed in Python on oneDNN
+  (:mod:`hybridrnn.nn._onednn`) for float32, in the kernel otherwise, and inside the scans' ``bf16_matmuls``
+  blocks (``train.bf16``) in bf16 like the scans; the recurrence stays float32.
+
+Products of batches from 16 rows on use torch's sgemm when torch has more than one intra-op thread; everything
+else runs on one thread. Traced or exported calls (``torch.jit.trace``, dynamo / ``torch.export`` / ONNX) and
+``torch.func`` transforms run the pure-torch path. The kernels hold the GIL.
 """
 from __future__ import annotations
 

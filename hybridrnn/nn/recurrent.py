@@ -53,30 +53,33 @@ def auto_path(mode: str, device_type: str) -> str:
     """The path ``path="auto"`` runs when the options allow both: ``"fused"`` or ``"custom"``.
 
     The rule was measured (``benchmarks/results/auto_path.md``, ``python benchmarks/layers.py --auto-grid``: one
-    thread, batch 1 and 32, hidden 64 and 128, 200 steps, training and inference): on CPU a GRU runs the custom
-    scan, which is as fast as oneDNN's GRU in inference and faster in training at every point of the grid; an
-    LSTM runs oneDNN, several times faster than the pure-torch custom scan at batch 1 and in inference. On a GPU
-    both run cuDNN (``"fused"``). Since the compiled loops (:mod:`hybridrnn.nn._compiled`) the custom GRU trains in
-    0.04-0.72x and infers in 0.11-0.65x ``nn.GRU``'s time (batch 1-64), and an ``auto`` LSTM on the CPU runs its
-    small batches on the custom path (:data:`AUTO_COMPILED_LSTM_BATCH`, :meth:`_RecurrentBase.runs_path`).
+    thread, batch 1-64, hidden 64-256, training and inference): on CPU a GRU runs the custom path, its compiled
+    loop (:mod:`hybridrnn.nn._compiled`) taking 0.03-0.49x ``nn.GRU``'s time at every point of the grid; an LSTM
+    runs oneDNN, except where :func:`auto_compiled_lstm` measured the compiled loop faster
+    (:meth:`_RecurrentBase.runs_path` says which path a batch takes). On a GPU both run cuDNN (``"fused"``).
     """
     return "custom" if (mode == "GRU" and device_type == "cpu") else "fused"
 
 
-#: Under ``path="auto"`` a CPU LSTM of hidden size at most :data:`AUTO_COMPILED_LSTM_HIDDEN` runs batches up to this
-#: size on the compiled custom loop instead of oneDNN: (training, inference). Measured (``python
-#: benchmarks/layers.py --auto-grid``, ``benchmarks/results/auto_path.md``, 200 steps, one thread, in the same
-#: rounds): hidden 64, the compiled loop trains in 0.76x / 0.88x ``nn.LSTM``'s time at batch 1 / 8 against
-#: oneDNN's 0.94x / 0.96x and infers in 0.94x at batch 1 against 0.99x, but 1.21x against 1.00x at batch 8; at
-#: hidden 128, batch 1, it is 1.12x (training) and 1.17x (inference) where oneDNN is 0.99x / 1.00x.
-AUTO_COMPILED_LSTM_BATCH = (8, 1)
-AUTO_COMPILED_LSTM_HIDDEN = 64
+def auto_compiled_lstm(batch: int, hidden: int, grad: bool, bf16: bool = False) -> bool:
+    """Whether an ``auto`` LSTM on the CPU runs this forward on the compiled custom loop instead of oneDNN (the
+    batch also within :func:`hybridrnn.nn._compiled.batch_limit`): ``grad`` training (autograd records it) or
+    inference, ``bf16`` under CPU bf16 autocast (``train.bf16``).
 
-#: Under ``path="auto"`` and CPU bf16 autocast (``train.bf16``) a training LSTM runs the compiled custom loop at
-#: every batch it takes (:func:`hybridrnn.nn._compiled.batch_limit`): its input projection and weight gradients
-#: run in bf16 there, while oneDNN's LSTM would run float32 (its bf16 kernel rounds the cell state to bf16 at every
-#: step). Measured 1.6-1.7x the float32 oneDNN LSTM's speed at B32 H128 T200 (``benchmarks/results/bf16.md``).
-AUTO_COMPILED_LSTM_BF16 = True
+    Measured (``python benchmarks/layers.py --auto-grid``, ``benchmarks/results/auto_path.md``; time /
+    ``nn.LSTM``'s in the same rounds, 200 steps, one thread, two runs agreeing):
+
+    - training: the compiled loop at hidden 64 (0.79-0.89x at batch 1-32, oneDNN 0.96-1.01x) and at hidden 128
+      from batch 8 (0.90-1.01x against 0.98-1.02x); oneDNN at hidden 128, batch 1 (it 0.98x, the loop 1.12-1.14x)
+      and at hidden 256 (0.99-1.01x against 1.05x);
+    - inference: oneDNN, except batch 1 at hidden 64 (the loop 0.93x, oneDNN 0.99x): from batch 8, or at hidden
+      128, the loop is 1.15-1.31x;
+    - bf16 training: the compiled loop at every batch, its input projection and weight gradients in bf16, where
+      oneDNN's LSTM would run float32 (its bf16 kernel rounds the cell state to bf16 at every step).
+    """
+    if not grad:
+        return batch <= 1 and hidden <= 64
+    return bf16 or hidden <= 64 or (hidden <= 128 and batch >= 8)
 
 
 def _check_options(name: str, mode: str, input_size: Any, hidden_size: Any, num_layers: Any, *, dropout: float,
@@ -288,20 +291,16 @@ class _RecurrentBase(nn.Module):
     def _auto_small_batch(self, batch: int, grad: bool, bf16: bool = False) -> bool:
         if self._path_request != "auto" or self.mode != "LSTM" or self.path != "fused" or not self._plain_cell:
             return False
-        if bf16 and grad and AUTO_COMPILED_LSTM_BF16:   # train.bf16: every batch the compiled loop takes
-            limit = _compiled.batch_limit()
-            fits = limit is None or batch <= limit
-        else:
-            fits = batch <= AUTO_COMPILED_LSTM_BATCH[0 if grad else 1] and self.hidden_size <= AUTO_COMPILED_LSTM_HIDDEN
-        return (fits and self._flat_weights()[0].device.type == "cpu" and not _compiled.disabled()
+        limit = _compiled.batch_limit()
+        return (auto_compiled_lstm(batch, self.hidden_size, grad, bf16) and (limit is None or batch <= limit)
+                and self._flat_weights()[0].device.type == "cpu" and not _compiled.disabled()
                 and _compiled.kernels() is not None)
 
     def runs_path(self, batch: int, grad: bool, bf16: bool = False) -> str:
         """The path a forward of ``batch`` unpadded float sequences runs, ``grad`` telling whether autograd records
         it (training) or not (inference), ``bf16`` whether under CPU bf16 autocast (``train.bf16``):
-        ``self.path``, except that an ``auto`` LSTM on the CPU runs small batches of a small hidden size
-        (:data:`AUTO_COMPILED_LSTM_BATCH`, :data:`AUTO_COMPILED_LSTM_HIDDEN`), and every batch in bf16 training, on
-        the compiled custom loop, faster than oneDNN there."""
+        ``self.path``, except where an ``auto`` LSTM on the CPU runs the compiled custom loop
+        (:func:`auto_compiled_lstm`)."""
         return "custom" if self.path == "custom" or self._auto_small_batch(batch, grad, bf16) else "fused"
 
     def _zeros_state(self, x: Tensor, batch: int):
@@ -620,9 +619,7 @@ class _RecurrentBase(nn.Module):
             limit = _compiled.batch_limit()
             where = "step(), sequences" + ("" if limit is None else f" batch<={limit}")
         elif self._path_request == "auto" and self.mode == "LSTM":
-            train, infer = AUTO_COMPILED_LSTM_BATCH
-            where = (f"step(), custom at batch<={train} training / batch<={infer} inference"
-                     if self.hidden_size <= AUTO_COMPILED_LSTM_HIDDEN else "step(), custom in bf16 training")
+            where = "step(), custom where auto_compiled_lstm says"
         else:
             where = "step()"
         return [f"compiled={where!r}"]
