@@ -69,3 +69,13 @@ def test_weight_grad_and_double_backward():
     (gx_ref,) = torch.autograd.grad(y_ref.pow(2).sum(), [x], create_graph=True)
     (gw_ref,) = torch.autograd.grad(gx_ref.sum(), [w])
     assert (gw - gw_ref).abs().max() <= 1e-4 * gw_ref.abs().max()
+
+
+def test_linear_module_is_an_nn_linear_with_the_same_state():
+    torch.manual_seed(2)
+    ours = _onednn.Linear(6, 300)
+    ref = torch.nn.Linear(6, 300)
+    ref.load_state_dict(ours.state_dict())
+    assert isinstance(ours, torch.nn.Linear) and repr(ours) == repr(ref)
+    x = torch.randn(50, 7, 6)
+    assert (ours(x) - ref(x)).abs().max() < 1e-5

@@ -22,7 +22,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from hybridrnn.nn._eager import plain_eager
 
@@ -101,3 +101,11 @@ def _transposed_product(d: Tensor, x: Tensor) -> Tensor:
     if d.shape[1] >= x.shape[1]:
         return _product(x.t(), d.t()).t().contiguous()
     return _product(d.t(), x.t())
+
+
+class Linear(nn.Linear):
+    """``torch.nn.Linear`` (same parameters, state dict and repr) whose forward is :func:`linear`: for the large
+    output layers (a language model's vocabulary projection) that run on the CPU in float32."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return linear(x, self.weight, self.bias)

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from hybridrnn.errors import ConfigError
+from hybridrnn.nn import _onednn
 from hybridrnn.nn.dropout import LockedDropout  # noqa: F401  (re-exported: it lived here first)
 from hybridrnn.nn.hybrid import build_encoder
 from hybridrnn.nn.spec import iter_layers, parse_spec
@@ -84,7 +85,7 @@ class LanguageModel(nn.Module):
         if tie_weights:
             self.output = TiedOutput(self.embedding, width, project=width != embedding_dim)
         else:
-            self.output = nn.Linear(width, vocab_size)
+            self.output = _onednn.Linear(width, vocab_size)   # nn.Linear, its products on oneDNN
         self.embedding_dropout = embedding_dropout
         self.weight_drop = float(weight_drop)
         self.input_dropout = LockedDropout(input_dropout)

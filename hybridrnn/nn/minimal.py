@@ -69,6 +69,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hybridrnn.nn import _onednn
 from hybridrnn.nn.checks import check_lengths, input_error
 from hybridrnn.nn.dropout import locked_dropout as _locked_dropout
 
@@ -392,7 +393,7 @@ class _MinRecurrent(nn.Module):
         weight, bias = self._parameters[w_name], self._parameters[b_name] if b_name else None
         time, batch = layer_in.shape[0], layer_in.shape[1]
         h0 = state[layer * self.num_directions + d]                                               # (B, H)
-        xg = F.linear(layer_in, weight, bias).to(h0.dtype)                                        # (T, B, G*H)
+        xg = _onednn.linear(layer_in, weight, bias).to(h0.dtype)                                  # (T, B, G*H)
         rev_index = batch_index = None
         if real is not None:
             xg = xg.masked_fill(~real.unsqueeze(2), 0.0)  # padding: finite, and never read by a real step

@@ -7,9 +7,9 @@ from typing import Optional
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from hybridrnn.errors import ConfigError
+from hybridrnn.nn import _onednn
 
 __all__ = ["count_parameters", "TiedOutput"]
 
@@ -85,7 +85,7 @@ class TiedOutput(nn.Module):
             raise ValueError(f"TiedOutput expects (..., {self.hidden_size}) hidden states, got {tuple(h.shape)}")
         if self.proj is not None:
             h = self.proj(h)
-        return F.linear(h, self.weight, self.bias)
+        return _onednn.linear(h, self.weight, self.bias)      # F.linear, on oneDNN for big CPU float32 products
 
     def extra_repr(self) -> str:
         return (f"hidden_size={self.hidden_size}, embedding_dim={self.embedding_dim}, vocab_size={self.vocab_size}, "
