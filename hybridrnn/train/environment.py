@@ -76,6 +76,8 @@ def collect_environment(device: torch.device | str, world_size: int = 1,
     }
     if model is not None:
         env["recurrent_paths"] = recurrent_paths(model)
+        if device.type == "cpu" and any(isinstance(m, (LSTM, GRU)) for m in model.modules()):
+            _compiled.kernels()                          # load (or build) now: training would on its first batch
         env["compiled_kernel"] = _compiled.status()      # the C++ loops of the custom path (hybridrnn.nn._compiled)
     env["allocator"] = allocator.state()                  # glibc thresholds (hybridrnn.train.allocator)
     if device.type == "cuda":
