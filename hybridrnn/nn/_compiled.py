@@ -57,11 +57,12 @@ from hybridrnn.nn.cells import LN_EPS, GRUParams, LSTMParams
 SOURCE = Path(__file__).resolve().parent / "csrc" / "rnn_small.cpp"
 CFLAGS = ("-O3", "-march=native", "-fopenmp-simd")
 # Where the compiled loop runs a plain cell's sequences (batch_limit). On one and on two intra-op threads it was
-# faster than the pure-torch scan at every measured size, batch 1-256, hidden 64-256, training and inference
-# (0.47-0.77x on one thread, 0.49-1.00x on two; benchmarks/results/small_batch.md): its products use MKL's sgemm
-# with the same threads from batch 16 on (csrc: g_gemm_rows), but its gate maths run on one thread where the
-# scan's elementwise ops use them all. With more threads than were measured, it keeps to batches of at most
-# MAX_BATCH, where per-step overhead, not arithmetic, is the cost.
+# faster than the pure-torch scan at every measured size but one, batch 1-256, hidden 64-256, training and
+# inference (0.41-0.85x on one thread, 0.49-0.91x on two, and 1.06x for LSTM training at batch 256, hidden 256 on
+# two; benchmarks/results/compiled_vs_scan.md and small_batch.md): its products use torch's sgemm with the same
+# threads from batch 16 on (csrc: g_gemm_rows), but its gate maths run on one thread where the scan's
+# elementwise ops use them all. With more threads than were measured, it keeps to batches of at most MAX_BATCH,
+# where per-step overhead, not arithmetic, is the cost.
 MAX_BATCH = 16
 MEASURED_THREADS = 2
 ENV_DISABLE = "HYBRIDRNN_NO_COMPILE"
