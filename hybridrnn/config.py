@@ -119,8 +119,8 @@ class TrainConfig(Section):
     num_threads: Optional[int] = Field(None, ge=1, description="torch intra-op threads; None keeps torch's")
     keep_freed_memory: bool = Field(True, description=(
         "on the CPU, keep freed memory in the process heap (glibc mallopt) so that each training step reuses the "
-        "last step's buffers instead of faulting in fresh pages: 1.3-1.6x faster steps measured on 2-core VMs "
-        "(hybridrnn.train.allocator); the heap then keeps up to the run's peak of freed memory"))
+        "last step's buffers instead of faulting in fresh pages: up to 1.6x faster and steadier steps measured on "
+        "2-core VMs (benchmarks/results/allocator.md); the heap then keeps up to the run's peak of freed memory"))
     tensorboard: bool = Field(False, description="also log to RUN/tensorboard (needs the 'tensorboard' extra)")
     plots: bool = Field(True, description="write learning_curve.png and the task's plots after training")
     progress: Literal["auto", "bar", "plain", "none"] = Field(

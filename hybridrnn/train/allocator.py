@@ -3,13 +3,15 @@
 A training step on the CPU allocates and frees the same large buffers every step: the recurrent layers' saved
 activations and gradients, ``(T, B, G*H)`` float32 each (13 MB at B32 H128 T200), and oneDNN's workspaces.
 glibc serves such blocks with ``mmap`` and returns them to the kernel on ``free``, so every step faults in and
-zeroes every page again: on this project's machines (2-core AMD EPYC VMs) that kernel time was a third of a
-training step. With the mmap threshold at glibc's 64-bit maximum (32 MiB) and the trim threshold at 1 GiB the
-freed blocks stay in the heap and the next step reuses them. Measured, B32 H128 T200 training steps, one thread,
-three processes each: ``torch.nn.LSTM`` 48 -> 33 ms, the custom LSTM 52 -> 36 ms, the layer-norm LSTM 75 -> 46
-ms, the custom GRU 30-41 -> 28-29 ms. The cost: the heap keeps up to the run's peak of freed memory instead of
-giving it back to the system. PyTorch's CPU tuning guide gets the same effect by preloading jemalloc or
-tcmalloc; this needs no extra library.
+zeroes every page again: on this project's machines (2-core AMD EPYC VMs) a perf profile put about a third of a
+training step in the kernel's page-fault path. With the mmap threshold at glibc's 64-bit maximum (32 MiB) and
+the trim threshold at 1 GiB the freed blocks stay in the heap and the next step reuses them. Measured
+(``python benchmarks/allocator.py``, B32 H128 T200 training steps, one thread, three processes each): the
+layer-norm LSTM 55-65 -> 39-40 ms, the custom LSTM 30-42 -> 30 ms, the custom GRU 23-39 -> 23-24 ms,
+``torch.nn.LSTM`` 44-50 -> 44-45 ms: faster where the default allocator was slow, and the same from one process
+to the next. The cost: the heap keeps up to the run's peak of freed memory instead of giving it back to the
+system. PyTorch's CPU tuning guide gets the same effect by preloading jemalloc or tcmalloc; this needs no extra
+library.
 
 The Trainer's pipeline calls :func:`keep_freed_memory` on the CPU unless ``train.keep_freed_memory: false``;
 call it yourself in a notebook. It changes the whole process, once; elsewhere than Linux with glibc it does
