@@ -513,3 +513,11 @@ def test_coupled_lstm_runs_the_compiled_loop_with_the_fallback_results(kernels, 
     w = torch.randn(9, 3, dtype=F64, requires_grad=True)
     h0, c0 = torch.randn(2, 3, dtype=F64), torch.randn(2, 3, dtype=F64)
     assert torch.autograd.gradgradcheck(lambda a, b: _compiled.lstm_sequence(a, h0, c0, b, coupled=True)[0], (xg, w))
+
+
+def test_a_mask_of_the_wrong_shape_is_a_clear_error(kernels):
+    xg, h0 = torch.randn(3, 2, 20, dtype=F64), torch.zeros(2, 5, dtype=F64)
+    with pytest.raises(RuntimeError, match=r"h_mask must be like h0 \[2, 5\], got \[2, 4\]"):
+        _compiled.lstm_sequence(xg, h0, h0, torch.randn(20, 5, dtype=F64), torch.ones(2, 4, dtype=F64))
+    with pytest.raises(RuntimeError, match="h_mask must be like h0"):
+        _compiled.gru_sequence(xg[..., :15], h0, torch.randn(15, 5, dtype=F64), None, torch.ones(5, dtype=F64))

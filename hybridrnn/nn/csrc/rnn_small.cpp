@@ -649,6 +649,7 @@ std::vector<at::Tensor> gru_backward(const at::Tensor& d_out_in, const at::Tenso
         const T* dO = d_out.data_ptr<T>();
         const T* w = w_hh.data_ptr<T>();
         T* dhc = dh.data_ptr<T>();
+        T* tmp = h_mask.numel() ? scratch<T>(static_cast<size_t>(B * H)) : nullptr;   // (dR_t W_hh), masked
         for (int64_t t = T_ - 1; t >= 0; --t) {
             const T* hprev = t > 0 ? O + (t - 1) * B * H : h0.data_ptr<T>();
             T* dr_t = dR.data_ptr<T>() + t * B * 3 * H;
@@ -675,8 +676,7 @@ std::vector<at::Tensor> gru_backward(const at::Tensor& d_out_in, const at::Tenso
                     dhb[j] = dht * z;
                 }
             }
-            if (h_mask.numel()) {                   // d h_{t-1} += (dR_t W_hh) * h_mask
-                T* tmp = scratch<T>(static_cast<size_t>(B * H));
+            if (tmp) {                              // d h_{t-1} += (dR_t W_hh) * h_mask
                 product(dr_t, B, 3 * H, w, H, tmp, false);
                 const T* mk = h_mask.data_ptr<T>();
 #pragma omp simd
